@@ -1,0 +1,177 @@
+//! Types and the flow hash shared by the XDP program (`dataplane-ebpf`) and
+//! its userspace side (`dataplane`).
+//!
+//! Everything that crosses the kernel/user boundary is `#[repr(C)]`, with
+//! explicit padding, so both sides agree on the layout byte for byte. The
+//! flow hash lives here too: the kernel uses it to pick a bucket and the
+//! userspace predictor uses the very same function to say which node owns a
+//! flow, so the two can never drift apart.
+#![no_std]
+
+pub mod hash;
+
+pub use hash::{flow_hash_v4, flow_hash_v6, jhash_3words};
+
+/// Most VIPs (address, port, protocol) one node serves.
+pub const MAX_VIPS: u32 = 32;
+/// Largest Maglev table; tables are prime-sized and at most this long.
+pub const MAX_TABLE_SIZE: u32 = 65537;
+/// Each VIP owns two table slots: one live, one being written. A table
+/// change writes the idle slot and then flips `VipInfo::active_slot`, so no
+/// packet ever sees a half-written table.
+pub const SLOTS_PER_VIP: u32 = 2;
+/// Entries of the flat bucket array: VIP index x slot x table position.
+pub const BUCKETS_LEN: u32 = MAX_VIPS * SLOTS_PER_VIP * MAX_TABLE_SIZE;
+/// Node ids are 1..MAX_NODES; 0 means "no hop".
+pub const MAX_NODES: u32 = 1024;
+pub const NO_HOP: u16 = 0;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+pub const ENCAP_GUE: u8 = 1;
+pub const ENCAP_IPIP: u8 = 2;
+pub const DEFAULT_GUE_PORT: u16 = 6080;
+
+/// Hop marker carried in the outer header of every packet we encapsulate.
+/// IPv4 outer: the IP identification field (the outer packet always has DF
+/// set, so RFC 6864 leaves the field free). IPv6 outer: the two low bits of
+/// the flow label (the other 18 bits carry flow entropy).
+/// A packet marked `HOP_SECOND` is never forwarded again: at most two hops.
+pub const HOP_FIRST: u8 = 1;
+pub const HOP_SECOND: u8 = 2;
+pub const IPV4_ID_MARK: u16 = 0x4c00;
+
+/// Key of the VIP map: (address, port, protocol).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    /// IPv4 addresses use the first 4 bytes, the rest are zero.
+    pub addr: [u8; 16],
+    /// Network byte order, exactly as in the packet.
+    pub port_be: u16,
+    /// IPPROTO_TCP (6) or IPPROTO_UDP (17).
+    pub proto: u8,
+    /// FAMILY_V4 or FAMILY_V6.
+    pub family: u8,
+}
+
+/// Value of the VIP map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VipInfo {
+    /// Index 0..MAX_VIPS: selects the VIP's table slots and counters.
+    pub index: u32,
+    /// Maglev table size (prime, <= MAX_TABLE_SIZE).
+    pub table_size: u32,
+    /// Which of the two slots is live (0 or 1).
+    pub active_slot: u32,
+    /// Clamp the MSS option of SYN-ACKs leaving from this VIP to this value
+    /// (0: off), so full-size segments still fit the encapsulated path.
+    pub mss_clamp: u16,
+    pub _pad: u16,
+}
+
+/// One bucket of a VIP's table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Bucket {
+    /// The owner of the bucket's flows (node id, never NO_HOP in a live table).
+    pub first: u16,
+    /// The previous owner while the table is in transition, else NO_HOP.
+    pub second: u16,
+}
+
+/// Underlay address of a node, indexed by node id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub addr: [u8; 16],
+    /// FAMILY_V4, FAMILY_V6, or 0 for an unused id.
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Cluster-wide and node-local settings (single entry array).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// This node's id; 0 means "not configured": the program passes everything.
+    pub self_id: u16,
+    /// ENCAP_GUE or ENCAP_IPIP.
+    pub encap: u8,
+    pub _pad0: u8,
+    /// GUE destination port, network byte order.
+    pub gue_port_be: u16,
+    pub _pad1: u16,
+    /// Cluster-wide flow hash seed.
+    pub hash_seed: u32,
+    /// This node's underlay addresses: encapsulation source and decap match.
+    pub self_v4: [u8; 4],
+    pub self_v6: [u8; 16],
+}
+
+/// Per-CPU counters. Slot `vip.index * NUM_COUNTERS + counter` for VIP
+/// traffic; slot `MAX_VIPS * NUM_COUNTERS + counter` for global events.
+pub mod counter {
+    /// Passed to the local stack (this node owns the flow or holds its socket).
+    pub const PASS_LOCAL: u32 = 0;
+    /// Encapsulated and sent to the first hop (the owner).
+    pub const FWD_FIRST_HOP: u32 = 1;
+    /// Sent on to the second hop (no local socket at the first hop).
+    pub const FWD_SECOND_HOP: u32 = 2;
+    /// Encapsulated packets for this node, decapsulated.
+    pub const DECAP: u32 = 3;
+    /// Not VIP traffic: passed untouched (global slot).
+    pub const NOT_VIP: u32 = 4;
+    /// IP fragments: passed untouched, never forwarded (global slot).
+    pub const FRAGMENT: u32 = 5;
+    /// ICMP too-big / frag-needed about a VIP flow, steered to its owner.
+    pub const ICMP_TO_OWNER: u32 = 6;
+    /// Dropped: headers truncated or inconsistent.
+    pub const DROP_MALFORMED: u32 = 7;
+    /// Dropped: the bucket names a node with no underlay address.
+    pub const DROP_NO_NODE: u32 = 8;
+    /// Dropped: growing or shrinking the packet failed.
+    pub const DROP_ENCAP: u32 = 9;
+    /// No L2 next hop from bpf_fib_lookup: the encapsulated packet goes to the
+    /// kernel, which routes it and resolves the neighbour.
+    pub const FIB_FALLBACK: u32 = 10;
+    /// SYN-ACKs whose MSS option was clamped (tc egress).
+    pub const MSS_CLAMPED: u32 = 11;
+    /// Encapsulated packet with a bad hop marker or inner header: passed
+    /// locally, never forwarded again.
+    pub const DECAP_TERMINAL: u32 = 12;
+    pub const NUM_COUNTERS: u32 = 16;
+
+    /// Names in index order, for status output and metrics.
+    pub const NAMES: [&str; 13] = [
+        "pass_local",
+        "fwd_first_hop",
+        "fwd_second_hop",
+        "decap",
+        "not_vip",
+        "fragment",
+        "icmp_to_owner",
+        "drop_malformed",
+        "drop_no_node",
+        "drop_encap",
+        "fib_fallback",
+        "mss_clamped",
+        "decap_terminal",
+    ];
+}
+
+/// Length of the per-CPU counter array.
+pub const STATS_LEN: u32 = (MAX_VIPS + 1) * counter::NUM_COUNTERS;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), Copy, with explicit padding fields and
+    // no pointers: any byte pattern is a valid value.
+    unsafe impl aya::Pod for super::VipKey {}
+    unsafe impl aya::Pod for super::VipInfo {}
+    unsafe impl aya::Pod for super::Bucket {}
+    unsafe impl aya::Pod for super::NodeInfo {}
+    unsafe impl aya::Pod for super::Config {}
+}
