@@ -1,0 +1,290 @@
+//! The handle `lbd` holds: routes to announce, session events, counters.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::bfd::{BfdHub, BfdState};
+use crate::config::{RouteAttrs, SpeakerConfig};
+use crate::session::PeerTask;
+use crate::socket;
+
+/// RFC 4271 section 8.2.2 session states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum State {
+    Idle,
+    Connect,
+    Active,
+    OpenSent,
+    OpenConfirm,
+    Established,
+}
+
+/// A session changed state.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionEvent {
+    pub peer: IpAddr,
+    pub from: State,
+    pub to: State,
+    /// Why it left Established or failed to get there.
+    pub reason: Option<String>,
+}
+
+/// Per-peer counters, a snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerStatus {
+    pub peer: IpAddr,
+    pub state: State,
+    /// Time in Established, if there.
+    pub uptime: Option<Duration>,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub updates_in: u64,
+    /// Prefixes the peer announced to us (counted and ignored).
+    pub prefixes_received: u64,
+    /// Prefixes currently announced on this session.
+    pub prefixes_sent: u64,
+    /// Times the session reached Established.
+    pub established_count: u64,
+    pub last_error: Option<String>,
+    pub bfd: Option<BfdState>,
+    pub local_address: Option<IpAddr>,
+}
+
+#[derive(Debug)]
+pub(crate) struct PeerShared {
+    pub status: PeerStatus,
+    pub since: Option<Instant>,
+}
+
+/// The routes we announce; `draining` adds GRACEFUL_SHUTDOWN to all of them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Rib {
+    pub routes: BTreeMap<IpNet, RouteAttrs>,
+    pub draining: bool,
+}
+
+/// How a session ends when the speaker stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    Running,
+    /// Cease / Administrative Shutdown: the router withdraws at once.
+    Shutdown,
+    /// Close TCP without NOTIFICATION: a graceful-restart helper keeps our
+    /// routes for the restart time.
+    ForRestart,
+}
+
+/// Errors starting the speaker.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on BGP port {port}: {source}")]
+    Listen { port: u16, source: io::Error },
+    #[error("cannot open the BFD socket (UDP 3784): {0}")]
+    Bfd(io::Error),
+    #[error("peer {0} is configured twice")]
+    DuplicatePeer(IpAddr),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// A running speaker. Cheap to clone; every method can be called from any
+/// thread.
+#[derive(Clone)]
+pub struct Speaker {
+    rib: watch::Sender<Rib>,
+    events: broadcast::Sender<SessionEvent>,
+    peers: Vec<(IpAddr, Arc<Mutex<PeerShared>>)>,
+    stop: watch::Sender<Stop>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Speaker {
+    /// Binds the listener (if any) and starts one task per peer on the
+    /// current tokio runtime.
+    pub async fn start(cfg: SpeakerConfig) -> Result<Speaker, StartError> {
+        if cfg.hold_time != 0 && cfg.hold_time < 3 {
+            return Err(StartError::Config(format!(
+                "hold time {} must be 0 or at least 3 seconds",
+                cfg.hold_time
+            )));
+        }
+        let cfg = Arc::new(cfg);
+        let (rib, _) = watch::channel(Rib::default());
+        let (events, _) = broadcast::channel(1024);
+        let (stop, _) = watch::channel(Stop::Running);
+        let bfd = if cfg.peers.iter().any(|p| p.bfd.is_some()) {
+            Some(BfdHub::start().await.map_err(StartError::Bfd)?)
+        } else {
+            None
+        };
+        let mut inboxes = HashMap::new();
+        let mut peers = Vec::new();
+        let mut tasks = Vec::new();
+        for pc in &cfg.peers {
+            let addr = socket::canonical(pc.address);
+            let (tx, rx) = mpsc::channel(4);
+            if inboxes.insert(addr, tx).is_some() {
+                return Err(StartError::DuplicatePeer(addr));
+            }
+            let shared = Arc::new(Mutex::new(PeerShared {
+                status: PeerStatus {
+                    peer: addr,
+                    state: State::Idle,
+                    uptime: None,
+                    messages_in: 0,
+                    messages_out: 0,
+                    updates_in: 0,
+                    prefixes_received: 0,
+                    prefixes_sent: 0,
+                    established_count: 0,
+                    last_error: None,
+                    bfd: None,
+                    local_address: None,
+                },
+                since: None,
+            }));
+            peers.push((addr, shared.clone()));
+            let task = PeerTask {
+                cfg: Arc::new(pc.clone()),
+                global: cfg.clone(),
+                rib: rib.subscribe(),
+                shared,
+                events: events.clone(),
+                incoming: rx,
+                stop: stop.subscribe(),
+                bfd: bfd.clone(),
+            };
+            tasks.push(tokio::spawn(task.run()));
+        }
+        if let Some(port) = cfg.listen_port {
+            let md5: Vec<(IpAddr, &str)> = cfg
+                .peers
+                .iter()
+                .filter_map(|p| p.md5_password.as_deref().map(|k| (p.address, k)))
+                .collect();
+            let listener =
+                socket::listen(port, &md5).map_err(|source| StartError::Listen { port, source })?;
+            let mut stop_rx = stop.subscribe();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        r = listener.accept() => match r {
+                            Ok((stream, from)) => {
+                                let ip = socket::canonical(from.ip());
+                                match inboxes.get(&ip) {
+                                    // A full inbox means the session is busy
+                                    // with several connections already.
+                                    Some(tx) => { let _ = tx.try_send(stream); }
+                                    None => tracing::info!(peer = %ip, "connection from unconfigured peer refused"),
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "accept failed");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        },
+                        _ = stop_rx.changed() => return,
+                    }
+                }
+            }));
+        }
+        Ok(Speaker {
+            rib,
+            events,
+            peers,
+            stop,
+            tasks: Arc::new(Mutex::new(tasks)),
+        })
+    }
+
+    /// Announces (or updates the attributes of) a prefix to every peer.
+    pub fn announce(&self, prefix: IpNet, attrs: RouteAttrs) {
+        let prefix = prefix.trunc();
+        self.rib.send_if_modified(|r| {
+            if r.routes.get(&prefix) == Some(&attrs) {
+                return false;
+            }
+            r.routes.insert(prefix, attrs);
+            true
+        });
+    }
+
+    /// Withdraws a prefix from every peer.
+    pub fn withdraw(&self, prefix: IpNet) {
+        let prefix = prefix.trunc();
+        self.rib
+            .send_if_modified(|r| r.routes.remove(&prefix).is_some());
+    }
+
+    /// Drains the node (RFC 8326): re-announces every route with the
+    /// GRACEFUL_SHUTDOWN community so routers move traffic away, waits
+    /// `delay`, then withdraws everything. Routes announced later are
+    /// tagged too until `undrain`.
+    pub async fn drain(&self, delay: Duration) {
+        self.rib
+            .send_if_modified(|r| !std::mem::replace(&mut r.draining, true));
+        tokio::time::sleep(delay).await;
+        self.rib.send_if_modified(|r| {
+            let changed = !r.routes.is_empty();
+            r.routes.clear();
+            changed
+        });
+    }
+
+    /// Leaves the draining state: later announcements go out untagged.
+    pub fn undrain(&self) {
+        self.rib
+            .send_if_modified(|r| std::mem::replace(&mut r.draining, false));
+    }
+
+    /// The prefixes currently announced.
+    pub fn announced(&self) -> Vec<IpNet> {
+        self.rib.borrow().routes.keys().copied().collect()
+    }
+
+    /// A stream of session state changes.
+    pub fn events(&self) -> broadcast::Receiver<SessionEvent> {
+        self.events.subscribe()
+    }
+
+    /// Counters of every peer.
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.peers
+            .iter()
+            .map(|(_, s)| {
+                let s = s.lock().unwrap_or_else(|e| e.into_inner());
+                let mut st = s.status.clone();
+                st.uptime = s.since.map(|t| t.elapsed());
+                st
+            })
+            .collect()
+    }
+
+    /// Stops every session with Cease / Administrative Shutdown.
+    pub async fn shutdown(&self) {
+        self.stop_with(Stop::Shutdown).await;
+    }
+
+    /// Stops every session without NOTIFICATION, so routers that are
+    /// graceful-restart helpers keep our routes while `lbd` restarts.
+    pub async fn close_for_restart(&self) {
+        self.stop_with(Stop::ForRestart).await;
+    }
+
+    async fn stop_with(&self, how: Stop) {
+        let _ = self.stop.send(how);
+        let tasks: Vec<_> =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}

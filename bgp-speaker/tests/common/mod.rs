@@ -1,0 +1,416 @@
+//! Test lab: network namespaces with veth links, FRR and BIRD routers, and
+//! speakers running inside a namespace on their own thread.
+#![allow(dead_code)]
+
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc as std_mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bgp_speaker::{PeerConfig, Speaker, SpeakerConfig};
+
+pub const ROUTER_AS: u32 = 65000;
+pub const VIP4: &str = "198.51.100.10/32";
+pub const VIP6: &str = "2001:db8:ffff::10/128";
+
+pub fn sh(cmd: &str) -> (bool, String) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("run sh");
+    let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
+    s.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), s)
+}
+
+pub fn must(cmd: &str) -> String {
+    let (ok, out) = sh(cmd);
+    assert!(ok, "command failed: {cmd}\n{out}");
+    out
+}
+
+/// Polls `f` every 20 ms until it returns true or `limit` passes.
+pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Speaker i (1-based) addresses: router side and speaker side.
+pub fn router_v4(i: usize) -> String {
+    format!("192.0.2.{}", 4 * i - 3)
+}
+pub fn speaker_v4(i: usize) -> String {
+    format!("192.0.2.{}", 4 * i - 2)
+}
+pub fn router_v6(i: usize) -> String {
+    format!("2001:db8:{i}::1")
+}
+pub fn speaker_v6(i: usize) -> String {
+    format!("2001:db8:{i}::2")
+}
+
+/// A router namespace linked to `n` speaker namespaces. Dropping it deletes
+/// everything it created.
+pub struct Lab {
+    pub tag: String,
+    pub router: String,
+    pub speakers: Vec<String>,
+    pub dir: PathBuf,
+}
+
+impl Lab {
+    pub fn new(tag: &str, n: usize) -> Lab {
+        let tag = format!("{tag}-{}", std::process::id());
+        let router = format!("bgpt-{tag}-r");
+        let speakers: Vec<String> = (1..=n).map(|i| format!("bgpt-{tag}-s{i}")).collect();
+        let dir = PathBuf::from(format!("/tmp/bgpt-{tag}"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("lab dir");
+        let lab = Lab {
+            tag,
+            router,
+            speakers,
+            dir,
+        };
+        for ns in std::iter::once(&lab.router).chain(lab.speakers.iter()) {
+            let _ = sh(&format!("ip netns del {ns} 2>/dev/null"));
+            must(&format!("ip netns add {ns}"));
+            must(&format!("ip -n {ns} link set lo up"));
+            must(&format!(
+                "ip netns exec {ns} sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 \
+                 net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
+                 net.ipv4.fib_multipath_hash_policy=1 net.ipv6.fib_multipath_hash_policy=1"
+            ));
+        }
+        for (idx, ns) in lab.speakers.iter().enumerate() {
+            let i = idx + 1;
+            let r = &lab.router;
+            must(&format!(
+                "ip link add s{i} netns {r} type veth peer name uplink netns {ns}"
+            ));
+            must(&format!("ip -n {r} addr add {}/30 dev s{i}", router_v4(i)));
+            must(&format!(
+                "ip -n {r} addr add {}/64 dev s{i} nodad",
+                router_v6(i)
+            ));
+            must(&format!(
+                "ip -n {ns} addr add {}/30 dev uplink",
+                speaker_v4(i)
+            ));
+            must(&format!(
+                "ip -n {ns} addr add {}/64 dev uplink nodad",
+                speaker_v6(i)
+            ));
+            must(&format!("ip -n {r} link set s{i} up"));
+            must(&format!("ip -n {ns} link set uplink up"));
+        }
+        lab
+    }
+
+    /// Kernel routes of the router for `prefix` (`ip route show`).
+    pub fn router_route(&self, prefix: &str) -> String {
+        let fam = if prefix.contains(':') { "-6" } else { "-4" };
+        sh(&format!("ip -n {} {fam} route show {prefix}", self.router)).1
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in std::iter::once(&self.router).chain(self.speakers.iter()) {
+            let _ = sh(&format!("ip -n {ns} nexthop flush 2>/dev/null"));
+            // Processes still inside the namespace (ours only) are killed by
+            // PID before the namespace goes.
+            let (_, pids) = sh(&format!("ip netns pids {ns} 2>/dev/null"));
+            for pid in pids.split_whitespace() {
+                let _ = sh(&format!("kill -9 {pid}"));
+            }
+            let _ = sh(&format!("ip netns del {ns}"));
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn kill_pid(pid: u32) {
+    let _ = sh(&format!("kill {pid} 2>/dev/null"));
+    let dead = (0..100).any(|_| {
+        thread::sleep(Duration::from_millis(20));
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    if !dead {
+        let _ = sh(&format!("kill -9 {pid} 2>/dev/null"));
+    }
+}
+
+/// Per-neighbour FRR options.
+#[derive(Clone, Default)]
+pub struct FrrNeighbor {
+    pub addr: String,
+    pub remote_as: u32,
+    pub password: Option<String>,
+    pub bfd: bool,
+    pub ttl_security: bool,
+    pub passive: bool,
+}
+
+/// FRR 8.4 (zebra, bgpd, bfdd) in the router namespace.
+pub struct Frr {
+    pub run: PathBuf,
+    pids: Vec<u32>,
+}
+
+impl Frr {
+    pub fn start(lab: &Lab, neighbors: &[FrrNeighbor], extra_global: &str) -> Frr {
+        let run = lab.path("frr");
+        fs::create_dir_all(&run).expect("frr dir");
+        let mut c =
+            String::from("frr defaults traditional\nhostname r\nroute-map DENY-ALL deny 10\n!\n");
+        c += &format!(
+            "router bgp {ROUTER_AS}\n bgp router-id 192.0.2.1\n no bgp ebgp-requires-policy\n \
+             no bgp default ipv4-unicast\n bgp bestpath as-path multipath-relax\n{extra_global}"
+        );
+        for n in neighbors {
+            c += &format!(
+                " neighbor {a} remote-as {r}\n neighbor {a} timers 3 9\n neighbor {a} timers connect 1\n",
+                a = n.addr,
+                r = n.remote_as
+            );
+            if let Some(p) = &n.password {
+                c += &format!(" neighbor {} password {p}\n", n.addr);
+            }
+            if n.bfd {
+                c += &format!(" neighbor {} bfd profile fast\n", n.addr);
+            }
+            if n.ttl_security {
+                c += &format!(" neighbor {} ttl-security hops 1\n", n.addr);
+            }
+            if n.passive {
+                c += &format!(" neighbor {} passive\n", n.addr);
+            }
+        }
+        for af in ["ipv4", "ipv6"] {
+            c += &format!(" address-family {af} unicast\n");
+            for n in neighbors {
+                c += &format!("  neighbor {} activate\n", n.addr);
+            }
+            c += "  maximum-paths 8\n exit-address-family\n";
+        }
+        c += "!\n";
+        fs::write(run.join("bgpd.conf"), c).expect("bgpd.conf");
+        fs::write(run.join("zebra.conf"), "hostname r\n").expect("zebra.conf");
+        fs::write(
+            run.join("bfdd.conf"),
+            "bfd\n profile fast\n  receive-interval 100\n  transmit-interval 100\n  detect-multiplier 3\n !\n!\n",
+        )
+        .expect("bfdd.conf");
+        must(&format!("chown -R frr:frr {}", run.display()));
+        let r = run.display();
+        let ns = &lab.router;
+        let common = format!("-z {r}/zserv.api --vty_socket {r} -P 0");
+        must(&format!(
+            "ip netns exec {ns} /usr/lib/frr/zebra -d -f {r}/zebra.conf -i {r}/zebra.pid {common} -s 90000000"
+        ));
+        wait_for("zserv socket", Duration::from_secs(10), || {
+            run.join("zserv.api").exists()
+        });
+        must(&format!(
+            "ip netns exec {ns} /usr/lib/frr/bfdd -d -f {r}/bfdd.conf -i {r}/bfdd.pid {common} --bfdctl {r}/bfdd.sock"
+        ));
+        must(&format!(
+            "ip netns exec {ns} /usr/lib/frr/bgpd -d -f {r}/bgpd.conf -i {r}/bgpd.pid {common}"
+        ));
+        let mut pids = Vec::new();
+        for d in ["zebra", "bfdd", "bgpd"] {
+            let p = run.join(format!("{d}.pid"));
+            wait_for(&format!("{d} pid file"), Duration::from_secs(10), || {
+                read_pid(&p).is_some()
+            });
+            pids.extend(read_pid(&p));
+        }
+        Frr { run, pids }
+    }
+
+    pub fn vtysh(&self, cmd: &str) -> String {
+        sh(&format!(
+            "vtysh --vty_socket {} -c '{cmd}' 2>&1",
+            self.run.display()
+        ))
+        .1
+    }
+
+    /// FRR's view of one neighbour as JSON text (`show bgp neighbors X json`).
+    pub fn neighbor_state(&self, addr: &str) -> String {
+        let out = self.vtysh(&format!("show bgp neighbors {addr} json"));
+        out.split("\"bgpState\":\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+impl Drop for Frr {
+    fn drop(&mut self) {
+        for pid in self.pids.iter().rev() {
+            kill_pid(*pid);
+        }
+    }
+}
+
+/// BIRD 2 in the router namespace.
+pub struct Bird {
+    pub ctl: PathBuf,
+    pid: Option<u32>,
+}
+
+impl Bird {
+    /// `neighbors`: (neighbour address, its AS, our local address).
+    pub fn start(lab: &Lab, neighbors: &[(String, u32, String)]) -> Bird {
+        let run = lab.path("bird");
+        fs::create_dir_all(&run).expect("bird dir");
+        let mut c = String::from(
+            "router id 192.0.2.1;\nprotocol device {}\n\
+             protocol kernel kernel4 { ipv4 { export where source = RTS_BGP; }; merge paths on limit 16; }\n\
+             protocol kernel kernel6 { ipv6 { export where source = RTS_BGP; }; merge paths on limit 16; }\n\
+             template bgp backend { local as 65000; hold time 9; keepalive time 3; connect retry time 1; \
+             connect delay time 1; ipv4 { import all; export none; }; ipv6 { import all; export none; }; }\n",
+        );
+        for (i, (addr, asn, local)) in neighbors.iter().enumerate() {
+            c += &format!(
+                "protocol bgp n{i} from backend {{ local {local} as 65000; neighbor {addr} as {asn}; }}\n"
+            );
+        }
+        fs::write(run.join("bird.conf"), c).expect("bird.conf");
+        let r = run.display();
+        must(&format!(
+            "ip netns exec {} bird -c {r}/bird.conf -s {r}/bird.ctl -P {r}/bird.pid",
+            lab.router
+        ));
+        let pidf = run.join("bird.pid");
+        wait_for("bird pid", Duration::from_secs(10), || {
+            read_pid(&pidf).is_some()
+        });
+        Bird {
+            ctl: run.join("bird.ctl"),
+            pid: read_pid(&pidf),
+        }
+    }
+
+    pub fn birdc(&self, cmd: &str) -> String {
+        sh(&format!("birdc -s {} {cmd} 2>&1", self.ctl.display())).1
+    }
+}
+
+impl Drop for Bird {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            kill_pid(pid);
+        }
+    }
+}
+
+/// A speaker running on its own thread inside a namespace, so every socket
+/// it opens belongs to that namespace.
+pub struct NsSpeaker {
+    pub speaker: Speaker,
+    stop: Option<tokio::sync::oneshot::Sender<bool>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl NsSpeaker {
+    pub fn start(ns: &str, cfg: SpeakerConfig) -> NsSpeaker {
+        let ns = ns.to_string();
+        let (tx, rx) = std_mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<bool>();
+        let thread = thread::spawn(move || {
+            let f = fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on this thread only, with a valid namespace fd.
+            let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {ns}");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let speaker = Speaker::start(cfg).await.expect("start speaker");
+                tx.send(speaker.clone()).expect("hand speaker out");
+                let graceful = stop_rx.await.unwrap_or(false);
+                if graceful {
+                    speaker.close_for_restart().await;
+                } else {
+                    speaker.shutdown().await;
+                }
+            });
+        });
+        let speaker = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("speaker started");
+        NsSpeaker {
+            speaker,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn established(&self) -> usize {
+        self.speaker
+            .peers()
+            .iter()
+            .filter(|p| p.state == bgp_speaker::State::Established)
+            .count()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(false);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for NsSpeaker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Speaker config with one peer per given router address.
+pub fn speaker_config(i: usize, routers: &[&str]) -> SpeakerConfig {
+    SpeakerConfig {
+        local_as: 65100 + i as u32,
+        router_id: speaker_v4(i).parse().expect("router id"),
+        hold_time: 9,
+        listen_port: Some(179),
+        graceful_restart: None,
+        peers: routers
+            .iter()
+            .map(|r| {
+                let addr: IpAddr = r.parse().expect("router address");
+                PeerConfig::new(addr, ROUTER_AS)
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,93 @@
+//! Sessions with FRR over IPv4 and IPv6 transport, and ECMP in the router's
+//! kernel from two speakers announcing the same /32 and /128.
+
+mod common;
+
+use std::time::Duration;
+
+use bgp_speaker::RouteAttrs;
+use common::*;
+
+#[test]
+fn frr_two_speakers_ecmp_v4_v6_announce_withdraw() {
+    let lab = Lab::new("ecmp", 2);
+    let mut neigh = Vec::new();
+    for i in 1..=2 {
+        for addr in [speaker_v4(i), speaker_v6(i)] {
+            neigh.push(FrrNeighbor {
+                addr,
+                remote_as: 65100 + i as u32,
+                ..Default::default()
+            });
+        }
+    }
+    let frr = Frr::start(&lab, &neigh, "");
+    let s: Vec<NsSpeaker> = (1..=2)
+        .map(|i| {
+            NsSpeaker::start(
+                &lab.speakers[i - 1],
+                speaker_config(i, &[&router_v4(i), &router_v6(i)]),
+            )
+        })
+        .collect();
+    for (i, sp) in s.iter().enumerate() {
+        wait_for(
+            &format!("speaker {} established twice", i + 1),
+            Duration::from_secs(30),
+            || sp.established() == 2,
+        );
+    }
+    for n in &neigh {
+        assert_eq!(
+            frr.neighbor_state(&n.addr),
+            "Established",
+            "FRR side of {}",
+            n.addr
+        );
+    }
+    for sp in &s {
+        sp.speaker
+            .announce(VIP4.parse().unwrap(), RouteAttrs::default());
+        sp.speaker
+            .announce(VIP6.parse().unwrap(), RouteAttrs::default());
+    }
+    let both = |prefix: &str, a: &str, b: &str| {
+        let r = lab.router_route(prefix);
+        r.contains(&format!("via {a} ")) && r.contains(&format!("via {b} "))
+    };
+    wait_for("IPv4 ECMP route", Duration::from_secs(10), || {
+        both(VIP4, &speaker_v4(1), &speaker_v4(2))
+    });
+    wait_for("IPv6 ECMP route", Duration::from_secs(10), || {
+        both(VIP6, &speaker_v6(1), &speaker_v6(2))
+    });
+
+    s[0].speaker.withdraw(VIP4.parse().unwrap());
+    s[0].speaker.withdraw(VIP6.parse().unwrap());
+    let only = |prefix: &str, keep: &str, gone: &str| {
+        let r = lab.router_route(prefix);
+        r.contains(keep) && !r.contains(&format!("{gone} "))
+    };
+    wait_for(
+        "IPv4 route via speaker 2 only",
+        Duration::from_secs(10),
+        || only(VIP4, &speaker_v4(2), &speaker_v4(1)),
+    );
+    wait_for(
+        "IPv6 route via speaker 2 only",
+        Duration::from_secs(10),
+        || only(VIP6, &speaker_v6(2), &speaker_v6(1)),
+    );
+    s[1].speaker.withdraw(VIP4.parse().unwrap());
+    s[1].speaker.withdraw(VIP6.parse().unwrap());
+    wait_for("routes gone", Duration::from_secs(10), || {
+        lab.router_route(VIP4).trim().is_empty() && lab.router_route(VIP6).trim().is_empty()
+    });
+    for sp in &s {
+        for p in sp.speaker.peers() {
+            assert_eq!(p.state, bgp_speaker::State::Established, "{p:?}");
+            assert!(p.messages_in >= 2 && p.messages_out >= 4, "{p:?}");
+            assert_eq!(p.prefixes_sent, 0);
+        }
+    }
+}
