@@ -297,30 +297,19 @@ impl PeerTask {
         let deadline = TInstant::now() + OPEN_HOLD;
         let peer = loop {
             tokio::select! {
-                m = c.rd.recv() => match m {
-                    Some(Read::Msg(Incoming::Open(o))) => {
-                        self.with(|s| s.status.messages_in += 1);
+                m = c.rd.recv() => match self.handshake_read(&mut c, m).await {
+                    Ok(Incoming::Open(o)) => {
                         match wire::check_open(&o, self.cfg.remote_as, self.global.router_id, self.ebgp()) {
                             Ok(p) => break p,
                             Err(n) => return closed(self.notify(&mut c, &n).await),
                         }
                     }
-                    Some(Read::Msg(Incoming::Notification(n))) => {
-                        return closed(format!("received NOTIFICATION {}", n.describe()));
-                    }
-                    Some(Read::Msg(_)) => {
+                    Ok(_) => {
                         let n = Notification::new(5, 1, Vec::new());
                         return closed(self.notify(&mut c, &n).await);
                     }
-                    Some(Read::Bad(n)) => return closed(self.notify(&mut c, &n).await),
-                    Some(Read::Closed(r)) => {
-                        if let Some(p) = pending.take() { return End::Switch(p); }
-                        return closed(r);
-                    }
-                    None => {
-                        if let Some(p) = pending.take() { return End::Switch(p); }
-                        return closed("connection closed".into());
-                    }
+                    // The peer gave up this connection for its other one.
+                    Err(r) => return pending.map_or_else(|| closed(r), End::Switch),
                 },
                 s = self.incoming.recv() => {
                     if let Some(s) = s { pending = Some(s); }
@@ -332,17 +321,10 @@ impl PeerTask {
                 _ = self.stop.changed() => return self.stop_conn(&mut c).await,
             }
         };
-        // Collision detection (RFC 4271 section 6.8): the connection opened
-        // by the side with the higher BGP identifier survives.
-        if let Some(other) = pending.take() {
-            let keep_ours = self.global.router_id > peer.router_id;
-            if keep_ours == c.outbound {
-                reject_collision(other).await;
-            } else {
-                let n = Notification::new(6, 7, Vec::new());
-                self.notify(&mut c, &n).await;
-                return End::Switch(other);
-            }
+        if let Some(other) = pending.take()
+            && let Some(end) = self.collide(&mut c, other, &peer).await
+        {
+            return end;
         }
         let hold = Duration::from_secs(u64::from(self.global.hold_time.min(peer.hold_time)));
         if let Err(reason) = self.send(&mut c, &wire::keepalive()).await {
@@ -354,32 +336,19 @@ impl PeerTask {
         let deadline = TInstant::now() + if hold.is_zero() { OPEN_HOLD } else { hold };
         loop {
             tokio::select! {
-                m = c.rd.recv() => match m {
-                    Some(Read::Msg(Incoming::KeepAlive)) => {
-                        self.with(|s| s.status.messages_in += 1);
-                        break;
-                    }
-                    Some(Read::Msg(Incoming::Notification(n))) => {
-                        return closed(format!("received NOTIFICATION {}", n.describe()));
-                    }
-                    Some(Read::Msg(_)) => {
+                m = c.rd.recv() => match self.handshake_read(&mut c, m).await {
+                    Ok(Incoming::KeepAlive) => break,
+                    Ok(_) => {
                         let n = Notification::new(5, 2, Vec::new());
                         return closed(self.notify(&mut c, &n).await);
                     }
-                    Some(Read::Bad(n)) => return closed(self.notify(&mut c, &n).await),
-                    Some(Read::Closed(r)) => return closed(r),
-                    None => return closed("connection closed".into()),
+                    Err(r) => return closed(r),
                 },
                 s = self.incoming.recv() => {
-                    if let Some(other) = s {
-                        let keep_ours = self.global.router_id > peer.router_id;
-                        if keep_ours == c.outbound {
-                            reject_collision(other).await;
-                        } else {
-                            let n = Notification::new(6, 7, Vec::new());
-                            self.notify(&mut c, &n).await;
-                            return End::Switch(other);
-                        }
+                    if let Some(other) = s
+                        && let Some(end) = self.collide(&mut c, other, &peer).await
+                    {
+                        return end;
                     }
                 }
                 _ = sleep_until(deadline) => {
@@ -390,6 +359,38 @@ impl PeerTask {
             }
         }
         self.established(c, peer, hold).await
+    }
+
+    /// A read during the OPEN exchange: the message, or why the connection
+    /// ended (NOTIFICATION received or sent, TCP closed).
+    async fn handshake_read(&self, c: &mut Conn, m: Option<Read>) -> Result<Incoming, String> {
+        match m {
+            Some(Read::Msg(Incoming::Notification(n))) => {
+                Err(format!("received NOTIFICATION {}", n.describe()))
+            }
+            Some(Read::Msg(m)) => {
+                self.with(|s| s.status.messages_in += 1);
+                Ok(m)
+            }
+            Some(Read::Bad(n)) => Err(self.notify(c, &n).await),
+            Some(Read::Closed(r)) => Err(r),
+            None => Err("connection closed".into()),
+        }
+    }
+
+    /// Collision detection (RFC 4271 section 6.8): the connection opened by
+    /// the side with the higher BGP identifier survives. Returns how the
+    /// current connection ends if it loses.
+    async fn collide(&self, c: &mut Conn, other: TcpStream, peer: &PeerOpen) -> Option<End> {
+        let keep_ours = self.global.router_id > peer.router_id;
+        if keep_ours == c.outbound {
+            reject_collision(other).await;
+            None
+        } else {
+            let n = Notification::new(6, 7, Vec::new());
+            self.notify(c, &n).await;
+            Some(End::Switch(other))
+        }
     }
 
     async fn stop_conn(&self, c: &mut Conn) -> End {
