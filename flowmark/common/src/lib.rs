@@ -1,0 +1,218 @@
+//! Types and the flow-label encoding shared by flowmark's tc egress program
+//! (`flowmark-ebpf`) and its userspace daemon (`flowmark`).
+//!
+//! The SciTags IPv6 flow-label layout (20 bits, bit 19 most significant):
+//!
+//! | bits  | field                                                   |
+//! |-------|---------------------------------------------------------|
+//! | 19-18 | entropy (2 bits)                                        |
+//! | 17-9  | experiment id, 9 bits, bit-reversed (LSB at label bit 17) |
+//! | 8     | entropy (1 bit)                                         |
+//! | 7-2   | activity id, 6 bits, normal order                       |
+//! | 1-0   | entropy (2 bits)                                        |
+//!
+//! The encoding lives here, dependency-free, so the kernel program and the
+//! userspace tools can never disagree on where a bit goes.
+#![no_std]
+
+/// The 15 label bits that carry experiment and activity.
+pub const SEMANTIC_MASK: u32 = 0x3FEFC;
+/// The 5 label bits chosen once per flow.
+pub const ENTROPY_MASK: u32 = 0xC0103;
+/// All 20 bits of an IPv6 flow label.
+pub const LABEL_MASK: u32 = 0xFFFFF;
+/// Experiments that fit the label: 1..=511 (9 bits).
+pub const MAX_LABEL_EXPERIMENT: u16 = 511;
+/// Largest activity id (6 bits).
+pub const MAX_ACTIVITY: u8 = 63;
+
+/// Semantic label bits for `experiment` (< 512) and `activity` (< 64), all
+/// entropy bits zero. Higher bits of the arguments are ignored: callers check
+/// the ranges first (`flowmark::scitag` does, with a reason for the user).
+#[inline(always)]
+pub const fn encode_label(experiment: u16, activity: u8) -> u32 {
+    let mut label = ((activity as u32) & 0x3F) << 2;
+    let mut i = 0;
+    while i < 9 {
+        if (experiment >> i) & 1 == 1 {
+            label |= 1 << (17 - i);
+        }
+        i += 1;
+    }
+    label
+}
+
+/// The inverse of [`encode_label`]: (experiment, activity); entropy ignored.
+#[inline(always)]
+pub const fn decode_label(label: u32) -> (u16, u8) {
+    let mut experiment = 0u16;
+    let mut i = 0;
+    while i < 9 {
+        if (label >> (17 - i)) & 1 == 1 {
+            experiment |= 1 << i;
+        }
+        i += 1;
+    }
+    (experiment, ((label >> 2) & 0x3F) as u8)
+}
+
+/// Spreads the low 5 bits of `entropy` over the entropy positions
+/// (bits 4-3 -> 19-18, bit 2 -> 8, bits 1-0 -> 1-0) of a semantic label.
+#[inline(always)]
+pub const fn with_entropy(semantic: u32, entropy: u32) -> u32 {
+    let e = ((entropy & 0x18) << 15) | ((entropy & 0x4) << 6) | (entropy & 0x3);
+    (semantic & SEMANTIC_MASK) | e
+}
+
+/// The 5 entropy bits of a label, packed back into 0..32.
+#[inline(always)]
+pub const fn entropy_of(label: u32) -> u32 {
+    ((label >> 15) & 0x18) | ((label >> 6) & 0x4) | (label & 0x3)
+}
+
+/// Key of the flow map: the full 5-tuple of an IPv6 packet as it leaves
+/// this host (src = local side). Ports in network byte order, exactly as in
+/// the packet, so the kernel never swaps bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    /// IPPROTO_TCP (6) or IPPROTO_UDP (17).
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of the flow map. `label` is written by userspace once per flow; the
+/// counters are bumped by the kernel program (plain adds: a lost increment
+/// under a cross-CPU race only blurs a usage fallback, never the label).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    /// The full 20-bit label, entropy included.
+    pub label: u32,
+    pub _pad: u32,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Value of the port and cgroup rule maps: the semantic label bits; the
+/// kernel adds per-flow entropy from a hash of the 5-tuple, so every packet
+/// of a flow carries the same label without any per-flow state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleValue {
+    pub semantic: u32,
+}
+
+/// Entries of the flow map (LRU: the oldest idle flows go first).
+pub const MAX_FLOWS: u32 = 65536;
+/// Entries of each rule map.
+pub const MAX_RULES: u32 = 1024;
+
+/// Per-CPU counters of the egress program.
+pub mod counter {
+    /// IPv6 packets of a registered flow: label written.
+    pub const MARKED_FLOW: u32 = 0;
+    /// IPv6 packets matching a local-port rule: label written.
+    pub const MARKED_PORT: u32 = 1;
+    /// IPv6 packets matching a cgroup rule: label written.
+    pub const MARKED_CGROUP: u32 = 2;
+    /// IPv6 TCP/UDP packets of no flow and no rule: untouched.
+    pub const UNMARKED_V6: u32 = 3;
+    /// IPv4 packets: no flow label, untouched (fireflies only).
+    pub const IPV4: u32 = 4;
+    /// Anything else (ARP, IPv6 with extension headers, ICMPv6...): untouched.
+    pub const OTHER: u32 = 5;
+    /// Headers shorter than they claim: untouched.
+    pub const TRUNCATED: u32 = 6;
+    /// bpf_skb_store_bytes failed: untouched.
+    pub const STORE_FAILED: u32 = 7;
+    pub const NUM: u32 = 8;
+    /// Names in index order, for status output and metrics.
+    pub const NAMES: [&str; NUM as usize] = [
+        "marked_flow",
+        "marked_port",
+        "marked_cgroup",
+        "unmarked_v6",
+        "ipv4",
+        "other",
+        "truncated",
+        "store_failed",
+    ];
+}
+
+/// Mixes a 5-tuple into 5 bits of entropy for rule-marked flows. It only
+/// has to be stable per flow and spread flows a little; skb->hash is not
+/// used because the kernel re-rolls a socket's txhash on RTO.
+#[inline(always)]
+pub fn rule_entropy(key: &FlowKey) -> u32 {
+    let mut h: u32 = 0x9e37_79b9;
+    let mut i = 0;
+    while i < 4 {
+        let s = u32::from_ne_bytes([
+            key.src[4 * i],
+            key.src[4 * i + 1],
+            key.src[4 * i + 2],
+            key.src[4 * i + 3],
+        ]);
+        let d = u32::from_ne_bytes([
+            key.dst[4 * i],
+            key.dst[4 * i + 1],
+            key.dst[4 * i + 2],
+            key.dst[4 * i + 3],
+        ]);
+        h = (h ^ s).wrapping_mul(0x85eb_ca6b).rotate_left(13);
+        h = (h ^ d).wrapping_mul(0xc2b2_ae35).rotate_left(13);
+        i += 1;
+    }
+    h ^= ((key.sport_be as u32) << 16) | key.dport_be as u32;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 16;
+    h & 0x1F
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C), Copy, explicit padding, no pointers: any byte pattern
+    // is a valid value.
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::RuleValue {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scitag_206_is_0x30038() {
+        assert_eq!(encode_label(3, 14), 0x30038);
+        assert_eq!(decode_label(0x30038), (3, 14));
+    }
+
+    #[test]
+    fn entropy_and_semantics_never_overlap() {
+        assert_eq!(SEMANTIC_MASK & ENTROPY_MASK, 0);
+        assert_eq!(SEMANTIC_MASK | ENTROPY_MASK, LABEL_MASK);
+        for e in 0..32 {
+            let l = with_entropy(encode_label(511, 63), e);
+            assert_eq!(l & SEMANTIC_MASK, SEMANTIC_MASK);
+            assert_eq!(entropy_of(l), e);
+            assert_eq!(with_entropy(0, e) & SEMANTIC_MASK, 0);
+        }
+    }
+
+    #[test]
+    fn every_encodable_pair_round_trips() {
+        for exp in 0..=MAX_LABEL_EXPERIMENT {
+            for act in 0..=MAX_ACTIVITY {
+                let l = encode_label(exp, act);
+                assert_eq!(l & !SEMANTIC_MASK, 0);
+                assert_eq!(decode_label(l), (exp, act));
+            }
+        }
+    }
+}
