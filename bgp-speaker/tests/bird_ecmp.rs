@@ -35,8 +35,10 @@ fn bird_two_speakers_ecmp_v4_v6_announce_withdraw() {
     let protos = bird.birdc("show protocols");
     assert_eq!(protos.matches("Established").count(), 4, "{protos}");
     for sp in &s {
-        sp.speaker.announce(VIP4.parse().unwrap(), RouteAttrs::default());
-        sp.speaker.announce(VIP6.parse().unwrap(), RouteAttrs::default());
+        sp.speaker
+            .announce(VIP4.parse().unwrap(), RouteAttrs::default());
+        sp.speaker
+            .announce(VIP6.parse().unwrap(), RouteAttrs::default());
     }
     let both = |prefix: &str, a: &str, b: &str| {
         let r = lab.router_route(prefix);
@@ -54,12 +56,16 @@ fn bird_two_speakers_ecmp_v4_v6_announce_withdraw() {
         let r = lab.router_route(prefix);
         r.contains(keep) && !r.contains(&format!("{gone} "))
     };
-    wait_for("IPv4 route via speaker 2 only", Duration::from_secs(10), || {
-        only(VIP4, &speaker_v4(2), &speaker_v4(1))
-    });
-    wait_for("IPv6 route via speaker 2 only", Duration::from_secs(10), || {
-        only(VIP6, &speaker_v6(2), &speaker_v6(1))
-    });
+    wait_for(
+        "IPv4 route via speaker 2 only",
+        Duration::from_secs(10),
+        || only(VIP4, &speaker_v4(2), &speaker_v4(1)),
+    );
+    wait_for(
+        "IPv6 route via speaker 2 only",
+        Duration::from_secs(10),
+        || only(VIP6, &speaker_v6(2), &speaker_v6(1)),
+    );
     s[1].speaker.withdraw(VIP4.parse().unwrap());
     s[1].speaker.withdraw(VIP6.parse().unwrap());
     wait_for("routes gone", Duration::from_secs(10), || {

@@ -21,7 +21,7 @@ fn frr_two_speakers_ecmp_v4_v6_announce_withdraw() {
             });
         }
     }
-    let frr = Frr::start(&lab, &neigh, "");
+    let frr = Frr::start(&lab, &neigh, &FrrExtra::default());
     let s: Vec<NsSpeaker> = (1..=2)
         .map(|i| {
             NsSpeaker::start(

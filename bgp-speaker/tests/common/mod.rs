@@ -173,6 +173,14 @@ pub struct FrrNeighbor {
     pub passive: bool,
 }
 
+/// Extra bgpd.conf lines: under `router bgp`, and in each address family.
+#[derive(Default)]
+pub struct FrrExtra {
+    pub global: String,
+    pub af4: String,
+    pub af6: String,
+}
+
 /// FRR 8.4 (zebra, bgpd, bfdd) in the router namespace.
 pub struct Frr {
     pub run: PathBuf,
@@ -180,7 +188,8 @@ pub struct Frr {
 }
 
 impl Frr {
-    pub fn start(lab: &Lab, neighbors: &[FrrNeighbor], extra_global: &str) -> Frr {
+    pub fn start(lab: &Lab, neighbors: &[FrrNeighbor], extra: &FrrExtra) -> Frr {
+        let extra_global = &extra.global;
         let run = lab.path("frr");
         fs::create_dir_all(&run).expect("frr dir");
         let mut c =
@@ -213,6 +222,7 @@ impl Frr {
             for n in neighbors {
                 c += &format!("  neighbor {} activate\n", n.addr);
             }
+            c += if af == "ipv4" { &extra.af4 } else { &extra.af6 };
             c += "  maximum-paths 8\n exit-address-family\n";
         }
         c += "!\n";
