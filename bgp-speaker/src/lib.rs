@@ -20,7 +20,9 @@
 //!     peers: vec![PeerConfig::new("192.0.2.1".parse().unwrap(), 65000)],
 //! })
 //! .await?;
-//! speaker.announce("198.51.100.10/32".parse().unwrap(), RouteAttrs::default());
+//! speaker
+//!     .announce("198.51.100.10/32".parse().unwrap(), RouteAttrs::default())
+//!     .expect("unicast prefix");
 //! # Ok(()) }
 //! ```
 
@@ -37,7 +39,7 @@ pub use config::{
     BfdConfig, GRACEFUL_SHUTDOWN, GracefulRestart, Origin, PeerConfig, RouteAttrs, SpeakerConfig,
 };
 pub use ipnet::IpNet;
-pub use speaker::{PeerStatus, SessionEvent, Speaker, StartError, State};
+pub use speaker::{PeerStatus, RouteError, SessionEvent, Speaker, StartError, State};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -82,6 +82,13 @@ pub(crate) enum Stop {
     ForRestart,
 }
 
+/// A route the speaker cannot announce.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("{0} is not a unicast prefix")]
+    NotUnicast(IpNet),
+}
+
 /// Errors starting the speaker.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -206,8 +213,12 @@ impl Speaker {
     }
 
     /// Announces (or updates the attributes of) a prefix to every peer.
-    pub fn announce(&self, prefix: IpNet, attrs: RouteAttrs) {
+    /// Multicast prefixes cannot be announced as unicast routes.
+    pub fn announce(&self, prefix: IpNet, attrs: RouteAttrs) -> Result<(), RouteError> {
         let prefix = prefix.trunc();
+        if !crate::wire::is_unicast(prefix) {
+            return Err(RouteError::NotUnicast(prefix));
+        }
         self.rib.send_if_modified(|r| {
             if r.routes.get(&prefix) == Some(&attrs) {
                 return false;
@@ -215,6 +226,7 @@ impl Speaker {
             r.routes.insert(prefix, attrs);
             true
         });
+        Ok(())
     }
 
     /// Withdraws a prefix from every peer.

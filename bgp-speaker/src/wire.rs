@@ -359,6 +359,14 @@ fn common_attrs(ctx: &UpdateCtx, a: &RouteAttrs) -> Vec<PathAttribute> {
     out
 }
 
+/// Whether a prefix can be carried as unicast NLRI (not multicast).
+pub fn is_unicast(prefix: IpNet) -> bool {
+    match prefix {
+        IpNet::V4(p) => Ipv4Unicast::from_net(p).is_ok(),
+        IpNet::V6(p) => Ipv6Unicast::from_net(p).is_ok(),
+    }
+}
+
 /// An UPDATE announcing one prefix, or `None` when the session has no next
 /// hop of the prefix's family.
 pub fn announce(ctx: &UpdateCtx, prefix: IpNet, a: &RouteAttrs) -> Option<Vec<u8>> {

@@ -36,9 +36,11 @@ fn bird_two_speakers_ecmp_v4_v6_announce_withdraw() {
     assert_eq!(protos.matches("Established").count(), 4, "{protos}");
     for sp in &s {
         sp.speaker
-            .announce(VIP4.parse().unwrap(), RouteAttrs::default());
+            .announce(VIP4.parse().unwrap(), RouteAttrs::default())
+            .unwrap();
         sp.speaker
-            .announce(VIP6.parse().unwrap(), RouteAttrs::default());
+            .announce(VIP6.parse().unwrap(), RouteAttrs::default())
+            .unwrap();
     }
     let both = |prefix: &str, a: &str, b: &str| {
         let r = lab.router_route(prefix);

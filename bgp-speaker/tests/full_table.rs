@@ -60,9 +60,11 @@ fn frr_sends_full_table_session_stays_up() {
             >= want
     });
     sp.speaker
-        .announce(VIP4.parse().unwrap(), RouteAttrs::default());
+        .announce(VIP4.parse().unwrap(), RouteAttrs::default())
+        .unwrap();
     sp.speaker
-        .announce(VIP6.parse().unwrap(), RouteAttrs::default());
+        .announce(VIP6.parse().unwrap(), RouteAttrs::default())
+        .unwrap();
     wait_for("our routes at FRR", Duration::from_secs(10), || {
         lab.router_route(VIP4).contains(&speaker_v4(1))
             && lab.router_route(VIP6).contains(&speaker_v6(1))

@@ -257,7 +257,8 @@ fn hostile_peer_gets_notifications_and_frr_session_survives() {
     cfg.peers.push(hp);
     let sp = NsSpeaker::start(&lab.speakers[0], cfg);
     sp.speaker
-        .announce(VIP4.parse().unwrap(), RouteAttrs::default());
+        .announce(VIP4.parse().unwrap(), RouteAttrs::default())
+        .unwrap();
     wait_for("FRR session", Duration::from_secs(30), || {
         sp.established() == 1
     });
