@@ -100,16 +100,46 @@ fn words16(b: &[u8; 16]) -> [u32; 4] {
 /// Hash of an IPv4 flow. `ports` are the first four bytes of the TCP/UDP
 /// header (source port then destination port, network order).
 #[inline(always)]
-pub fn flow_hash_v4(saddr: &[u8; 4], daddr: &[u8; 4], ports: &[u8; 4], proto: u8, seed: u32) -> u32 {
-    jhash_3words(word(saddr), word(daddr), word(ports), seed.wrapping_add(proto as u32))
+pub fn flow_hash_v4(
+    saddr: &[u8; 4],
+    daddr: &[u8; 4],
+    ports: &[u8; 4],
+    proto: u8,
+    seed: u32,
+) -> u32 {
+    jhash_3words(
+        word(saddr),
+        word(daddr),
+        word(ports),
+        seed.wrapping_add(proto as u32),
+    )
 }
 
 /// Hash of an IPv6 flow, same conventions as [`flow_hash_v4`].
 #[inline(always)]
-pub fn flow_hash_v6(saddr: &[u8; 16], daddr: &[u8; 16], ports: &[u8; 4], proto: u8, seed: u32) -> u32 {
+pub fn flow_hash_v6(
+    saddr: &[u8; 16],
+    daddr: &[u8; 16],
+    ports: &[u8; 4],
+    proto: u8,
+    seed: u32,
+) -> u32 {
     let s = words16(saddr);
     let d = words16(daddr);
-    let w = [s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3], word(ports), proto as u32, 0, 0];
+    let w = [
+        s[0],
+        s[1],
+        s[2],
+        s[3],
+        d[0],
+        d[1],
+        d[2],
+        d[3],
+        word(ports),
+        proto as u32,
+        0,
+        0,
+    ];
     jhash_12words(&w, seed)
 }
 
@@ -129,11 +159,62 @@ mod tests {
 
     #[test]
     fn v4_hash_depends_on_every_field() {
-        let base = flow_hash_v4(&[192, 0, 2, 1], &[198, 51, 100, 10], &[0x9c, 0x40, 0, 80], 6, 7);
-        assert_ne!(base, flow_hash_v4(&[192, 0, 2, 2], &[198, 51, 100, 10], &[0x9c, 0x40, 0, 80], 6, 7));
-        assert_ne!(base, flow_hash_v4(&[192, 0, 2, 1], &[198, 51, 100, 11], &[0x9c, 0x40, 0, 80], 6, 7));
-        assert_ne!(base, flow_hash_v4(&[192, 0, 2, 1], &[198, 51, 100, 10], &[0x9c, 0x41, 0, 80], 6, 7));
-        assert_ne!(base, flow_hash_v4(&[192, 0, 2, 1], &[198, 51, 100, 10], &[0x9c, 0x40, 0, 80], 17, 7));
-        assert_ne!(base, flow_hash_v4(&[192, 0, 2, 1], &[198, 51, 100, 10], &[0x9c, 0x40, 0, 80], 6, 8));
+        let base = flow_hash_v4(
+            &[192, 0, 2, 1],
+            &[198, 51, 100, 10],
+            &[0x9c, 0x40, 0, 80],
+            6,
+            7,
+        );
+        assert_ne!(
+            base,
+            flow_hash_v4(
+                &[192, 0, 2, 2],
+                &[198, 51, 100, 10],
+                &[0x9c, 0x40, 0, 80],
+                6,
+                7
+            )
+        );
+        assert_ne!(
+            base,
+            flow_hash_v4(
+                &[192, 0, 2, 1],
+                &[198, 51, 100, 11],
+                &[0x9c, 0x40, 0, 80],
+                6,
+                7
+            )
+        );
+        assert_ne!(
+            base,
+            flow_hash_v4(
+                &[192, 0, 2, 1],
+                &[198, 51, 100, 10],
+                &[0x9c, 0x41, 0, 80],
+                6,
+                7
+            )
+        );
+        assert_ne!(
+            base,
+            flow_hash_v4(
+                &[192, 0, 2, 1],
+                &[198, 51, 100, 10],
+                &[0x9c, 0x40, 0, 80],
+                17,
+                7
+            )
+        );
+        assert_ne!(
+            base,
+            flow_hash_v4(
+                &[192, 0, 2, 1],
+                &[198, 51, 100, 10],
+                &[0x9c, 0x40, 0, 80],
+                6,
+                8
+            )
+        );
     }
 }

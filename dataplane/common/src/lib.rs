@@ -134,18 +134,20 @@ pub mod counter {
     pub const DROP_NO_NODE: u32 = 8;
     /// Dropped: growing or shrinking the packet failed.
     pub const DROP_ENCAP: u32 = 9;
-    /// No L2 next hop from bpf_fib_lookup: the encapsulated packet goes to the
-    /// kernel, which routes it and resolves the neighbour.
-    pub const FIB_FALLBACK: u32 = 10;
+    /// Dropped: bpf_fib_lookup found no route or no neighbour for the hop's
+    /// underlay address (lbd's member polling keeps neighbours resolved).
+    pub const DROP_NO_ROUTE: u32 = 10;
     /// SYN-ACKs whose MSS option was clamped (tc egress).
     pub const MSS_CLAMPED: u32 = 11;
-    /// Encapsulated packet with a bad hop marker or inner header: passed
-    /// locally, never forwarded again.
-    pub const DECAP_TERMINAL: u32 = 12;
+    /// Dropped: the encapsulated packet would exceed the underlay MTU.
+    pub const DROP_TOO_BIG: u32 = 12;
+    /// Encapsulated for this node but the inner packet is not VIP traffic:
+    /// passed locally, never forwarded again.
+    pub const DECAP_NOT_VIP: u32 = 13;
     pub const NUM_COUNTERS: u32 = 16;
 
     /// Names in index order, for status output and metrics.
-    pub const NAMES: [&str; 13] = [
+    pub const NAMES: [&str; 14] = [
         "pass_local",
         "fwd_first_hop",
         "fwd_second_hop",
@@ -156,9 +158,10 @@ pub mod counter {
         "drop_malformed",
         "drop_no_node",
         "drop_encap",
-        "fib_fallback",
+        "drop_no_route",
         "mss_clamped",
-        "decap_terminal",
+        "drop_too_big",
+        "decap_not_vip",
     ];
 }
 

@@ -1,10 +1,102 @@
+//! lbd's kernel-side programs.
+//!
+//! - `lbd_xdp`: the forwarder on each node's uplink (classify, steer,
+//!   encapsulate/decapsulate).
+//! - `lbd_mss_clamp`: tc egress, clamps the MSS option of SYN-ACKs leaving
+//!   from a VIP so clients' full-size segments still fit once encapsulated.
+//! - `lbd_pass`, `lbd_tx`: trivial programs. veth delivers XDP_TX/redirected
+//!   frames only if the peer end has an XDP program too (labs attach
+//!   `lbd_pass` there); `lbd_tx` is the benchmark's baseline.
 #![no_std]
 #![no_main]
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
+mod classify;
+mod encap;
+mod maps;
+mod mss;
+mod packet;
+mod steer;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use dataplane_common::counter::{DECAP_NOT_VIP, DROP_ENCAP};
+
+use classify::{Parsed, classify_inner, classify_outer, decode};
+use maps::{CONFIG, count_global};
+use packet::*;
 
 #[xdp]
-pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+pub fn lbd_xdp(ctx: XdpContext) -> u32 {
+    let Some(cfg) = CONFIG.get(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    if cfg.self_id == 0 {
+        return xdp_action::XDP_PASS;
+    }
+    let Some(eth) = bytes::<ETH_LEN>(&ctx, 0) else {
+        return xdp_action::XDP_PASS;
+    };
+    let mut ethertype = be16(eth, 12);
+    let mut l2_len = ETH_LEN;
+    if ethertype == ETH_P_8021Q {
+        let Some(tag) = bytes::<VLAN_LEN>(&ctx, ETH_LEN) else {
+            return xdp_action::XDP_PASS;
+        };
+        ethertype = be16(tag, 2);
+        l2_len += VLAN_LEN;
+    }
+    match decode(classify_outer(ctx.ctx, cfg, l2_len, ethertype)) {
+        Parsed::Pass(c) => {
+            count_global(c);
+            xdp_action::XDP_PASS
+        }
+        Parsed::Drop(c) => {
+            count_global(c);
+            xdp_action::XDP_DROP
+        }
+        Parsed::Steer => steer::steer(ctx.ctx, cfg, 0),
+        Parsed::Decap {
+            hop,
+            outer_len,
+            inner_proto,
+        } => {
+            if !encap::decap(&ctx, l2_len, outer_len, inner_proto) {
+                count_global(DROP_ENCAP);
+                return xdp_action::XDP_DROP;
+            }
+            match decode(classify_inner(ctx.ctx, cfg, l2_len, inner_proto)) {
+                Parsed::Steer => steer::steer(ctx.ctx, cfg, hop),
+                Parsed::Drop(c) => {
+                    count_global(c);
+                    xdp_action::XDP_DROP
+                }
+                _ => {
+                    count_global(DECAP_NOT_VIP);
+                    xdp_action::XDP_PASS
+                }
+            }
+        }
+    }
+}
+
+#[classifier]
+pub fn lbd_mss_clamp(ctx: TcContext) -> i32 {
+    mss::clamp(&ctx);
+    // Never drops: clamping is best effort, the packet always leaves.
+    0 // TC_ACT_OK
+}
+
+#[xdp]
+pub fn lbd_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn lbd_tx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
 }
 
 #[cfg(not(test))]
@@ -12,3 +104,7 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

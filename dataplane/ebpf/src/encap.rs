@@ -1,0 +1,304 @@
+//! Encapsulation (GUE or IPIP / IPv6-in-IPv6, over an IPv4 or IPv6
+//! underlay) and decapsulation, done in XDP: this kernel has no ipip/fou
+//! modules, and doing it here keeps the whole path in one program.
+//!
+//! Outer header facts (docs/dataplane.md has the byte layout):
+//! - source: this node's underlay address; destination: the hop's.
+//! - GUE: UDP source port from the flow hash (receiver RSS spreads flows),
+//!   destination the cluster's GUE port, checksum 0 (RFC 6935 permits it for
+//!   tunnels; the inner TCP/UDP checksum still protects the payload), then a
+//!   4-byte GUE variant-0 header naming the inner protocol.
+//! - hop marker: IPv4 identification `0x4c00 | hop`, IPv6 flow label low bits.
+use aya_ebpf::{
+    bindings::{xdp_action, xdp_md},
+    helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    programs::XdpContext,
+};
+use dataplane_common::{
+    Config, ENCAP_GUE, FAMILY_V4, FAMILY_V6, IPV4_ID_MARK,
+    counter::{DROP_ENCAP, DROP_NO_NODE, DROP_NO_ROUTE, DROP_TOO_BIG},
+};
+
+use crate::{
+    classify::Flow,
+    maps::{NODES, count},
+    packet::*,
+};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const FIB_SUCCESS: i64 = 0;
+const FIB_FRAG_NEEDED: i64 = 8;
+
+/// `struct bpf_fib_lookup` (64 bytes), flattened: the bindings' unions make
+/// field access noisy and this layout is fixed UAPI.
+#[repr(C)]
+struct FibParams {
+    family: u8,
+    l4_protocol: u8,
+    sport: u16,
+    dport: u16,
+    tot_len: u16,
+    ifindex: u32,
+    flowinfo: u32,
+    src: [u8; 16],
+    dst: [u8; 16],
+    vlan: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+
+/// Encapsulates the flow's packet (its IP header starts right after L2, at
+/// `flow.l3_off`) towards `node` with `hop`, fills L2 from the FIB, and
+/// returns the XDP action; on failure counts why and returns XDP_DROP.
+/// A BPF subprogram (own stack frame; at most five arguments).
+#[inline(never)]
+pub fn forward(raw: *mut xdp_md, cfg: &Config, flow: &Flow, node: u16, hop: u8) -> u32 {
+    match encapsulate(&XdpContext::new(raw), cfg, flow, node, hop) {
+        Ok(action) => action,
+        Err(reason) => {
+            count(flow.vip.index, reason);
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+#[inline(always)]
+fn encapsulate(
+    ctx: &XdpContext,
+    cfg: &Config,
+    flow: &Flow,
+    node: u16,
+    hop: u8,
+) -> Result<u32, u32> {
+    // Constant offsets: the verifier needs bounded packet arithmetic.
+    let l2_len = if flow.l3_off == ETH_LEN + VLAN_LEN {
+        ETH_LEN + VLAN_LEN
+    } else {
+        ETH_LEN
+    };
+    let Some(n) = NODES.get(node as u32) else {
+        return Err(DROP_NO_NODE);
+    };
+    let outer_v4 = match n.family {
+        FAMILY_V4 => true,
+        FAMILY_V6 => false,
+        _ => return Err(DROP_NO_NODE),
+    };
+    let gue = cfg.encap == ENCAP_GUE;
+    let ip_hdr = if outer_v4 { IPV4_LEN } else { IPV6_LEN };
+    let outer_len = ip_hdr + if gue { UDP_LEN + GUE_LEN } else { 0 };
+    let total = outer_len + flow.ip_len;
+    let inner_proto = if flow.family == FAMILY_V4 {
+        IPPROTO_IPIP
+    } else {
+        IPPROTO_IPV6
+    };
+    if total > 0xffff {
+        return Err(DROP_TOO_BIG);
+    }
+
+    // Route the outer packet before touching the frame: on failure the
+    // packet is dropped unchanged and counted.
+    let mut fib = FibParams {
+        family: if outer_v4 { AF_INET } else { AF_INET6 },
+        l4_protocol: if gue { IPPROTO_UDP } else { inner_proto },
+        sport: 0,
+        dport: 0,
+        tot_len: total as u16,
+        ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
+        flowinfo: 0,
+        src: [0; 16],
+        dst: [0; 16],
+        vlan: 0,
+        smac: [0; 6],
+        dmac: [0; 6],
+    };
+    if outer_v4 {
+        fib.src[..4].copy_from_slice(&cfg.self_v4);
+        fib.dst[..4].copy_from_slice(&n.addr[..4]);
+    } else {
+        fib.src = cfg.self_v6;
+        fib.dst = n.addr;
+    }
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx as *mut _,
+            &mut fib as *mut FibParams as *mut _,
+            64,
+            0,
+        )
+    };
+    if rc == FIB_FRAG_NEEDED {
+        return Err(DROP_TOO_BIG);
+    }
+    if rc != FIB_SUCCESS {
+        return Err(DROP_NO_ROUTE);
+    }
+
+    // Keep the VLAN tag (if any) as it was; only MACs and ethertype change.
+    let mut l2 = [0u8; ETH_LEN + VLAN_LEN];
+    if l2_len == ETH_LEN + VLAN_LEN {
+        let Some(old) = bytes::<{ ETH_LEN + VLAN_LEN }>(ctx, 0) else {
+            return Err(DROP_ENCAP);
+        };
+        l2 = *old;
+    } else {
+        let Some(old) = bytes::<ETH_LEN>(ctx, 0) else {
+            return Err(DROP_ENCAP);
+        };
+        l2[..ETH_LEN].copy_from_slice(old);
+    }
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(outer_len as i32)) } != 0 {
+        return Err(DROP_ENCAP);
+    }
+    l2[0..6].copy_from_slice(&fib.dmac);
+    l2[6..12].copy_from_slice(&fib.smac);
+    let ethertype = if outer_v4 { ETH_P_IP } else { ETH_P_IPV6 }.to_be_bytes();
+    if l2_len == ETH_LEN + VLAN_LEN {
+        let Some(new) = bytes::<{ ETH_LEN + VLAN_LEN }>(ctx, 0) else {
+            return Err(DROP_ENCAP);
+        };
+        l2[16] = ethertype[0];
+        l2[17] = ethertype[1];
+        *new = l2;
+    } else {
+        let Some(new) = bytes::<ETH_LEN>(ctx, 0) else {
+            return Err(DROP_ENCAP);
+        };
+        l2[12] = ethertype[0];
+        l2[13] = ethertype[1];
+        new.copy_from_slice(&l2[..ETH_LEN]);
+    }
+
+    let l4_proto = if gue { IPPROTO_UDP } else { inner_proto };
+    if outer_v4 {
+        let Some(ip) = bytes::<IPV4_LEN>(ctx, l2_len) else {
+            return Err(DROP_ENCAP);
+        };
+        write_ipv4(ip, total as u16, l4_proto, hop, &cfg.self_v4, &n.addr);
+    } else {
+        let Some(ip) = bytes::<IPV6_LEN>(ctx, l2_len) else {
+            return Err(DROP_ENCAP);
+        };
+        let payload = (total - IPV6_LEN) as u16;
+        write_ipv6(ip, payload, l4_proto, hop, flow.hash, &cfg.self_v6, &n.addr);
+    }
+    if gue {
+        let Some(udp) = bytes::<{ UDP_LEN + GUE_LEN }>(ctx, l2_len + ip_hdr) else {
+            return Err(DROP_ENCAP);
+        };
+        let sport = (0xc000 | ((flow.hash ^ (flow.hash >> 16)) & 0x3fff) as u16).to_be_bytes();
+        let gport = cfg.gue_port_be.to_ne_bytes();
+        let ulen = ((total - ip_hdr) as u16).to_be_bytes();
+        *udp = [
+            sport[0],
+            sport[1],
+            gport[0],
+            gport[1],
+            ulen[0],
+            ulen[1],
+            0,
+            0,
+            0,
+            inner_proto,
+            0,
+            0,
+        ];
+    }
+
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    if fib.ifindex == ingress {
+        Ok(xdp_action::XDP_TX)
+    } else {
+        Ok(unsafe { bpf_redirect(fib.ifindex, 0) } as u32)
+    }
+}
+
+#[inline(always)]
+fn write_ipv4(
+    ip: &mut [u8; IPV4_LEN],
+    total: u16,
+    proto: u8,
+    hop: u8,
+    src: &[u8; 4],
+    dst: &[u8; 16],
+) {
+    let len = total.to_be_bytes();
+    let id = (IPV4_ID_MARK | hop as u16).to_be_bytes();
+    *ip = [
+        0x45, 0, len[0], len[1], id[0], id[1], 0x40, 0, 64, proto, 0, 0, src[0], src[1], src[2],
+        src[3], dst[0], dst[1], dst[2], dst[3],
+    ];
+    let csum = ipv4_header_checksum(ip).to_be_bytes();
+    ip[10] = csum[0];
+    ip[11] = csum[1];
+}
+
+#[inline(always)]
+fn write_ipv6(
+    ip: &mut [u8; IPV6_LEN],
+    payload: u16,
+    nh: u8,
+    hop: u8,
+    hash: u32,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+) {
+    // Flow label: 18 bits of flow entropy for underlay ECMP, 2 bits of hop.
+    let label = ((hash << 2) & 0x000f_fffc) | hop as u32;
+    let len = payload.to_be_bytes();
+    // Labels are 20 bits: byte 1 low nibble, bytes 2 and 3.
+    ip[0] = 0x60;
+    ip[1] = ((label >> 16) & 0x0f) as u8;
+    ip[2] = (label >> 8) as u8;
+    ip[3] = label as u8;
+    ip[4] = len[0];
+    ip[5] = len[1];
+    ip[6] = nh;
+    ip[7] = 64;
+    let mut i = 0;
+    while i < 16 {
+        ip[8 + i] = src[i];
+        ip[24 + i] = dst[i];
+        i += 1;
+    }
+}
+
+/// Strips `outer_len` bytes after the L2 header and sets the ethertype of the
+/// inner packet. False if the frame could not be shrunk.
+#[inline(always)]
+pub fn decap(ctx: &XdpContext, l2_len: usize, outer_len: usize, inner_proto: u16) -> bool {
+    let mut l2 = [0u8; ETH_LEN + VLAN_LEN];
+    if l2_len == ETH_LEN + VLAN_LEN {
+        let Some(old) = bytes::<{ ETH_LEN + VLAN_LEN }>(ctx, 0) else {
+            return false;
+        };
+        l2 = *old;
+    } else {
+        let Some(old) = bytes::<ETH_LEN>(ctx, 0) else {
+            return false;
+        };
+        l2[..ETH_LEN].copy_from_slice(old);
+    }
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
+        return false;
+    }
+    let et = inner_proto.to_be_bytes();
+    if l2_len == ETH_LEN + VLAN_LEN {
+        let Some(new) = bytes::<{ ETH_LEN + VLAN_LEN }>(ctx, 0) else {
+            return false;
+        };
+        l2[16] = et[0];
+        l2[17] = et[1];
+        *new = l2;
+    } else {
+        let Some(new) = bytes::<ETH_LEN>(ctx, 0) else {
+            return false;
+        };
+        l2[12] = et[0];
+        l2[13] = et[1];
+        new.copy_from_slice(&l2[..ETH_LEN]);
+    }
+    true
+}

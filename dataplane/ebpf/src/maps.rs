@@ -1,0 +1,51 @@
+//! The maps shared with userspace. All are pinned by name (under the pin path
+//! the loader chooses), so a restarted daemon finds the live tables and
+//! counters instead of starting empty.
+use crate::classify::Flow;
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use dataplane_common::{
+    BUCKETS_LEN, Bucket, Config, MAX_NODES, MAX_VIPS, NodeInfo, STATS_LEN, VipInfo, VipKey,
+    counter::NUM_COUNTERS,
+};
+
+/// BPF_F_NO_PREALLOC: updates replace the element under RCU, so a reader
+/// sees either the old or the new VipInfo, never a recycled one. The table
+/// flip (`active_slot`) relies on that.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+#[map(name = "LBD_CONFIG")]
+pub static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+#[map(name = "LBD_VIPS")]
+pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::pinned(MAX_VIPS, BPF_F_NO_PREALLOC);
+
+#[map(name = "LBD_BUCKETS")]
+pub static BUCKETS: Array<Bucket> = Array::pinned(BUCKETS_LEN, 0);
+
+#[map(name = "LBD_NODES")]
+pub static NODES: Array<NodeInfo> = Array::pinned(MAX_NODES, 0);
+
+#[map(name = "LBD_STATS")]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STATS_LEN, 0);
+
+/// Scratch space for the flow being steered (too big for the BPF stack).
+#[map(name = "LBD_FLOW")]
+pub static FLOW: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU counter: plain increment, no atomics needed.
+#[inline(always)]
+pub fn count(vip_index: u32, counter: u32) {
+    let idx = vip_index * NUM_COUNTERS + counter;
+    if let Some(c) = STATS.get_ptr_mut(idx) {
+        unsafe { *c += 1 };
+    }
+}
+
+/// Counter of the global slot (not tied to a VIP).
+#[inline(always)]
+pub fn count_global(counter: u32) {
+    count(MAX_VIPS, counter);
+}

@@ -1,0 +1,411 @@
+//! Loads the kernel programs, attaches them, pins everything under one
+//! directory of bpffs, swaps VIP tables atomically and reads counters.
+//!
+//! Restart safety: maps and attachment links are pinned. A restarted daemon
+//! calls [`Dataplane::open`] with the same directory: the maps are reused
+//! with their contents, and attaching again atomically replaces the program
+//! behind the pinned link (`bpf_link_update`), so forwarding never stops.
+//! Only [`Dataplane::cleanup`] removes the pins, on purpose.
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
+    },
+};
+use dataplane_common::{
+    BUCKETS_LEN, Bucket, Config, FAMILY_V4, FAMILY_V6, MAX_NODES, MAX_TABLE_SIZE, MAX_VIPS,
+    NodeInfo, SLOTS_PER_VIP, VipInfo, VipKey, counter,
+};
+use tracing::{info, warn};
+
+/// The compiled kernel programs (built by build.rs with aya-build).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane"));
+
+/// Default pin directory of a node's dataplane.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lbd";
+
+const MAPS: [&str; 5] = [
+    "LBD_CONFIG",
+    "LBD_VIPS",
+    "LBD_BUCKETS",
+    "LBD_NODES",
+    "LBD_STATS",
+];
+
+/// A VIP as the dataplane sees it: one address, port and protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Vip {
+    pub addr: IpAddr,
+    pub port: u16,
+    /// 6 (TCP) or 17 (UDP).
+    pub proto: u8,
+}
+
+impl Vip {
+    pub fn key(&self) -> VipKey {
+        let (addr, family) = addr_bytes(self.addr);
+        VipKey {
+            addr,
+            port_be: self.port.to_be(),
+            proto: self.proto,
+            family,
+        }
+    }
+}
+
+impl std::fmt::Display for Vip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let proto = match self.proto {
+            6 => "tcp",
+            17 => "udp",
+            _ => "?",
+        };
+        match self.addr {
+            IpAddr::V4(a) => write!(f, "{a}:{}/{proto}", self.port),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}/{proto}", self.port),
+        }
+    }
+}
+
+/// IPv4 in the first four bytes, the rest zero.
+pub fn addr_bytes(addr: IpAddr) -> ([u8; 16], u8) {
+    let mut b = [0u8; 16];
+    match addr {
+        IpAddr::V4(a) => {
+            b[..4].copy_from_slice(&a.octets());
+            (b, FAMILY_V4)
+        }
+        IpAddr::V6(a) => (a.octets(), FAMILY_V6),
+    }
+}
+
+/// Sum over CPUs of each counter, by name.
+pub type Counters = BTreeMap<&'static str, u64>;
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+}
+
+impl Dataplane {
+    /// Loads the programs with their maps pinned in `pin_dir`; maps already
+    /// pinned there are reused as they are (daemon restart).
+    pub fn open(pin_dir: impl AsRef<Path>) -> Result<Self> {
+        let pin_dir = pin_dir.as_ref().to_path_buf();
+        ensure_bpffs(&pin_dir)?;
+        fs::create_dir_all(&pin_dir)
+            .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
+        let ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pin_dir)
+            .load(EBPF_OBJECT)
+            .context("loading the XDP/tc programs into the kernel")?;
+        Ok(Self { ebpf, pin_dir })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    fn xdp(&mut self, name: &str) -> Result<&mut Xdp> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()
+                .with_context(|| format!("verifying program {name}"))?;
+        }
+        Ok(prog)
+    }
+
+    /// The loaded forwarder program (for BPF_PROG_TEST_RUN).
+    pub fn forwarder(&mut self) -> Result<&mut Xdp> {
+        self.xdp("lbd_xdp")
+    }
+
+    /// A trivial program by name (`lbd_pass`, `lbd_tx`).
+    pub fn trivial(&mut self, name: &str) -> Result<&mut Xdp> {
+        self.xdp(name)
+    }
+
+    /// Attaches the forwarder to `iface` in native mode and pins the link.
+    /// If a pinned link exists (restart), the program behind it is replaced
+    /// atomically instead. Falls back to generic mode with a loud warning.
+    pub fn attach_xdp(&mut self, iface: &str) -> Result<()> {
+        self.attach_xdp_program("lbd_xdp", iface)
+    }
+
+    /// Attaches one of the object's XDP programs (e.g. `lbd_pass` on the peer
+    /// end of a veth in labs), pinned like the forwarder.
+    pub fn attach_xdp_program(&mut self, program: &str, iface: &str) -> Result<()> {
+        let link_pin = self.pin_dir.join(format!("link_xdp_{iface}"));
+        let prog = self.xdp(program)?;
+        if link_pin.exists() {
+            let pinned = PinnedLink::from_pin(&link_pin)
+                .with_context(|| format!("opening pinned link {}", link_pin.display()))?;
+            let link = XdpLink::try_from(FdLink::from(pinned))?;
+            let id = prog
+                .attach_to_link(link)
+                .with_context(|| format!("replacing the XDP program on {iface}"))?;
+            // The pin keeps the link alive; forget our handle without detaching.
+            std::mem::forget(prog.take_link(id)?);
+            info!(
+                iface,
+                program, "XDP program replaced atomically on the pinned link"
+            );
+            return Ok(());
+        }
+        let name = ifname(iface)?;
+        let id = match prog.attach(name.as_c_str(), XdpMode::Driver) {
+            Ok(id) => id,
+            Err(native) => {
+                warn!(
+                    iface, error = %native,
+                    "native XDP refused; falling back to GENERIC mode: forwarding will be much slower"
+                );
+                prog.attach(name.as_c_str(), XdpMode::Skb)
+                    .with_context(|| format!("attaching XDP to {iface} (native: {native})"))?
+            }
+        };
+        let link: FdLink = prog
+            .take_link(id)?
+            .try_into()
+            .context("XDP link is not a bpf_link")?;
+        let pinned = link
+            .pin(&link_pin)
+            .with_context(|| format!("pinning {}", link_pin.display()))?;
+        std::mem::forget(pinned);
+        info!(iface, program, "XDP program attached");
+        Ok(())
+    }
+
+    /// Attaches the MSS clamp on `iface` egress (TCX: no qdisc is created or
+    /// replaced) and pins the link.
+    pub fn attach_mss_clamp(&mut self, iface: &str) -> Result<()> {
+        let link_pin = self.pin_dir.join(format!("link_tc_{iface}"));
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut("lbd_mss_clamp")
+            .ok_or_else(|| anyhow!("program lbd_mss_clamp missing"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load().context("verifying lbd_mss_clamp")?;
+        }
+        if link_pin.exists() {
+            let pinned = PinnedLink::from_pin(&link_pin)?;
+            let link = SchedClassifierLink::try_from(FdLink::from(pinned))?;
+            let id = prog.attach_to_link(link)?;
+            std::mem::forget(prog.take_link(id)?);
+            return Ok(());
+        }
+        let id = prog
+            .attach(ifname(iface)?.as_c_str(), TcAttachType::Egress)
+            .with_context(|| format!("attaching the MSS clamp to {iface} egress"))?;
+        let link: FdLink = prog
+            .take_link(id)?
+            .try_into()
+            .context("tc link is not a bpf_link")?;
+        std::mem::forget(link.pin(&link_pin)?);
+        Ok(())
+    }
+
+    pub fn set_config(&mut self, cfg: &Config) -> Result<()> {
+        let mut map: Array<&mut MapData, Config> = Array::try_from(self.map("LBD_CONFIG")?)?;
+        map.set(0, cfg, 0).context("writing LBD_CONFIG")?;
+        Ok(())
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        let map: Array<&MapData, Config> = Array::try_from(self.map_ref("LBD_CONFIG")?)?;
+        Ok(map.get(&0, 0)?)
+    }
+
+    /// Sets (or with `None` clears) the underlay address of node `id`.
+    pub fn set_node(&mut self, id: u16, underlay: Option<IpAddr>) -> Result<()> {
+        if id == 0 || u32::from(id) >= MAX_NODES {
+            bail!("node id {id} out of range 1..{MAX_NODES}");
+        }
+        let info = match underlay {
+            Some(a) => {
+                let (addr, family) = addr_bytes(a);
+                NodeInfo {
+                    addr,
+                    family,
+                    _pad: [0; 3],
+                }
+            }
+            None => NodeInfo::default(),
+        };
+        let mut map: Array<&mut MapData, NodeInfo> = Array::try_from(self.map("LBD_NODES")?)?;
+        map.set(u32::from(id), &info, 0)
+            .with_context(|| format!("writing node {id}"))?;
+        Ok(())
+    }
+
+    fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>> {
+        let map: HashMap<&MapData, VipKey, VipInfo> = HashMap::try_from(self.map_ref("LBD_VIPS")?)?;
+        map.iter().map(|r| r.context("reading LBD_VIPS")).collect()
+    }
+
+    /// Installs `table` for `vip`: writes the idle slot, then flips the VIP's
+    /// active slot with one map update, so no packet sees a half-written
+    /// table. `mss_clamp` 0 disables the clamp.
+    pub fn set_vip_table(&mut self, vip: &Vip, table: &[Bucket], mss_clamp: u16) -> Result<()> {
+        let size = u32::try_from(table.len()).unwrap_or(u32::MAX);
+        if size == 0 || size > MAX_TABLE_SIZE {
+            bail!(
+                "{vip}: table size {} not in 1..={MAX_TABLE_SIZE}",
+                table.len()
+            );
+        }
+        let key = vip.key();
+        let existing = self.vips()?;
+        let current = existing.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        let (index, slot) = match current {
+            Some(info) => (info.index, 1 - (info.active_slot & 1)),
+            None => {
+                let used: Vec<u32> = existing.iter().map(|(_, v)| v.index).collect();
+                let index = (0..MAX_VIPS)
+                    .find(|i| !used.contains(i))
+                    .ok_or_else(|| anyhow!("{vip}: no free VIP slot (at most {MAX_VIPS} VIPs)"))?;
+                (index, 0)
+            }
+        };
+        let base = (index * SLOTS_PER_VIP + slot) * MAX_TABLE_SIZE;
+        debug_assert!(base + size <= BUCKETS_LEN);
+        {
+            let mut buckets: Array<&mut MapData, Bucket> =
+                Array::try_from(self.map("LBD_BUCKETS")?)?;
+            for (i, b) in table.iter().enumerate() {
+                buckets
+                    .set(base + i as u32, b, 0)
+                    .with_context(|| format!("{vip}: writing bucket {i}"))?;
+            }
+        }
+        let info = VipInfo {
+            index,
+            table_size: size,
+            active_slot: slot,
+            mss_clamp,
+            _pad: 0,
+        };
+        let mut vips: HashMap<&mut MapData, VipKey, VipInfo> =
+            HashMap::try_from(self.map("LBD_VIPS")?)?;
+        vips.insert(&key, &info, 0)
+            .with_context(|| format!("{vip}: activating table"))?;
+        Ok(())
+    }
+
+    /// The live table of `vip`, if it is installed.
+    pub fn vip_table(&self, vip: &Vip) -> Result<Option<Vec<Bucket>>> {
+        let key = vip.key();
+        let Some((_, info)) = self.vips()?.into_iter().find(|(k, _)| *k == key) else {
+            return Ok(None);
+        };
+        let buckets: Array<&MapData, Bucket> = Array::try_from(self.map_ref("LBD_BUCKETS")?)?;
+        let base = (info.index * SLOTS_PER_VIP + (info.active_slot & 1)) * MAX_TABLE_SIZE;
+        let table = (0..info.table_size)
+            .map(|i| buckets.get(&(base + i), 0))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(table))
+    }
+
+    /// Stops steering `vip` (its packets then pass to the local stack).
+    pub fn remove_vip(&mut self, vip: &Vip) -> Result<()> {
+        let mut vips: HashMap<&mut MapData, VipKey, VipInfo> =
+            HashMap::try_from(self.map("LBD_VIPS")?)?;
+        match vips.remove(&vip.key()) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {vip}")),
+        }
+    }
+
+    /// Counters of `vip` (None: the global slot), summed over CPUs.
+    pub fn counters(&self, vip: Option<&Vip>) -> Result<Counters> {
+        let index = match vip {
+            None => MAX_VIPS,
+            Some(v) => {
+                let key = v.key();
+                match self.vips()?.into_iter().find(|(k, _)| *k == key) {
+                    Some((_, info)) => info.index,
+                    None => bail!("{v} is not installed"),
+                }
+            }
+        };
+        let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map_ref("LBD_STATS")?)?;
+        let mut out = Counters::new();
+        for (i, name) in counter::NAMES.iter().enumerate() {
+            let values = stats.get(&(index * counter::NUM_COUNTERS + i as u32), 0)?;
+            out.insert(name, values.iter().sum());
+        }
+        Ok(out)
+    }
+
+    fn map(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the object"))
+    }
+
+    fn map_ref(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the object"))
+    }
+
+    /// Detaches everything and removes every pin under `pin_dir`: the
+    /// dataplane is gone afterwards (on purpose, `lbd cleanup`).
+    pub fn cleanup(pin_dir: impl AsRef<Path>) -> Result<()> {
+        let dir = pin_dir.as_ref();
+        if !dir.exists() {
+            return Ok(());
+        }
+        for entry in fs::read_dir(dir)? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if name.starts_with("link_") || MAPS.contains(&name) {
+                fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            }
+        }
+        fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
+        Ok(())
+    }
+}
+
+fn ifname(iface: &str) -> Result<std::ffi::CString> {
+    std::ffi::CString::new(iface)
+        .with_context(|| format!("interface name {iface:?} contains a NUL byte"))
+}
+
+/// The pin directory must live on a mounted bpffs.
+fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let mounts = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    let on_bpffs = mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let (_, mnt, fstype) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
+        fstype == "bpf" && dir.starts_with(mnt)
+    });
+    if !on_bpffs {
+        bail!(
+            "{} is not on a bpffs mount: mount one with `mount -t bpf bpf /sys/fs/bpf`",
+            dir.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,861 @@
+//! The XDP forwarder, case by case, through BPF_PROG_TEST_RUN (repeat 1) in
+//! the real kernel: each case builds a packet, sets the VIP tables, runs the
+//! program and compares the verdict and every output byte (Cilium's
+//! bpf/tests style). Expected encapsulations are built independently with
+//! etherparse.
+//!
+//! Each test gets its own network namespace: a veth `up0` with the node's
+//! underlay addresses and permanent neighbours for the other nodes, so
+//! bpf_fib_lookup resolves real next hops, and real sockets for the
+//! "local connection" cases.
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::Result;
+use aya::programs::{TestRun, TestRunOptions};
+use dataplane::{
+    loader::{Counters, Vip},
+    predict::Flow,
+};
+use dataplane_common::{
+    Bucket, Config, DEFAULT_GUE_PORT, ENCAP_GUE, ENCAP_IPIP, HOP_FIRST, HOP_SECOND, IPV4_ID_MARK,
+    NO_HOP,
+};
+use etherparse::{IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder, UdpHeader};
+use support::{Loaded, Netns};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const SEED: u32 = 0x5eed_1234;
+const TABLE: usize = 13;
+const SELF: u16 = 1;
+const N2: u16 = 2; // IPv4 underlay
+const N3: u16 = 3; // IPv6 underlay
+const N_UNKNOWN: u16 = 7; // in a table but without underlay address
+
+const MAC_SELF: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const MAC_N2: [u8; 6] = [2, 0, 0, 0, 0, 2];
+const MAC_N3: [u8; 6] = [2, 0, 0, 0, 0, 3];
+const MAC_ROUTER: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
+
+const SELF4: [u8; 4] = [192, 0, 2, 1];
+const N2_4: [u8; 4] = [192, 0, 2, 2];
+const SELF6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const N3_6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3];
+const VIP4: [u8; 4] = [198, 51, 100, 10];
+const VIP6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
+const CLIENT4: [u8; 4] = [203, 0, 113, 7];
+const CLIENT6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+const OTHER4: [u8; 4] = [203, 0, 113, 99];
+
+fn vips() -> [Vip; 3] {
+    [
+        Vip {
+            addr: IpAddr::from(VIP4),
+            port: 80,
+            proto: 6,
+        },
+        Vip {
+            addr: IpAddr::from(VIP4),
+            port: 53,
+            proto: 17,
+        },
+        Vip {
+            addr: IpAddr::from(VIP6),
+            port: 80,
+            proto: 6,
+        },
+    ]
+}
+
+/// A node with its dataplane loaded, inside its own namespace.
+struct Bed {
+    l: Loaded,
+    /// Kept alive for the test's duration (deleted on drop).
+    _ns: Netns,
+    ifindex: u32,
+}
+
+impl Bed {
+    fn new(encap: u8) -> Result<Self> {
+        let ns = Netns::new("dpt")?;
+        ns.ip("link add up0 type veth peer name up1")?;
+        ns.ip("link set up0 address 02:00:00:00:00:01 up")?;
+        ns.ip("link set up1 up")?;
+        ns.ip("addr add 192.0.2.1/24 dev up0")?;
+        ns.ip("addr add 2001:db8:1::1/64 dev up0 nodad")?;
+        ns.ip("neigh replace 192.0.2.2 lladdr 02:00:00:00:00:02 dev up0 nud permanent")?;
+        ns.ip("neigh replace 2001:db8:1::3 lladdr 02:00:00:00:00:03 dev up0 nud permanent")?;
+        for a in ["198.51.100.10/32", "203.0.113.7/32"] {
+            ns.ip(&format!("addr add {a} dev lo"))?;
+        }
+        for a in ["2001:db8:100::10/128", "2001:db8:200::7/128"] {
+            ns.ip(&format!("addr add {a} dev lo nodad"))?;
+        }
+        ns.sysctl("net.ipv4.conf.all.forwarding", "1")?;
+        ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        ns.enter()?;
+        let ifindex = ns.ifindex("up0")?;
+        let mut l = Loaded::new("dpt")?;
+        l.dp.set_config(&Config {
+            self_id: SELF,
+            encap,
+            gue_port_be: DEFAULT_GUE_PORT.to_be(),
+            hash_seed: SEED,
+            self_v4: SELF4,
+            self_v6: SELF6,
+            ..Default::default()
+        })?;
+        l.dp.set_node(SELF, Some(IpAddr::from(SELF4)))?;
+        l.dp.set_node(N2, Some(IpAddr::from(N2_4)))?;
+        l.dp.set_node(N3, Some(IpAddr::from(N3_6)))?;
+        l.dp.forwarder()?;
+        Ok(Self {
+            l,
+            _ns: ns,
+            ifindex,
+        })
+    }
+
+    /// Every bucket of every VIP: (first, second).
+    fn tables(&mut self, first: u16, second: u16) -> Result<()> {
+        for v in vips() {
+            self.l
+                .dp
+                .set_vip_table(&v, &[Bucket { first, second }; TABLE], 0)?;
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, input: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let mut out = vec![0u8; input.len() + 256];
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(input.len() as u32).to_ne_bytes()); // data_end
+        ctx[12..16].copy_from_slice(&self.ifindex.to_ne_bytes()); // ingress_ifindex
+        let prog = self.l.dp.forwarder()?;
+        let r = prog.test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..TestRunOptions::new()
+        })?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
+    }
+
+    fn all_counters(&self) -> Result<Counters> {
+        let mut sum = self.l.dp.counters(None)?;
+        for v in vips() {
+            for (k, n) in self.l.dp.counters(Some(&v))? {
+                *sum.entry(k).or_default() += n;
+            }
+        }
+        Ok(sum)
+    }
+}
+
+// ---------- packets ----------
+
+#[derive(Clone, Copy)]
+enum Tcp {
+    Syn,
+    Ack,
+}
+
+fn eth_v4() -> etherparse::PacketBuilderStep<etherparse::Ethernet2Header> {
+    PacketBuilder::ethernet2(MAC_ROUTER, MAC_SELF)
+}
+
+fn tcp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, kind: Tcp, payload: &[u8]) -> Vec<u8> {
+    let b = eth_v4().ipv4(src, dst, 64).tcp(sport, dport, 1000, 64000);
+    let b = match kind {
+        Tcp::Syn => b.syn(),
+        Tcp::Ack => b.ack(1),
+    };
+    let mut v = Vec::new();
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+fn tcp6(
+    src: [u8; 16],
+    sport: u16,
+    dst: [u8; 16],
+    dport: u16,
+    kind: Tcp,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = eth_v4().ipv6(src, dst, 64).tcp(sport, dport, 1000, 64000);
+    let b = match kind {
+        Tcp::Syn => b.syn(),
+        Tcp::Ack => b.ack(1),
+    };
+    let mut v = Vec::new();
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+fn udp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    eth_v4()
+        .ipv4(src, dst, 64)
+        .udp(sport, dport)
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
+fn flow4(client: [u8; 4], cport: u16, vip: [u8; 4], vport: u16, proto: u8) -> u32 {
+    Flow {
+        client: IpAddr::from(client),
+        client_port: cport,
+        vip: IpAddr::from(vip),
+        vip_port: vport,
+        proto,
+    }
+    .hash(SEED)
+    .unwrap()
+}
+
+fn flow6(client: [u8; 16], cport: u16, vip: [u8; 16], vport: u16, proto: u8) -> u32 {
+    Flow {
+        client: IpAddr::from(client),
+        client_port: cport,
+        vip: IpAddr::from(vip),
+        vip_port: vport,
+        proto,
+    }
+    .hash(SEED)
+    .unwrap()
+}
+
+enum Underlay {
+    V4([u8; 4], [u8; 4]),
+    V6([u8; 16], [u8; 16]),
+}
+
+/// The frame the forwarder must emit: `frame` (Ethernet + IP) wrapped for
+/// the hop, MACs from the neighbour table.
+fn encapsulated(
+    frame: &[u8],
+    under: Underlay,
+    gue: bool,
+    hop: u8,
+    hash: u32,
+    dmac: [u8; 6],
+) -> Vec<u8> {
+    let (l2_len, inner) = if frame[12..14] == [0x81, 0x00] {
+        (18, &frame[18..])
+    } else {
+        (14, &frame[14..])
+    };
+    let inner_v4 = inner[0] >> 4 == 4;
+    let inner_proto = if inner_v4 {
+        IpNumber::IPV4
+    } else {
+        IpNumber::IPV6
+    };
+    let mut l2 = frame[..l2_len].to_vec();
+    l2[0..6].copy_from_slice(&dmac);
+    l2[6..12].copy_from_slice(&MAC_SELF);
+    let mut extra = Vec::new();
+    if gue {
+        let sport = 0xc000 | ((hash ^ (hash >> 16)) & 0x3fff) as u16;
+        let udp = UdpHeader {
+            source_port: sport,
+            destination_port: DEFAULT_GUE_PORT,
+            length: (8 + 4 + inner.len()) as u16,
+            checksum: 0,
+        };
+        extra.extend_from_slice(&udp.to_bytes());
+        extra.extend_from_slice(&[0, inner_proto.0, 0, 0]);
+    }
+    let proto = if gue { IpNumber::UDP } else { inner_proto };
+    let payload_len = (extra.len() + inner.len()) as u16;
+    let mut out = l2;
+    let et = out.len() - 2;
+    match under {
+        Underlay::V4(src, dst) => {
+            out[et..].copy_from_slice(&[0x08, 0x00]);
+            let mut h = Ipv4Header::new(payload_len, 64, proto, src, dst).unwrap();
+            h.identification = IPV4_ID_MARK | hop as u16;
+            h.dont_fragment = true;
+            h.header_checksum = h.calc_header_checksum();
+            out.extend_from_slice(&h.to_bytes());
+        }
+        Underlay::V6(src, dst) => {
+            out[et..].copy_from_slice(&[0x86, 0xdd]);
+            let h = Ipv6Header {
+                traffic_class: 0,
+                flow_label: Ipv6FlowLabel::try_new(((hash << 2) & 0xf_fffc) | hop as u32).unwrap(),
+                payload_length: payload_len,
+                next_header: proto,
+                hop_limit: 64,
+                source: src,
+                destination: dst,
+            };
+            out.extend_from_slice(&h.to_bytes());
+        }
+    }
+    out.extend_from_slice(&extra);
+    out.extend_from_slice(inner);
+    out
+}
+
+/// `frame` as it arrives encapsulated from another node (router MACs).
+fn arriving(frame: &[u8], under: Underlay, gue: bool, hop: u8, hash: u32) -> Vec<u8> {
+    let mut f = encapsulated(frame, under, gue, hop, hash, MAC_SELF);
+    f[6..12].copy_from_slice(&MAC_ROUTER);
+    f
+}
+
+/// The inner frame after decapsulation: L2 of the outer, inner packet.
+fn decapsulated(encapsulated_frame: &[u8], inner_frame: &[u8]) -> Vec<u8> {
+    let mut out = encapsulated_frame[..14].to_vec();
+    out[12..14].copy_from_slice(&inner_frame[12..14]);
+    out.extend_from_slice(&inner_frame[14..]);
+    out
+}
+
+// ---------- the cases ----------
+
+enum Expect {
+    /// Verdict and exact output bytes.
+    Out(u32, Vec<u8>),
+    Drop,
+}
+
+struct Case {
+    name: &'static str,
+    tables: (u16, u16),
+    input: Vec<u8>,
+    expect: Expect,
+    /// Counter that must grow by exactly one.
+    counter: &'static str,
+}
+
+fn check(bed: &mut Bed, cases: Vec<Case>) -> Result<()> {
+    let mut failures = Vec::new();
+    for c in cases {
+        bed.tables(c.tables.0, c.tables.1)?;
+        let before = bed.all_counters()?;
+        let (action, out) = bed.run(&c.input)?;
+        let after = bed.all_counters()?;
+        let grew = after[c.counter] - before[c.counter];
+        let ok = match &c.expect {
+            Expect::Out(a, bytes) => action == *a && out == *bytes,
+            Expect::Drop => action == XDP_DROP,
+        };
+        if !ok || grew != 1 {
+            let want = match &c.expect {
+                Expect::Out(a, b) => format!("action {a}, {} bytes {:02x?}", b.len(), b),
+                Expect::Drop => "XDP_DROP".into(),
+            };
+            failures.push(format!(
+                "{}: got action {action}, {} bytes {:02x?}; want {want}; counter {} grew by {grew}",
+                c.name,
+                out.len(),
+                out,
+                c.counter
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "failing cases:\n{}",
+        failures.join("\n")
+    );
+    Ok(())
+}
+
+fn forwarding_cases(gue: bool) -> Vec<Case> {
+    let syn = tcp4(CLIENT4, 40000, VIP4, 80, Tcp::Syn, b"");
+    let ack = tcp4(CLIENT4, 40001, VIP4, 80, Tcp::Ack, b"data");
+    let h_ack = flow4(CLIENT4, 40001, VIP4, 80, 6);
+    let h_syn = flow4(CLIENT4, 40000, VIP4, 80, 6);
+    let syn6 = tcp6(CLIENT6, 40002, VIP6, 80, Tcp::Syn, b"");
+    let h_syn6 = flow6(CLIENT6, 40002, VIP6, 80, 6);
+    let udp = udp4(CLIENT4, 5353, VIP4, 53, b"query");
+    let h_udp = flow4(CLIENT4, 5353, VIP4, 53, 17);
+    let mut vlan = Vec::new();
+    PacketBuilder::ethernet2(MAC_ROUTER, MAC_SELF)
+        .single_vlan(etherparse::VlanId::try_new(100).unwrap())
+        .ipv4(CLIENT4, VIP4, 64)
+        .tcp(40003, 80, 1, 64000)
+        .syn()
+        .write(&mut vlan, b"")
+        .unwrap();
+    let h_vlan = flow4(CLIENT4, 40003, VIP4, 80, 6);
+    vec![
+        Case {
+            name: "local SYN stays",
+            tables: (SELF, NO_HOP),
+            input: syn.clone(),
+            expect: Expect::Out(XDP_PASS, syn.clone()),
+            counter: "pass_local",
+        },
+        Case {
+            name: "local SYN stays even with a second hop",
+            tables: (SELF, N2),
+            input: syn.clone(),
+            expect: Expect::Out(XDP_PASS, syn.clone()),
+            counter: "pass_local",
+        },
+        Case {
+            name: "remote owner, IPv4 underlay",
+            tables: (N2, NO_HOP),
+            input: syn.clone(),
+            expect: Expect::Out(
+                XDP_TX,
+                encapsulated(
+                    &syn,
+                    Underlay::V4(SELF4, N2_4),
+                    gue,
+                    HOP_FIRST,
+                    h_syn,
+                    MAC_N2,
+                ),
+            ),
+            counter: "fwd_first_hop",
+        },
+        Case {
+            name: "remote owner, IPv6 underlay, IPv4 inner",
+            tables: (N3, NO_HOP),
+            input: ack.clone(),
+            expect: Expect::Out(
+                XDP_TX,
+                encapsulated(
+                    &ack,
+                    Underlay::V6(SELF6, N3_6),
+                    gue,
+                    HOP_FIRST,
+                    h_ack,
+                    MAC_N3,
+                ),
+            ),
+            counter: "fwd_first_hop",
+        },
+        Case {
+            name: "remote owner, IPv6 underlay, IPv6 inner",
+            tables: (N3, NO_HOP),
+            input: syn6.clone(),
+            expect: Expect::Out(
+                XDP_TX,
+                encapsulated(
+                    &syn6,
+                    Underlay::V6(SELF6, N3_6),
+                    gue,
+                    HOP_FIRST,
+                    h_syn6,
+                    MAC_N3,
+                ),
+            ),
+            counter: "fwd_first_hop",
+        },
+        Case {
+            name: "remote owner, IPv4 underlay, IPv6 inner",
+            tables: (N2, NO_HOP),
+            input: syn6.clone(),
+            expect: Expect::Out(
+                XDP_TX,
+                encapsulated(
+                    &syn6,
+                    Underlay::V4(SELF4, N2_4),
+                    gue,
+                    HOP_FIRST,
+                    h_syn6,
+                    MAC_N2,
+                ),
+            ),
+            counter: "fwd_first_hop",
+        },
+        Case {
+            name: "VLAN tag kept when forwarding",
+            tables: (N2, NO_HOP),
+            input: vlan.clone(),
+            expect: Expect::Out(
+                XDP_TX,
+                encapsulated(
+                    &vlan,
+                    Underlay::V4(SELF4, N2_4),
+                    gue,
+                    HOP_FIRST,
+                    h_vlan,
+                    MAC_N2,
+                ),
+            ),
+            counter: "fwd_first_hop",
+        },
+        Case {
+            name: "non-SYN without local socket goes to the second hop",
+            tables: (SELF, N2),
+            input: ack.clone(),
+            expect: Expect::Out(
+                XDP_TX,
+                encapsulated(
+                    &ack,
+                    Underlay::V4(SELF4, N2_4),
+                    gue,
+                    HOP_SECOND,
+                    h_ack,
+                    MAC_N2,
+                ),
+            ),
+            counter: "fwd_second_hop",
+        },
+        Case {
+            name: "non-SYN stays when the bucket has no second hop",
+            tables: (SELF, NO_HOP),
+            input: ack.clone(),
+            expect: Expect::Out(XDP_PASS, ack.clone()),
+            counter: "pass_local",
+        },
+        Case {
+            name: "UDP stays at the first hop",
+            tables: (SELF, N2),
+            input: udp.clone(),
+            expect: Expect::Out(XDP_PASS, udp.clone()),
+            counter: "pass_local",
+        },
+        Case {
+            name: "UDP to a remote owner",
+            tables: (N2, NO_HOP),
+            input: udp.clone(),
+            expect: Expect::Out(
+                XDP_TX,
+                encapsulated(
+                    &udp,
+                    Underlay::V4(SELF4, N2_4),
+                    gue,
+                    HOP_FIRST,
+                    h_udp,
+                    MAC_N2,
+                ),
+            ),
+            counter: "fwd_first_hop",
+        },
+        Case {
+            name: "owner without underlay address is dropped",
+            tables: (N_UNKNOWN, NO_HOP),
+            input: syn.clone(),
+            expect: Expect::Drop,
+            counter: "drop_no_node",
+        },
+    ]
+}
+
+fn decap_cases(gue: bool) -> Vec<Case> {
+    let ack = tcp4(CLIENT4, 40011, VIP4, 80, Tcp::Ack, b"hello");
+    let h = flow4(CLIENT4, 40011, VIP4, 80, 6);
+    let hop1 = arriving(&ack, Underlay::V4(N2_4, SELF4), gue, HOP_FIRST, h);
+    let hop2 = arriving(&ack, Underlay::V4(N2_4, SELF4), gue, HOP_SECOND, h);
+    let syn6 = tcp6(CLIENT6, 40012, VIP6, 80, Tcp::Syn, b"");
+    let h6 = flow6(CLIENT6, 40012, VIP6, 80, 6);
+    let hop1_v6 = arriving(&syn6, Underlay::V6(N3_6, SELF6), gue, HOP_FIRST, h6);
+    let not_vip = tcp4(CLIENT4, 40013, OTHER4, 80, Tcp::Ack, b"");
+    let h_nv = flow4(CLIENT4, 40013, OTHER4, 80, 6);
+    let enc_not_vip = arriving(&not_vip, Underlay::V4(N2_4, SELF4), gue, HOP_FIRST, h_nv);
+    vec![
+        Case {
+            name: "decap, owner is us: to the stack",
+            tables: (SELF, NO_HOP),
+            input: hop1.clone(),
+            expect: Expect::Out(XDP_PASS, decapsulated(&hop1, &ack)),
+            counter: "decap",
+        },
+        Case {
+            name: "decap over IPv6 underlay, IPv6 inner",
+            tables: (SELF, NO_HOP),
+            input: hop1_v6.clone(),
+            expect: Expect::Out(XDP_PASS, decapsulated(&hop1_v6, &syn6)),
+            counter: "decap",
+        },
+        Case {
+            name: "decap, first hop without socket: on to the second hop",
+            tables: (SELF, N2),
+            input: hop1.clone(),
+            expect: Expect::Out(
+                XDP_TX,
+                encapsulated(&ack, Underlay::V4(SELF4, N2_4), gue, HOP_SECOND, h, MAC_N2),
+            ),
+            counter: "fwd_second_hop",
+        },
+        Case {
+            name: "decap, marked second hop: never forwarded again",
+            tables: (N2, N3),
+            input: hop2.clone(),
+            expect: Expect::Out(XDP_PASS, decapsulated(&hop2, &ack)),
+            counter: "pass_local",
+        },
+        Case {
+            name: "decap, first hop elsewhere in our table: no third hop",
+            tables: (N2, NO_HOP),
+            input: hop1.clone(),
+            expect: Expect::Out(XDP_PASS, decapsulated(&hop1, &ack)),
+            counter: "pass_local",
+        },
+        Case {
+            name: "decap, inner not VIP: passed, not forwarded",
+            tables: (N2, NO_HOP),
+            input: enc_not_vip.clone(),
+            expect: Expect::Out(XDP_PASS, decapsulated(&enc_not_vip, &not_vip)),
+            counter: "decap_not_vip",
+        },
+    ]
+}
+
+#[test]
+fn gue_forwarding_and_decap() -> Result<()> {
+    let mut bed = Bed::new(ENCAP_GUE)?;
+    let mut cases = forwarding_cases(true);
+    cases.extend(decap_cases(true));
+    check(&mut bed, cases)
+}
+
+#[test]
+fn ipip_forwarding_and_decap() -> Result<()> {
+    let mut bed = Bed::new(ENCAP_IPIP)?;
+    let mut cases = forwarding_cases(false);
+    cases.extend(decap_cases(false));
+    check(&mut bed, cases)
+}
+
+/// ICMP errors about VIP flows go to the flow's owner (hash of the embedded
+/// header, reversed), so path MTU discovery works across nodes.
+#[test]
+fn icmp_too_big_goes_to_the_owner() -> Result<()> {
+    let mut bed = Bed::new(ENCAP_GUE)?;
+    // The VIP's own segment (VIP -> client), quoted by a router.
+    let mut quoted = Vec::new();
+    PacketBuilder::ipv4(VIP4, CLIENT4, 64)
+        .tcp(80, 40020, 5, 1000)
+        .ack(1)
+        .write(&mut quoted, &[0; 8])?;
+    let mut icmp4 = Vec::new();
+    eth_v4()
+        .ipv4([198, 51, 100, 1], VIP4, 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
+        .write(&mut icmp4, &quoted[..28])?;
+    let h4 = flow4(CLIENT4, 40020, VIP4, 80, 6);
+
+    let mut quoted6 = Vec::new();
+    PacketBuilder::ipv6(VIP6, CLIENT6, 64)
+        .tcp(80, 40021, 5, 1000)
+        .ack(1)
+        .write(&mut quoted6, &[0; 8])?;
+    let mut icmp6 = Vec::new();
+    eth_v4()
+        .ipv6(
+            [0x20, 0x01, 0x0d, 0xb8, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            VIP6,
+            64,
+        )
+        .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu: 1400 })
+        .write(&mut icmp6, &quoted6[..48])?;
+    let h6 = flow6(CLIENT6, 40021, VIP6, 80, 6);
+
+    let other = {
+        let mut v = Vec::new();
+        eth_v4()
+            .ipv4([198, 51, 100, 1], VIP4, 64)
+            .icmpv4_echo_request(1, 1)
+            .write(&mut v, b"ping")?;
+        v
+    };
+    check(
+        &mut bed,
+        vec![
+            Case {
+                name: "ICMPv4 fragmentation needed -> owner",
+                tables: (N2, NO_HOP),
+                input: icmp4.clone(),
+                expect: Expect::Out(
+                    XDP_TX,
+                    encapsulated(
+                        &icmp4,
+                        Underlay::V4(SELF4, N2_4),
+                        true,
+                        HOP_FIRST,
+                        h4,
+                        MAC_N2,
+                    ),
+                ),
+                counter: "icmp_to_owner",
+            },
+            Case {
+                name: "ICMPv6 packet too big -> owner",
+                tables: (N3, NO_HOP),
+                input: icmp6.clone(),
+                expect: Expect::Out(
+                    XDP_TX,
+                    encapsulated(
+                        &icmp6,
+                        Underlay::V6(SELF6, N3_6),
+                        true,
+                        HOP_FIRST,
+                        h6,
+                        MAC_N3,
+                    ),
+                ),
+                counter: "icmp_to_owner",
+            },
+            Case {
+                name: "ICMPv4 too big for a flow we own stays",
+                tables: (SELF, NO_HOP),
+                input: icmp4.clone(),
+                expect: Expect::Out(XDP_PASS, icmp4.clone()),
+                counter: "pass_local",
+            },
+            Case {
+                name: "other ICMP to the VIP is not steered",
+                tables: (N2, NO_HOP),
+                input: other.clone(),
+                expect: Expect::Out(XDP_PASS, other.clone()),
+                counter: "not_vip",
+            },
+        ],
+    )
+}
+
+/// Not VIP traffic passes untouched; fragments are never steered; broken
+/// headers are dropped before anything could misforward them.
+#[test]
+fn not_vip_fragments_and_malformed() -> Result<()> {
+    let mut bed = Bed::new(ENCAP_GUE)?;
+    let not_vip = tcp4(CLIENT4, 40030, OTHER4, 80, Tcp::Syn, b"");
+    let other_port = tcp4(CLIENT4, 40031, VIP4, 8080, Tcp::Syn, b"");
+    let arp = {
+        let mut v = vec![0xff; 6];
+        v.extend_from_slice(&MAC_ROUTER);
+        v.extend_from_slice(&[0x08, 0x06]);
+        v.extend_from_slice(&[0; 28]);
+        v
+    };
+    let syn = tcp4(CLIENT4, 40032, VIP4, 80, Tcp::Syn, b"");
+    // More-fragments set, offset 0: first fragment of a VIP datagram.
+    let mut frag = syn.clone();
+    frag[20] = 0x20;
+    fix_ipv4_checksum(&mut frag);
+    let mut later_frag = syn.clone();
+    later_frag[20] = 0x00;
+    later_frag[21] = 0x10;
+    fix_ipv4_checksum(&mut later_frag);
+    let mut ihl_short = syn.clone();
+    ihl_short[14] = 0x44;
+    let mut too_long = syn.clone();
+    too_long[16..18].copy_from_slice(&2000u16.to_be_bytes());
+    let mut doff_short = syn.clone();
+    doff_short[14 + 20 + 12] = 0x40;
+    let truncated_tcp = syn[..14 + 20 + 10].to_vec();
+    let truncated_ip = syn[..14 + 12].to_vec();
+    let mut frag6 = tcp6(CLIENT6, 40033, VIP6, 80, Tcp::Syn, b"");
+    frag6[14 + 6] = 44; // next header: fragment
+    let pass = |name, input: Vec<u8>, counter| Case {
+        name,
+        tables: (N2, NO_HOP),
+        expect: Expect::Out(XDP_PASS, input.clone()),
+        input,
+        counter,
+    };
+    let drop = |name, input: Vec<u8>| Case {
+        name,
+        tables: (N2, NO_HOP),
+        expect: Expect::Drop,
+        input,
+        counter: "drop_malformed",
+    };
+    check(
+        &mut bed,
+        vec![
+            pass("TCP to another address", not_vip, "not_vip"),
+            pass("TCP to the VIP on an unserved port", other_port, "not_vip"),
+            pass("ARP", arp, "not_vip"),
+            pass("IPv4 first fragment", frag, "fragment"),
+            pass("IPv4 later fragment", later_frag, "fragment"),
+            pass("IPv6 fragment header", frag6, "fragment"),
+            drop("IPv4 IHL below 5", ihl_short),
+            drop("IPv4 total length beyond the frame", too_long),
+            drop("TCP data offset below 5", doff_short),
+            drop("TCP header truncated", truncated_tcp),
+            drop("IPv4 header truncated", truncated_ip),
+        ],
+    )?;
+    // Frames shorter than an Ethernet header never reach XDP (the kernel
+    // refuses them even in BPF_PROG_TEST_RUN); the program passes them anyway.
+    Ok(())
+}
+
+fn fix_ipv4_checksum(frame: &mut [u8]) {
+    frame[24] = 0;
+    frame[25] = 0;
+    let mut sum = 0u32;
+    for i in (14..34).step_by(2) {
+        sum += u16::from_be_bytes([frame[i], frame[i + 1]]) as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    frame[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+}
+
+/// With a second hop in the bucket, a non-SYN packet of a connection this
+/// node holds stays here (real sockets, found by bpf_skc_lookup_tcp).
+#[test]
+fn local_connection_wins_over_second_hop() -> Result<()> {
+    let mut bed = Bed::new(ENCAP_GUE)?;
+    for (vip, client) in [
+        (IpAddr::from(VIP4), IpAddr::from(CLIENT4)),
+        (IpAddr::from(VIP6), IpAddr::from(CLIENT6)),
+    ] {
+        let listener = std::net::TcpListener::bind(SocketAddr::new(vip, 80))?;
+        let sock = socket2::Socket::new(
+            if vip.is_ipv4() {
+                socket2::Domain::IPV4
+            } else {
+                socket2::Domain::IPV6
+            },
+            socket2::Type::STREAM,
+            None,
+        )?;
+        sock.bind(&SocketAddr::new(client, 0).into())?;
+        sock.connect(&SocketAddr::new(vip, 80).into())?;
+        let (_server_side, _) = listener.accept()?;
+        let cport = sock
+            .local_addr()?
+            .as_socket()
+            .map(|a| a.port())
+            .unwrap_or_default();
+        let (established, unknown) = match (vip, client) {
+            (IpAddr::V4(v), IpAddr::V4(c)) => (
+                tcp4(c.octets(), cport, v.octets(), 80, Tcp::Ack, b"x"),
+                tcp4(c.octets(), cport + 1, v.octets(), 80, Tcp::Ack, b"x"),
+            ),
+            (IpAddr::V6(v), IpAddr::V6(c)) => (
+                tcp6(c.octets(), cport, v.octets(), 80, Tcp::Ack, b"x"),
+                tcp6(c.octets(), cport + 1, v.octets(), 80, Tcp::Ack, b"x"),
+            ),
+            _ => unreachable!(),
+        };
+        bed.tables(SELF, N2)?;
+        let (action, out) = bed.run(&established)?;
+        assert_eq!(
+            action, XDP_PASS,
+            "{vip}: established connection must stay local"
+        );
+        assert_eq!(out, established);
+        // Same listener, unknown connection: a listener is not a connection.
+        let (action, _) = bed.run(&unknown)?;
+        assert_eq!(
+            action, XDP_TX,
+            "{vip}: unknown flow (listener only) goes to the second hop"
+        );
+    }
+    Ok(())
+}
