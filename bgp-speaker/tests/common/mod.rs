@@ -424,3 +424,71 @@ pub fn speaker_config(i: usize, routers: &[&str]) -> SpeakerConfig {
             .collect(),
     }
 }
+
+/// `bgp-speakerd` as a separate process inside a namespace (for kill -9).
+pub struct Daemon {
+    child: std::process::Child,
+    pub lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl Daemon {
+    pub fn start(ns: &str, args: &[&str]) -> Daemon {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_bgp-speakerd")])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn bgp-speakerd");
+        let out = child.stdout.take().expect("stdout");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let l2 = lines.clone();
+        thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                l2.lock().unwrap().push(line);
+            }
+        });
+        let stdin = child.stdin.take();
+        Daemon {
+            child,
+            lines,
+            stdin,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn command(&mut self, cmd: &str) {
+        use std::io::Write;
+        if let Some(s) = self.stdin.as_mut() {
+            let _ = writeln!(s, "{cmd}");
+        }
+    }
+
+    /// Number of "to":"Established" events printed so far.
+    pub fn established_events(&self) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("\"to\":\"Established\""))
+            .count()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = sh(&format!("kill -9 {}", self.child.id()));
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = sh(&format!("kill -9 {} 2>/dev/null", self.child.id()));
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,87 @@
+//! Graceful restart as the restarting speaker (RFC 4724): kill -9 the
+//! speaker and start it again within the restart time; the router keeps the
+//! route in its kernel the whole time, then the session re-establishes and
+//! the route is refreshed (no longer stale after End-of-RIB).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn kill_and_restart_keeps_route_in_router_kernel() {
+    let lab = Lab::new("gr", 1);
+    let frr = Frr::start(
+        &lab,
+        &[FrrNeighbor {
+            addr: speaker_v4(1),
+            remote_as: 65101,
+            ..Default::default()
+        }],
+        &FrrExtra::default(),
+    );
+    let peer = format!("{},{}", router_v4(1), ROUTER_AS);
+    let rid = speaker_v4(1);
+    let base = [
+        "--local-as",
+        "65101",
+        "--router-id",
+        &rid,
+        "--peer",
+        &peer,
+        "--announce",
+        VIP4,
+        "--graceful-restart",
+        "60",
+    ];
+    let mut d = Daemon::start(&lab.speakers[0], &base);
+    wait_for("route at FRR", Duration::from_secs(30), || {
+        lab.router_route(VIP4).contains(&speaker_v4(1))
+    });
+    let gr = frr.vtysh(&format!("show bgp neighbors {} json", speaker_v4(1)));
+    assert!(gr.contains("gracefulRestart"), "{gr}");
+
+    // Watch the router's kernel table every 5 ms from now on.
+    let stop = Arc::new(AtomicBool::new(false));
+    let gaps = Arc::new(AtomicUsize::new(0));
+    let watcher = {
+        let (stop, gaps) = (stop.clone(), gaps.clone());
+        let r = lab.router.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let (_, out) = sh(&format!("ip -n {r} -4 route show {VIP4}"));
+                if out.trim().is_empty() {
+                    gaps.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+
+    d.kill9();
+    let bgp_route = || frr.vtysh(&format!("show bgp ipv4 unicast {VIP4} json"));
+    wait_for("route stale at FRR", Duration::from_secs(10), || {
+        bgp_route().contains("\"stale\":true")
+    });
+    let mut args = base.to_vec();
+    args.push("--restarting");
+    let d2 = Daemon::start(&lab.speakers[0], &args);
+    wait_for("re-established", Duration::from_secs(30), || {
+        d2.established_events() >= 1
+    });
+    wait_for(
+        "route refreshed (not stale)",
+        Duration::from_secs(30),
+        || {
+            let r = bgp_route();
+            r.contains(&speaker_v4(1)) && !r.contains("\"stale\":true")
+        },
+    );
+    stop.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    assert_eq!(gaps.load(Ordering::Relaxed), 0, "route left the kernel");
+    assert!(lab.router_route(VIP4).contains(&speaker_v4(1)));
+}
