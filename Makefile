@@ -7,7 +7,7 @@ CARGO ?= cargo
 PROFILE := --release
 STAMP := target/.setup-stamp
 
-.PHONY: all setup build test lint fmt bench bench-dataplane demo clean
+.PHONY: all setup build test lint fmt bench bench-dataplane demo clean tracer-static bench-tracer
 
 all: build
 
@@ -35,8 +35,21 @@ fmt:
 test: $(STAMP)
 	$(CARGO) test $(PROFILE) --no-fail-fast
 	$(MAKE) lint
+	$(MAKE) tracer-static
 
-bench: bench-dataplane
+bench: bench-dataplane bench-tracer
+
+# lbd-trace as operators get it: one static musl binary, non-PIE so that
+# `file` says "statically linked" (see docs/tracer.md).
+TRACER_STATIC := target/x86_64-unknown-linux-musl/release/lbd-trace
+tracer-static: $(STAMP)
+	CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C relocation-model=static -C strip=debuginfo" \
+	  $(CARGO) build $(PROFILE) --target x86_64-unknown-linux-musl -p tracer --bin lbd-trace
+	./tracer/check-static.sh $(TRACER_STATIC)
+
+bench-tracer: tracer-static
+	$(CARGO) build $(PROFILE) -p tracer --bin tracer-bench
+	./target/release/tracer-bench --tracer $(TRACER_STATIC) --out target/bench/tracer.json
 
 bench-dataplane: $(STAMP)
 	$(CARGO) run $(PROFILE) -p dataplane --bin dataplane-bench -- --out target/bench/dataplane.json

@@ -1,0 +1,290 @@
+//! lbd-trace's kernel-side programs. One object, loaded by the `lbd-trace`
+//! binary, which attaches only the programs a command needs:
+//! - `profile`: perf-event (cpu-clock) sampler counting (task, stacks).
+//! - `offcpu`: `sched:sched_switch` tracepoint, time between a task being
+//!   switched out and back in, charged to the stacks it blocked with.
+//! - `lat_*`: entry/exit pairs (uprobe/uretprobe, fentry/fexit, syscall
+//!   tracepoints) feeding a log2 latency histogram.
+//!
+//! All filtering (PID/TID, command name, cgroup) happens here, so unwanted
+//! tasks cost one map lookup and never reach userspace.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns,
+    },
+    macros::{fentry, fexit, map, perf_event, tracepoint, uprobe, uretprobe},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, StackTrace},
+    programs::{
+        FEntryContext, FExitContext, PerfEventContext, ProbeContext, RetProbeContext,
+        TracePointContext, tracing::StackIdContext,
+    },
+};
+use tracer_common::{
+    COMM_LEN, Config, F_FILTER_CGROUP, F_FILTER_COMM, F_FILTER_TASK, F_INCLUDE_IDLE,
+    F_INCLUDE_PREEMPTED, F_KERNEL_STACKS, F_USER_STACKS, LAT_BUCKETS, MAX_COUNTS, MAX_FILTER_IDS,
+    MAX_STACKS, OffStart, STAT_LAT_SUM_NS, STAT_LAT_UNMATCHED, STAT_LOST_COUNT, STAT_LOST_STACK,
+    STAT_SAMPLES, STAT_SLOTS, StackKey,
+};
+
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+#[map]
+static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTER_IDS, 0);
+#[map]
+static TIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTER_IDS, 0);
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);
+#[map]
+static COUNTS: HashMap<StackKey, u64> = HashMap::with_max_entries(MAX_COUNTS, 0);
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);
+#[map]
+static OFF_START: LruHashMap<u32, OffStart> = LruHashMap::with_max_entries(65536, 0);
+#[map]
+static LAT_START: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+#[map]
+static LAT_HIST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LAT_BUCKETS, 0);
+
+/// -EFAULT from bpf_get_stackid: there is no stack of that kind (e.g. no
+/// kernel stack for a sample taken in user mode). Not a loss.
+const EFAULT: i32 = -14;
+
+#[inline(always)]
+fn config() -> Option<&'static Config> {
+    CONFIG.get(0)
+}
+
+#[inline(always)]
+fn bump(slot: u32, by: u64) {
+    if let Some(p) = STATS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *p += by };
+    }
+}
+
+/// Does the current task pass the filters?
+#[inline(always)]
+fn wanted(cfg: &Config, tgid: u32, tid: u32) -> bool {
+    if tid == 0 && cfg.flags & F_INCLUDE_IDLE == 0 {
+        return false;
+    }
+    if cfg.flags & F_FILTER_TASK != 0 {
+        // SAFETY: read-only lookups of plain bytes.
+        let hit = unsafe { PIDS.get(&tgid).is_some() || TIDS.get(&tid).is_some() };
+        if !hit {
+            return false;
+        }
+    }
+    if cfg.flags & F_FILTER_COMM != 0 {
+        let Ok(comm) = bpf_get_current_comm() else {
+            return false;
+        };
+        let mut i = 0;
+        while i < COMM_LEN {
+            if comm[i] != cfg.comm[i] {
+                return false;
+            }
+            if comm[i] == 0 {
+                break;
+            }
+            i += 1;
+        }
+    }
+    if cfg.flags & F_FILTER_CGROUP != 0 {
+        // SAFETY: helper without pointer arguments.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(cfg.cgroup_level as i32) };
+        if id != cfg.cgroup_id {
+            return false;
+        }
+    }
+    true
+}
+
+/// Stack ids of the current task, as configured. Negative = absent.
+#[inline(always)]
+fn stacks<C: StackIdContext>(ctx: &C, cfg: &Config) -> (i32, i32) {
+    let mut k = -1;
+    let mut u = -1;
+    if cfg.flags & F_KERNEL_STACKS != 0 {
+        match ctx.get_stackid(&STACKS, 0) {
+            Ok(id) => k = id as i32,
+            Err(EFAULT) => {}
+            Err(_) => bump(STAT_LOST_STACK, 1),
+        }
+    }
+    if cfg.flags & F_USER_STACKS != 0 {
+        match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+            Ok(id) => u = id as i32,
+            Err(EFAULT) => {}
+            Err(_) => bump(STAT_LOST_STACK, 1),
+        }
+    }
+    (k, u)
+}
+
+#[inline(always)]
+fn current_key<C: StackIdContext>(ctx: &C, cfg: &Config, tgid: u32, tid: u32) -> StackKey {
+    let (kstack, ustack) = stacks(ctx, cfg);
+    StackKey {
+        tgid,
+        pid: tid,
+        kstack,
+        ustack,
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    }
+}
+
+#[inline(always)]
+fn add_count(key: &StackKey, by: u64) {
+    if let Some(p) = COUNTS.get_ptr_mut(key) {
+        // SAFETY: a hash-map value; concurrent increments from two CPUs may
+        // race, which at worst loses one sample (as in bcc's profile).
+        unsafe { *p += by };
+    } else if COUNTS.insert(key, &by, BPF_NOEXIST as u64).is_err() {
+        // Either another CPU inserted it first (retry once) or the map is full.
+        match COUNTS.get_ptr_mut(key) {
+            // SAFETY: as above.
+            Some(p) => unsafe { *p += by },
+            None => bump(STAT_LOST_COUNT, 1),
+        }
+    }
+}
+
+#[perf_event]
+pub fn profile(ctx: PerfEventContext) -> u32 {
+    let Some(cfg) = config() else { return 0 };
+    let id = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    if !wanted(cfg, tgid, tid) {
+        return 0;
+    }
+    bump(STAT_SAMPLES, 1);
+    let key = current_key(&ctx, cfg, tgid, tid);
+    add_count(&key, 1);
+    0
+}
+
+#[tracepoint]
+pub fn offcpu(ctx: TracePointContext) -> u32 {
+    let Some(cfg) = config() else { return 0 };
+    // SAFETY: offsets come from the tracepoint's own format file.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Switch-out: `current` is still `prev`, so its stacks and cgroup are
+    // the ones the task blocks with.
+    let id = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    let state: i64 = unsafe { ctx.read_at(cfg.off_prev_state as usize) }.unwrap_or(0);
+    // Low byte = TASK_REPORT states (S, D, T, t, X, Z, P, I); 0 = runnable,
+    // 0x100 (TASK_REPORT_MAX) = preempted.
+    let blocked = state & 0xff != 0;
+    if (blocked || cfg.flags & F_INCLUDE_PREEMPTED != 0) && wanted(cfg, tgid, tid) {
+        let key = current_key(&ctx, cfg, tgid, tid);
+        let start = OffStart { ts_ns: now, key };
+        if OFF_START.insert(&tid, &start, 0).is_err() {
+            bump(STAT_LOST_COUNT, 1);
+        }
+    }
+    // Switch-in of `next`: charge its blocked time to the stacks it left with.
+    let next: i32 = unsafe { ctx.read_at(cfg.off_next_pid as usize) }.unwrap_or(0);
+    if next <= 0 {
+        return 0;
+    }
+    let next = next as u32;
+    // SAFETY: the entry is copied out before removal.
+    let Some(start) = (unsafe { OFF_START.get(&next) }).copied() else {
+        return 0;
+    };
+    let _ = OFF_START.remove(&next);
+    let delta = now.saturating_sub(start.ts_ns);
+    if delta < cfg.min_block_ns || delta > cfg.max_block_ns {
+        return 0;
+    }
+    bump(STAT_SAMPLES, 1);
+    add_count(&start.key, delta);
+    0
+}
+
+#[inline(always)]
+fn lat_enter() {
+    let Some(cfg) = config() else { return };
+    let id = bpf_get_current_pid_tgid();
+    if !wanted(cfg, (id >> 32) as u32, id as u32) {
+        return;
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let _ = LAT_START.insert(&id, &now, 0);
+}
+
+#[inline(always)]
+fn lat_exit() {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before removal.
+    let Some(start) = (unsafe { LAT_START.get(&id) }).copied() else {
+        bump(STAT_LAT_UNMATCHED, 1);
+        return;
+    };
+    let _ = LAT_START.remove(&id);
+    // SAFETY: helper without arguments.
+    let delta = unsafe { bpf_ktime_get_ns() }.saturating_sub(start);
+    let bucket = if delta == 0 {
+        0
+    } else {
+        63 - delta.leading_zeros()
+    };
+    if let Some(p) = LAT_HIST.get_ptr_mut(bucket) {
+        // SAFETY: per-CPU slot.
+        unsafe { *p += 1 };
+    }
+    bump(STAT_SAMPLES, 1);
+    bump(STAT_LAT_SUM_NS, delta);
+}
+
+#[uprobe]
+pub fn lat_uprobe(_ctx: ProbeContext) -> u32 {
+    lat_enter();
+    0
+}
+
+#[uretprobe]
+pub fn lat_uretprobe(_ctx: RetProbeContext) -> u32 {
+    lat_exit();
+    0
+}
+
+// The attach target is chosen at load time (`FEntry::load(name, btf)`); the
+// name here only fills the section.
+#[fentry(function = "vfs_read")]
+pub fn lat_fentry(_ctx: FEntryContext) -> u32 {
+    lat_enter();
+    0
+}
+
+#[fexit(function = "vfs_read")]
+pub fn lat_fexit(_ctx: FExitContext) -> u32 {
+    lat_exit();
+    0
+}
+
+#[tracepoint]
+pub fn lat_sys_enter(_ctx: TracePointContext) -> u32 {
+    lat_enter();
+    0
+}
+
+#[tracepoint]
+pub fn lat_sys_exit(_ctx: TracePointContext) -> u32 {
+    lat_exit();
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

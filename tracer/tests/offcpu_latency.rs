@@ -1,0 +1,189 @@
+//! `lbd-trace offcpu` and `lbd-trace latency` against workloads whose
+//! blocking time and call latency are known.
+mod common;
+
+use std::{
+    fs,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[test]
+fn offcpu_attributes_known_sleep_within_10_percent() {
+    let _g = serial();
+    let exe = build_c("sleepy", SLEEPY_C);
+    // 20 x 50 ms = 1 s blocked in sleepy_wait, after we say go.
+    let mut w = Proc::spawn(Command::new(&exe).arg("20").stdin(Stdio::piped()));
+    let out = workdir().join("sleepy.folded");
+    let pid = w.pid().to_string();
+    let mut t = Tracer::spawn(&[
+        "offcpu",
+        "--pid",
+        &pid,
+        "--duration",
+        "20s",
+        "--format",
+        "folded",
+        "--output",
+        path_str(&out),
+    ]);
+    t.wait_ready();
+    write_stdin(&mut w, "go\n");
+    // The capture ends by itself when the process exits (well before 20 s),
+    // and the process is symbolized from the snapshot taken while it lived.
+    let r = t.finish(LIMIT);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("all target processes exited"),
+        "{}",
+        r.stderr
+    );
+    let stacks = folded(&fs::read_to_string(&out).unwrap());
+    let in_sleep: u64 = stacks
+        .iter()
+        .filter(|(s, _)| s.split(';').any(|f| f == "sleepy_wait"))
+        .map(|(_, c)| c)
+        .sum();
+    eprintln!("blocked in sleepy_wait: {in_sleep} us; stacks: {stacks:?}");
+    let expected = 1_000_000.0;
+    assert!(
+        (in_sleep as f64 - expected).abs() <= 0.1 * expected,
+        "sleepy_wait blocked {in_sleep} us, expected 1 s +- 10%"
+    );
+    // Kernel side of the block is there too.
+    assert!(
+        stacks
+            .iter()
+            .any(|(s, _)| s.contains("sleepy_wait") && s.contains("schedule_[k]"))
+    );
+}
+
+#[test]
+fn offcpu_min_block_filter_drops_short_blocks() {
+    let _g = serial();
+    let exe = build_c("sleepy", SLEEPY_C);
+    let mut w = Proc::spawn(Command::new(&exe).arg("10").stdin(Stdio::piped()));
+    let pid = w.pid().to_string();
+    // Every block is ~50 ms: a 100 ms minimum keeps none of them.
+    let mut t = Tracer::spawn(&[
+        "offcpu",
+        "--pid",
+        &pid,
+        "--min-block",
+        "100ms",
+        "-d",
+        "20s",
+        "-f",
+        "folded",
+    ]);
+    t.wait_ready();
+    write_stdin(&mut w, "go\n");
+    let r = t.finish(LIMIT);
+    assert!(r.ok, "{}", r.stderr);
+    let stacks = folded(&String::from_utf8_lossy(&r.stdout));
+    assert!(
+        !stacks.iter().any(|(s, _)| s.contains("sleepy_wait")),
+        "blocks under --min-block kept: {stacks:?}"
+    );
+}
+
+#[derive(serde::Deserialize, Debug)]
+struct Bucket {
+    lo_ns: u64,
+    hi_ns: u64,
+    count: u64,
+}
+
+#[derive(serde::Deserialize, Debug)]
+struct Report {
+    count: u64,
+    median_bucket: Option<usize>,
+    p50_ns: f64,
+    buckets: Vec<Bucket>,
+}
+
+fn latency(args: &[&str]) -> Report {
+    let r = trace(args, LIMIT);
+    assert!(r.ok, "{}", r.stderr);
+    serde_json::from_slice(&r.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&r.stdout)))
+}
+
+#[test]
+fn uprobe_latency_median_bucket_holds_the_fixed_delay() {
+    let _g = serial();
+    let (_w, pid) = workload("fixeddelay", LAT_C, "30");
+    let target = format!("{}:fixed_delay", workdir().join("fixeddelay").display());
+    let r = latency(&[
+        "latency", &target, "--pid", &pid, "-d", "2s", "--format", "json",
+    ]);
+    eprintln!("{r:?}");
+    assert!(r.count > 100, "only {} calls", r.count);
+    let m = &r.buckets[r.median_bucket.expect("median")];
+    let delay = 1_500_000;
+    assert!(
+        m.lo_ns <= delay && delay < m.hi_ns,
+        "median bucket {m:?} does not hold 1.5 ms"
+    );
+    assert!(m.count * 2 > r.count / 2);
+    assert!(r.p50_ns >= m.lo_ns as f64 && r.p50_ns < m.hi_ns as f64);
+}
+
+#[test]
+fn kernel_function_and_syscall_latency() {
+    let _g = serial();
+    let (_w, pid) = workload("sysheavy", SYS_C, "30");
+    // fentry/fexit on a kernel function, where the kernel allows BPF tracing
+    // programs; where it does not (this CI kernel), a clear refusal.
+    let k = trace(
+        &[
+            "latency",
+            "kfunc:vfs_write",
+            "--pid",
+            &pid,
+            "-d",
+            "1s",
+            "-f",
+            "json",
+        ],
+        LIMIT,
+    );
+    if k.ok {
+        let r: Report = serde_json::from_slice(&k.stdout).unwrap();
+        assert!(r.count > 100, "vfs_write: {r:?}");
+    } else {
+        assert!(
+            k.stderr.contains("refuses BPF tracing programs") && k.stderr.contains("syscall:NAME"),
+            "{}",
+            k.stderr
+        );
+    }
+    // sys_enter/sys_exit tracepoints of one syscall.
+    let r = latency(&[
+        "latency",
+        "syscall:getppid",
+        "--pid",
+        &pid,
+        "-d",
+        "1s",
+        "-f",
+        "json",
+    ]);
+    assert!(r.count > 100, "getppid: {r:?}");
+    // getppid is a few hundred ns, never a millisecond.
+    assert!(r.p50_ns < 1e6, "getppid p50 {}", r.p50_ns);
+    // The text form says what was measured.
+    let t = trace(
+        &["latency", "syscall:getppid", "--pid", &pid, "-d", "500ms"],
+        LIMIT,
+    );
+    let text = String::from_utf8_lossy(&t.stdout);
+    assert!(
+        t.ok && text.contains("latency of syscall:getppid") && text.contains("<- median"),
+        "{text}"
+    );
+}

@@ -1,0 +1,402 @@
+//! `lbd-trace profile` against real workloads on the real kernel: shares of
+//! known hot functions, kernel frames, SVG, pprof, and the task filters.
+mod common;
+
+use std::{fs, process::Command, time::Duration};
+
+use common::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[test]
+fn hot_functions_get_their_share_within_5_points() {
+    let _g = serial();
+    let (_w, pid) = workload("hot", HOT_C, "30");
+    let out = workdir().join("hot.folded");
+    let r = trace(
+        &[
+            "profile",
+            "--pid",
+            &pid,
+            "--duration",
+            "3s",
+            "--freq",
+            "999",
+            "--format",
+            "folded",
+            "--output",
+            path_str(&out),
+        ],
+        LIMIT,
+    );
+    assert!(r.ok, "{}", r.stderr);
+    let stacks = folded(&fs::read_to_string(&out).unwrap());
+    let total: u64 = stacks.iter().map(|(_, c)| c).sum();
+    assert!(total > 500, "only {total} samples: {}", r.stderr);
+    let (a, b) = (share(&stacks, "hot_a"), share(&stacks, "hot_b"));
+    eprintln!("hot_a {a:.3} hot_b {b:.3} of {total} samples");
+    assert!(
+        (a - 0.70).abs() <= 0.05,
+        "hot_a share {a:.3}, expected 0.70 +- 0.05"
+    );
+    assert!(
+        (b - 0.30).abs() <= 0.05,
+        "hot_b share {b:.3}, expected 0.30 +- 0.05"
+    );
+    // Symbolized through the executable's ELF/DWARF, rooted at the comm.
+    assert!(stacks.iter().all(|(s, _)| s.starts_with("hot;")));
+    assert!(
+        stacks
+            .iter()
+            .any(|(s, _)| s.contains(";main;hot_a;spin_for"))
+    );
+    assert!(!stacks.iter().any(|(s, _)| s.contains("[unknown]")));
+}
+
+#[test]
+fn syscall_heavy_workload_shows_kernel_frames() {
+    let _g = serial();
+    let (_w, pid) = workload("sysheavy", SYS_C, "30");
+    let r = trace(
+        &[
+            "profile",
+            "--pid",
+            &pid,
+            "--duration",
+            "2s",
+            "--freq",
+            "499",
+            "--format",
+            "folded",
+        ],
+        LIMIT,
+    );
+    assert!(r.ok, "{}", r.stderr);
+    let stacks = folded(&String::from_utf8_lossy(&r.stdout));
+    let total: u64 = stacks.iter().map(|(_, c)| c).sum();
+    let kernel: u64 = stacks
+        .iter()
+        .filter(|(s, _)| s.contains("_[k]"))
+        .map(|(_, c)| c)
+        .sum();
+    eprintln!("{kernel} of {total} samples in the kernel");
+    assert!(total > 100, "{}", r.stderr);
+    // cpu-clock is a timer: ticks that land while the kernel runs with
+    // interrupts off are taken on the way back to user mode, so the kernel
+    // share reads lower than the real one (about half here, as with perf).
+    assert!(
+        kernel as f64 > 0.3 * total as f64,
+        "kernel frames in {kernel}/{total} samples"
+    );
+    // Kernel frames sit above the user frames that made the call.
+    assert!(
+        stacks
+            .iter()
+            .any(|(s, _)| s.contains(";do_syscalls;") && s.contains("do_syscall_64_[k]")),
+        "no do_syscalls -> do_syscall_64 stack"
+    );
+}
+
+#[test]
+fn svg_is_well_formed_and_names_the_functions() {
+    let _g = serial();
+    let (_w, pid) = workload("hot", HOT_C, "30");
+    let out = workdir().join("hot.svg");
+    // SVG is the default format.
+    let r = trace(
+        &[
+            "profile",
+            "--pid",
+            &pid,
+            "-d",
+            "1s",
+            "-F",
+            "499",
+            "-o",
+            path_str(&out),
+        ],
+        LIMIT,
+    );
+    assert!(r.ok, "{}", r.stderr);
+    let svg = fs::read_to_string(&out).unwrap();
+    let mut reader = quick_xml::Reader::from_str(&svg);
+    let mut elements = 0;
+    loop {
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::Eof) => break,
+            Ok(quick_xml::events::Event::Start(_)) => elements += 1,
+            Ok(_) => {}
+            Err(e) => panic!("SVG not well-formed at {}: {e}", reader.buffer_position()),
+        }
+    }
+    assert!(elements > 10);
+    assert!(svg.starts_with("<?xml") && svg.contains("<svg"));
+    assert!(
+        svg.contains("hot_a") && svg.contains("hot_b"),
+        "function names missing in SVG"
+    );
+}
+
+#[test]
+fn pprof_parses_back_with_the_same_totals() {
+    let _g = serial();
+    let (_w, pid) = workload("hot", HOT_C, "30");
+    let dir = workdir();
+    let (pb, fo) = (dir.join("hot.pb.gz"), dir.join("hot-pprof.folded"));
+    let r = trace(
+        &[
+            "profile",
+            "--pid",
+            &pid,
+            "-d",
+            "1s",
+            "-F",
+            "499",
+            "--format",
+            "pprof",
+            "-o",
+            path_str(&pb),
+            "--save-folded",
+            path_str(&fo),
+        ],
+        LIMIT,
+    );
+    assert!(r.ok, "{}", r.stderr);
+    let p = tracer::pprof::decode(&fs::read(&pb).unwrap()).unwrap();
+    let stacks = folded(&fs::read_to_string(&fo).unwrap());
+    let total: u64 = stacks.iter().map(|(_, c)| c).sum();
+    assert!(total > 0);
+    assert_eq!(
+        p.total(),
+        total as i64,
+        "pprof total differs from the folded total"
+    );
+    assert_eq!(p.sample.len(), stacks.len());
+    let st = |i: i64| p.string_table[i as usize].as_str();
+    assert_eq!(st(p.sample_type[0].r#type), "samples");
+    assert_eq!(st(p.sample_type[1].unit), "nanoseconds");
+    assert_eq!(p.period, 1_000_000_000 / 499);
+    // Same stacks, same counts.
+    for s in &p.sample {
+        let f = p.folded(s);
+        let want = stacks.iter().find(|(k, _)| *k == f).map(|(_, c)| *c);
+        assert_eq!(want, Some(s.value[0] as u64), "stack {f}");
+    }
+}
+
+/// Two copies of the same program under different names, so the folded
+/// root frame (the comm) tells whose sample it is.
+fn two_workloads() -> (Proc, Proc) {
+    let exe = build_c("hot", HOT_C);
+    let dir = workdir();
+    let (l, r) = (dir.join("hot_left"), dir.join("hot_right"));
+    fs::copy(&exe, &l).unwrap();
+    fs::copy(&exe, &r).unwrap();
+    (
+        Proc::spawn(Command::new(&l).arg("30")),
+        Proc::spawn(Command::new(&r).arg("30")),
+    )
+}
+
+fn roots(out: &[u8]) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = Vec::new();
+    for (s, c) in folded(&String::from_utf8_lossy(out)) {
+        let root = s.split(';').next().unwrap().to_string();
+        match v.iter_mut().find(|(r, _)| *r == root) {
+            Some(e) => e.1 += c,
+            None => v.push((root, c)),
+        }
+    }
+    v
+}
+
+#[test]
+fn pid_filter_never_shows_another_process() {
+    let _g = serial();
+    let (left, _right) = two_workloads();
+    let pid = left.pid().to_string();
+    let r = trace(
+        &[
+            "profile", "--pid", &pid, "-d", "2s", "-F", "999", "-f", "folded",
+        ],
+        LIMIT,
+    );
+    assert!(r.ok, "{}", r.stderr);
+    let seen = roots(&r.stdout);
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter().all(|(r, _)| r == "hot_left"),
+        "other processes sampled: {seen:?}"
+    );
+    // Two --pid flags take both.
+    let pid2 = _right.pid().to_string();
+    let r = trace(
+        &[
+            "profile", "--pid", &pid, "--pid", &pid2, "-d", "1s", "-F", "999", "-f", "folded",
+        ],
+        LIMIT,
+    );
+    let seen = roots(&r.stdout);
+    assert!(
+        seen.iter().any(|(r, _)| r == "hot_left") && seen.iter().any(|(r, _)| r == "hot_right")
+    );
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}
+
+#[test]
+fn comm_filter_never_shows_another_process() {
+    let _g = serial();
+    let (_left, _right) = two_workloads();
+    let r = trace(
+        &[
+            "profile",
+            "--comm",
+            "hot_right",
+            "-d",
+            "2s",
+            "-F",
+            "999",
+            "-f",
+            "folded",
+        ],
+        LIMIT,
+    );
+    assert!(r.ok, "{}", r.stderr);
+    let seen = roots(&r.stdout);
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter().all(|(r, _)| r == "hot_right"),
+        "other processes sampled: {seen:?}"
+    );
+}
+
+#[test]
+fn cgroup_filter_never_shows_another_process() {
+    let _g = serial();
+    let (_left, right) = two_workloads();
+    let mount = tracer::filter::cgroup2_mount().unwrap();
+    let name = format!("lbd-trace-test-{}", std::process::id());
+    let cg = mount.join(&name);
+    fs::create_dir_all(&cg).unwrap();
+    struct Rm(std::path::PathBuf, std::path::PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            // Move anything left back to the root so the directory can go.
+            if let Ok(p) = fs::read_to_string(self.0.join("cgroup.procs")) {
+                for pid in p.lines() {
+                    let _ = fs::write(self.1.join("cgroup.procs"), pid);
+                }
+            }
+            let _ = fs::remove_dir(&self.0);
+        }
+    }
+    let _rm = Rm(cg.clone(), mount.clone());
+    fs::write(cg.join("cgroup.procs"), right.pid().to_string()).unwrap();
+    // Relative to the cgroup2 mount, as an operator names a systemd unit.
+    let r = trace(
+        &[
+            "profile", "--cgroup", &name, "-d", "2s", "-F", "999", "-f", "folded",
+        ],
+        LIMIT,
+    );
+    assert!(r.ok, "{}", r.stderr);
+    let seen = roots(&r.stdout);
+    assert!(!seen.is_empty(), "{}", r.stderr);
+    assert!(
+        seen.iter().all(|(r, _)| r == "hot_right"),
+        "other processes sampled: {seen:?}"
+    );
+    drop(right);
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_not_a_panic() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["profile", "--duration", "5x"], "unknown unit"),
+        (
+            &["profile", "--pid", "999999999", "-d", "1s"],
+            "no process or thread 999999999",
+        ),
+        (
+            &["profile", "--cgroup", "no/such/cgroup", "-d", "1s"],
+            "no such cgroup",
+        ),
+        (
+            &["profile", "--comm", "a-very-long-command-name", "-d", "1s"],
+            "1 to 15 bytes",
+        ),
+        (&["profile", "--freq", "0"], "freq"),
+        (
+            &[
+                "offcpu",
+                "--min-block",
+                "1s",
+                "--max-block",
+                "1ms",
+                "-d",
+                "1s",
+            ],
+            "--min-block",
+        ),
+        (&["latency", "nothing"], "expected BINARY:FUNCTION"),
+        (
+            &["latency", "/no/such/binary:main", "-d", "1s"],
+            "no such file",
+        ),
+        (
+            &["latency", "syscall:nosuchcall", "-d", "1s"],
+            "unknown syscall",
+        ),
+        (
+            &["latency", "kfunc:no_such_kernel_function_lbd", "-d", "1s"],
+            "no_such_kernel_function_lbd",
+        ),
+        (
+            &["diff", "/no/such.folded", "/no/such2.folded"],
+            "/no/such.folded",
+        ),
+    ];
+    for (args, want) in cases {
+        let r = trace(args, LIMIT);
+        assert!(!r.ok, "{args:?} succeeded");
+        assert!(
+            r.stderr.contains(want),
+            "{args:?}: stderr lacks {want:?}: {}",
+            r.stderr
+        );
+        assert!(
+            !r.stderr.contains("panicked"),
+            "{args:?} panicked: {}",
+            r.stderr
+        );
+    }
+    let bad = workdir().join("bad.folded");
+    fs::write(&bad, "a;b 1\nthis line has no count\n").unwrap();
+    let r = trace(&["diff", path_str(&bad), path_str(&bad)], LIMIT);
+    assert!(!r.ok && r.stderr.contains("bad.folded:2"), "{}", r.stderr);
+}
+
+#[test]
+fn diff_flamegraph_from_two_folded_files() {
+    let dir = workdir();
+    let (a, b, out) = (
+        dir.join("before.folded"),
+        dir.join("after.folded"),
+        dir.join("diff.svg"),
+    );
+    fs::write(&a, "app;main;parse 70\napp;main;send 30\n").unwrap();
+    fs::write(&b, "app;main;parse 20\napp;main;send 80\n").unwrap();
+    let r = trace(
+        &["diff", path_str(&a), path_str(&b), "-o", path_str(&out)],
+        LIMIT,
+    );
+    assert!(r.ok, "{}", r.stderr);
+    let svg = fs::read_to_string(&out).unwrap();
+    assert!(svg.contains("parse") && svg.contains("send"));
+    // inferno colours grown frames red and shrunk ones blue.
+    assert!(
+        svg.contains("rgb(255,") || svg.contains("fill=\"rgb(255"),
+        "no red frame"
+    );
+    assert!(svg.contains(",255)"), "no blue frame");
+}
