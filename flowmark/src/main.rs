@@ -1,9 +1,18 @@
 //! The `flowmark` command: `run` (the marking daemon), `collect` (the
 //! firefly collector), `scitag` and `registry` (small tools).
-use std::{path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand};
-use flowmark::{registry::Registry, scitag::SciTag, tool};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use flowmark::{
+    api, collector,
+    daemon::{Config, Daemon},
+    pipe,
+    registry::Registry,
+    scitag::SciTag,
+    tool,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 #[derive(Parser)]
 #[command(version, about = "SciTags flow marking for storage nodes", long_about = None)]
@@ -18,6 +27,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The marking daemon: takes flows from the flowd pipe and the API
+    /// socket, marks their IPv6 flow label on egress, sends fireflies.
+    Run(RunArgs),
+    /// The firefly collector: UDP fireflies in, Prometheus metrics out.
+    Collect(CollectArgs),
     /// Decode a SciTag value, or encode one from --exp and --act, as JSON.
     ///
     /// `flowmark scitag 206` prints experiment 3 (cms), activity 14 and the
@@ -40,6 +54,52 @@ enum Cmd {
         #[command(subcommand)]
         command: RegistryCmd,
     },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Interface whose egress is marked (repeatable). Without one, no
+    /// marking: fireflies only.
+    #[arg(long = "iface", value_name = "IFACE")]
+    interfaces: Vec<String>,
+    /// The flowd named pipe (created if absent); "none" to disable.
+    #[arg(long, default_value = "/var/run/flowd", value_name = "PATH")]
+    pipe: String,
+    /// The JSON API socket for the reverse proxy; "none" to disable.
+    #[arg(long, default_value = "/run/flowmark.sock", value_name = "PATH")]
+    api: String,
+    /// Also send every firefly to this collector (repeatable).
+    #[arg(long = "collector", value_name = "ADDR:PORT")]
+    collectors: Vec<SocketAddr>,
+    /// Do not send fireflies to the flow's peer.
+    #[arg(long)]
+    no_peer_fireflies: bool,
+    /// Port of the peer's firefly receiver.
+    #[arg(long, default_value_t = flowmark::firefly::PORT)]
+    peer_port: u16,
+    /// Seconds between "ongoing" fireflies of a live flow; 0: none.
+    #[arg(long, default_value_t = 60)]
+    ongoing_interval: u64,
+    /// Mark every flow from this local port: PORT=VALUE or PORT=EXP:ACT
+    /// (perfSONAR-style; repeatable).
+    #[arg(long = "port-rule", value_name = "PORT=TAG")]
+    port_rules: Vec<String>,
+    /// Mark every flow of this cgroup (v2 directory): PATH=VALUE or PATH=EXP:ACT.
+    #[arg(long = "cgroup-rule", value_name = "PATH=TAG")]
+    cgroup_rules: Vec<String>,
+    /// Serve Prometheus metrics on this address.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<SocketAddr>,
+}
+
+#[derive(Args)]
+struct CollectArgs {
+    /// UDP address to receive fireflies on.
+    #[arg(long, default_value = "[::]:10514")]
+    listen: SocketAddr,
+    /// Serve Prometheus metrics on this address.
+    #[arg(long, default_value = "[::]:9814")]
+    metrics: SocketAddr,
 }
 
 #[derive(Subcommand)]
@@ -70,6 +130,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let registry = Registry::from_option(cli.registry.as_deref())?;
     match cli.command {
+        Cmd::Run(args) => runtime()?.block_on(run_daemon(args, registry)),
+        Cmd::Collect(args) => runtime()?.block_on(collect(args, registry)),
         Cmd::Scitag { value, exp, act } => {
             let tag = match (value, exp, act) {
                 (Some(v), _, _) => SciTag::parse(&v).map_err(anyhow::Error::from),
@@ -111,4 +173,112 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// PORT=VALUE or PORT=EXP:ACT (also PATH=... for cgroups).
+fn parse_rule(rule: &str, registry: &Registry) -> anyhow::Result<(String, SciTag)> {
+    let (target, tag) = rule
+        .rsplit_once('=')
+        .with_context(|| format!("rule {rule:?}: expected TARGET=TAG"))?;
+    let tag = match tag.split_once(':') {
+        Some((e, a)) => tool::tag_from_parts(e, a, registry)?,
+        None => SciTag::parse(tag)?,
+    };
+    tag.flow_label().with_context(|| format!("rule {rule:?}"))?;
+    Ok((target.to_string(), tag))
+}
+
+async fn run_daemon(args: RunArgs, registry: Registry) -> anyhow::Result<ExitCode> {
+    if let Some(addr) = args.metrics {
+        PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .context("metrics listener")?;
+    }
+    let mut port_rules = vec![];
+    for r in &args.port_rules {
+        let (port, tag) = parse_rule(r, &registry)?;
+        port_rules.push((
+            port.parse::<u16>()
+                .with_context(|| format!("rule {r:?}: bad port"))?,
+            tag,
+        ));
+    }
+    let mut cgroup_rules = vec![];
+    for r in &args.cgroup_rules {
+        let (path, tag) = parse_rule(r, &registry)?;
+        cgroup_rules.push((PathBuf::from(path), tag));
+    }
+    let none = |s: &str| (s != "none").then(|| PathBuf::from(s));
+    let cfg = Config {
+        mark: !args.interfaces.is_empty(),
+        interfaces: args.interfaces,
+        pipe: none(&args.pipe),
+        api: none(&args.api),
+        collectors: args.collectors,
+        peer_fireflies: !args.no_peer_fireflies,
+        peer_port: args.peer_port,
+        ongoing: Duration::from_secs(args.ongoing_interval),
+        application: format!("flowmark {}", env!("CARGO_PKG_VERSION")),
+        port_rules,
+        cgroup_rules,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let pipe_rx = cfg.pipe.as_deref().map(pipe::open).transpose()?;
+    let listener = cfg.api.as_deref().map(api::bind).transpose()?;
+    let daemon = Daemon::new(cfg, registry.clone()).await?;
+    if let Some(p) = pipe_rx {
+        tokio::spawn(pipe::serve(p, registry.clone(), tx.clone()));
+    }
+    if let Some(l) = listener {
+        tokio::spawn(api::serve(l, registry.clone(), tx.clone()));
+    }
+    drop(tx);
+    let serve = tokio::spawn(daemon.serve(rx));
+    tracing::info!("ready");
+    println!("flowmark: ready");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        r = serve => r?,
+    }
+    tracing::info!("stopping: the egress filter goes with us");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn collect(args: CollectArgs, registry: Registry) -> anyhow::Result<ExitCode> {
+    PrometheusBuilder::new()
+        .with_http_listener(args.metrics)
+        .set_buckets_for_metric(
+            Matcher::Full(collector::DURATION_METRIC.into()),
+            collector::DURATION_BUCKETS,
+        )?
+        .install()
+        .context("metrics listener")?;
+    let sock = tokio::net::UdpSocket::bind(args.listen)
+        .await
+        .with_context(|| format!("binding UDP {}", args.listen))?;
+    tracing::info!(listen = %args.listen, metrics = %args.metrics, "collecting fireflies");
+    println!("flowmark: ready");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = collector::serve(sock, registry) => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,142 @@
+//! Bytes sent and received by a TCP flow, from the kernel's tcp_info, via a
+//! sock_diag netlink lookup of the exact socket (no dump, no polling).
+
+use std::net::IpAddr;
+
+use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_sock_diag::{
+    SockDiagMessage,
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags, nlas::Nla},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
+
+use crate::{
+    firefly::Usage,
+    flow::{FlowId, Proto},
+};
+
+/// tcp_info of the flow's local socket: `sent` is bytes_acked (what the peer
+/// has confirmed), `received` is bytes_received. `None` when the socket is
+/// gone (the flow was reported after close) or the flow is not TCP.
+pub fn usage(flow: &FlowId) -> Option<Usage> {
+    if flow.proto != Proto::Tcp {
+        return None;
+    }
+    match lookup(flow) {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(%flow, "sock_diag lookup failed: {e:#}");
+            None
+        }
+    }
+}
+
+fn lookup(flow: &FlowId) -> anyhow::Result<Option<Usage>> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    socket.set_non_blocking(false)?;
+    let family = match flow.src.ip() {
+        IpAddr::V4(_) => AF_INET,
+        IpAddr::V6(_) => AF_INET6,
+    };
+    let mut hdr = NetlinkHeader::default();
+    hdr.flags = NLM_F_REQUEST;
+    let mut packet = NetlinkMessage::new(
+        hdr,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::INFO,
+            states: StateFlags::all(),
+            socket_id: SocketId {
+                source_port: flow.src.port(),
+                destination_port: flow.dst.port(),
+                source_address: flow.src.ip(),
+                destination_address: flow.dst.ip(),
+                interface_id: 0,
+                // INET_DIAG_NOCOOKIE: match on the 4-tuple alone.
+                cookie: [0xff; 8],
+            },
+        })
+        .into(),
+    );
+    packet.finalize();
+    let mut buf = vec![0; packet.buffer_len()];
+    packet.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+    let mut rx = vec![0u8; 16384];
+    let n = socket.recv(&mut &mut rx[..], 0)?;
+    let mut offset = 0;
+    while offset < n {
+        let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&rx[offset..n])?;
+        let len = msg.header.length as usize;
+        match msg.payload {
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                let id = &r.header.socket_id;
+                // The kernel's lookup falls back to the listening socket
+                // once the connection is gone: only the exact 4-tuple counts.
+                if id.destination_port != flow.dst.port()
+                    || id.destination_address.to_canonical() != flow.dst.ip()
+                {
+                    return Ok(None);
+                }
+                for nla in r.nlas.iter() {
+                    if let Nla::TcpInfo(info) = nla {
+                        return Ok(Some(Usage {
+                            sent: Some(info.bytes_acked),
+                            received: Some(info.bytes_received),
+                        }));
+                    }
+                }
+                return Ok(None);
+            }
+            // ENOENT: no such socket.
+            NetlinkPayload::Error(_) | NetlinkPayload::Done(_) => return Ok(None),
+            _ => {}
+        }
+        if len == 0 {
+            break;
+        }
+        offset += len;
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Read, Write},
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::*;
+
+    #[test]
+    fn reads_bytes_of_a_live_loopback_connection() {
+        let l = TcpListener::bind("[::1]:0").unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s, peer) = l.accept().unwrap();
+        s.write_all(&vec![7u8; 100_000]).unwrap();
+        let mut got = vec![0u8; 100_000];
+        c.read_exact(&mut got).unwrap();
+        c.write_all(b"hello").unwrap();
+        let mut h = [0u8; 5];
+        s.read_exact(&mut h).unwrap();
+        let flow = FlowId::new(
+            Proto::Tcp,
+            l.local_addr().unwrap().ip(),
+            l.local_addr().unwrap().port(),
+            peer.ip(),
+            peer.port(),
+        )
+        .unwrap();
+        let u = usage(&flow).expect("socket found");
+        assert_eq!(u.sent, Some(100_000));
+        assert_eq!(u.received, Some(5));
+        drop((s, c));
+        let gone = FlowId::new(Proto::Tcp, peer.ip(), 1, peer.ip(), 2).unwrap();
+        assert_eq!(usage(&gone), None);
+    }
+}

@@ -1,0 +1,455 @@
+//! Test lab: two network namespaces joined by a veth pair, processes
+//! started inside them (killed by PID on drop), and an AF_PACKET capture
+//! that reads the IPv6 flow labels of real packets.
+#![allow(dead_code)]
+
+use std::{
+    fs::File,
+    io::{BufRead, BufReader, Read},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+pub const SRV6: &str = "2001:db8:7::1";
+pub const CLI6: &str = "2001:db8:7::2";
+pub const SRV4: &str = "192.0.2.1";
+pub const CLI4: &str = "192.0.2.2";
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+pub fn sh(args: &[&str]) -> String {
+    let o = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Polls `f` until it returns Some, or panics after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Lab {
+    pub srv: String,
+    pub cli: String,
+    pub dir: PathBuf,
+    children: Vec<(String, Child)>,
+}
+
+impl Lab {
+    /// `srv` holds the storage node (veth0), `cli` the client (veth1).
+    pub fn new(tag: &str) -> Lab {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{}-{n}", std::process::id());
+        let srv = format!("flm-s-{tag}-{id}");
+        let cli = format!("flm-c-{tag}-{id}");
+        let dir = std::env::temp_dir().join(format!("flm-{tag}-{id}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let lab = Lab {
+            srv,
+            cli,
+            dir,
+            children: vec![],
+        };
+        sh(&["ip", "netns", "add", &lab.srv]);
+        sh(&["ip", "netns", "add", &lab.cli]);
+        sh(&[
+            "ip", "-n", &lab.srv, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
+            "netns", &lab.cli,
+        ]);
+        for (ns, dev, a6, a4) in [
+            (&lab.srv, "veth0", SRV6, SRV4),
+            (&lab.cli, "veth1", CLI6, CLI4),
+        ] {
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{a6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{a4}/24"),
+                "dev",
+                dev,
+            ]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            // Unmarked packets must carry label 0, not the kernel's
+            // automatic per-flow label, so the test can tell them apart.
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                "net.ipv6.auto_flowlabels=0",
+            ]);
+        }
+        lab
+    }
+
+    /// Starts a process inside `ns`; stdout and stderr go to DIR/NAME.log.
+    pub fn spawn(&mut self, name: &str, ns: &str, args: &[&str]) -> &mut Child {
+        let log = File::create(self.dir.join(format!("{name}.log"))).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        self.children.push((name.to_string(), child));
+        &mut self.children.last_mut().unwrap().1
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Waits until DIR/NAME.log contains `text`; fails early if the process died.
+    pub fn wait_log(&mut self, name: &str, text: &str) {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.log(name).contains(text) {
+                return;
+            }
+            let exited = self
+                .children
+                .iter_mut()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, c)| c.try_wait().ok().flatten());
+            if let Some(st) = exited {
+                panic!("{name} exited ({st}) before {text:?}:\n{}", self.log(name));
+            }
+            assert!(
+                Instant::now() < end,
+                "{name}: no {text:?} in log:\n{}",
+                self.log(name)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM to one process by PID, then wait for it (bounded).
+    pub fn stop(&mut self, name: &str) {
+        if let Some(i) = self.children.iter().position(|(n, _)| n == name) {
+            let (_, mut c) = self.children.remove(i);
+            terminate(&mut c);
+        }
+    }
+
+    pub fn exec(&self, ns: &str, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_str().unwrap().to_string()
+    }
+}
+
+fn terminate(c: &mut Child) {
+    // `ip netns exec` execs the command, so the child's PID is the process itself.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (_, c) in self.children.iter_mut() {
+            terminate(c);
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.srv])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.cli])
+            .status();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// One captured IPv6 TCP/UDP packet.
+#[derive(Clone, Debug)]
+pub struct Packet {
+    pub src: std::net::Ipv6Addr,
+    pub dst: std::net::Ipv6Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub label: u32,
+}
+
+/// An AF_PACKET capture on `iface` inside `ns`, in a thread of its own.
+pub struct Capture {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<Vec<u8>>>>,
+}
+
+impl Capture {
+    pub fn start(ns: &str, iface: &str) -> Capture {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (ns, iface, stop2) = (ns.to_string(), iface.to_string(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let nsf = File::open(format!("/var/run/netns/{ns}")).expect("netns file");
+            unsafe {
+                assert_eq!(libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET), 0, "setns");
+                let fd = libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_RAW,
+                    (libc::ETH_P_ALL as u16).to_be() as i32,
+                );
+                assert!(fd >= 0, "AF_PACKET socket");
+                let name = std::ffi::CString::new(iface).unwrap();
+                let ifindex = libc::if_nametoindex(name.as_ptr());
+                let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+                sll.sll_family = libc::AF_PACKET as u16;
+                sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+                sll.sll_ifindex = ifindex as i32;
+                assert_eq!(
+                    libc::bind(
+                        fd,
+                        &sll as *const _ as *const libc::sockaddr,
+                        std::mem::size_of_val(&sll) as u32
+                    ),
+                    0
+                );
+                let tv = libc::timeval {
+                    tv_sec: 0,
+                    tv_usec: 50_000,
+                };
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    &tv as *const _ as *const _,
+                    16,
+                );
+                let big: i32 = 8 << 20;
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUF,
+                    &big as *const _ as *const _,
+                    4,
+                );
+                ready_tx.send(()).unwrap();
+                let mut frames = vec![];
+                let mut buf = vec![0u8; 65536 + 128];
+                // Only headers are needed: keep the first 128 bytes.
+                while !stop2.load(Ordering::SeqCst) {
+                    let n = libc::recv(fd, buf.as_mut_ptr() as *mut _, buf.len(), 0);
+                    if n > 0 {
+                        frames.push(buf[..(n as usize).min(128)].to_vec());
+                    }
+                }
+                // Drain what is already queued.
+                loop {
+                    let n = libc::recv(
+                        fd,
+                        buf.as_mut_ptr() as *mut _,
+                        buf.len(),
+                        libc::MSG_DONTWAIT,
+                    );
+                    if n <= 0 {
+                        break;
+                    }
+                    frames.push(buf[..(n as usize).min(128)].to_vec());
+                }
+                libc::close(fd);
+                frames
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("capture ready");
+        Capture {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn finish(mut self) -> Vec<Packet> {
+        self.stop.store(true, Ordering::SeqCst);
+        let frames = self.thread.take().unwrap().join().unwrap();
+        frames.iter().filter_map(|f| parse_frame(f)).collect()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn parse_frame(f: &[u8]) -> Option<Packet> {
+    if f.len() < 14 + 40 + 4 || f[12..14] != [0x86, 0xdd] || !(f[20] == 6 || f[20] == 17) {
+        return None;
+    }
+    let ip = &f[14..];
+    let first = u32::from_be_bytes([ip[0], ip[1], ip[2], ip[3]]);
+    let addr = |o: usize| std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&ip[o..o + 16]).unwrap());
+    Some(Packet {
+        src: addr(8),
+        dst: addr(24),
+        sport: u16::from_be_bytes([ip[40], ip[41]]),
+        dport: u16::from_be_bytes([ip[42], ip[43]]),
+        label: first & 0xFFFFF,
+    })
+}
+
+/// curl inside the client namespace from a fixed local port (so the test
+/// knows the 5-tuple in advance). Returns the body length.
+pub fn curl(lab: &Lab, url: &str, local_port: u16, headers: &[&str]) -> usize {
+    let lp = local_port.to_string();
+    let mut args = vec![
+        "curl",
+        "-sS",
+        "-g",
+        "--max-time",
+        "20",
+        "--local-port",
+        &lp,
+        "-o",
+        "-",
+    ];
+    for h in headers {
+        args.extend(["-H", h]);
+    }
+    args.push(url);
+    let o = lab.exec(&lab.cli, &args);
+    assert!(
+        o.status.success(),
+        "curl {url}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout.len()
+}
+
+/// GET http://127.0.0.1:PORT/metrics inside `ns`.
+pub fn metrics(lab: &Lab, ns: &str, port: u16) -> String {
+    let o = lab.exec(
+        ns,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://127.0.0.1:{port}/metrics"),
+        ],
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Sum of a metric over all series whose label set contains every `want`.
+pub fn metric_sum(text: &str, name: &str, want: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| want.iter().all(|w| l.contains(w)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// One request/reply on the API socket.
+pub fn api(path: &Path, request: &str) -> serde_json::Value {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(path).expect("api connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("{request}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(&mut s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or(serde_json::Value::Null)
+}
+
+pub fn read_all(path: &Path) -> String {
+    let mut s = String::new();
+    let _ = File::open(path).and_then(|mut f| f.read_to_string(&mut s));
+    s
+}
+
+pub fn flowmark_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_flowmark")
+}
+
+/// A minimal nginx config serving DIR/www on port 8080 (v4 and v6), with
+/// `extra` inserted in the server block and `http_extra` in http.
+pub fn nginx_conf(lab: &Lab, main_extra: &str, http_extra: &str, extra: &str) -> String {
+    let d = lab.dir.to_str().unwrap();
+    std::fs::create_dir_all(lab.dir.join("www")).unwrap();
+    std::fs::create_dir_all(lab.dir.join("tmp")).unwrap();
+    let conf = format!(
+        r#"{main_extra}
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log info;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp/body;
+  proxy_temp_path {d}/tmp/proxy;
+  fastcgi_temp_path {d}/tmp/fastcgi;
+  uwsgi_temp_path {d}/tmp/uwsgi;
+  scgi_temp_path {d}/tmp/scgi;
+  {http_extra}
+  server {{
+    listen 8080;
+    listen [::]:8080;
+    root {d}/www;
+    {extra}
+  }}
+}}
+"#
+    );
+    let path = lab.dir.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    path.to_str().unwrap().to_string()
+}
