@@ -151,15 +151,29 @@ fn read_pid(path: &Path) -> Option<u32> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+/// Routers are killed outright: a graceful FRR stop takes ~2 s and the
+/// namespace (with everything the daemon installed) is deleted right after.
 fn kill_pid(pid: u32) {
-    let _ = sh(&format!("kill {pid} 2>/dev/null"));
-    let dead = (0..100).any(|_| {
-        thread::sleep(Duration::from_millis(20));
-        !Path::new(&format!("/proc/{pid}")).exists()
+    let _ = sh(&format!("kill -9 {pid} 2>/dev/null"));
+    let _ = (0..100).any(|_| {
+        // Gone, or a zombie waiting for whoever adopted the daemon.
+        match fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return true,
+            Ok(st)
+                if st
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z') =>
+            {
+                return true;
+            }
+            Ok(_) => {}
+        }
+        thread::sleep(Duration::from_millis(10));
+        false
     });
-    if !dead {
-        let _ = sh(&format!("kill -9 {pid} 2>/dev/null"));
-    }
 }
 
 /// Per-neighbour FRR options.
