@@ -545,6 +545,7 @@ impl PeerTask {
         for p in gone {
             if let Some(msg) = wire::withdraw(p) {
                 self.send(c, &msg).await?;
+                self.with(|s| s.status.updates_out += 1);
             }
             sent.remove(&p);
         }
@@ -554,6 +555,7 @@ impl PeerTask {
             }
             if let Some(msg) = wire::announce(uctx, p, &a) {
                 self.send(c, &msg).await?;
+                self.with(|s| s.status.updates_out += 1);
             }
             sent.insert(p, a);
         }

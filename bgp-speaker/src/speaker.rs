@@ -47,6 +47,7 @@ pub struct PeerStatus {
     pub messages_in: u64,
     pub messages_out: u64,
     pub updates_in: u64,
+    pub updates_out: u64,
     /// Prefixes the peer announced to us (counted and ignored).
     pub prefixes_received: u64,
     /// Prefixes currently announced on this session.
@@ -149,6 +150,7 @@ impl Speaker {
                     messages_in: 0,
                     messages_out: 0,
                     updates_in: 0,
+                    updates_out: 0,
                     prefixes_received: 0,
                     prefixes_sent: 0,
                     established_count: 0,
