@@ -241,6 +241,19 @@ fn pid_filter_never_shows_another_process() {
         seen.iter().any(|(r, _)| r == "hot_left") && seen.iter().any(|(r, _)| r == "hot_right")
     );
     assert_eq!(seen.len(), 2, "{seen:?}");
+    // A thread filter: the main thread's TID is the PID.
+    let r = trace(
+        &[
+            "profile", "--tid", &pid, "-d", "1s", "-F", "999", "-f", "folded",
+        ],
+        LIMIT,
+    );
+    let seen = roots(&r.stdout);
+    assert!(r.ok && !seen.is_empty(), "{}", r.stderr);
+    assert!(
+        seen.iter().all(|(r, _)| r == "hot_left"),
+        "other threads sampled: {seen:?}"
+    );
 }
 
 #[test]
@@ -399,4 +412,89 @@ fn diff_flamegraph_from_two_folded_files() {
         "no red frame"
     );
     assert!(svg.contains(",255)"), "no blue frame");
+}
+
+#[test]
+fn container_process_that_exits_midway_still_symbolizes() {
+    let _g = serial();
+    let exe = build_c("hot", HOT_C);
+    // A private mount namespace with a tmpfs only it sees, as in a container:
+    // the path the process maps its executable from does not exist on the
+    // host. It runs 3 s of CPU and exits while the capture goes on.
+    let script = format!(
+        "mount -t tmpfs lbd-trace-test /mnt && cp {} /mnt/ctr_hot && exec /mnt/ctr_hot 3",
+        exe.display()
+    );
+    let w = Proc::spawn(Command::new("unshare").args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    let pid = w.pid().to_string();
+    let r = trace(
+        &[
+            "profile", "--pid", &pid, "-d", "30s", "-F", "499", "-f", "folded",
+        ],
+        LIMIT,
+    );
+    assert!(r.ok, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("all target processes exited"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !std::path::Path::new("/mnt/ctr_hot").exists(),
+        "the test binary leaked to the host"
+    );
+    let stacks = folded(&String::from_utf8_lossy(&r.stdout));
+    let a = share(&stacks, "hot_a");
+    assert!(a > 0.5, "hot_a share {a:.3} in {stacks:?}");
+    assert!(
+        stacks
+            .iter()
+            .any(|(s, _)| s.starts_with("ctr_hot;") && s.contains(";main;hot_a;spin_for"))
+    );
+}
+
+#[test]
+fn ctrl_c_ends_the_capture_and_keeps_what_was_sampled() {
+    let _g = serial();
+    let (_w, pid) = workload("hot", HOT_C, "30");
+    // No --duration: runs until SIGINT.
+    let mut t = Tracer::spawn(&["profile", "--comm", "hot", "-F", "499", "-f", "folded"]);
+    t.wait_ready();
+    std::thread::sleep(Duration::from_secs(1));
+    t.interrupt();
+    let r = t.finish(LIMIT);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(r.stderr.contains("interrupted"), "{}", r.stderr);
+    let stacks = folded(&String::from_utf8_lossy(&r.stdout));
+    assert!(share(&stacks, "hot_a") > 0.5, "{stacks:?} (pid {pid})");
+}
+
+#[test]
+fn live_line_on_a_terminal_shows_samples_and_lost() {
+    let _g = serial();
+    let (_w, pid) = workload("hot", HOT_C, "30");
+    // `script` gives the tracer a pseudo-terminal as stderr.
+    let cmd = format!(
+        "{} profile --pid {pid} -d 2500ms -F 499 -f folded -o /dev/null",
+        bin()
+    );
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .output()
+        .expect("running script (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    // "\r\x1b[K   1.0s  493 samples  lost 0", refreshed every second.
+    let live: Vec<&str> = text
+        .split('\r')
+        .filter(|l| l.contains(" samples  lost "))
+        .collect();
+    assert!(live.len() >= 2, "no live line: {text:?}");
 }

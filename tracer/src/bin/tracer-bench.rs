@@ -233,6 +233,9 @@ fn main() -> Result<()> {
         "binary_bytes": bytes,
         "symbolize_ms": symbolize_ms,
         "rounds": a.rounds,
+        // Every round's throughput relative to its own baseline, to show the
+        // noise the medians above sit in.
+        "relative_per_round": rel.iter().map(|(m, v)| (m.name(), v.clone())).collect::<BTreeMap<_, _>>(),
         "trial_secs": a.secs,
         "method": "throughput of one CPU-bound process per CPU, median over rounds of (1 - mode/baseline of the same round); modes alternated",
     });

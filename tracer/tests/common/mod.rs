@@ -175,6 +175,12 @@ impl Tracer {
         panic!("lbd-trace not ready after 60 s: {}", self.stderr.join("\n"));
     }
 
+    /// Sends SIGINT, as Ctrl-C does.
+    pub fn interrupt(&self) {
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(self.child.pid() as i32, libc::SIGINT) };
+    }
+
     /// Waits for exit (killing it past `limit`).
     pub fn finish(mut self, limit: Duration) -> Run {
         let deadline = Instant::now() + limit;
