@@ -7,6 +7,7 @@
 //! - [`predict`]: the owner of a flow, computed with the kernel's own hash.
 //! - [`loader`]: loads, attaches and pins the XDP program and its maps, swaps
 //!   tables atomically and reads counters.
+pub mod lab;
 pub mod loader;
 pub mod maglev;
 pub mod predict;

@@ -47,6 +47,34 @@ pub fn with_second_hops(
         .collect()
 }
 
+/// Like [`with_second_hops`], but from the live buckets, so a change that
+/// arrives while an earlier one is still draining does not cut that one
+/// short: a bucket whose owner stays keeps its second hop (if still usable);
+/// a bucket that moves takes its latest owner as second hop. Only
+/// connections in a bucket that moved twice, still held by the owner before
+/// last, are beyond two hops (docs/dataplane.md measures how few).
+pub fn follow(previous: &[Bucket], next: &[u16], usable: impl Fn(u16) -> bool) -> Vec<Bucket> {
+    if previous.len() != next.len() {
+        return with_second_hops(&[], next, usable);
+    }
+    previous
+        .iter()
+        .zip(next)
+        .map(|(prev, &first)| {
+            let candidate = if prev.first == first {
+                prev.second
+            } else {
+                prev.first
+            };
+            let keep = candidate != first && candidate != NO_HOP && usable(candidate);
+            Bucket {
+                first,
+                second: if keep { candidate } else { NO_HOP },
+            }
+        })
+        .collect()
+}
+
 /// Ends the drain period: every bucket back to a single hop.
 pub fn settle(buckets: &mut [Bucket]) {
     for b in buckets {
@@ -245,5 +273,62 @@ mod tests {
             "{line}"
         );
         assert!(line.ends_with("orphaned 0"), "{line}");
+    }
+
+    #[test]
+    fn follow_keeps_a_draining_second_hop_and_chains_moves() {
+        let live = [
+            Bucket {
+                first: 4,
+                second: 1,
+            }, // moved 1 -> 4, draining
+            Bucket {
+                first: 2,
+                second: NO_HOP,
+            },
+            Bucket {
+                first: 4,
+                second: 3,
+            },
+            Bucket {
+                first: 1,
+                second: NO_HOP,
+            },
+        ];
+        let next = [4, 1, 2, 1];
+        let b = follow(&live, &next, |n| n != 3);
+        assert_eq!(
+            b[0],
+            Bucket {
+                first: 4,
+                second: 1
+            },
+            "owner stays: drain continues"
+        );
+        assert_eq!(
+            b[1],
+            Bucket {
+                first: 1,
+                second: 2
+            },
+            "moved: latest owner is second"
+        );
+        assert_eq!(
+            b[2],
+            Bucket {
+                first: 2,
+                second: 4
+            },
+            "moved again: latest owner wins"
+        );
+        assert_eq!(
+            b[3],
+            Bucket {
+                first: 1,
+                second: NO_HOP
+            }
+        );
+        let down = follow(&live, &[4, 2, 4, 1], |n| n != 1);
+        assert_eq!(down[0].second, NO_HOP, "a down node is never a hop");
     }
 }

@@ -8,12 +8,14 @@
 //! underlay addresses and permanent neighbours for the other nodes, so
 //! bpf_fib_lookup resolves real next hops, and real sockets for the
 //! "local connection" cases.
-mod support;
-
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::Result;
 use aya::programs::{TestRun, TestRunOptions};
+use dataplane::{
+    lab::{Netns, unique},
+    loader::Dataplane,
+};
 use dataplane::{
     loader::{Counters, Vip},
     predict::Flow,
@@ -23,7 +25,6 @@ use dataplane_common::{
     NO_HOP,
 };
 use etherparse::{IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder, UdpHeader};
-use support::{Loaded, Netns};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -71,6 +72,28 @@ fn vips() -> [Vip; 3] {
             proto: 6,
         },
     ]
+}
+
+/// A dataplane loaded with a private pin directory, removed on drop.
+struct Loaded {
+    dp: Dataplane,
+    pin_dir: std::path::PathBuf,
+}
+
+impl Loaded {
+    fn new(prefix: &str) -> Result<Self> {
+        let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/{}", unique(prefix)));
+        Ok(Self {
+            dp: Dataplane::open(&pin_dir)?,
+            pin_dir,
+        })
+    }
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        let _ = Dataplane::cleanup(&self.pin_dir);
+    }
 }
 
 /// A node with its dataplane loaded, inside its own namespace.
@@ -554,6 +577,9 @@ fn decap_cases(gue: bool) -> Vec<Case> {
     let h = flow4(CLIENT4, 40011, VIP4, 80, 6);
     let hop1 = arriving(&ack, Underlay::V4(N2_4, SELF4), gue, HOP_FIRST, h);
     let hop2 = arriving(&ack, Underlay::V4(N2_4, SELF4), gue, HOP_SECOND, h);
+    let syn = tcp4(CLIENT4, 40014, VIP4, 80, Tcp::Syn, b"");
+    let h_syn = flow4(CLIENT4, 40014, VIP4, 80, 6);
+    let hop1_syn = arriving(&syn, Underlay::V4(N2_4, SELF4), gue, HOP_FIRST, h_syn);
     let syn6 = tcp6(CLIENT6, 40012, VIP6, 80, Tcp::Syn, b"");
     let h6 = flow6(CLIENT6, 40012, VIP6, 80, 6);
     let hop1_v6 = arriving(&syn6, Underlay::V6(N3_6, SELF6), gue, HOP_FIRST, h6);
@@ -593,10 +619,20 @@ fn decap_cases(gue: bool) -> Vec<Case> {
             counter: "pass_local",
         },
         Case {
-            name: "decap, first hop elsewhere in our table: no third hop",
+            name: "decap, tables mid-update name another first hop: there, marked second",
             tables: (N2, NO_HOP),
             input: hop1.clone(),
-            expect: Expect::Out(XDP_PASS, decapsulated(&hop1, &ack)),
+            expect: Expect::Out(
+                XDP_TX,
+                encapsulated(&ack, Underlay::V4(SELF4, N2_4), gue, HOP_SECOND, h, MAC_N2),
+            ),
+            counter: "fwd_second_hop",
+        },
+        Case {
+            name: "decap, SYN while tables disagree: stays",
+            tables: (N2, NO_HOP),
+            input: hop1_syn.clone(),
+            expect: Expect::Out(XDP_PASS, decapsulated(&hop1_syn, &syn)),
             counter: "pass_local",
         },
         Case {

@@ -6,6 +6,9 @@
 //!   it on to the second hop (daisy chaining). The socket lookup runs only
 //!   when the bucket has a second hop, so the steady state stays cheap.
 //! - A packet marked second hop is always kept: at most two hops.
+//! - A first-hop packet arriving at a node whose table names another first
+//!   hop (tables mid-update) goes there, marked second hop, unless a local
+//!   socket holds it.
 use aya_ebpf::{
     bindings::{BPF_F_CURRENT_NETNS, bpf_sock, bpf_sock_tuple, xdp_action, xdp_md},
     helpers::{bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_check_syncookie},
@@ -62,16 +65,24 @@ pub fn steer(raw: *mut xdp_md, cfg: &Config, hop_in: u8) -> u32 {
             return send(ctx, cfg, flow, bucket.first, HOP_FIRST, FWD_FIRST_HOP);
         }
     }
-    let keep = hop_in == HOP_SECOND
-        || bucket.second == NO_HOP
-        || bucket.second == cfg.self_id
+    if hop_in == HOP_SECOND {
+        count(idx, PASS_LOCAL);
+        return xdp_action::XDP_PASS;
+    }
+    // We are the first hop. Normally our table agrees and the candidate is
+    // the bucket's second hop. While a table update is being rolled out the
+    // sender may have had a newer or older table than ours: then our own
+    // first hop is where the connection most likely lives.
+    let next = if bucket.first != cfg.self_id { bucket.first } else { bucket.second };
+    let keep = next == NO_HOP
+        || next == cfg.self_id
         || matches!(flow.kind, Kind::Syn | Kind::Udp)
         || has_local_socket(ctx, flow);
     if keep {
         count(idx, PASS_LOCAL);
         return xdp_action::XDP_PASS;
     }
-    send(ctx, cfg, flow, bucket.second, HOP_SECOND, FWD_SECOND_HOP)
+    send(ctx, cfg, flow, next, HOP_SECOND, FWD_SECOND_HOP)
 }
 
 #[inline(always)]

@@ -1,0 +1,689 @@
+//! A dataplane lab in network namespaces: a client, a Linux router with an
+//! ECMP route for the VIPs (L4 hashing), and N storage nodes, each with the
+//! XDP forwarder on its uplink, the MSS clamp on egress and a small HTTP
+//! server bound to the VIPs that says which node answered.
+//!
+//! Used by the netns tests, the benchmark and `make demo`. Everything it
+//! builds is removed on drop, also when a test fails.
+use std::{
+    fs::File,
+    io::{BufRead, BufReader, Read, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use dataplane_common::{Bucket, Config, DEFAULT_GUE_PORT, ENCAP_GUE};
+
+use crate::{
+    loader::{Dataplane, Vip},
+    maglev::{self, Member},
+    predict::Flow,
+    transition,
+};
+
+pub const VIP4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x10);
+pub const CLIENT4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 2);
+pub const HTTP_PORT: u16 = 80;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A unique short name (interface and namespace names are short-lived and
+/// must not collide between tests running in parallel).
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}x{}",
+        std::process::id() % 100_000,
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs a command, failing with its stderr.
+pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("spawning {cmd}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> Result<Self> {
+        let name = unique(prefix);
+        run("ip", &["netns", "add", &name])?;
+        let ns = Self { name };
+        ns.ip("link set lo up")?;
+        ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+        ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+        Ok(ns)
+    }
+
+    /// `ip -n NS` with whitespace-separated arguments.
+    pub fn ip(&self, args: &str) -> Result<String> {
+        let mut all = vec!["-n", &self.name];
+        all.extend(args.split_whitespace());
+        run("ip", &all)
+    }
+
+    pub fn exec(&self, cmd: &str, args: &[&str]) -> Result<String> {
+        let mut all = vec!["netns", "exec", &self.name, cmd];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.exec("sysctl", &["-qw", &format!("{key}={value}")])
+            .map(|_| ())
+    }
+
+    pub fn ifindex(&self, dev: &str) -> Result<u32> {
+        let out = self.exec("cat", &[&format!("/sys/class/net/{dev}/ifindex")])?;
+        Ok(out.trim().parse()?)
+    }
+
+    /// Moves the calling thread (only it) into this namespace.
+    pub fn enter(&self) -> Result<()> {
+        let f = File::open(format!("/run/netns/{}", self.name))
+            .with_context(|| format!("opening netns {}", self.name))?;
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns {}: {}", self.name, std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on a thread inside this namespace and waits for it.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                self.enter()?;
+                f()
+            })
+            .join()
+            .map_err(|_| anyhow!("thread in {} panicked", self.name))?
+        })
+    }
+
+    /// Starts `f` on a thread inside this namespace.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> JoinHandle<Result<T>> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = File::open(&path)?;
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!("setns {path}: {}", std::io::Error::last_os_error());
+            }
+            f()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = self.ip("nexthop flush");
+        let _ = run("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// MSS that keeps an encapsulated full-size segment within `underlay_mtu`.
+pub fn clamped_mss(underlay_mtu: u16, underlay_v6: bool, gue: bool, vip_v6: bool) -> u16 {
+    let outer = if underlay_v6 { 40 } else { 20 } + if gue { 8 + 4 } else { 0 };
+    let inner = if vip_v6 { 40 } else { 20 };
+    underlay_mtu - outer - inner - 20
+}
+
+pub struct LabOptions {
+    /// Nodes built (ids 1..=nodes); `active` of them start in the tables.
+    pub nodes: u16,
+    pub active: u16,
+    pub encap: u8,
+    /// Clamp SYN-ACK MSS for the encapsulated path (false: no clamp).
+    pub clamp_mss: bool,
+    pub seed: u32,
+    pub table_size: u32,
+    /// MTU of every link.
+    pub mtu: u16,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            active: 3,
+            encap: ENCAP_GUE,
+            clamp_mss: true,
+            seed: 0x1bd0_5eed,
+            table_size: maglev::DEFAULT_TABLE_SIZE,
+            mtu: 1500,
+        }
+    }
+}
+
+pub struct Node {
+    pub id: u16,
+    pub ns: Netns,
+    pub dp: Dataplane,
+    pub pin_dir: PathBuf,
+    pub uplink: String,
+    pub underlay: Ipv4Addr,
+    pub underlay6: Ipv6Addr,
+}
+
+impl Node {
+    pub fn name(&self) -> String {
+        format!("node{}", self.id)
+    }
+}
+
+pub struct Lab {
+    pub opts: LabOptions,
+    // Field order = drop order: servers stop before namespaces go.
+    servers: Vec<Server>,
+    pub nodes: Vec<Node>,
+    router_dp: Option<(Dataplane, PathBuf)>,
+    pub router: Netns,
+    pub client: Netns,
+    /// The live buckets (same on every node) and the nodes in the tables.
+    pub live: Vec<Bucket>,
+    pub active: Vec<u16>,
+}
+
+impl Lab {
+    pub fn vips() -> [Vip; 2] {
+        [
+            Vip {
+                addr: IpAddr::V4(VIP4),
+                port: HTTP_PORT,
+                proto: 6,
+            },
+            Vip {
+                addr: IpAddr::V6(VIP6),
+                port: HTTP_PORT,
+                proto: 6,
+            },
+        ]
+    }
+
+    pub fn build(opts: LabOptions) -> Result<Self> {
+        let client = Netns::new("dlc")?;
+        let router = Netns::new("dlr")?;
+        let mut lab = Self {
+            opts,
+            servers: Vec::new(),
+            nodes: Vec::new(),
+            router_dp: None,
+            router,
+            client,
+            live: Vec::new(),
+            active: Vec::new(),
+        };
+        lab.wire_client()?;
+        let router_pins = PathBuf::from(format!("/sys/fs/bpf/{}", unique("dlr")));
+        let router_dp = Dataplane::open(&router_pins)?;
+        lab.router_dp = Some((router_dp, router_pins));
+        for id in 1..=lab.opts.nodes {
+            let node = lab.wire_node(id)?;
+            lab.nodes.push(node);
+        }
+        for n in &mut lab.nodes {
+            configure_node(n, &lab.opts, &lab_underlays(lab.opts.nodes))?;
+        }
+        let active: Vec<u16> = (1..=lab.opts.active).collect();
+        lab.set_members(&active, &[])?;
+        Ok(lab)
+    }
+
+    fn wire_client(&self) -> Result<()> {
+        let (c, r) = (&self.client.name, &self.router.name);
+        run(
+            "ip",
+            &[
+                "link", "add", "c0", "netns", c, "type", "veth", "peer", "name", "r-c", "netns", r,
+            ],
+        )?;
+        let mtu = self.opts.mtu;
+        self.client.ip(&format!("link set c0 mtu {mtu} up"))?;
+        self.router.ip(&format!("link set r-c mtu {mtu} up"))?;
+        no_checksum_offload(&self.client, "c0")?;
+        no_checksum_offload(&self.router, "r-c")?;
+        self.client.ip("addr add 203.0.113.2/24 dev c0")?;
+        self.client.ip("addr add 2001:db8:c::2/64 dev c0 nodad")?;
+        self.router.ip("addr add 203.0.113.1/24 dev r-c")?;
+        self.router.ip("addr add 2001:db8:c::1/64 dev r-c nodad")?;
+        self.client.ip("route add default via 203.0.113.1")?;
+        self.client.ip("-6 route add default via 2001:db8:c::1")?;
+        for (k, v) in [
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+            ("net.ipv4.fib_multipath_hash_policy", "1"),
+            ("net.ipv6.fib_multipath_hash_policy", "1"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+        ] {
+            self.router.sysctl(k, v)?;
+        }
+        Ok(())
+    }
+
+    fn wire_node(&mut self, id: u16) -> Result<Node> {
+        let ns = Netns::new(&format!("dl{id}n"))?;
+        let uplink = format!("n{id}-r");
+        let rside = format!("r-n{id}");
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &rside,
+                "netns",
+                &self.router.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &uplink,
+                "netns",
+                &ns.name,
+            ],
+        )?;
+        let mtu = self.opts.mtu;
+        ns.ip(&format!("link set {uplink} mtu {mtu} up"))?;
+        self.router.ip(&format!("link set {rside} mtu {mtu} up"))?;
+        no_checksum_offload(&ns, &uplink)?;
+        no_checksum_offload(&self.router, &rside)?;
+        let (u4, u6) = underlay(id);
+        let (r4, r6) = (Ipv4Addr::from(u32::from(u4) - 1), router_side6(id));
+        ns.ip(&format!("addr add {u4}/28 dev {uplink}"))?;
+        ns.ip(&format!("addr add {u6}/64 dev {uplink} nodad"))?;
+        self.router.ip(&format!("addr add {r4}/28 dev {rside}"))?;
+        self.router
+            .ip(&format!("addr add {r6}/64 dev {rside} nodad"))?;
+        ns.ip(&format!("route add default via {r4}"))?;
+        ns.ip(&format!("-6 route add default via {r6}"))?;
+        ns.ip(&format!("addr add {VIP4}/32 dev lo"))?;
+        ns.ip(&format!("addr add {VIP6}/128 dev lo nodad"))?;
+        for (k, v) in [
+            // bpf_fib_lookup answers only for interfaces that forward.
+            ("net.ipv4.conf.all.forwarding", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+        ] {
+            ns.sysctl(k, v)?;
+        }
+        // veth delivers XDP_TX frames only to a peer that runs XDP too.
+        let (rdp, _) = self
+            .router_dp
+            .as_mut()
+            .ok_or_else(|| anyhow!("router dataplane"))?;
+        self.router
+            .run(|| rdp.attach_xdp_program("lbd_pass", &rside))?;
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", unique(&format!("dl{id}n"))));
+        let mut dp = Dataplane::open(&pin_dir)?;
+        ns.run(|| {
+            dp.attach_xdp(&uplink)?;
+            dp.attach_mss_clamp(&uplink)
+        })?;
+        Ok(Node {
+            id,
+            ns,
+            dp,
+            pin_dir,
+            uplink,
+            underlay: u4,
+            underlay6: u6,
+        })
+    }
+
+    /// Puts `active` nodes in the tables (Maglev) and in the router's ECMP
+    /// route; `draining` nodes leave the tables but stay usable as second
+    /// hop, so their connections keep working. Tables first, then routes:
+    /// a node gets traffic only once every table knows it.
+    pub fn set_members(&mut self, active: &[u16], draining: &[u16]) -> Result<()> {
+        let members: Vec<Member> = active.iter().map(|&id| Member { id, weight: 1 }).collect();
+        let owners = maglev::build(&members, self.opts.table_size, self.opts.seed)?;
+        let usable = |n: u16| active.contains(&n) || draining.contains(&n);
+        let buckets = transition::follow(&self.live, &owners, usable);
+        for n in &mut self.nodes {
+            for vip in Self::vips() {
+                n.dp.set_vip_table(&vip, &buckets, clamp_for(&self.opts, &vip))?;
+            }
+        }
+        self.live = buckets;
+        self.active = active.to_vec();
+        self.set_route(active)
+    }
+
+    /// Ends the drain period: tables without second hops.
+    pub fn settle(&mut self) -> Result<()> {
+        let mut buckets = self.live.clone();
+        transition::settle(&mut buckets);
+        for n in &mut self.nodes {
+            for vip in Self::vips() {
+                n.dp.set_vip_table(&vip, &buckets, clamp_for(&self.opts, &vip))?;
+            }
+        }
+        self.live = buckets;
+        Ok(())
+    }
+
+    /// Points the router's VIP routes at `via` only (ECMP over them).
+    pub fn set_route(&self, active: &[u16]) -> Result<()> {
+        let mut v4 = format!("route replace {VIP4}/32");
+        let mut v6 = format!("-6 route replace {VIP6}/128");
+        for &id in active {
+            let (u4, u6) = underlay(id);
+            v4 += &format!(" nexthop via {u4} dev r-n{id}");
+            v6 += &format!(" nexthop via {u6} dev r-n{id}");
+        }
+        self.router.ip(&v4)?;
+        self.router.ip(&v6)?;
+        Ok(())
+    }
+
+    /// The router's view of the VIP route (as `ip route` prints it).
+    pub fn route(&self) -> Result<String> {
+        Ok(self.router.ip(&format!("route show {VIP4}/32"))?
+            + &self.router.ip(&format!("-6 route show {VIP6}/128"))?)
+    }
+
+    /// Starts the HTTP server on every node (idempotent).
+    pub fn start_servers(&mut self) -> Result<()> {
+        if !self.servers.is_empty() {
+            return Ok(());
+        }
+        for n in &self.nodes {
+            self.servers.push(Server::start(&n.ns, n.name())?);
+        }
+        Ok(())
+    }
+
+    /// The owner (first hop) of a client flow to `vip`, from the live table.
+    pub fn predict(&self, client: SocketAddr, vip: IpAddr) -> Option<Bucket> {
+        Flow {
+            client: client.ip(),
+            client_port: client.port(),
+            vip,
+            vip_port: HTTP_PORT,
+            proto: 6,
+        }
+        .bucket(self.opts.seed, &self.live)
+    }
+
+    pub fn node(&self, id: u16) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// Counters of node `id` for the IPv4 VIP.
+    pub fn counters4(&self, id: u16) -> Result<crate::loader::Counters> {
+        let node = self.node(id).ok_or_else(|| anyhow!("no node {id}"))?;
+        node.dp.counters(Some(&Self::vips()[0]))
+    }
+}
+
+fn clamp_for(opts: &LabOptions, vip: &Vip) -> u16 {
+    if opts.clamp_mss {
+        clamped_mss(opts.mtu, false, opts.encap == ENCAP_GUE, vip.addr.is_ipv6())
+    } else {
+        0
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.servers.clear();
+        for n in &self.nodes {
+            let _ = Dataplane::cleanup(&n.pin_dir);
+        }
+        if let Some((_, pins)) = &self.router_dp {
+            let _ = Dataplane::cleanup(pins);
+        }
+    }
+}
+
+/// veth hands packets over with checksums still to be filled in
+/// (CHECKSUM_PARTIAL); once an XDP program sees a packet that promise is
+/// lost and the receiver finds a bad checksum. Real NICs deliver finished
+/// checksums, so labs compute them in software.
+fn no_checksum_offload(ns: &Netns, dev: &str) -> Result<()> {
+    ns.exec("ethtool", &["-K", dev, "tx", "off"]).map(|_| ())
+}
+
+/// Node `id`'s underlay addresses: 192.0.2.(16·id+2)/28, 2001:db8:id::2/64.
+pub fn underlay(id: u16) -> (Ipv4Addr, Ipv6Addr) {
+    let v4 = Ipv4Addr::new(192, 0, 2, (16 * id + 2) as u8);
+    let v6 = Ipv6Addr::new(0x2001, 0xdb8, id, 0, 0, 0, 0, 2);
+    (v4, v6)
+}
+
+fn router_side6(id: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, id, 0, 0, 0, 0, 1)
+}
+
+fn lab_underlays(nodes: u16) -> Vec<(u16, Ipv4Addr)> {
+    (1..=nodes).map(|id| (id, underlay(id).0)).collect()
+}
+
+fn configure_node(n: &mut Node, opts: &LabOptions, all: &[(u16, Ipv4Addr)]) -> Result<()> {
+    n.dp.set_config(&Config {
+        self_id: n.id,
+        encap: opts.encap,
+        gue_port_be: DEFAULT_GUE_PORT.to_be(),
+        hash_seed: opts.seed,
+        self_v4: n.underlay.octets(),
+        self_v6: n.underlay6.octets(),
+        ..Default::default()
+    })?;
+    for &(id, addr) in all {
+        n.dp.set_node(id, Some(IpAddr::V4(addr)))?;
+    }
+    Ok(())
+}
+
+// ---------- the backend: a tiny HTTP/1.0 server ----------
+
+/// Answers on VIP:80 (IPv4 and IPv6) in a node's namespace:
+/// `GET /whoami` -> the node name; `GET /stream?ms=N` -> one line with the
+/// node name every 100 ms for N ms then `done`; `PUT /upload` -> reads the
+/// body and answers `node received BYTES`.
+struct Server {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Result<()>>>,
+}
+
+impl Server {
+    fn start(ns: &Netns, name: String) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for addr in [
+            SocketAddr::new(IpAddr::V4(VIP4), HTTP_PORT),
+            SocketAddr::new(IpAddr::V6(VIP6), HTTP_PORT),
+        ] {
+            let listener = ns.run(|| {
+                let l = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+                l.set_nonblocking(true)?;
+                Ok(l)
+            })?;
+            let stop = stop.clone();
+            let name = name.clone();
+            threads.push(std::thread::spawn(move || {
+                accept_loop(listener, &name, &stop)
+            }));
+        }
+        Ok(Self { stop, threads })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, name: &str, stop: &AtomicBool) -> Result<()> {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((s, _)) => {
+                let name = name.to_string();
+                std::thread::spawn(move || {
+                    let _ = serve(s, &name);
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn serve(s: TcpStream, name: &str) -> Result<()> {
+    s.set_nonblocking(false)?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let mut request = String::new();
+    r.read_line(&mut request)?;
+    let mut content_length = 0usize;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h)? == 0 || h == "\r\n" {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            content_length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut w = s;
+    let path = request.split_whitespace().nth(1).unwrap_or("/");
+    if let Some(ms) = path.strip_prefix("/stream?ms=") {
+        let ms: u64 = ms.parse().unwrap_or(1000);
+        w.write_all(b"HTTP/1.0 200 OK\r\n\r\n")?;
+        let end = Instant::now() + Duration::from_millis(ms);
+        while Instant::now() < end {
+            w.write_all(format!("{name}\n").as_bytes())?;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        w.write_all(b"done\n")?;
+    } else if path == "/upload" {
+        let mut left = content_length;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0usize;
+        while left > 0 {
+            let n = r.read(&mut buf[..left.min(64 * 1024)])?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+            left -= n;
+        }
+        w.write_all(format!("HTTP/1.0 200 OK\r\n\r\n{name} received {got}\n").as_bytes())?;
+    } else {
+        w.write_all(format!("HTTP/1.0 200 OK\r\n\r\n{name}\n").as_bytes())?;
+    }
+    let _ = w.shutdown(Shutdown::Write);
+    Ok(())
+}
+
+// ---------- the client side ----------
+
+/// A connection from the client namespace to a VIP (created on a thread
+/// inside the client namespace; usable from any thread afterwards).
+pub fn connect(
+    lab: &Lab,
+    vip: IpAddr,
+    local_port: Option<u16>,
+    timeout: Duration,
+) -> Result<TcpStream> {
+    lab.client.run(|| {
+        let domain = if vip.is_ipv4() {
+            socket2::Domain::IPV4
+        } else {
+            socket2::Domain::IPV6
+        };
+        let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+        if let Some(p) = local_port {
+            sock.set_reuse_address(true)?;
+            let local = if vip.is_ipv4() {
+                IpAddr::V4(CLIENT4)
+            } else {
+                IpAddr::V6(CLIENT6)
+            };
+            sock.bind(&SocketAddr::new(local, p).into())?;
+        }
+        sock.connect_timeout(&SocketAddr::new(vip, HTTP_PORT).into(), timeout)?;
+        let s: TcpStream = sock.into();
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        Ok(s)
+    })
+}
+
+/// Sends a GET; returns a reader positioned at the start of the body.
+pub fn get(mut s: TcpStream, path: &str) -> Result<BufReader<TcpStream>> {
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+    let mut r = BufReader::new(s);
+    skip_headers(&mut r)?;
+    Ok(r)
+}
+
+fn skip_headers(r: &mut BufReader<TcpStream>) -> Result<()> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            bail!("connection closed before the body");
+        }
+        if line == "\r\n" {
+            return Ok(());
+        }
+    }
+}
+
+/// The next body line, without its newline; None at end of stream.
+pub fn next_line(r: &mut BufReader<TcpStream>) -> Result<Option<String>> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    Ok(Some(line.trim_end().to_string()))
+}
+
+/// Uploads `bytes` bytes; returns the server's answer line.
+pub fn upload(mut s: TcpStream, bytes: usize) -> Result<String> {
+    s.write_all(format!("PUT /upload HTTP/1.0\r\nContent-Length: {bytes}\r\n\r\n").as_bytes())?;
+    let chunk = vec![0x5au8; 64 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        s.write_all(&chunk[..n])?;
+        left -= n;
+    }
+    let mut r = BufReader::new(s);
+    skip_headers(&mut r)?;
+    Ok(next_line(&mut r)?.unwrap_or_default())
+}
