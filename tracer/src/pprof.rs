@@ -134,7 +134,9 @@ pub fn from_folded<'a>(
                 unit: s.id("nanoseconds"),
             });
             p.period = period;
-            p.default_sample_type = 1;
+            // An index into the string table (the type's name), not into
+            // sample_type.
+            p.default_sample_type = s.id("cpu");
         }
         Units::OffCpuMicros => {
             p.sample_type = vec![ValueType {
@@ -255,6 +257,7 @@ mod tests {
         assert_eq!(back.folded(&back.sample[0]), "a;b;c");
         assert_eq!(back.folded(&back.sample[2]), "x;c");
         assert_eq!(back.sample[0].value[1], 3 * (1_000_000_000 / 99));
+        assert_eq!(back.string_table[back.default_sample_type as usize], "cpu");
     }
 
     #[test]

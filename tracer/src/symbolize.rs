@@ -8,11 +8,11 @@ use std::{
     sync::Arc,
 };
 
-use blazesym::MaybeDefault;
 use blazesym::symbolize::{
     Input, Symbolized, Symbolizer,
-    source::{Elf, Kernel, Source},
+    source::{Elf, Kernel, Process, Source},
 };
+use blazesym::{MaybeDefault, Pid};
 use tracer_common::StackKey;
 
 use crate::procs::{Lookup, MappedFile, Processes};
@@ -154,6 +154,7 @@ pub fn symbolize(
             }
         }
     }
+    let vdso = vdso_symbols(&symbolizer, counts, stacks, procs);
     let mut usyms: HashMap<(*const MappedFile, u64), Resolved> = HashMap::new();
     let mut addresses = kaddrs.len();
     for (key, (file, offs)) in &by_file {
@@ -199,6 +200,7 @@ pub fn symbolize(
                         .unwrap_or_else(|| {
                             vec![Frame::new(format!("{}+0x{off:x}", f.short()), Kind::User)]
                         }),
+                    Lookup::Special("[vdso]", off) if vdso.contains_key(&off) => vdso[&off].clone(),
                     Lookup::Special(name, off) => {
                         vec![Frame::new(format!("{name}+0x{off:x}"), Kind::User)]
                     }
@@ -257,6 +259,57 @@ pub fn symbolize(
         notes,
         addresses,
     }
+}
+
+/// The vDSO is one image per kernel, mapped into every process: offsets into
+/// a traced process's `[vdso]` are resolved through this process's own copy,
+/// which blazesym reads from memory.
+fn vdso_symbols(
+    symbolizer: &Symbolizer,
+    counts: &[(StackKey, u64)],
+    stacks: &HashMap<i32, Vec<u64>>,
+    procs: &Processes,
+) -> HashMap<u64, Resolved> {
+    let mut offs = BTreeSet::new();
+    for (k, _) in counts {
+        let (Some(st), Some(p)) = (stacks.get(&k.ustack), procs.by_pid.get(&k.tgid)) else {
+            continue;
+        };
+        for (d, ip) in st.iter().enumerate() {
+            if let Lookup::Special("[vdso]", off) = p.lookup(lookup_addr(*ip, d)) {
+                offs.insert(off);
+            }
+        }
+    }
+    let mut out = HashMap::new();
+    if offs.is_empty() {
+        return out;
+    }
+    let Some(base) = std::fs::read_to_string("/proc/self/maps")
+        .ok()
+        .and_then(|m| {
+            crate::procs::parse_maps(&m)
+                .into_iter()
+                .find(|m| m.path == "[vdso]")
+                .map(|m| m.start)
+        })
+    else {
+        return out;
+    };
+    let offs: Vec<u64> = offs.into_iter().collect();
+    let addrs: Vec<u64> = offs.iter().map(|o| base + o).collect();
+    let mut src = Process::new(Pid::Slf);
+    src.perf_map = false;
+    src.debug_syms = false;
+    let Ok(res) = symbolizer.symbolize(&Source::Process(src), Input::AbsAddr(&addrs)) else {
+        return out;
+    };
+    for (off, r) in offs.iter().zip(res.iter()) {
+        if let Symbolized::Sym(_) = r {
+            out.insert(*off, frames_of(r, "", Kind::User));
+        }
+    }
+    out
 }
 
 /// A kernel comm as text.

@@ -51,6 +51,11 @@ fn hot_functions_get_their_share_within_5_points() {
             .any(|(s, _)| s.contains(";main;hot_a;spin_for"))
     );
     assert!(!stacks.iter().any(|(s, _)| s.contains("[unknown]")));
+    // clock_gettime runs in the vDSO: resolved through lbd-trace's own copy.
+    assert!(
+        !stacks.iter().any(|(s, _)| s.contains("[vdso]+")),
+        "unresolved vDSO frames"
+    );
 }
 
 #[test]
@@ -94,6 +99,13 @@ fn syscall_heavy_workload_shows_kernel_frames() {
             .iter()
             .any(|(s, _)| s.contains(";do_syscalls;") && s.contains("do_syscall_64_[k]")),
         "no do_syscalls -> do_syscall_64 stack"
+    );
+    // DWARF inlined frames: sys3 is always_inline'd into do_syscalls.
+    assert!(
+        stacks
+            .iter()
+            .any(|(s, _)| s.contains(";do_syscalls;sys3_[i]")),
+        "no inlined frame"
     );
 }
 

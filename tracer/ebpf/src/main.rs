@@ -142,8 +142,8 @@ fn current_key<C: StackIdContext>(ctx: &C, cfg: &Config, tgid: u32, tid: u32) ->
 #[inline(always)]
 fn add_count(key: &StackKey, by: u64) {
     if let Some(p) = COUNTS.get_ptr_mut(key) {
-        // SAFETY: a hash-map value; concurrent increments from two CPUs may
-        // race, which at worst loses one sample (as in bcc's profile).
+        // SAFETY: a hash-map value. The key holds the thread id and a thread
+        // runs on one CPU at a time, so no two CPUs update one key at once.
         unsafe { *p += by };
     } else if COUNTS.insert(key, &by, BPF_NOEXIST as u64).is_err() {
         // Either another CPU inserted it first (retry once) or the map is full.
