@@ -4,7 +4,8 @@
 //! ```text
 //! {"op":"start","src":"2001:db8::1","sport":443,"dst":"2001:db8::2","dport":50000,
 //!  "headers":{"SciTag":"206"},"query":"a=b","application":"nginx"}
-//! {"op":"end","src":"2001:db8::1","sport":443,"dst":"2001:db8::2","dport":50000}
+//! {"op":"end","src":"2001:db8::1","sport":443,"dst":"2001:db8::2","dport":50000,
+//!  "sent":3145728,"received":412}
 //! {"op":"status"}
 //! ```
 //!
@@ -27,6 +28,7 @@ use tokio::{
 use crate::{
     bad,
     daemon::{Request, check_tag, report_tag_error},
+    firefly::Usage,
     flow::FlowId,
     lines::{Line, LineReader},
     registry::Registry,
@@ -54,6 +56,28 @@ struct ApiRequest {
     headers: serde_json::Map<String, Value>,
     query: Option<String>,
     application: Option<String>,
+    /// `end` only: bytes of the request as the proxy counted them.
+    sent: Option<Value>,
+    received: Option<Value>,
+}
+
+/// Binds the socket, then gives it `mode` and, if named, `group` (the
+/// proxy's workers, e.g. www-data, need write permission to connect).
+pub fn bind_with(path: &Path, mode: u32, group: Option<&str>) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let l = bind(path)?;
+    if let Some(g) = group {
+        let name = std::ffi::CString::new(g).context("group name")?;
+        // SAFETY: a valid NUL-terminated name; the result is read at once.
+        let gr = unsafe { libc::getgrnam(name.as_ptr()) };
+        anyhow::ensure!(!gr.is_null(), "no such group {g:?}");
+        let gid = unsafe { (*gr).gr_gid };
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .with_context(|| format!("chgrp {g} {}", path.display()))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {mode:o} {}", path.display()))?;
+    Ok(l)
 }
 
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
@@ -166,9 +190,14 @@ pub async fn handle(line: &str, registry: &Registry, tx: &mpsc::Sender<Request>)
                 }
             };
             if req.op == "end" {
+                let count = |v: &Option<Value>| text(v).and_then(|t| t.parse::<u64>().ok());
+                let (sent, received) = (count(&req.sent), count(&req.received));
+                let usage =
+                    (sent.is_some() || received.is_some()).then_some(Usage { sent, received });
                 Request::End {
                     flow,
                     hint: None,
+                    usage,
                     reply: Some(reply_tx),
                 }
             } else {

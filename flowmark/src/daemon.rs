@@ -3,7 +3,7 @@
 //! A single owner keeps start/end ordering simple and the maps consistent.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     net::SocketAddr,
     path::PathBuf,
     time::{Duration, SystemTime},
@@ -39,6 +39,10 @@ pub struct Config {
     pub peer_port: u16,
     /// Ongoing fireflies every this long; zero: none.
     pub ongoing: Duration,
+    /// How long a flow's label stays in the kernel map after its end: the
+    /// end is reported when the application has written its last byte,
+    /// which may still sit in the socket's send queue, and the FIN follows.
+    pub linger: Duration,
     pub application: String,
     pub port_rules: Vec<(u16, SciTag)>,
     pub cgroup_rules: Vec<(PathBuf, SciTag)>,
@@ -55,6 +59,9 @@ pub enum Request {
     End {
         flow: FlowId,
         hint: Option<(u32, u32)>,
+        /// Bytes as the application counted them (the proxy knows its
+        /// request's); else tcp_info, else the kernel program's count.
+        usage: Option<Usage>,
         reply: Option<oneshot::Sender<Value>>,
     },
     Status {
@@ -171,6 +178,9 @@ pub struct Daemon {
     marker: Option<Marker>,
     flows: HashMap<FlowId, Flow>,
     fireflies: Fireflies,
+    /// Ended flows whose kernel entry goes at the deadline (in order: the
+    /// linger is constant).
+    lingering: VecDeque<(tokio::time::Instant, FlowId)>,
 }
 
 impl Daemon {
@@ -198,6 +208,7 @@ impl Daemon {
             marker,
             flows: HashMap::new(),
             fireflies,
+            lingering: VecDeque::new(),
         })
     }
 
@@ -219,6 +230,11 @@ impl Daemon {
                     self.ongoing().await;
                     continue;
                 }
+                _ = tokio::time::sleep_until(self.lingering.front().map(|l| l.0).unwrap_or_else(tokio::time::Instant::now)),
+                    if !self.lingering.is_empty() => {
+                    self.expire_lingering();
+                    continue;
+                }
             };
             match req {
                 Request::Start {
@@ -232,8 +248,13 @@ impl Daemon {
                         let _ = r.send(out);
                     }
                 }
-                Request::End { flow, hint, reply } => {
-                    let out = self.end(flow, hint).await;
+                Request::End {
+                    flow,
+                    hint,
+                    usage,
+                    reply,
+                } => {
+                    let out = self.end(flow, hint, usage).await;
                     if let Some(r) = reply {
                         let _ = r.send(out);
                     }
@@ -289,7 +310,7 @@ impl Daemon {
                 "activity": tag.activity, "flow_label": label, "note": note })
     }
 
-    async fn end(&mut self, flow: FlowId, hint: Option<(u32, u32)>) -> Value {
+    async fn end(&mut self, flow: FlowId, hint: Option<(u32, u32)>, given: Option<Usage>) -> Value {
         let Some(f) = self.flows.remove(&flow) else {
             bad::report(
                 "end_without_start",
@@ -313,10 +334,15 @@ impl Daemon {
             }
         }
         let kernel = match (self.marker.as_mut(), flow.key()) {
-            (Some(m), Some(key)) => m.remove_flow(&key),
+            (Some(m), Some(key)) if self.cfg.linger.is_zero() => m.remove_flow(&key),
+            (Some(m), Some(key)) => {
+                self.lingering
+                    .push_back((tokio::time::Instant::now() + self.cfg.linger, flow));
+                m.flow(&key)
+            }
             _ => None,
         };
-        let usage = crate::tcpinfo::usage(&flow).or_else(|| {
+        let usage = given.or_else(|| crate::tcpinfo::usage(&flow)).or_else(|| {
             kernel.map(|k| Usage {
                 received: None,
                 sent: Some(k.bytes),
@@ -338,6 +364,24 @@ impl Daemon {
         tracing::debug!(%flow, ?usage, "flow end");
         json!({ "ok": true, "flow": flow.to_string(), "packets_marked": kernel.map(|k| k.packets),
                 "usage": usage.map(|u| json!({"sent": u.sent, "received": u.received})) })
+    }
+
+    /// Drops the kernel entries of ended flows whose linger is over, unless
+    /// the same 5-tuple was registered again meanwhile.
+    fn expire_lingering(&mut self) {
+        let now = tokio::time::Instant::now();
+        while let Some(&(deadline, flow)) = self.lingering.front() {
+            if deadline > now {
+                break;
+            }
+            self.lingering.pop_front();
+            if self.flows.contains_key(&flow) {
+                continue;
+            }
+            if let (Some(m), Some(key)) = (self.marker.as_mut(), flow.key()) {
+                m.remove_flow(&key);
+            }
+        }
     }
 
     async fn ongoing(&mut self) {

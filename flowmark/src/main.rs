@@ -68,6 +68,12 @@ struct RunArgs {
     /// The JSON API socket for the reverse proxy; "none" to disable.
     #[arg(long, default_value = "/run/flowmark.sock", value_name = "PATH")]
     api: String,
+    /// Permissions of the API socket (octal).
+    #[arg(long, default_value = "660", value_parser = parse_mode)]
+    api_mode: u32,
+    /// Group of the API socket: the reverse proxy's workers (e.g. www-data).
+    #[arg(long, value_name = "GROUP")]
+    api_group: Option<String>,
     /// Also send every firefly to this collector (repeatable).
     #[arg(long = "collector", value_name = "ADDR:PORT")]
     collectors: Vec<SocketAddr>,
@@ -80,6 +86,10 @@ struct RunArgs {
     /// Seconds between "ongoing" fireflies of a live flow; 0: none.
     #[arg(long, default_value_t = 60)]
     ongoing_interval: u64,
+    /// Milliseconds a flow keeps its label after its end (its last queued
+    /// bytes and FIN leave after the application reported the end).
+    #[arg(long, default_value_t = 5000)]
+    linger_ms: u64,
     /// Mark every flow from this local port: PORT=VALUE or PORT=EXP:ACT
     /// (perfSONAR-style; repeatable).
     #[arg(long = "port-rule", value_name = "PORT=TAG")]
@@ -232,13 +242,18 @@ async fn run_daemon(args: RunArgs, registry: Registry) -> anyhow::Result<ExitCod
         peer_fireflies: !args.no_peer_fireflies,
         peer_port: args.peer_port,
         ongoing: Duration::from_secs(args.ongoing_interval),
+        linger: Duration::from_millis(args.linger_ms),
         application: format!("flowmark {}", env!("CARGO_PKG_VERSION")),
         port_rules,
         cgroup_rules,
     };
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
     let pipe_rx = cfg.pipe.as_deref().map(pipe::open).transpose()?;
-    let listener = cfg.api.as_deref().map(api::bind).transpose()?;
+    let listener = cfg
+        .api
+        .as_deref()
+        .map(|p| api::bind_with(p, args.api_mode, args.api_group.as_deref()))
+        .transpose()?;
     let daemon = Daemon::new(cfg, registry.clone()).await?;
     if let Some(p) = pipe_rx {
         tokio::spawn(pipe::serve(p, registry.clone(), tx.clone()));
@@ -281,4 +296,11 @@ async fn collect(args: CollectArgs, registry: Registry) -> anyhow::Result<ExitCo
         _ = term.recv() => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal mode"))
 }

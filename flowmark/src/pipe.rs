@@ -100,6 +100,7 @@ pub async fn serve<R: AsyncRead + Unpin>(input: R, registry: Registry, tx: mpsc:
             Verb::End => Request::End {
                 flow: parsed.flow,
                 hint: parsed.tag,
+                usage: None,
                 reply: None,
             },
         };

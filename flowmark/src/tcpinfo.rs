@@ -16,8 +16,9 @@ use crate::{
     flow::{FlowId, Proto},
 };
 
-/// tcp_info of the flow's local socket: `sent` is bytes_acked (what the peer
-/// has confirmed), `received` is bytes_received. `None` when the socket is
+/// tcp_info of the flow's local socket: `sent` is bytes_acked plus the
+/// unacknowledged send queue (what the application wrote), `received` is
+/// bytes_received. `None` when the socket is
 /// gone (the flow was reported after close) or the flow is not TCP.
 pub fn usage(flow: &FlowId) -> Option<Usage> {
     if flow.proto != Proto::Tcp {
@@ -84,8 +85,12 @@ fn lookup(flow: &FlowId) -> anyhow::Result<Option<Usage>> {
                 }
                 for nla in r.nlas.iter() {
                     if let Nla::TcpInfo(info) = nla {
+                        // Acked plus still queued (write_seq - snd_una): all the
+                        // application wrote, even when the flow ends before its
+                        // last segments are acknowledged.
+                        let sent = info.bytes_acked + r.header.send_queue as u64;
                         return Ok(Some(Usage {
-                            sent: Some(info.bytes_acked),
+                            sent: Some(sent),
                             received: Some(info.bytes_received),
                         }));
                     }
