@@ -16,8 +16,9 @@ const LIMIT: Duration = Duration::from_secs(60);
 fn offcpu_attributes_known_sleep_within_10_percent() {
     let _g = serial();
     let exe = build_c("sleepy", SLEEPY_C);
-    // 20 x 50 ms = 1 s blocked in sleepy_wait, after we say go.
-    let mut w = Proc::spawn(Command::new(&exe).arg("20").stdin(Stdio::piped()));
+    // 5 x 200 ms = 1 s blocked in sleepy_wait, after we say go. Few long
+    // sleeps keep the wake-up delays (counted as off-CPU) small next to 1 s.
+    let mut w = Proc::spawn(Command::new(&exe).args(["5", "200"]).stdin(Stdio::piped()));
     let out = workdir().join("sleepy.folded");
     let pid = w.pid().to_string();
     let mut t = Tracer::spawn(&[

@@ -95,15 +95,17 @@ __attribute__((noinline)) void do_syscalls(int fd) { for (int i = 0; i < 200; i+
 int main(int argc, char **argv) { double total = argc > 1 ? atof(argv[1]) : 5; int fd = open("/dev/null", O_WRONLY); time_t end = time(0) + (time_t)total + 1; while (time(0) < end) do_syscalls(fd); return 0; }
 "#;
 
-/// Waits for a line on stdin, then blocks N x 50 ms in sleepy_wait, then
+/// Waits for a line on stdin, then blocks N x MS ms (default 50) in
+/// sleepy_wait, then
 /// exits. The nanosleep is an inline `syscall` for the reason given above.
 pub const SLEEPY_C: &str = r#"
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 #include <sys/syscall.h>
-__attribute__((noinline)) void sleepy_wait(void) { struct timespec t = {0, 50 * 1000 * 1000}; long r; __asm__ volatile ("syscall" : "=a"(r) : "a"((long)SYS_nanosleep), "D"(&t), "S"(0L) : "rcx", "r11", "memory"); }
-int main(int argc, char **argv) { int n = argc > 1 ? atoi(argv[1]) : 20; char line[16]; if (!fgets(line, sizeof line, stdin)) return 1; for (int i = 0; i < n; i++) sleepy_wait(); return 0; }
+static long ms = 50;
+__attribute__((noinline)) void sleepy_wait(void) { struct timespec t = {ms / 1000, (ms % 1000) * 1000 * 1000}; long r; __asm__ volatile ("syscall" : "=a"(r) : "a"((long)SYS_nanosleep), "D"(&t), "S"(0L) : "rcx", "r11", "memory"); }
+int main(int argc, char **argv) { int n = argc > 1 ? atoi(argv[1]) : 20; if (argc > 2) ms = atol(argv[2]); char line[16]; if (!fgets(line, sizeof line, stdin)) return 1; for (int i = 0; i < n; i++) sleepy_wait(); return 0; }
 "#;
 
 /// fixed_delay busy-waits 1.5 ms (CLOCK_MONOTONIC); called in a loop.
