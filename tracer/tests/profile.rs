@@ -510,3 +510,39 @@ fn live_line_on_a_terminal_shows_samples_and_lost() {
         .collect();
     assert!(live.len() >= 2, "no live line: {text:?}");
 }
+
+#[test]
+fn convert_turns_folded_into_pprof_and_svg() {
+    let dir = workdir();
+    let (f, pb, svg) = (
+        dir.join("conv.folded"),
+        dir.join("conv.pb.gz"),
+        dir.join("conv.svg"),
+    );
+    fs::write(&f, "app;main;read_[k] 5\napp;main;work 15\n").unwrap();
+    let r = trace(
+        &[
+            "convert",
+            path_str(&f),
+            "-f",
+            "pprof",
+            "-o",
+            path_str(&pb),
+            "--offcpu",
+        ],
+        LIMIT,
+    );
+    assert!(r.ok, "{}", r.stderr);
+    let p = tracer::pprof::decode(&fs::read(&pb).unwrap()).unwrap();
+    assert_eq!(p.total(), 20);
+    assert_eq!(
+        p.string_table[p.sample_type[0].unit as usize],
+        "microseconds"
+    );
+    let r = trace(
+        &["convert", path_str(&f), "-f", "svg", "-o", path_str(&svg)],
+        LIMIT,
+    );
+    assert!(r.ok, "{}", r.stderr);
+    assert!(fs::read_to_string(&svg).unwrap().contains("work"));
+}
