@@ -7,7 +7,7 @@ CARGO ?= cargo
 PROFILE := --release
 STAMP := target/.setup-stamp
 
-.PHONY: all setup build test lint fmt bench bench-dataplane demo clean tracer-static bench-tracer
+.PHONY: all setup build test lint fmt bench bench-dataplane demo clean tracer-static bench-tracer bench-bgp-speaker bench-bgp
 
 all: build
 
@@ -37,7 +37,7 @@ test: $(STAMP)
 	$(MAKE) lint
 	$(MAKE) tracer-static
 
-bench: bench-dataplane bench-tracer
+bench: bench-dataplane bench-tracer bench-bgp-speaker
 
 # lbd-trace as operators get it: one static musl binary, non-PIE so that
 # `file` says "statically linked" (see docs/tracer.md).
@@ -50,6 +50,12 @@ tracer-static: $(STAMP)
 bench-tracer: tracer-static
 	$(CARGO) build $(PROFILE) -p tracer --bin tracer-bench
 	./target/release/tracer-bench --tracer $(TRACER_STATIC) --out target/bench/tracer.json
+
+# FRR in network namespaces; FRR as node speaker is the baseline.
+bench-bgp-speaker: $(STAMP)
+	$(CARGO) bench -p bgp-speaker --bench bgp -- --out $(CURDIR)/target/bench/bgp-speaker.json
+
+bench-bgp: bench-bgp-speaker
 
 bench-dataplane: $(STAMP)
 	$(CARGO) run $(PROFILE) -p dataplane --bin dataplane-bench -- --out target/bench/dataplane.json

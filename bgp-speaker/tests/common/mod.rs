@@ -240,7 +240,13 @@ impl Frr {
             c += "  maximum-paths 8\n exit-address-family\n";
         }
         c += "!\n";
-        fs::write(run.join("bgpd.conf"), c).expect("bgpd.conf");
+        Frr::start_in(&lab.router, run, &c)
+    }
+
+    /// zebra, bfdd and bgpd with the given bgpd.conf in namespace `ns`.
+    pub fn start_in(ns: &str, run: PathBuf, bgpd_conf: &str) -> Frr {
+        fs::create_dir_all(&run).expect("frr dir");
+        fs::write(run.join("bgpd.conf"), bgpd_conf).expect("bgpd.conf");
         fs::write(run.join("zebra.conf"), "hostname r\n").expect("zebra.conf");
         fs::write(
             run.join("bfdd.conf"),
@@ -249,7 +255,6 @@ impl Frr {
         .expect("bfdd.conf");
         must(&format!("chown -R frr:frr {}", run.display()));
         let r = run.display();
-        let ns = &lab.router;
         let common = format!("-z {r}/zserv.api --vty_socket {r} -P 0");
         must(&format!(
             "ip netns exec {ns} /usr/lib/frr/zebra -d -f {r}/zebra.conf -i {r}/zebra.pid {common} -s 90000000"
@@ -260,18 +265,41 @@ impl Frr {
         must(&format!(
             "ip netns exec {ns} /usr/lib/frr/bfdd -d -f {r}/bfdd.conf -i {r}/bfdd.pid {common} --bfdctl {r}/bfdd.sock"
         ));
-        must(&format!(
-            "ip netns exec {ns} /usr/lib/frr/bgpd -d -f {r}/bgpd.conf -i {r}/bgpd.pid {common}"
-        ));
-        let mut pids = Vec::new();
-        for d in ["zebra", "bfdd", "bgpd"] {
-            let p = run.join(format!("{d}.pid"));
+        let mut frr = Frr {
+            run,
+            pids: Vec::new(),
+        };
+        for d in ["zebra", "bfdd"] {
+            let p = frr.run.join(format!("{d}.pid"));
             wait_for(&format!("{d} pid file"), Duration::from_secs(10), || {
                 read_pid(&p).is_some()
             });
-            pids.extend(read_pid(&p));
+            frr.pids.extend(read_pid(&p));
         }
-        Frr { run, pids }
+        frr.start_bgpd(ns);
+        frr
+    }
+
+    /// (Re)starts bgpd; returns its pid.
+    pub fn start_bgpd(&mut self, ns: &str) -> u32 {
+        let r = self.run.display();
+        let pidf = self.run.join("bgpd.pid");
+        let _ = fs::remove_file(&pidf);
+        must(&format!(
+            "ip netns exec {ns} /usr/lib/frr/bgpd -d -f {r}/bgpd.conf -i {r}/bgpd.pid -z {r}/zserv.api --vty_socket {r} -P 0"
+        ));
+        wait_for("bgpd pid file", Duration::from_secs(10), || {
+            read_pid(&pidf).is_some()
+        });
+        let pid = read_pid(&pidf).unwrap_or(0);
+        self.pids.push(pid);
+        pid
+    }
+
+    /// kill -9 bgpd (zebra and bfdd stay).
+    pub fn kill_bgpd(&mut self, pid: u32) {
+        kill_pid(pid);
+        self.pids.retain(|p| *p != pid);
     }
 
     pub fn vtysh(&self, cmd: &str) -> String {
@@ -280,6 +308,23 @@ impl Frr {
             self.run.display()
         ))
         .1
+    }
+
+    /// Several commands in one vtysh call (`-c` each), e.g. configuration.
+    pub fn vtysh_multi(&self, cmds: &[&str]) -> String {
+        let mut c = Command::new("vtysh");
+        c.arg("--vty_socket").arg(&self.run);
+        for x in cmds {
+            c.arg("-c").arg(x);
+        }
+        let out = c.output().expect("vtysh");
+        let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
+        s.push_str(&String::from_utf8_lossy(&out.stderr));
+        s
+    }
+
+    pub fn bgpd_pid(&self) -> u32 {
+        read_pid(&self.run.join("bgpd.pid")).unwrap_or(0)
     }
 
     /// FRR's view of one neighbour as JSON text (`show bgp neighbors X json`).
