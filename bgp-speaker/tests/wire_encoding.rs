@@ -1,0 +1,142 @@
+//! Bytes on the wire for the cases the router tests do not reach: iBGP
+//! (LOCAL_PREF, empty AS_PATH), 2-octet peers (AS_TRANS), End-of-RIB,
+//! NOTIFICATION encoding, and OPEN checks.
+
+use std::net::Ipv4Addr;
+
+use bgp_speaker::wire::{self, Incoming, Notification};
+use bgp_speaker::{Origin, RouteAttrs};
+use netgauze_bgp_pkt::path_attribute::{AsPath, PathAttributeValue};
+
+fn decode_update(m: &[u8], asn4: bool) -> netgauze_bgp_pkt::update::BgpUpdateMessage {
+    let mut ctx = wire::new_context();
+    ctx.set_asn4(asn4);
+    match wire::decode(m, &mut ctx) {
+        Ok(Incoming::Update(u)) => *u,
+        other => panic!("not an UPDATE: {other:?}"),
+    }
+}
+
+fn ctx(local_as: u32, ebgp: bool, asn4: bool) -> wire::UpdateCtx {
+    wire::UpdateCtx {
+        local_as,
+        ebgp,
+        asn4,
+        next_hop_v4: Some(Ipv4Addr::new(192, 0, 2, 2)),
+        next_hop_v6: None,
+    }
+}
+
+#[test]
+fn ibgp_update_has_local_pref_and_empty_as_path() {
+    let a = RouteAttrs {
+        local_pref: Some(250),
+        ..Default::default()
+    };
+    let m = wire::announce(
+        &ctx(65000, false, true),
+        "198.51.100.10/32".parse().unwrap(),
+        &a,
+    )
+    .unwrap();
+    let u = decode_update(&m, true);
+    let mut saw_lp = false;
+    for attr in u.path_attributes() {
+        match attr.value() {
+            PathAttributeValue::LocalPreference(lp) => {
+                assert_eq!(lp.metric(), 250);
+                saw_lp = true;
+            }
+            PathAttributeValue::AsPath(AsPath::As4PathSegments(s)) => assert!(s.is_empty()),
+            PathAttributeValue::AsPath(p) => panic!("unexpected {p:?}"),
+            _ => {}
+        }
+    }
+    assert!(saw_lp);
+}
+
+#[test]
+fn ebgp_update_never_carries_local_pref_and_prepends() {
+    let a = RouteAttrs {
+        local_pref: Some(250),
+        as_path_prepend: 2,
+        origin: Origin::Egp,
+        ..Default::default()
+    };
+    let m = wire::announce(
+        &ctx(65001, true, true),
+        "198.51.100.10/32".parse().unwrap(),
+        &a,
+    )
+    .unwrap();
+    let u = decode_update(&m, true);
+    for attr in u.path_attributes() {
+        match attr.value() {
+            PathAttributeValue::LocalPreference(_) => panic!("LOCAL_PREF on eBGP"),
+            PathAttributeValue::AsPath(p) => {
+                assert_eq!(Vec::<u32>::from(p.clone()), vec![65001, 65001, 65001]);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn two_octet_peer_gets_as_trans() {
+    let m = wire::announce(
+        &ctx(4_200_000_000, true, false),
+        "198.51.100.10/32".parse().unwrap(),
+        &RouteAttrs::default(),
+    )
+    .unwrap();
+    let u = decode_update(&m, false);
+    let path = u
+        .path_attributes()
+        .iter()
+        .find_map(|a| match a.value() {
+            PathAttributeValue::AsPath(p) => Some(Vec::<u32>::from(p.clone())),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(path, vec![u32::from(wire::AS_TRANS)]);
+    let open = wire::open(&wire::OpenParams {
+        local_as: 4_200_000_000,
+        hold_time: 9,
+        router_id: Ipv4Addr::new(192, 0, 2, 2),
+        graceful_restart: None,
+    });
+    assert_eq!(&open[20..22], &wire::AS_TRANS.to_be_bytes());
+}
+
+#[test]
+fn end_of_rib_markers() {
+    assert_eq!(
+        wire::end_of_rib(false).len(),
+        23,
+        "IPv4 EoR is the minimum UPDATE"
+    );
+    let u = decode_update(&wire::end_of_rib(true), true);
+    assert_eq!(
+        u.end_of_rib(),
+        Some(netgauze_iana::address_family::AddressType::Ipv6Unicast)
+    );
+}
+
+#[test]
+fn notification_bytes() {
+    let n = Notification::new(6, 10, vec![]);
+    let b = n.encode();
+    assert_eq!(b.len(), 21);
+    assert_eq!(&b[16..], &[0, 21, 3, 6, 10]);
+    assert_eq!(n.describe(), "6/10 cease: BFD down");
+}
+
+#[test]
+fn header_checks() {
+    let mut k = wire::keepalive();
+    let h: [u8; 19] = k[..19].try_into().unwrap();
+    assert_eq!(wire::check_header(&h), Ok(19));
+    k[0] = 0;
+    let h: [u8; 19] = k[..19].try_into().unwrap();
+    assert_eq!(wire::check_header(&h).unwrap_err().subcode, 1);
+}
