@@ -10,6 +10,7 @@ use std::{
     collections::BTreeMap,
     fs,
     net::IpAddr,
+    os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
 };
 
@@ -35,6 +36,9 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 
 /// Default pin directory of a node's dataplane.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lbd";
+
+/// Size of one element slot in a BPF array (values are 8-byte aligned).
+const ARRAY_SLOT: usize = 8;
 
 const MAPS: [&str; 5] = [
     "LBD_CONFIG",
@@ -160,8 +164,9 @@ impl Dataplane {
             let id = prog
                 .attach_to_link(link)
                 .with_context(|| format!("replacing the XDP program on {iface}"))?;
-            // The pin keeps the link alive; forget our handle without detaching.
-            std::mem::forget(prog.take_link(id)?);
+            // The pin keeps the link alive: dropping our handle only closes
+            // its fd (taking it out of the program stops aya detaching it).
+            drop(prog.take_link(id)?);
             info!(
                 iface,
                 program, "XDP program replaced atomically on the pinned link"
@@ -187,7 +192,7 @@ impl Dataplane {
         let pinned = link
             .pin(&link_pin)
             .with_context(|| format!("pinning {}", link_pin.display()))?;
-        std::mem::forget(pinned);
+        drop(pinned);
         info!(iface, program, "XDP program attached");
         Ok(())
     }
@@ -208,7 +213,7 @@ impl Dataplane {
             let pinned = PinnedLink::from_pin(&link_pin)?;
             let link = SchedClassifierLink::try_from(FdLink::from(pinned))?;
             let id = prog.attach_to_link(link)?;
-            std::mem::forget(prog.take_link(id)?);
+            drop(prog.take_link(id)?);
             return Ok(());
         }
         let id = prog
@@ -218,7 +223,7 @@ impl Dataplane {
             .take_link(id)?
             .try_into()
             .context("tc link is not a bpf_link")?;
-        std::mem::forget(link.pin(&link_pin)?);
+        drop(link.pin(&link_pin)?);
         Ok(())
     }
 
@@ -285,16 +290,8 @@ impl Dataplane {
             }
         };
         let base = (index * SLOTS_PER_VIP + slot) * MAX_TABLE_SIZE;
-        debug_assert!(base + size <= BUCKETS_LEN);
-        {
-            let mut buckets: Array<&mut MapData, Bucket> =
-                Array::try_from(self.map("LBD_BUCKETS")?)?;
-            for (i, b) in table.iter().enumerate() {
-                buckets
-                    .set(base + i as u32, b, 0)
-                    .with_context(|| format!("{vip}: writing bucket {i}"))?;
-            }
-        }
+        self.write_buckets(base, table)
+            .with_context(|| format!("{vip}: writing its table"))?;
         let info = VipInfo {
             index,
             table_size: size,
@@ -306,6 +303,46 @@ impl Dataplane {
             HashMap::try_from(self.map("LBD_VIPS")?)?;
         vips.insert(&key, &info, 0)
             .with_context(|| format!("{vip}: activating table"))?;
+        Ok(())
+    }
+
+    /// Copies `table` into the bucket array at `base` through a shared
+    /// mapping of the (BPF_F_MMAPABLE) array. The slot written is idle: no
+    /// packet reads it until the VIP's active slot is flipped, and that flip
+    /// is a syscall, which orders these stores before it.
+    fn write_buckets(&mut self, base: u32, table: &[Bucket]) -> Result<()> {
+        if base as usize + table.len() > BUCKETS_LEN as usize {
+            bail!("bucket range {base}+{} beyond the array", table.len());
+        }
+        let fd = match self.map("LBD_BUCKETS")? {
+            aya::maps::Map::Array(data) => data.fd().as_fd().as_raw_fd(),
+            _ => bail!("LBD_BUCKETS is not an array map"),
+        };
+        // Array map elements are laid out 8-byte aligned: a 4-byte Bucket
+        // takes an 8-byte slot.
+        let len = BUCKETS_LEN as usize * ARRAY_SLOT;
+        // SAFETY: a shared mapping of a live BPF array of exactly `len` bytes;
+        // it is unmapped before returning and only the checked range is written.
+        unsafe {
+            let mem = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
+            if mem == libc::MAP_FAILED {
+                return Err(std::io::Error::last_os_error()).context("mmap of LBD_BUCKETS");
+            }
+            let slots = mem as *mut [u8; ARRAY_SLOT];
+            for (i, b) in table.iter().enumerate() {
+                let slot = &mut *slots.add(base as usize + i);
+                slot[..2].copy_from_slice(&b.first.to_ne_bytes());
+                slot[2..4].copy_from_slice(&b.second.to_ne_bytes());
+            }
+            libc::munmap(mem, len);
+        }
         Ok(())
     }
 

@@ -11,18 +11,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::Result;
-use aya::programs::{TestRun, TestRunOptions};
-use dataplane::{
-    lab::{Netns, unique},
-    loader::Dataplane,
-};
-use dataplane::{
-    loader::{Counters, Vip},
-    predict::Flow,
-};
+use dataplane::{lab::bed::*, predict::Flow};
 use dataplane_common::{
-    Bucket, Config, DEFAULT_GUE_PORT, ENCAP_GUE, ENCAP_IPIP, HOP_FIRST, HOP_SECOND, IPV4_ID_MARK,
-    NO_HOP,
+    DEFAULT_GUE_PORT, ENCAP_GUE, ENCAP_IPIP, HOP_FIRST, HOP_SECOND, IPV4_ID_MARK, NO_HOP,
 };
 use etherparse::{IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder, UdpHeader};
 
@@ -30,157 +21,7 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 
-const SEED: u32 = 0x5eed_1234;
-const TABLE: usize = 13;
-const SELF: u16 = 1;
-const N2: u16 = 2; // IPv4 underlay
-const N3: u16 = 3; // IPv6 underlay
-const N_UNKNOWN: u16 = 7; // in a table but without underlay address
-
-const MAC_SELF: [u8; 6] = [2, 0, 0, 0, 0, 1];
-const MAC_N2: [u8; 6] = [2, 0, 0, 0, 0, 2];
-const MAC_N3: [u8; 6] = [2, 0, 0, 0, 0, 3];
-const MAC_ROUTER: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
-
-const SELF4: [u8; 4] = [192, 0, 2, 1];
-const N2_4: [u8; 4] = [192, 0, 2, 2];
-const SELF6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-const N3_6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3];
-const VIP4: [u8; 4] = [198, 51, 100, 10];
-const VIP6: [u8; 16] = [
-    0x20, 0x01, 0x0d, 0xb8, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
-];
-const CLIENT4: [u8; 4] = [203, 0, 113, 7];
-const CLIENT6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
 const OTHER4: [u8; 4] = [203, 0, 113, 99];
-
-fn vips() -> [Vip; 3] {
-    [
-        Vip {
-            addr: IpAddr::from(VIP4),
-            port: 80,
-            proto: 6,
-        },
-        Vip {
-            addr: IpAddr::from(VIP4),
-            port: 53,
-            proto: 17,
-        },
-        Vip {
-            addr: IpAddr::from(VIP6),
-            port: 80,
-            proto: 6,
-        },
-    ]
-}
-
-/// A dataplane loaded with a private pin directory, removed on drop.
-struct Loaded {
-    dp: Dataplane,
-    pin_dir: std::path::PathBuf,
-}
-
-impl Loaded {
-    fn new(prefix: &str) -> Result<Self> {
-        let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/{}", unique(prefix)));
-        Ok(Self {
-            dp: Dataplane::open(&pin_dir)?,
-            pin_dir,
-        })
-    }
-}
-
-impl Drop for Loaded {
-    fn drop(&mut self) {
-        let _ = Dataplane::cleanup(&self.pin_dir);
-    }
-}
-
-/// A node with its dataplane loaded, inside its own namespace.
-struct Bed {
-    l: Loaded,
-    /// Kept alive for the test's duration (deleted on drop).
-    _ns: Netns,
-    ifindex: u32,
-}
-
-impl Bed {
-    fn new(encap: u8) -> Result<Self> {
-        let ns = Netns::new("dpt")?;
-        ns.ip("link add up0 type veth peer name up1")?;
-        ns.ip("link set up0 address 02:00:00:00:00:01 up")?;
-        ns.ip("link set up1 up")?;
-        ns.ip("addr add 192.0.2.1/24 dev up0")?;
-        ns.ip("addr add 2001:db8:1::1/64 dev up0 nodad")?;
-        ns.ip("neigh replace 192.0.2.2 lladdr 02:00:00:00:00:02 dev up0 nud permanent")?;
-        ns.ip("neigh replace 2001:db8:1::3 lladdr 02:00:00:00:00:03 dev up0 nud permanent")?;
-        for a in ["198.51.100.10/32", "203.0.113.7/32"] {
-            ns.ip(&format!("addr add {a} dev lo"))?;
-        }
-        for a in ["2001:db8:100::10/128", "2001:db8:200::7/128"] {
-            ns.ip(&format!("addr add {a} dev lo nodad"))?;
-        }
-        ns.sysctl("net.ipv4.conf.all.forwarding", "1")?;
-        ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
-        ns.enter()?;
-        let ifindex = ns.ifindex("up0")?;
-        let mut l = Loaded::new("dpt")?;
-        l.dp.set_config(&Config {
-            self_id: SELF,
-            encap,
-            gue_port_be: DEFAULT_GUE_PORT.to_be(),
-            hash_seed: SEED,
-            self_v4: SELF4,
-            self_v6: SELF6,
-            ..Default::default()
-        })?;
-        l.dp.set_node(SELF, Some(IpAddr::from(SELF4)))?;
-        l.dp.set_node(N2, Some(IpAddr::from(N2_4)))?;
-        l.dp.set_node(N3, Some(IpAddr::from(N3_6)))?;
-        l.dp.forwarder()?;
-        Ok(Self {
-            l,
-            _ns: ns,
-            ifindex,
-        })
-    }
-
-    /// Every bucket of every VIP: (first, second).
-    fn tables(&mut self, first: u16, second: u16) -> Result<()> {
-        for v in vips() {
-            self.l
-                .dp
-                .set_vip_table(&v, &[Bucket { first, second }; TABLE], 0)?;
-        }
-        Ok(())
-    }
-
-    fn run(&mut self, input: &[u8]) -> Result<(u32, Vec<u8>)> {
-        let mut out = vec![0u8; input.len() + 256];
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(input.len() as u32).to_ne_bytes()); // data_end
-        ctx[12..16].copy_from_slice(&self.ifindex.to_ne_bytes()); // ingress_ifindex
-        let prog = self.l.dp.forwarder()?;
-        let r = prog.test_run(TestRunOptions {
-            data_in: Some(input),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..TestRunOptions::new()
-        })?;
-        out.truncate(r.data_size_out as usize);
-        Ok((r.return_value, out))
-    }
-
-    fn all_counters(&self) -> Result<Counters> {
-        let mut sum = self.l.dp.counters(None)?;
-        for v in vips() {
-            for (k, n) in self.l.dp.counters(Some(&v))? {
-                *sum.entry(k).or_default() += n;
-            }
-        }
-        Ok(sum)
-    }
-}
 
 // ---------- packets ----------
 
@@ -367,7 +208,7 @@ fn check(bed: &mut Bed, cases: Vec<Case>) -> Result<()> {
     for c in cases {
         bed.tables(c.tables.0, c.tables.1)?;
         let before = bed.all_counters()?;
-        let (action, out) = bed.run(&c.input)?;
+        let Run { action, out, .. } = bed.run(&c.input)?;
         let after = bed.all_counters()?;
         let grew = after[c.counter] - before[c.counter];
         let ok = match &c.expect {
@@ -880,14 +721,14 @@ fn local_connection_wins_over_second_hop() -> Result<()> {
             _ => unreachable!(),
         };
         bed.tables(SELF, N2)?;
-        let (action, out) = bed.run(&established)?;
+        let Run { action, out, .. } = bed.run(&established)?;
         assert_eq!(
             action, XDP_PASS,
             "{vip}: established connection must stay local"
         );
         assert_eq!(out, established);
         // Same listener, unknown connection: a listener is not a connection.
-        let (action, _) = bed.run(&unknown)?;
+        let action = bed.run(&unknown)?.action;
         assert_eq!(
             action, XDP_TX,
             "{vip}: unknown flow (listener only) goes to the second hop"

@@ -22,8 +22,13 @@ pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 #[map(name = "LBD_VIPS")]
 pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::pinned(MAX_VIPS, BPF_F_NO_PREALLOC);
 
+/// BPF_F_MMAPABLE: userspace writes a whole table with one memcpy instead
+/// of one syscall per bucket (65537 of them), so every node switches tables
+/// within microseconds of each other.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
 #[map(name = "LBD_BUCKETS")]
-pub static BUCKETS: Array<Bucket> = Array::pinned(BUCKETS_LEN, 0);
+pub static BUCKETS: Array<Bucket> = Array::pinned(BUCKETS_LEN, BPF_F_MMAPABLE);
 
 #[map(name = "LBD_NODES")]
 pub static NODES: Array<NodeInfo> = Array::pinned(MAX_NODES, 0);

@@ -5,23 +5,21 @@
 //!
 //! Used by the netns tests, the benchmark and `make demo`. Everything it
 //! builds is removed on drop, also when a test fails.
+pub mod bed;
+mod http;
+mod netns;
+
 use std::{
-    fs::File,
-    io::{BufRead, BufReader, Read, Write},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
-    process::Command,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU32, Ordering},
-    },
-    thread::JoinHandle,
-    time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use dataplane_common::{Bucket, Config, DEFAULT_GUE_PORT, ENCAP_GUE};
+
+pub use bed::Bed;
+pub use http::{connect, get, next_line, upload};
+pub use netns::{Netns, run, unique};
 
 use crate::{
     loader::{Dataplane, Vip},
@@ -29,124 +27,13 @@ use crate::{
     predict::Flow,
     transition,
 };
+use http::Server;
 
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x10);
 pub const CLIENT4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 2);
 pub const HTTP_PORT: u16 = 80;
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// A unique short name (interface and namespace names are short-lived and
-/// must not collide between tests running in parallel).
-pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}{}x{}",
-        std::process::id() % 100_000,
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Runs a command, failing with its stderr.
-pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .with_context(|| format!("spawning {cmd}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// A network namespace, deleted on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(prefix: &str) -> Result<Self> {
-        let name = unique(prefix);
-        run("ip", &["netns", "add", &name])?;
-        let ns = Self { name };
-        ns.ip("link set lo up")?;
-        ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
-        ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
-        Ok(ns)
-    }
-
-    /// `ip -n NS` with whitespace-separated arguments.
-    pub fn ip(&self, args: &str) -> Result<String> {
-        let mut all = vec!["-n", &self.name];
-        all.extend(args.split_whitespace());
-        run("ip", &all)
-    }
-
-    pub fn exec(&self, cmd: &str, args: &[&str]) -> Result<String> {
-        let mut all = vec!["netns", "exec", &self.name, cmd];
-        all.extend_from_slice(args);
-        run("ip", &all)
-    }
-
-    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        self.exec("sysctl", &["-qw", &format!("{key}={value}")])
-            .map(|_| ())
-    }
-
-    pub fn ifindex(&self, dev: &str) -> Result<u32> {
-        let out = self.exec("cat", &[&format!("/sys/class/net/{dev}/ifindex")])?;
-        Ok(out.trim().parse()?)
-    }
-
-    /// Moves the calling thread (only it) into this namespace.
-    pub fn enter(&self) -> Result<()> {
-        let f = File::open(format!("/run/netns/{}", self.name))
-            .with_context(|| format!("opening netns {}", self.name))?;
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns {}: {}", self.name, std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Runs `f` on a thread inside this namespace and waits for it.
-    pub fn run<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                self.enter()?;
-                f()
-            })
-            .join()
-            .map_err(|_| anyhow!("thread in {} panicked", self.name))?
-        })
-    }
-
-    /// Starts `f` on a thread inside this namespace.
-    pub fn spawn<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> Result<T> + Send + 'static,
-    ) -> JoinHandle<Result<T>> {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let file = File::open(&path)?;
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                bail!("setns {path}: {}", std::io::Error::last_os_error());
-            }
-            f()
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = self.ip("nexthop flush");
-        let _ = run("ip", &["netns", "del", &self.name]);
-    }
-}
 
 /// MSS that keeps an encapsulated full-size segment within `underlay_mtu`.
 pub fn clamped_mss(underlay_mtu: u16, underlay_v6: bool, gue: bool, vip_v6: bool) -> u16 {
@@ -500,190 +387,4 @@ fn configure_node(n: &mut Node, opts: &LabOptions, all: &[(u16, Ipv4Addr)]) -> R
         n.dp.set_node(id, Some(IpAddr::V4(addr)))?;
     }
     Ok(())
-}
-
-// ---------- the backend: a tiny HTTP/1.0 server ----------
-
-/// Answers on VIP:80 (IPv4 and IPv6) in a node's namespace:
-/// `GET /whoami` -> the node name; `GET /stream?ms=N` -> one line with the
-/// node name every 100 ms for N ms then `done`; `PUT /upload` -> reads the
-/// body and answers `node received BYTES`.
-struct Server {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<Result<()>>>,
-}
-
-impl Server {
-    fn start(ns: &Netns, name: String) -> Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for addr in [
-            SocketAddr::new(IpAddr::V4(VIP4), HTTP_PORT),
-            SocketAddr::new(IpAddr::V6(VIP6), HTTP_PORT),
-        ] {
-            let listener = ns.run(|| {
-                let l = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
-                l.set_nonblocking(true)?;
-                Ok(l)
-            })?;
-            let stop = stop.clone();
-            let name = name.clone();
-            threads.push(std::thread::spawn(move || {
-                accept_loop(listener, &name, &stop)
-            }));
-        }
-        Ok(Self { stop, threads })
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-fn accept_loop(listener: TcpListener, name: &str, stop: &AtomicBool) -> Result<()> {
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((s, _)) => {
-                let name = name.to_string();
-                std::thread::spawn(move || {
-                    let _ = serve(s, &name);
-                });
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
-fn serve(s: TcpStream, name: &str) -> Result<()> {
-    s.set_nonblocking(false)?;
-    let mut r = BufReader::new(s.try_clone()?);
-    let mut request = String::new();
-    r.read_line(&mut request)?;
-    let mut content_length = 0usize;
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h)? == 0 || h == "\r\n" {
-            break;
-        }
-        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-            content_length = v.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut w = s;
-    let path = request.split_whitespace().nth(1).unwrap_or("/");
-    if let Some(ms) = path.strip_prefix("/stream?ms=") {
-        let ms: u64 = ms.parse().unwrap_or(1000);
-        w.write_all(b"HTTP/1.0 200 OK\r\n\r\n")?;
-        let end = Instant::now() + Duration::from_millis(ms);
-        while Instant::now() < end {
-            w.write_all(format!("{name}\n").as_bytes())?;
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        w.write_all(b"done\n")?;
-    } else if path == "/upload" {
-        let mut left = content_length;
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut got = 0usize;
-        while left > 0 {
-            let n = r.read(&mut buf[..left.min(64 * 1024)])?;
-            if n == 0 {
-                break;
-            }
-            got += n;
-            left -= n;
-        }
-        w.write_all(format!("HTTP/1.0 200 OK\r\n\r\n{name} received {got}\n").as_bytes())?;
-    } else {
-        w.write_all(format!("HTTP/1.0 200 OK\r\n\r\n{name}\n").as_bytes())?;
-    }
-    let _ = w.shutdown(Shutdown::Write);
-    Ok(())
-}
-
-// ---------- the client side ----------
-
-/// A connection from the client namespace to a VIP (created on a thread
-/// inside the client namespace; usable from any thread afterwards).
-pub fn connect(
-    lab: &Lab,
-    vip: IpAddr,
-    local_port: Option<u16>,
-    timeout: Duration,
-) -> Result<TcpStream> {
-    lab.client.run(|| {
-        let domain = if vip.is_ipv4() {
-            socket2::Domain::IPV4
-        } else {
-            socket2::Domain::IPV6
-        };
-        let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
-        if let Some(p) = local_port {
-            sock.set_reuse_address(true)?;
-            let local = if vip.is_ipv4() {
-                IpAddr::V4(CLIENT4)
-            } else {
-                IpAddr::V6(CLIENT6)
-            };
-            sock.bind(&SocketAddr::new(local, p).into())?;
-        }
-        sock.connect_timeout(&SocketAddr::new(vip, HTTP_PORT).into(), timeout)?;
-        let s: TcpStream = sock.into();
-        s.set_read_timeout(Some(timeout))?;
-        s.set_write_timeout(Some(timeout))?;
-        Ok(s)
-    })
-}
-
-/// Sends a GET; returns a reader positioned at the start of the body.
-pub fn get(mut s: TcpStream, path: &str) -> Result<BufReader<TcpStream>> {
-    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
-    let mut r = BufReader::new(s);
-    skip_headers(&mut r)?;
-    Ok(r)
-}
-
-fn skip_headers(r: &mut BufReader<TcpStream>) -> Result<()> {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            bail!("connection closed before the body");
-        }
-        if line == "\r\n" {
-            return Ok(());
-        }
-    }
-}
-
-/// The next body line, without its newline; None at end of stream.
-pub fn next_line(r: &mut BufReader<TcpStream>) -> Result<Option<String>> {
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
-        return Ok(None);
-    }
-    Ok(Some(line.trim_end().to_string()))
-}
-
-/// Uploads `bytes` bytes; returns the server's answer line.
-pub fn upload(mut s: TcpStream, bytes: usize) -> Result<String> {
-    s.write_all(format!("PUT /upload HTTP/1.0\r\nContent-Length: {bytes}\r\n\r\n").as_bytes())?;
-    let chunk = vec![0x5au8; 64 * 1024];
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(chunk.len());
-        s.write_all(&chunk[..n])?;
-        left -= n;
-    }
-    let mut r = BufReader::new(s);
-    skip_headers(&mut r)?;
-    Ok(next_line(&mut r)?.unwrap_or_default())
 }
