@@ -22,6 +22,8 @@ use flowmark_common::{FlowKey, FlowValue, RuleValue, counter};
 
 pub const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowmark"));
 pub const PROGRAM: &str = "flowmark_egress";
+/// A program that only returns TC_ACT_OK: the benchmark's baseline.
+pub const BASELINE: &str = "flowmark_baseline";
 
 pub struct Marker {
     ebpf: Ebpf,
@@ -78,6 +80,18 @@ impl Marker {
     /// The program itself, for BPF_PROG_TEST_RUN.
     pub fn program(&mut self) -> anyhow::Result<&mut SchedClassifier> {
         program(&mut self.ebpf)
+    }
+
+    /// The trivial baseline program, loaded, for BPF_PROG_TEST_RUN.
+    pub fn baseline(&mut self) -> anyhow::Result<&mut SchedClassifier> {
+        let Some(p) = self.ebpf.program_mut(BASELINE) else {
+            bail!("program {BASELINE} missing")
+        };
+        let p: &mut SchedClassifier = p.try_into()?;
+        if p.fd().is_err() {
+            p.load().context("verifier refused the baseline")?;
+        }
+        Ok(p)
     }
 
     pub fn set_flow(&mut self, key: &FlowKey, label: u32) -> anyhow::Result<()> {
