@@ -145,7 +145,24 @@ impl Packet {
 
 /// The shared receive socket and the sessions it feeds.
 pub struct BfdHub {
-    sessions: Mutex<HashMap<IpAddr, mpsc::Sender<Packet>>>,
+    /// Per peer: the generation of the registration and its inbox.
+    sessions: Mutex<HashMap<IpAddr, (u64, mpsc::Sender<Packet>)>>,
+    next_gen: std::sync::atomic::AtomicU64,
+    receiver: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for BfdHub {
+    fn drop(&mut self) {
+        // Free UDP 3784 as soon as the speaker is gone.
+        if let Some(t) = self
+            .receiver
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            t.abort();
+        }
+    }
 }
 
 fn raw_udp6(port: u16) -> io::Result<std::net::UdpSocket> {
@@ -268,9 +285,11 @@ impl BfdHub {
         let sock = UdpSocket::from_std(raw_udp6(port)?)?;
         let hub = Arc::new(BfdHub {
             sessions: Mutex::new(HashMap::new()),
+            next_gen: std::sync::atomic::AtomicU64::new(1),
+            receiver: Mutex::new(None),
         });
         let weak = Arc::downgrade(&hub);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut buf = [0u8; 128];
             loop {
                 let r = sock
@@ -303,28 +322,35 @@ impl BfdHub {
                     .unwrap_or_else(|e| e.into_inner())
                     .get(&from)
                     .cloned();
-                if let Some(tx) = tx {
+                if let Some((_, tx)) = tx {
                     let _ = tx.try_send(pkt);
                 }
             }
         });
+        *hub.receiver.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         Ok(hub)
     }
 
-    fn register(&self, peer: IpAddr) -> mpsc::Receiver<Packet> {
+    /// Routes packets from `peer` to a new inbox; a later registration for
+    /// the same peer replaces this one.
+    fn register(&self, peer: IpAddr) -> (u64, mpsc::Receiver<Packet>) {
         let (tx, rx) = mpsc::channel(16);
+        let generation = self
+            .next_gen
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(peer, tx);
-        rx
+            .insert(peer, (generation, tx));
+        (generation, rx)
     }
 
-    fn unregister(&self, peer: IpAddr) {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&peer);
+    /// Removes the registration unless a newer session already replaced it.
+    fn unregister(&self, peer: IpAddr, generation: u64) {
+        let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if s.get(&peer).is_some_and(|(g, _)| *g == generation) {
+            s.remove(&peer);
+        }
     }
 }
 
@@ -361,15 +387,15 @@ pub fn spawn_session(
     peer: IpAddr,
     state: watch::Sender<BfdState>,
 ) -> tokio::task::JoinHandle<()> {
-    let rx = hub.register(peer);
+    let (generation, rx) = hub.register(peer);
     tokio::spawn(async move {
-        struct Unregister(Arc<BfdHub>, IpAddr);
+        struct Unregister(Arc<BfdHub>, IpAddr, u64);
         impl Drop for Unregister {
             fn drop(&mut self) {
-                self.0.unregister(self.1);
+                self.0.unregister(self.1, self.2);
             }
         }
-        let _guard = Unregister(hub, peer);
+        let _guard = Unregister(hub, peer, generation);
         let sock = match send_socket(local, peer).and_then(UdpSocket::from_std) {
             Ok(s) => s,
             Err(e) => {

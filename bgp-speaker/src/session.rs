@@ -23,6 +23,8 @@ use crate::{jitter, socket};
 
 /// RFC 4271 suggests a large hold time while waiting for the peer's OPEN.
 const OPEN_HOLD: Duration = Duration::from_secs(240);
+/// A peer that does not read what we write for this long is gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) struct PeerTask {
@@ -208,18 +210,14 @@ impl PeerTask {
                     }
                 }
             }
+            // Reconnect after a delay with jitter that doubles after every
+            // failure and starts over once a session was Established;
+            // connections from the peer are accepted at any time.
             if ended_established {
                 backoff = self.cfg.connect_retry;
-            } else {
-                backoff = (backoff * 2).min(self.cfg.connect_retry_max.max(self.cfg.connect_retry));
             }
-            // Reconnect after a delay with jitter; connections from the peer
-            // are accepted at any time.
-            delay = jitter(if ended_established {
-                self.cfg.connect_retry
-            } else {
-                backoff / 2
-            });
+            delay = jitter(backoff);
+            backoff = next_backoff(backoff, self.cfg.connect_retry_max);
         }
     }
 
@@ -228,7 +226,7 @@ impl PeerTask {
     }
 
     async fn send(&self, c: &mut Conn, bytes: &[u8]) -> Result<(), String> {
-        match timeout(OPEN_HOLD, c.wr.write_all(bytes)).await {
+        match timeout(WRITE_TIMEOUT, c.wr.write_all(bytes)).await {
             Ok(Ok(())) => {
                 self.with(|s| s.status.messages_out += 1);
                 Ok(())
@@ -565,6 +563,11 @@ impl PeerTask {
     }
 }
 
+/// Doubles the retry delay up to `max`.
+pub(crate) fn next_backoff(current: Duration, max: Duration) -> Duration {
+    (current * 2).min(max.max(current))
+}
+
 async fn connect_at(cfg: Arc<PeerConfig>, at: TInstant) -> std::io::Result<TcpStream> {
     sleep_until(at).await;
     socket::connect(socket::ConnectOpts {
@@ -605,4 +608,27 @@ async fn reject_collision(mut s: TcpStream) {
     let n = Notification::new(6, 7, Vec::new());
     let _ = timeout(Duration::from_secs(1), s.write_all(&n.encode())).await;
     let _ = s.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_and_jitter_stays_in_range() {
+        let mut b = Duration::from_secs(1);
+        let mut seen = Vec::new();
+        for _ in 0..8 {
+            seen.push(b.as_secs());
+            b = next_backoff(b, Duration::from_secs(30));
+        }
+        assert_eq!(seen, vec![1, 2, 4, 8, 16, 30, 30, 30]);
+        for _ in 0..1000 {
+            let j = jitter(Duration::from_secs(4));
+            assert!(
+                j >= Duration::from_secs(3) && j <= Duration::from_secs(4),
+                "{j:?}"
+            );
+        }
+    }
 }

@@ -128,6 +128,20 @@ impl Speaker {
         let (rib, _) = watch::channel(Rib::default());
         let (events, _) = broadcast::channel(1024);
         let (stop, _) = watch::channel(Stop::Running);
+        let listener = match cfg.listen_port {
+            Some(port) => {
+                let md5: Vec<(IpAddr, &str)> = cfg
+                    .peers
+                    .iter()
+                    .filter_map(|p| p.md5_password.as_deref().map(|k| (p.address, k)))
+                    .collect();
+                Some(
+                    socket::listen(port, &md5)
+                        .map_err(|source| StartError::Listen { port, source })?,
+                )
+            }
+            None => None,
+        };
         let bfd = if cfg.peers.iter().any(|p| p.bfd.is_some()) {
             Some(BfdHub::start().await.map_err(StartError::Bfd)?)
         } else {
@@ -173,14 +187,7 @@ impl Speaker {
             };
             tasks.push(tokio::spawn(task.run()));
         }
-        if let Some(port) = cfg.listen_port {
-            let md5: Vec<(IpAddr, &str)> = cfg
-                .peers
-                .iter()
-                .filter_map(|p| p.md5_password.as_deref().map(|k| (p.address, k)))
-                .collect();
-            let listener =
-                socket::listen(port, &md5).map_err(|source| StartError::Listen { port, source })?;
+        if let Some(listener) = listener {
             let mut stop_rx = stop.subscribe();
             tasks.push(tokio::spawn(async move {
                 loop {
