@@ -1,5 +1,6 @@
-//! BFD with FRR's bfdd: the session comes up with the BGP session, and when
-//! the node goes silent the router drops its route in well under a second.
+//! BFD with FRR's bfdd over IPv4 and IPv6: the sessions come up with the BGP
+//! sessions, and when the node goes silent the router drops its routes in
+//! well under a second.
 
 mod common;
 
@@ -11,65 +12,85 @@ use common::*;
 #[test]
 fn bfd_with_frr_removes_route_under_one_second() {
     let lab = Lab::new("bfd", 1);
+    let n = |addr: String| FrrNeighbor {
+        addr,
+        remote_as: 65101,
+        bfd: true,
+        ..Default::default()
+    };
     let frr = Frr::start(
         &lab,
-        &[FrrNeighbor {
-            addr: speaker_v4(1),
-            remote_as: 65101,
-            bfd: true,
-            ..Default::default()
-        }],
+        &[n(speaker_v4(1)), n(speaker_v6(1))],
         &FrrExtra::default(),
     );
-    let mut cfg = speaker_config(1, &[&router_v4(1)]);
-    cfg.peers[0].bfd = Some(BfdConfig::default());
+    let mut cfg = speaker_config(1, &[&router_v4(1), &router_v6(1)]);
+    for p in &mut cfg.peers {
+        p.bfd = Some(BfdConfig::default());
+    }
     let sp = NsSpeaker::start(&lab.speakers[0], cfg);
-    sp.speaker
-        .announce(VIP4.parse().unwrap(), RouteAttrs::default())
-        .unwrap();
+    for vip in [VIP4, VIP6] {
+        sp.speaker
+            .announce(vip.parse().unwrap(), RouteAttrs::default())
+            .unwrap();
+    }
     wait_for("BGP and BFD up", Duration::from_secs(30), || {
-        sp.speaker.peers()[0].bfd == Some(BfdState::Up)
+        sp.speaker
+            .peers()
+            .iter()
+            .all(|p| p.bfd == Some(BfdState::Up))
     });
-    wait_for("FRR's BFD peer up", Duration::from_secs(10), || {
+    wait_for("FRR's two BFD peers up", Duration::from_secs(10), || {
         frr.vtysh("show bfd peers json")
-            .contains("\"status\":\"up\"")
+            .matches("\"status\":\"up\"")
+            .count()
+            == 2
     });
-    wait_for("route at FRR", Duration::from_secs(10), || {
+    wait_for("routes at FRR", Duration::from_secs(10), || {
         lab.router_route(VIP4).contains(&speaker_v4(1))
+            && lab.router_route(VIP6).contains(&speaker_v6(1))
     });
 
     let mut events = sp.speaker.events();
     // The node goes silent: nothing it sends reaches the router any more.
+    let blackhole = |op: &str| {
+        must(&format!(
+            "ip -n {ns} route {op} blackhole {}/32 && ip -n {ns} -6 route {op} blackhole {}/128",
+            router_v4(1),
+            router_v6(1),
+            ns = lab.speakers[0],
+        ))
+    };
     let t0 = Instant::now();
-    must(&format!(
-        "ip -n {} route add blackhole {}/32",
-        lab.speakers[0],
-        router_v4(1)
-    ));
-    wait_for("route removed", Duration::from_secs(5), || {
-        lab.router_route(VIP4).trim().is_empty()
+    blackhole("add");
+    let mut took = [None, None];
+    wait_for("routes removed", Duration::from_secs(5), || {
+        for (i, vip) in [VIP4, VIP6].into_iter().enumerate() {
+            if took[i].is_none() && lab.router_route(vip).trim().is_empty() {
+                took[i] = Some(t0.elapsed());
+            }
+        }
+        took.iter().all(Option::is_some)
     });
-    let took = t0.elapsed();
-    eprintln!("BFD failover: route left the router's kernel after {took:?}");
-    assert!(took < Duration::from_secs(1), "took {took:?}");
+    eprintln!("BFD failover: routes left the router's kernel after {took:?} (IPv4, IPv6)");
+    for t in took.into_iter().flatten() {
+        assert!(t < Duration::from_secs(1), "took {t:?}");
+    }
 
-    // The node comes back: session, BFD and route return.
-    must(&format!(
-        "ip -n {} route del blackhole {}/32",
-        lab.speakers[0],
-        router_v4(1)
-    ));
-    wait_for("route back", Duration::from_secs(30), || {
+    // The node comes back: sessions, BFD and routes return.
+    blackhole("del");
+    wait_for("routes back", Duration::from_secs(30), || {
         lab.router_route(VIP4).contains(&speaker_v4(1))
+            && lab.router_route(VIP6).contains(&speaker_v6(1))
     });
-    let p = &sp.speaker.peers()[0];
-    assert!(p.established_count >= 2, "{p:?}");
+    for p in sp.speaker.peers() {
+        assert!(p.established_count >= 2, "{p:?}");
+    }
     let mut reasons = Vec::new();
     while let Ok(e) = events.try_recv() {
         reasons.extend(e.reason);
     }
     assert!(
-        reasons.iter().any(|r| r.contains("BFD down")),
-        "the speaker's side also went down through BFD: {reasons:?}"
+        reasons.iter().filter(|r| r.contains("BFD down")).count() >= 2,
+        "both sessions of the speaker also went down through BFD: {reasons:?}"
     );
 }
