@@ -5,7 +5,7 @@ use std::{collections::HashMap as StdHashMap, fs, path::Path};
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf,
-    maps::{Array, HashMap, MapData, PerCpuArray, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
         FEntry, FExit, PerfEvent, TracePoint, UProbe,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
@@ -15,7 +15,7 @@ use aya::{
 };
 use tracer_common::{
     Config, LAT_BUCKETS, STAT_LAT_SUM_NS, STAT_LAT_UNMATCHED, STAT_LOST_COUNT, STAT_LOST_STACK,
-    STAT_SAMPLES, StackKey,
+    STAT_SAMPLES, Stack, StackKey,
 };
 
 use crate::filter::Filters;
@@ -341,20 +341,21 @@ impl Tracer {
         Ok(m.iter().filter_map(|r| r.ok()).collect())
     }
 
-    /// The stack traces referenced by the counts, by id (innermost first).
-    pub fn stacks(&self, ids: impl IntoIterator<Item = i32>) -> Result<StdHashMap<i32, Vec<u64>>> {
-        let m: StackTraceMap<&MapData> = StackTraceMap::try_from(
+    /// The stacks referenced by the counts, by hash (innermost first).
+    pub fn stacks(&self, ids: impl IntoIterator<Item = u64>) -> Result<StdHashMap<u64, Vec<u64>>> {
+        let m: HashMap<&MapData, u64, Stack> = HashMap::try_from(
             self.ebpf
                 .map("STACKS")
                 .ok_or_else(|| anyhow!("no STACKS"))?,
         )?;
         let mut out = StdHashMap::new();
         for id in ids {
-            if id < 0 || out.contains_key(&id) {
+            if id == 0 || out.contains_key(&id) {
                 continue;
             }
-            if let Ok(st) = m.get(&(id as u32), 0) {
-                out.insert(id, st.frames().iter().map(|f| f.ip).collect());
+            if let Ok(st) = m.get(&id, 0) {
+                let n = (st.len as usize).min(st.ips.len());
+                out.insert(id, st.ips[..n].to_vec());
             }
         }
         Ok(out)

@@ -100,7 +100,7 @@ fn frames_of(res: &Symbolized<'_>, fallback: &str, kind: Kind) -> Resolved {
 /// Symbolizes every stack of a capture.
 pub fn symbolize(
     counts: &[(StackKey, u64)],
-    stacks: &HashMap<i32, Vec<u64>>,
+    stacks: &HashMap<u64, Vec<u64>>,
     procs: &Processes,
 ) -> Symbolization {
     let symbolizer = Symbolizer::builder()
@@ -267,7 +267,7 @@ pub fn symbolize(
 fn vdso_symbols(
     symbolizer: &Symbolizer,
     counts: &[(StackKey, u64)],
-    stacks: &HashMap<i32, Vec<u64>>,
+    stacks: &HashMap<u64, Vec<u64>>,
     procs: &Processes,
 ) -> HashMap<u64, Resolved> {
     let mut offs = BTreeSet::new();

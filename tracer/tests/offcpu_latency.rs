@@ -43,6 +43,7 @@ fn offcpu_attributes_known_sleep_within_10_percent() {
         "{}",
         r.stderr
     );
+    assert!(r.stderr.contains(" 0 lost,"), "blocks lost: {}", r.stderr);
     let stacks = folded(&fs::read_to_string(&out).unwrap());
     let in_sleep: u64 = stacks
         .iter()

@@ -33,6 +33,7 @@ fn hot_functions_get_their_share_within_5_points() {
     let stacks = folded(&fs::read_to_string(&out).unwrap());
     let total: u64 = stacks.iter().map(|(_, c)| c).sum();
     assert!(total > 500, "only {total} samples: {}", r.stderr);
+    assert!(r.stderr.contains(" 0 lost,"), "samples lost: {}", r.stderr);
     let (a, b) = (share(&stacks, "hot_a"), share(&stacks, "hot_b"));
     eprintln!("hot_a {a:.3} hot_b {b:.3} of {total} samples");
     assert!(

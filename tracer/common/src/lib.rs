@@ -41,8 +41,11 @@ pub const STAT_SLOTS: u32 = 8;
 /// durations `d` with `2^i <= d < 2^(i+1)` ns; bucket 0 also holds 0).
 pub const LAT_BUCKETS: u32 = 64;
 
-/// Capacity of the stack-trace map (distinct stacks).
-pub const MAX_STACKS: u32 = 16384;
+/// Capacity of the stacks map (distinct stacks). Preallocated: about 1 KiB
+/// each, 32 MiB in all.
+pub const MAX_STACKS: u32 = 32768;
+/// Deepest stack kept (the kernel's default `perf_event_max_stack`).
+pub const MAX_DEPTH: usize = 127;
 /// Capacity of the counts map (distinct (task, stacks) keys).
 pub const MAX_COUNTS: u32 = 65536;
 /// Capacity of each of the `PIDS` and `TIDS` filter maps.
@@ -78,10 +81,19 @@ pub struct Config {
 pub struct StackKey {
     pub tgid: u32,
     pub pid: u32,
-    /// Stack id in the stack-trace map, or negative when absent.
-    pub kstack: i32,
-    pub ustack: i32,
+    /// Hash of the kernel / user stack (its key in the stacks map), 0 when
+    /// absent.
+    pub kstack: u64,
+    pub ustack: u64,
     pub comm: [u8; COMM_LEN],
+}
+
+/// A stack as stored in the stacks map: `ips[..len]`, innermost first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Stack {
+    pub len: u64,
+    pub ips: [u64; MAX_DEPTH],
 }
 
 /// Off-CPU: recorded when a task is switched out, consumed when it runs again.
@@ -99,4 +111,5 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::StackKey {}
     unsafe impl aya::Pod for super::OffStart {}
+    unsafe impl aya::Pod for super::Stack {}
 }
