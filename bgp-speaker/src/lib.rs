@@ -28,10 +28,10 @@
 
 pub mod bfd;
 pub mod config;
+pub mod raw_check;
 mod session;
 mod socket;
 mod speaker;
-pub mod update_check;
 pub mod wire;
 
 pub use bfd::BfdState;

@@ -16,8 +16,8 @@ use tokio::time::{Instant as TInstant, sleep_until, timeout};
 
 use crate::bfd::{self, BfdHub, BfdState};
 use crate::config::{GRACEFUL_SHUTDOWN, PeerConfig, RouteAttrs, SpeakerConfig};
+use crate::raw_check;
 use crate::speaker::{PeerShared, Rib, SessionEvent, State, Stop};
-use crate::update_check::check_update;
 use crate::wire::{self, HEADER_LEN, Incoming, Notification, PeerOpen};
 use crate::{jitter, socket};
 
@@ -95,9 +95,12 @@ async fn reader(mut rd: OwnedReadHalf, tx: mpsc::Sender<Read>) {
                 .await;
             return;
         }
-        if hdr[18] == wire::TYPE_UPDATE
-            && let Err(n) = check_update(&frame)
-        {
+        let structure = match hdr[18] {
+            wire::TYPE_UPDATE => raw_check::check_update(&frame),
+            wire::TYPE_OPEN => raw_check::check_open(&frame),
+            _ => Ok(()),
+        };
+        if let Err(n) = structure {
             let _ = tx.send(Read::Bad(n)).await;
             return;
         }

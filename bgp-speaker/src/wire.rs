@@ -211,7 +211,20 @@ pub fn decode(frame: &[u8], ctx: &mut BgpParsingContext) -> Result<Incoming, Not
 /// A parsing context for a fresh connection: 2-octet AS until the peer's
 /// OPEN says otherwise, and every malformed field is an error.
 pub fn new_context() -> BgpParsingContext {
-    BgpParsingContext::asn2_default()
+    // Capability errors are not fatal: netgauze reports capabilities it
+    // cannot interpret (an MP capability with an AFI/SAFI pair it does not
+    // know, as multi-service routers send) as errors, and RFC 5492 says a
+    // speaker ignores capabilities it does not support. A capability that
+    // breaks the parameter's TLV structure still fails the OPEN.
+    BgpParsingContext::new(
+        false,
+        Default::default(),
+        Default::default(),
+        true,
+        true,
+        false,
+        true,
+    )
 }
 
 fn write(msg: BgpMessage) -> Vec<u8> {

@@ -140,3 +140,43 @@ fn header_checks() {
     let h: [u8; 19] = k[..19].try_into().unwrap();
     assert_eq!(wire::check_header(&h).unwrap_err().subcode, 1);
 }
+
+fn open_with_caps(caps: &[&[u8]]) -> Vec<u8> {
+    let all: Vec<u8> = caps.concat();
+    let mut body = vec![4, 0xfd, 0xe8, 0, 9, 203, 0, 113, 7];
+    body.push((all.len() + 2) as u8);
+    body.push(2);
+    body.push(all.len() as u8);
+    body.extend_from_slice(&all);
+    let mut m = vec![0xff; 16];
+    m.extend_from_slice(&((19 + body.len()) as u16).to_be_bytes());
+    m.push(1);
+    m.extend_from_slice(&body);
+    m
+}
+
+#[test]
+fn open_with_families_we_do_not_know_is_accepted() {
+    // What a multi-service router advertises: VPNv4, EVPN, flowspec, BGP-LS,
+    // and made-up AFI/SAFI pairs, plus unknown and experimental capabilities.
+    let caps: [&[u8]; 9] = [
+        &[1, 4, 0, 1, 0, 1],
+        &[1, 4, 0, 1, 0, 128],
+        &[1, 4, 0, 25, 0, 70],
+        &[1, 4, 0, 1, 0, 133],
+        &[1, 4, 0x40, 0x04, 0, 71],
+        &[1, 4, 0, 99, 0, 1],
+        &[1, 4, 0, 1, 0, 200],
+        &[200, 3, 1, 2, 3],
+        &[240, 0],
+    ];
+    let m = open_with_caps(&caps);
+    let mut ctx = wire::new_context();
+    match wire::decode(&m, &mut ctx) {
+        Ok(Incoming::Open(o)) => {
+            let p = wire::check_open(&o, 65000, Ipv4Addr::new(192, 0, 2, 2), true).unwrap();
+            assert!(p.ipv4 && !p.ipv6);
+        }
+        other => panic!("rejected: {other:?}"),
+    }
+}

@@ -1,7 +1,9 @@
-//! Structural checks of a received UPDATE on its raw bytes (RFC 4271
-//! section 6.3), done before the body is decoded: netgauze decodes attribute
-//! values but does not check attribute flags, duplicates or missing
-//! well-known attributes, and each of these has its own NOTIFICATION subcode.
+//! Structural checks of received OPEN and UPDATE messages on their raw bytes
+//! (RFC 4271 sections 6.2 and 6.3), done before the body is decoded:
+//! netgauze decodes attribute values but does not check attribute flags,
+//! duplicates or missing well-known attributes (each has its own
+//! NOTIFICATION subcode), and we let it skip capabilities it cannot
+//! interpret, so a capability that breaks the TLV structure is caught here.
 
 use crate::wire::{HEADER_LEN, Notification};
 
@@ -89,6 +91,37 @@ pub fn check_update(frame: &[u8]) -> Result<(), Notification> {
         if let Some(missing) = required.into_iter().find(|t| !seen[usize::from(*t)]) {
             return Err(Notification::new(3, 3, vec![missing]));
         }
+    }
+    Ok(())
+}
+
+/// Checks that the optional parameters of a complete OPEN (header included)
+/// and the capabilities inside them are well-formed TLVs.
+pub fn check_open(frame: &[u8]) -> Result<(), Notification> {
+    let bad = || Notification::new(2, 0, Vec::new());
+    // version(1) AS(2) hold(2) id(4) then the parameters length.
+    let body = frame.get(HEADER_LEN..).unwrap_or(&[]);
+    let plen = usize::from(*body.get(9).ok_or_else(bad)?);
+    let params = body.get(10..10 + plen).ok_or_else(bad)?;
+    if 10 + plen != body.len() {
+        return Err(bad());
+    }
+    let mut i = 0;
+    while i < params.len() {
+        let ty = params[i];
+        let len = usize::from(*params.get(i + 1).ok_or_else(bad)?);
+        let value = params.get(i + 2..i + 2 + len).ok_or_else(bad)?;
+        if ty == 2 {
+            let mut j = 0;
+            while j < value.len() {
+                let clen = usize::from(*value.get(j + 1).ok_or_else(bad)?);
+                if j + 2 + clen > value.len() {
+                    return Err(bad());
+                }
+                j += 2 + clen;
+            }
+        }
+        i += 2 + len;
     }
     Ok(())
 }
