@@ -39,6 +39,15 @@ impl Stats {
     }
 }
 
+/// Counts and stacks moved out of the kernel maps (see [`Tracer::drain`]).
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// (task, stack hashes) -> samples or nanoseconds.
+    pub counts: StdHashMap<StackKey, u64>,
+    /// Stack hash -> frames, innermost first.
+    pub stacks: StdHashMap<u64, Vec<u64>>,
+}
+
 /// A loaded object with its config written.
 pub struct Tracer {
     ebpf: Ebpf,
@@ -148,6 +157,7 @@ impl Tracer {
         // SAFETY: setrlimit with a valid struct.
         unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rl) };
         filters.apply(&mut cfg)?;
+        cfg.self_tgid = std::process::id();
         let mut ebpf = Ebpf::load(OBJECT).context("loading the embedded eBPF object")?;
         {
             let mut c: Array<&mut MapData, Config> = Array::try_from(
@@ -331,34 +341,40 @@ impl Tracer {
         Ok(v)
     }
 
-    /// All (key, value) pairs of the counts map.
-    pub fn counts(&self) -> Result<Vec<(StackKey, u64)>> {
-        let m: HashMap<&MapData, StackKey, u64> = HashMap::try_from(
-            self.ebpf
-                .map("COUNTS")
-                .ok_or_else(|| anyhow!("no COUNTS"))?,
-        )?;
-        Ok(m.iter().filter_map(|r| r.ok()).collect())
-    }
-
-    /// The stacks referenced by the counts, by hash (innermost first).
-    pub fn stacks(&self, ids: impl IntoIterator<Item = u64>) -> Result<StdHashMap<u64, Vec<u64>>> {
-        let m: HashMap<&MapData, u64, Stack> = HashMap::try_from(
-            self.ebpf
-                .map("STACKS")
-                .ok_or_else(|| anyhow!("no STACKS"))?,
-        )?;
-        let mut out = StdHashMap::new();
-        for id in ids {
-            if id == 0 || out.contains_key(&id) {
-                continue;
-            }
-            if let Ok(st) = m.get(&id, 0) {
-                let n = (st.len as usize).min(st.ips.len());
-                out.insert(id, st.ips[..n].to_vec());
+    /// Moves what the kernel collected so far into `into` and deletes it
+    /// from the maps, so they never fill, however long the capture.
+    ///
+    /// Counts are moved before stacks: a count's stacks are stored before the
+    /// count is, so every stack a moved count refers to is either still in
+    /// the map now or was moved by an earlier drain. Stacks are deleted only
+    /// once read, so a stack stored meanwhile stays for the next drain. An
+    /// increment landing between reading and deleting its count is lost (a
+    /// window of microseconds per key, once per drain).
+    pub fn drain(&mut self, into: &mut Collected) -> Result<()> {
+        {
+            let mut m: HashMap<&mut MapData, StackKey, u64> = HashMap::try_from(
+                self.ebpf
+                    .map_mut("COUNTS")
+                    .ok_or_else(|| anyhow!("no COUNTS"))?,
+            )?;
+            let entries: Vec<(StackKey, u64)> = m.iter().filter_map(|r| r.ok()).collect();
+            for (k, v) in entries {
+                *into.counts.entry(k).or_default() += v;
+                let _ = m.remove(&k);
             }
         }
-        Ok(out)
+        let mut m: HashMap<&mut MapData, u64, Stack> = HashMap::try_from(
+            self.ebpf
+                .map_mut("STACKS")
+                .ok_or_else(|| anyhow!("no STACKS"))?,
+        )?;
+        let entries: Vec<(u64, Stack)> = m.iter().filter_map(|r| r.ok()).collect();
+        for (h, st) in entries {
+            let n = (st.len as usize).min(st.ips.len());
+            into.stacks.entry(h).or_insert_with(|| st.ips[..n].to_vec());
+            let _ = m.remove(&h);
+        }
+        Ok(())
     }
 
     /// The latency histogram, summed over CPUs.

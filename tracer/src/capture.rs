@@ -11,7 +11,7 @@ use std::{
 use anyhow::Result;
 
 use crate::{
-    bpf::{Stats, Tracer},
+    bpf::{Collected, Stats, Tracer},
     procs::Processes,
 };
 
@@ -62,17 +62,26 @@ pub struct Options<'a> {
     pub targets: Vec<u32>,
     /// What the live line counts ("samples", "blocks", "calls").
     pub what: &'a str,
-    /// Snapshot processes as they appear (profile, offcpu).
+    /// Snapshot processes as they appear and move counts out of the kernel
+    /// maps as the capture goes (profile, offcpu).
     pub snapshot: bool,
+    /// How often counts are moved out of the kernel maps.
+    pub drain_every: Duration,
 }
 
-pub fn run(tracer: &Tracer, procs: &mut Processes, opts: &Options) -> Result<Outcome> {
+pub fn run(
+    tracer: &mut Tracer,
+    procs: &mut Processes,
+    collected: &mut Collected,
+    opts: &Options,
+) -> Result<Outcome> {
     STOP.store(false, Ordering::SeqCst);
     install_handlers();
     let live = std::io::stderr().is_terminal();
     let start = Instant::now();
     let mut last_poll = start;
     let mut last_live = start;
+    let mut last_drain = start;
     let reason = loop {
         std::thread::sleep(Duration::from_millis(50));
         let now = Instant::now();
@@ -86,6 +95,10 @@ pub fn run(tracer: &Tracer, procs: &mut Processes, opts: &Options) -> Result<Out
             last_poll = now;
             if opts.snapshot {
                 procs.observe(tracer.seen_tgids()?);
+                if now - last_drain >= opts.drain_every {
+                    last_drain = now;
+                    tracer.drain(collected)?;
+                }
             }
             if !opts.targets.is_empty() && opts.targets.iter().all(|&p| !alive(p)) {
                 break EndReason::TargetsExited;
@@ -110,6 +123,7 @@ pub fn run(tracer: &Tracer, procs: &mut Processes, opts: &Options) -> Result<Out
     let elapsed = start.elapsed();
     if opts.snapshot {
         procs.observe(tracer.seen_tgids()?);
+        tracer.drain(collected)?;
         procs.refresh();
     }
     Ok(Outcome {

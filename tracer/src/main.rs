@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use tracer::{
-    bpf::{LatencyTarget, Tracer},
+    bpf::{Collected, LatencyTarget, Tracer},
     capture::{self, EndReason},
     duration,
     filter::Filters,
@@ -87,6 +87,10 @@ struct CaptureArgs {
     /// Write capture statistics (samples, lost, symbolization time) as JSON.
     #[arg(long, value_name = "FILE")]
     stats: Option<PathBuf>,
+    /// How often counts and stacks are moved out of the kernel maps (keeps
+    /// them from filling on long captures).
+    #[arg(long, default_value = "2s", value_parser = duration::parse, hide = true)]
+    drain_every: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -229,7 +233,7 @@ struct CaptureStats {
 #[allow(clippy::too_many_arguments)]
 fn finish(
     command: &'static str,
-    tracer: &Tracer,
+    collected: &Collected,
     procs: &Processes,
     outcome: &capture::Outcome,
     cap: &CaptureArgs,
@@ -237,11 +241,9 @@ fn finish(
     scale: u64,
     default_title: String,
 ) -> Result<()> {
-    let counts: Vec<(StackKey, u64)> = tracer.counts()?;
-    let ids = counts.iter().flat_map(|(k, _)| [k.kstack, k.ustack]);
-    let stacks = tracer.stacks(ids)?;
+    let counts: Vec<(StackKey, u64)> = collected.counts.iter().map(|(k, v)| (*k, *v)).collect();
     let t0 = Instant::now();
-    let sym = symbolize::symbolize(&counts, &stacks, procs);
+    let sym = symbolize::symbolize(&counts, &collected.stacks, procs);
     let symbolize_ms = t0.elapsed().as_secs_f64() * 1e3;
     for n in &sym.notes {
         eprintln!("lbd-trace: note: {n}");
@@ -367,12 +369,14 @@ fn profile(a: ProfileArgs) -> Result<()> {
         targets: targets(&a.cap.filters),
         what: "samples",
         snapshot: true,
+        drain_every: a.cap.drain_every,
     };
-    let outcome = capture::run(&tracer, &mut procs, &opts)?;
+    let mut collected = Collected::default();
+    let outcome = capture::run(&mut tracer, &mut procs, &mut collected, &opts)?;
     let title = format!("lbd-trace profile, {} Hz", a.freq);
     finish(
         "profile",
-        &tracer,
+        &collected,
         &procs,
         &outcome,
         &a.cap,
@@ -402,11 +406,13 @@ fn offcpu(a: OffcpuArgs) -> Result<()> {
         targets: targets(&a.cap.filters),
         what: "blocks",
         snapshot: true,
+        drain_every: a.cap.drain_every,
     };
-    let outcome = capture::run(&tracer, &mut procs, &opts)?;
+    let mut collected = Collected::default();
+    let outcome = capture::run(&mut tracer, &mut procs, &mut collected, &opts)?;
     finish(
         "offcpu",
-        &tracer,
+        &collected,
         &procs,
         &outcome,
         &a.cap,
@@ -431,8 +437,10 @@ fn latency_cmd(a: LatencyArgs) -> Result<()> {
         targets: targets(&a.filters),
         what: "calls",
         snapshot: false,
+        drain_every: Duration::from_secs(3600),
     };
-    let outcome = capture::run(&tracer, &mut procs, &opts)?;
+    let mut collected = Collected::default();
+    let outcome = capture::run(&mut tracer, &mut procs, &mut collected, &opts)?;
     let hist = tracer.histogram()?;
     let r = latency::report(
         &a.target,

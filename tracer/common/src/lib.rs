@@ -71,7 +71,9 @@ pub struct Config {
     pub off_prev_pid: u32,
     pub off_prev_state: u32,
     pub off_next_pid: u32,
-    pub _pad: u32,
+    /// lbd-trace's own process, never traced (it would only show itself
+    /// reading maps and waiting).
+    pub self_tgid: u32,
 }
 
 /// Key of the counts map: one task and its two stacks. The value is a sample
@@ -106,7 +108,7 @@ pub struct OffStart {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: plain repr(C) data, no padding holes (explicit `_pad`), any bit
+    // SAFETY: plain repr(C) data without padding holes, any bit
     // pattern is valid.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::StackKey {}

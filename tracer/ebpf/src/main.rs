@@ -77,7 +77,7 @@ fn bump(slot: u32, by: u64) {
 /// Does the current task pass the filters?
 #[inline(always)]
 fn wanted(cfg: &Config, tgid: u32, tid: u32) -> bool {
-    if tid == 0 && cfg.flags & F_INCLUDE_IDLE == 0 {
+    if (tid == 0 && cfg.flags & F_INCLUDE_IDLE == 0) || tgid == cfg.self_tgid {
         return false;
     }
     if cfg.flags & F_FILTER_TASK != 0 {
