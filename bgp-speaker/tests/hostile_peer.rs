@@ -4,109 +4,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bgp_speaker::{PeerConfig, RouteAttrs, State};
+use common::raw::*;
 use common::*;
-
-const HOSTILE_AS: u16 = 65000;
-
-fn msg(ty: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![0xff; 16];
-    m.extend_from_slice(&((19 + body.len()) as u16).to_be_bytes());
-    m.push(ty);
-    m.extend_from_slice(body);
-    m
-}
-
-fn cap(code: u8, val: &[u8]) -> Vec<u8> {
-    let mut c = vec![code, val.len() as u8];
-    c.extend_from_slice(val);
-    c
-}
-
-fn open_with(version: u8, asn: u16, hold: u16, params: &[u8]) -> Vec<u8> {
-    let mut b = vec![version];
-    b.extend_from_slice(&asn.to_be_bytes());
-    b.extend_from_slice(&hold.to_be_bytes());
-    b.extend_from_slice(&[203, 0, 113, 7]);
-    b.push(params.len() as u8);
-    b.extend_from_slice(params);
-    msg(1, &b)
-}
-
-fn caps_param(caps: &[Vec<u8>]) -> Vec<u8> {
-    let all: Vec<u8> = caps.concat();
-    let mut p = vec![2, all.len() as u8];
-    p.extend_from_slice(&all);
-    p
-}
-
-fn good_open() -> Vec<u8> {
-    open_with(
-        4,
-        HOSTILE_AS,
-        9,
-        &caps_param(&[
-            cap(1, &[0, 1, 0, 1]),
-            cap(1, &[0, 2, 0, 1]),
-            cap(65, &65000u32.to_be_bytes()),
-        ]),
-    )
-}
-
-fn keepalive() -> Vec<u8> {
-    msg(4, &[])
-}
-
-/// UPDATE from raw withdrawn, attributes and NLRI.
-fn update(attrs: &[u8], nlri: &[u8]) -> Vec<u8> {
-    let mut b = vec![0, 0];
-    b.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
-    b.extend_from_slice(attrs);
-    b.extend_from_slice(nlri);
-    msg(2, &b)
-}
-
-const ORIGIN: [u8; 4] = [0x40, 1, 1, 0];
-const AS_PATH: [u8; 9] = [0x40, 2, 6, 2, 1, 0, 0, 0xfd, 0xe8];
-const NEXT_HOP: [u8; 7] = [0x40, 3, 4, 192, 0, 2, 1];
-
-/// Reads messages until a NOTIFICATION; returns (code, subcode) and checks
-/// the connection is closed after it.
-fn expect_notification(s: &mut TcpStream) -> (u8, u8) {
-    loop {
-        let mut h = [0u8; 19];
-        s.read_exact(&mut h)
-            .expect("read header before NOTIFICATION");
-        let len = usize::from(u16::from_be_bytes([h[16], h[17]]));
-        let mut body = vec![0u8; len - 19];
-        s.read_exact(&mut body).expect("read body");
-        if h[18] == 3 {
-            let mut rest = Vec::new();
-            let _ = s.read_to_end(&mut rest);
-            assert!(rest.is_empty(), "data after NOTIFICATION");
-            return (body[0], body[1]);
-        }
-    }
-}
-
-/// Reads our OPEN and KEEPALIVE after the peer's OPEN.
-fn expect_open_and_keepalive(s: &mut TcpStream) {
-    let mut types = Vec::new();
-    while types.len() < 2 {
-        let mut h = [0u8; 19];
-        s.read_exact(&mut h).expect("read header");
-        let len = usize::from(u16::from_be_bytes([h[16], h[17]]));
-        let mut body = vec![0u8; len - 19];
-        s.read_exact(&mut body).expect("read body");
-        assert_ne!(h[18], 3, "unexpected NOTIFICATION {body:?}");
-        types.push(h[18]);
-    }
-    assert_eq!(types, vec![1, 4]);
-}
 
 struct Case {
     name: &'static str,
@@ -270,10 +174,7 @@ fn hostile_peer_gets_notifications_and_frr_session_survives() {
     let ns = lab.router.clone();
     let target = SocketAddr::new(speaker_v6(1).parse().unwrap(), 179);
     let results = std::thread::spawn(move || {
-        let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-        use std::os::fd::AsRawFd;
-        // SAFETY: setns on this thread only.
-        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        enter_netns(&ns);
         let mut results = Vec::new();
         // Unknown capabilities alone are fine (RFC 5492): the session goes on.
         {
@@ -328,19 +229,4 @@ fn hostile_peer_gets_notifications_and_frr_session_survives() {
         .find(|p| p.peer == hostile)
         .unwrap();
     assert!(h.last_error.is_some(), "{h:?}");
-}
-
-fn connect(target: SocketAddr) -> TcpStream {
-    let mut last = None;
-    for _ in 0..100 {
-        match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
-            Ok(s) => {
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                return s;
-            }
-            Err(e) => last = Some(e),
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("connect {target}: {last:?}");
 }

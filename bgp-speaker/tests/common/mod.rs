@@ -2,6 +2,8 @@
 //! speakers running inside a namespace on their own thread.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::fs;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
