@@ -7,7 +7,7 @@ CARGO ?= cargo
 PROFILE := --release
 STAMP := target/.setup-stamp
 
-.PHONY: all setup build test lint fmt bench bench-dataplane demo clean tracer-static bench-tracer bench-bgp-speaker bench-bgp
+.PHONY: all setup build test lint fmt bench bench-dataplane demo clean tracer-static bench-tracer bench-bgp-speaker bench-bgp bench-flowmark
 
 all: build
 
@@ -37,7 +37,7 @@ test: $(STAMP)
 	$(MAKE) lint
 	$(MAKE) tracer-static
 
-bench: bench-dataplane bench-tracer bench-bgp-speaker
+bench: bench-dataplane bench-tracer bench-bgp-speaker bench-flowmark
 
 # lbd-trace as operators get it: one static musl binary, non-PIE so that
 # `file` says "statically linked" (see docs/tracer.md).
@@ -56,6 +56,11 @@ bench-bgp-speaker: $(STAMP)
 	$(CARGO) bench -p bgp-speaker --bench bgp -- --out $(CURDIR)/target/bench/bgp-speaker.json
 
 bench-bgp: bench-bgp-speaker
+
+# Per-packet cost of the tc egress marker (BPF_PROG_TEST_RUN vs a trivial
+# program) and iperf3 marked/unmarked over a veth pair, in one run.
+bench-flowmark: $(STAMP)
+	$(CARGO) run $(PROFILE) -p flowmark --bin flowmark-bench -- --out target/bench/flowmark.json
 
 bench-dataplane: $(STAMP)
 	$(CARGO) run $(PROFILE) -p dataplane --bin dataplane-bench -- --out target/bench/dataplane.json

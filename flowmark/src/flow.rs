@@ -127,14 +127,13 @@ impl FlowId {
     /// The key of the kernel flow map: the packet as it leaves this host.
     pub fn key(&self) -> Option<flowmark_common::FlowKey> {
         match (self.src.ip(), self.dst.ip()) {
-            (IpAddr::V6(s), IpAddr::V6(d)) => Some(flowmark_common::FlowKey {
-                src: s.octets(),
-                dst: d.octets(),
-                sport_be: self.src.port().to_be(),
-                dport_be: self.dst.port().to_be(),
-                proto: self.proto.number(),
-                _pad: [0; 3],
-            }),
+            (IpAddr::V6(s), IpAddr::V6(d)) => Some(flowmark_common::FlowKey::new(
+                s.octets(),
+                d.octets(),
+                self.src.port(),
+                self.dst.port(),
+                self.proto.number(),
+            )),
             _ => None,
         }
     }

@@ -12,7 +12,7 @@ use std::{ffi::CString, os::unix::fs::MetadataExt, path::Path};
 use anyhow::{Context, bail};
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
         SchedClassifier,
         tc::{self, NlOptions, TcAttach, TcAttachType, TcError},
@@ -31,6 +31,9 @@ pub struct Marker {
     ports: HashMap<MapData, u16, RuleValue>,
     cgroups: HashMap<MapData, u64, RuleValue>,
     stats: PerCpuArray<MapData, u64>,
+    config: Array<MapData, u32>,
+    /// HAS_* bits of the rules loaded so far.
+    rule_kinds: u32,
 }
 
 impl Marker {
@@ -46,12 +49,15 @@ impl Marker {
         let ports = HashMap::try_from(take("PORT_RULES")?)?;
         let cgroups = HashMap::try_from(take("CGROUP_RULES")?)?;
         let stats = PerCpuArray::try_from(take("STATS")?)?;
+        let config = Array::try_from(take("CONFIG")?)?;
         Ok(Marker {
             ebpf,
             flows,
             ports,
             cgroups,
             stats,
+            config,
+            rule_kinds: 0,
         })
     }
 
@@ -118,14 +124,25 @@ impl Marker {
     pub fn add_port_rule(&mut self, port: u16, semantic: u32) -> anyhow::Result<()> {
         self.ports
             .insert(&port, &RuleValue { semantic }, 0)
-            .context("writing the port rule map")
+            .context("writing the port rule map")?;
+        self.enable_rules(flowmark_common::HAS_PORT_RULES)
     }
 
     pub fn add_cgroup_rule(&mut self, cgroup: &Path, semantic: u32) -> anyhow::Result<()> {
         let id = cgroup_id(cgroup)?;
         self.cgroups
             .insert(&id, &RuleValue { semantic }, 0)
-            .context("writing the cgroup rule map")
+            .context("writing the cgroup rule map")?;
+        self.enable_rules(flowmark_common::HAS_CGROUP_RULES)
+    }
+
+    /// Tells the program a rule kind is in use; until then it skips that
+    /// lookup (and, for cgroups, the helper call) on every packet.
+    fn enable_rules(&mut self, kind: u32) -> anyhow::Result<()> {
+        self.rule_kinds |= kind;
+        self.config
+            .set(0, &self.rule_kinds, 0)
+            .context("writing the config map")
     }
 
     /// Kernel counters summed over CPUs, in `counter::NAMES` order.

@@ -36,14 +36,7 @@ fn v4_packet() -> Vec<u8> {
 }
 
 fn key(proto: u8, sport: u16, dport: u16) -> FlowKey {
-    FlowKey {
-        src: SRC6,
-        dst: DST6,
-        sport_be: sport.to_be(),
-        dport_be: dport.to_be(),
-        proto,
-        _pad: [0; 3],
-    }
+    FlowKey::new(SRC6, DST6, sport, dport, proto)
 }
 
 fn run(m: &mut Marker, input: &[u8]) -> (u32, Vec<u8>) {

@@ -73,16 +73,45 @@ pub const fn entropy_of(label: u32) -> u32 {
 /// Key of the flow map: the full 5-tuple of an IPv6 packet as it leaves
 /// this host (src = local side). Ports in network byte order, exactly as in
 /// the packet, so the kernel never swaps bytes.
+///
+/// Addresses are held as four 32-bit words in packet byte order: the kernel
+/// program fills them with four word loads each, where byte arrays would
+/// make LLVM emit calls to byte-at-a-time memcpy/memset subprograms.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
     pub sport_be: u16,
     pub dport_be: u16,
     /// IPPROTO_TCP (6) or IPPROTO_UDP (17).
     pub proto: u8,
-    pub _pad: [u8; 3],
+    // Scalars, not `[u8; 3]`: a zeroed array becomes a memset call in BPF.
+    pub _pad0: u8,
+    pub _pad1: u16,
+}
+
+impl FlowKey {
+    pub fn new(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, proto: u8) -> FlowKey {
+        FlowKey {
+            src: words(src),
+            dst: words(dst),
+            sport_be: sport.to_be(),
+            dport_be: dport.to_be(),
+            proto,
+            _pad0: 0,
+            _pad1: 0,
+        }
+    }
+}
+
+fn words(b: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+    ]
 }
 
 /// Value of the flow map. `label` is written by userspace once per flow; the
@@ -152,20 +181,8 @@ pub fn rule_entropy(key: &FlowKey) -> u32 {
     let mut h: u32 = 0x9e37_79b9;
     let mut i = 0;
     while i < 4 {
-        let s = u32::from_ne_bytes([
-            key.src[4 * i],
-            key.src[4 * i + 1],
-            key.src[4 * i + 2],
-            key.src[4 * i + 3],
-        ]);
-        let d = u32::from_ne_bytes([
-            key.dst[4 * i],
-            key.dst[4 * i + 1],
-            key.dst[4 * i + 2],
-            key.dst[4 * i + 3],
-        ]);
-        h = (h ^ s).wrapping_mul(0x85eb_ca6b).rotate_left(13);
-        h = (h ^ d).wrapping_mul(0xc2b2_ae35).rotate_left(13);
+        h = (h ^ key.src[i]).wrapping_mul(0x85eb_ca6b).rotate_left(13);
+        h = (h ^ key.dst[i]).wrapping_mul(0xc2b2_ae35).rotate_left(13);
         i += 1;
     }
     h ^= ((key.sport_be as u32) << 16) | key.dport_be as u32;
@@ -173,6 +190,11 @@ pub fn rule_entropy(key: &FlowKey) -> u32 {
     h ^= h >> 16;
     h & 0x1F
 }
+
+/// Bits of the CONFIG array's entry 0: which rule maps hold entries, so the
+/// program skips lookups (and the cgroup helper) for rule kinds not in use.
+pub const HAS_PORT_RULES: u32 = 1;
+pub const HAS_CGROUP_RULES: u32 = 2;
 
 #[cfg(feature = "user")]
 mod pod {

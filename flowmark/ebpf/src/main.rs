@@ -15,12 +15,12 @@ use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_OK},
     helpers::bpf_skb_cgroup_id,
     macros::{classifier, map},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::TcContext,
 };
 use flowmark_common::{
-    FlowKey, FlowValue, LABEL_MASK, MAX_FLOWS, MAX_RULES, RuleValue, counter, rule_entropy,
-    with_entropy,
+    FlowKey, FlowValue, HAS_CGROUP_RULES, HAS_PORT_RULES, LABEL_MASK, MAX_FLOWS, MAX_RULES,
+    RuleValue, counter, rule_entropy, with_entropy,
 };
 
 #[map]
@@ -31,6 +31,9 @@ static PORT_RULES: HashMap<u16, RuleValue> = HashMap::with_max_entries(MAX_RULES
 /// cgroup v2 id of the sending socket -> semantic label.
 #[map]
 static CGROUP_RULES: HashMap<u64, RuleValue> = HashMap::with_max_entries(MAX_RULES, 0);
+/// Entry 0: HAS_* bits (array lookups are inlined by the verifier: cheap).
+#[map]
+static CONFIG: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::NUM, 0);
 
@@ -97,20 +100,19 @@ fn mark(ctx: &TcContext) {
         count(counter::OTHER);
         return;
     }
-    let mut key = FlowKey {
-        src: [0; 16],
-        dst: [0; 16],
-        sport_be: 0,
-        dport_be: 0,
+    // Word loads (unaligned packet reads are fine for the verifier on this
+    // architecture); see FlowKey for why not byte arrays.
+    let word = |off: usize| unsafe { *((ip + off) as *const u32) };
+    let key = FlowKey {
+        src: [word(8), word(12), word(16), word(20)],
+        dst: [word(24), word(28), word(32), word(36)],
+        sport_be: unsafe { *((ip + IPV6_HLEN) as *const u16) },
+        dport_be: unsafe { *((ip + IPV6_HLEN + 2) as *const u16) },
         proto: next,
-        _pad: [0; 3],
+        _pad0: 0,
+        _pad1: 0,
     };
-    unsafe {
-        key.src = *((ip + 8) as *const [u8; 16]);
-        key.dst = *((ip + 24) as *const [u8; 16]);
-        key.sport_be = *((ip + IPV6_HLEN) as *const u16);
-        key.dport_be = *((ip + IPV6_HLEN + 2) as *const u16);
-    }
+    let rules = CONFIG.get(0).copied().unwrap_or(0);
     let label = if let Some(flow) = FLOWS.get_ptr_mut(&key) {
         // SAFETY: a pointer into the map value; plain adds (see FlowValue).
         unsafe {
@@ -119,11 +121,15 @@ fn mark(ctx: &TcContext) {
             count(counter::MARKED_FLOW);
             (*flow).label & LABEL_MASK
         }
-    } else if let Some(rule) = unsafe { PORT_RULES.get(&u16::from_be(key.sport_be)) } {
+    } else if let Some(rule) = (rules & HAS_PORT_RULES != 0)
+        .then(|| unsafe { PORT_RULES.get(&u16::from_be(key.sport_be)) })
+        .flatten()
+    {
         count(counter::MARKED_PORT);
         with_entropy(rule.semantic, rule_entropy(&key))
-    } else if let Some(rule) =
-        unsafe { CGROUP_RULES.get(&bpf_skb_cgroup_id(ctx.as_ptr() as *mut __sk_buff)) }
+    } else if let Some(rule) = (rules & HAS_CGROUP_RULES != 0)
+        .then(|| unsafe { CGROUP_RULES.get(&bpf_skb_cgroup_id(ctx.as_ptr() as *mut __sk_buff)) })
+        .flatten()
     {
         count(counter::MARKED_CGROUP);
         with_entropy(rule.semantic, rule_entropy(&key))
