@@ -13,13 +13,13 @@ use bgp_speaker::{PeerConfig, State};
 use common::raw::*;
 use common::*;
 
-/// Runs one collision; returns (NOTIFICATION seen on the speaker's
-/// connection, on ours) — the survivor reaches Established instead.
-fn collide(
-    lab: &Lab,
-    listener: &TcpListener,
-    peer_id: [u8; 4],
-) -> (Option<(u8, u8)>, Option<(u8, u8)>) {
+/// A NOTIFICATION's (code, subcode), or None for the connection that
+/// reached Established.
+type Outcome = Option<(u8, u8)>;
+
+/// Runs one collision; returns the outcome on the speaker's connection and
+/// on ours.
+fn collide(lab: &Lab, listener: &TcpListener, peer_id: [u8; 4]) -> (Outcome, Outcome) {
     let mut cfg = speaker_config(1, &[]);
     let mut p = PeerConfig::new(router_v6(1).parse().unwrap(), 65000);
     p.connect_retry = Duration::from_secs(30);
