@@ -27,7 +27,7 @@ use aya::{
 };
 use dataplane_common::{
     BUCKETS_LEN, Bucket, Config, FAMILY_V4, FAMILY_V6, MAX_NODES, MAX_TABLE_SIZE, MAX_VIPS,
-    NodeInfo, SLOTS_PER_VIP, VipInfo, VipKey, counter,
+    NodeInfo, SLOTS_PER_VIP, VipInfo, VipKey, VipKey4, counter,
 };
 use tracing::{info, warn};
 
@@ -40,9 +40,10 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lbd";
 /// Size of one element slot in a BPF array (values are 8-byte aligned).
 const ARRAY_SLOT: usize = 8;
 
-const MAPS: [&str; 5] = [
+const MAPS: [&str; 6] = [
     "LBD_CONFIG",
-    "LBD_VIPS",
+    "LBD_VIPS4",
+    "LBD_VIPS6",
     "LBD_BUCKETS",
     "LBD_NODES",
     "LBD_STATS",
@@ -260,9 +261,30 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Every installed VIP (both maps), with the family-independent key.
     fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>> {
-        let map: HashMap<&MapData, VipKey, VipInfo> = HashMap::try_from(self.map_ref("LBD_VIPS")?)?;
-        map.iter().map(|r| r.context("reading LBD_VIPS")).collect()
+        let v4: HashMap<&MapData, VipKey4, VipInfo> =
+            HashMap::try_from(self.map_ref("LBD_VIPS4")?)?;
+        let v6: HashMap<&MapData, VipKey, VipInfo> = HashMap::try_from(self.map_ref("LBD_VIPS6")?)?;
+        let mut all = Vec::new();
+        for r in v4.iter() {
+            let (k, info) = r.context("reading LBD_VIPS4")?;
+            let mut addr = [0u8; 16];
+            addr[..4].copy_from_slice(&k.addr);
+            all.push((
+                VipKey {
+                    addr,
+                    port_be: k.port_be,
+                    proto: k.proto,
+                    family: FAMILY_V4,
+                },
+                info,
+            ));
+        }
+        for r in v6.iter() {
+            all.push(r.context("reading LBD_VIPS6")?);
+        }
+        Ok(all)
     }
 
     /// Installs `table` for `vip`: writes the idle slot, then flips the VIP's
@@ -299,10 +321,19 @@ impl Dataplane {
             mss_clamp,
             _pad: 0,
         };
-        let mut vips: HashMap<&mut MapData, VipKey, VipInfo> =
-            HashMap::try_from(self.map("LBD_VIPS")?)?;
-        vips.insert(&key, &info, 0)
-            .with_context(|| format!("{vip}: activating table"))?;
+        match key.v4() {
+            Some(k4) => {
+                let mut vips: HashMap<&mut MapData, VipKey4, VipInfo> =
+                    HashMap::try_from(self.map("LBD_VIPS4")?)?;
+                vips.insert(&k4, &info, 0)
+            }
+            None => {
+                let mut vips: HashMap<&mut MapData, VipKey, VipInfo> =
+                    HashMap::try_from(self.map("LBD_VIPS6")?)?;
+                vips.insert(&key, &info, 0)
+            }
+        }
+        .with_context(|| format!("{vip}: activating table"))?;
         Ok(())
     }
 
@@ -362,9 +393,20 @@ impl Dataplane {
 
     /// Stops steering `vip` (its packets then pass to the local stack).
     pub fn remove_vip(&mut self, vip: &Vip) -> Result<()> {
-        let mut vips: HashMap<&mut MapData, VipKey, VipInfo> =
-            HashMap::try_from(self.map("LBD_VIPS")?)?;
-        match vips.remove(&vip.key()) {
+        let key = vip.key();
+        let removed = match key.v4() {
+            Some(k4) => {
+                let mut vips: HashMap<&mut MapData, VipKey4, VipInfo> =
+                    HashMap::try_from(self.map("LBD_VIPS4")?)?;
+                vips.remove(&k4)
+            }
+            None => {
+                let mut vips: HashMap<&mut MapData, VipKey, VipInfo> =
+                    HashMap::try_from(self.map("LBD_VIPS6")?)?;
+                vips.remove(&key)
+            }
+        };
+        match removed {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("removing {vip}")),
         }

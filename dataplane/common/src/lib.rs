@@ -42,7 +42,8 @@ pub const HOP_FIRST: u8 = 1;
 pub const HOP_SECOND: u8 = 2;
 pub const IPV4_ID_MARK: u16 = 0x4c00;
 
-/// Key of the VIP map: (address, port, protocol).
+/// Key of the IPv6 VIP map (and the family-independent key userspace uses):
+/// (address, port, protocol).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct VipKey {
@@ -56,7 +57,30 @@ pub struct VipKey {
     pub family: u8,
 }
 
-/// Value of the VIP map.
+/// Key of the IPv4 VIP map: a compact key hashes and compares faster than
+/// the 20-byte [`VipKey`] (IPv4 VIPs are the common case).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VipKey4 {
+    pub addr: [u8; 4],
+    pub port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl VipKey {
+    /// The compact key of an IPv4 VIP.
+    pub fn v4(&self) -> Option<VipKey4> {
+        (self.family == FAMILY_V4).then_some(VipKey4 {
+            addr: [self.addr[0], self.addr[1], self.addr[2], self.addr[3]],
+            port_be: self.port_be,
+            proto: self.proto,
+            _pad: 0,
+        })
+    }
+}
+
+/// Value of the VIP maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VipInfo {
@@ -173,6 +197,7 @@ mod pod {
     // SAFETY: all of these are repr(C), Copy, with explicit padding fields and
     // no pointers: any byte pattern is a valid value.
     unsafe impl aya::Pod for super::VipKey {}
+    unsafe impl aya::Pod for super::VipKey4 {}
     unsafe impl aya::Pod for super::VipInfo {}
     unsafe impl aya::Pod for super::Bucket {}
     unsafe impl aya::Pod for super::NodeInfo {}

@@ -6,13 +6,13 @@
 //! untouched (counted); VIP traffic is TCP with DF set, so none is expected.
 use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
 use dataplane_common::{
-    Config, FAMILY_V4, FAMILY_V6, HOP_FIRST, HOP_SECOND, IPV4_ID_MARK, VipInfo, VipKey,
+    Config, FAMILY_V4, FAMILY_V6, HOP_FIRST, HOP_SECOND, IPV4_ID_MARK, VipInfo, VipKey, VipKey4,
     counter::{DROP_MALFORMED, FRAGMENT, NOT_VIP},
     flow_hash_v4, flow_hash_v6,
 };
 
 use crate::{
-    maps::{FLOW, VIPS},
+    maps::{FLOW, VIPS4, VIPS6},
     packet::*,
 };
 
@@ -169,7 +169,16 @@ fn vip_lookup(addr: &[u8; 16], port: [u8; 2], proto: u8, family: u8) -> Option<V
         proto,
         family,
     };
-    unsafe { VIPS.get(&key) }.copied()
+    if family == FAMILY_V4 {
+        let key4 = VipKey4 {
+            addr: [addr[0], addr[1], addr[2], addr[3]],
+            port_be: key.port_be,
+            proto,
+            _pad: 0,
+        };
+        return unsafe { VIPS4.get(&key4) }.copied();
+    }
+    unsafe { VIPS6.get(&key) }.copied()
 }
 
 /// Outer IPv4 identification -> hop; anything not ours is terminal.
@@ -253,10 +262,10 @@ fn classify_v4(ctx: &XdpContext, cfg: &Config, l3: usize, outer: bool, flow: &mu
     let l4 = l3 + ihl;
 
     if outer && eq4(&daddr, &cfg.self_v4) {
+        // The node's own address: our encapsulation, or ordinary traffic
+        // to the node (no VIP lookup needed: the fast not-VIP path).
         let hop = hop_from_v4_id(be16(ip, 4));
-        if let Some(p) = decap_of(ctx, cfg, proto, l4, ihl, hop) {
-            return p;
-        }
+        return decap_of(ctx, cfg, proto, l4, ihl, hop).unwrap_or(Parsed::Pass(NOT_VIP));
     }
 
     flow.family = FAMILY_V4;
@@ -349,9 +358,7 @@ fn classify_v6(ctx: &XdpContext, cfg: &Config, l3: usize, outer: bool, flow: &mu
 
     if outer && !is_zero16(&cfg.self_v6) && eq16(&flow.daddr, &cfg.self_v6) {
         let hop = hop_from_flow_label(ip[3]);
-        if let Some(p) = decap_of(ctx, cfg, nh, l4, IPV6_LEN, hop) {
-            return p;
-        }
+        return decap_of(ctx, cfg, nh, l4, IPV6_LEN, hop).unwrap_or(Parsed::Pass(NOT_VIP));
     }
 
     flow.family = FAMILY_V6;

@@ -11,7 +11,7 @@
 //! - hop marker: IPv4 identification `0x4c00 | hop`, IPv6 flow label low bits.
 use aya_ebpf::{
     bindings::{xdp_action, xdp_md},
-    helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
 use dataplane_common::{
@@ -21,7 +21,7 @@ use dataplane_common::{
 
 use crate::{
     classify::Flow,
-    maps::{NODES, count},
+    maps::{NEXTHOP, NODES, count},
     packet::*,
 };
 
@@ -46,6 +46,22 @@ struct FibParams {
     vlan: u32,
     smac: [u8; 6],
     dmac: [u8; 6],
+}
+
+/// How long a cached next hop is trusted.
+const NEXTHOP_TTL_NS: u64 = 1_000_000_000;
+
+/// A resolved next hop towards one node.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NextHop {
+    expires: u64,
+    from_ifindex: u32,
+    ifindex: u32,
+    mtu: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    _pad: u32,
 }
 
 /// Encapsulates the flow's packet (its IP header starts right after L2, at
@@ -100,40 +116,12 @@ fn encapsulate(
 
     // Route the outer packet before touching the frame: on failure the
     // packet is dropped unchanged and counted.
-    let mut fib = FibParams {
-        family: if outer_v4 { AF_INET } else { AF_INET6 },
-        l4_protocol: if gue { IPPROTO_UDP } else { inner_proto },
-        sport: 0,
-        dport: 0,
-        tot_len: total as u16,
-        ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
-        flowinfo: 0,
-        src: [0; 16],
-        dst: [0; 16],
-        vlan: 0,
-        smac: [0; 6],
-        dmac: [0; 6],
-    };
-    if outer_v4 {
-        fib.src[..4].copy_from_slice(&cfg.self_v4);
-        fib.dst[..4].copy_from_slice(&n.addr[..4]);
-    } else {
-        fib.src = cfg.self_v6;
-        fib.dst = n.addr;
-    }
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.ctx as *mut _,
-            &mut fib as *mut FibParams as *mut _,
-            64,
-            0,
-        )
-    };
-    if rc == FIB_FRAG_NEEDED {
-        return Err(DROP_TOO_BIG);
-    }
-    if rc != FIB_SUCCESS {
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    let Some(hop_l2) = next_hop(ctx, cfg, node, &n.addr, outer_v4, ingress) else {
         return Err(DROP_NO_ROUTE);
+    };
+    if total > hop_l2.mtu as usize {
+        return Err(DROP_TOO_BIG);
     }
 
     // Keep the VLAN tag (if any) as it was; only MACs and ethertype change.
@@ -152,8 +140,8 @@ fn encapsulate(
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(outer_len as i32)) } != 0 {
         return Err(DROP_ENCAP);
     }
-    l2[0..6].copy_from_slice(&fib.dmac);
-    l2[6..12].copy_from_slice(&fib.smac);
+    l2[0..6].copy_from_slice(&hop_l2.dmac);
+    l2[6..12].copy_from_slice(&hop_l2.smac);
     let ethertype = if outer_v4 { ETH_P_IP } else { ETH_P_IPV6 }.to_be_bytes();
     if l2_len == ETH_LEN + VLAN_LEN {
         let Some(new) = bytes::<{ ETH_LEN + VLAN_LEN }>(ctx, 0) else {
@@ -207,12 +195,75 @@ fn encapsulate(
         ];
     }
 
-    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    if fib.ifindex == ingress {
+    if hop_l2.ifindex == ingress {
         Ok(xdp_action::XDP_TX)
     } else {
-        Ok(unsafe { bpf_redirect(fib.ifindex, 0) } as u32)
+        Ok(unsafe { bpf_redirect(hop_l2.ifindex, 0) } as u32)
     }
+}
+
+/// The L2 next hop towards `node`, from the per-CPU cache or, when that
+/// entry is older than NEXTHOP_TTL_NS or was learnt on another interface,
+/// from two FIB lookups (the first learns the path MTU, the second
+/// resolves the neighbour). Caching saves a FIB and neighbour lookup on
+/// every forwarded packet; route and neighbour changes apply within the TTL.
+#[inline(always)]
+fn next_hop(
+    ctx: &XdpContext,
+    cfg: &Config,
+    node: u16,
+    dst: &[u8; 16],
+    v4: bool,
+    ingress: u32,
+) -> Option<NextHop> {
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let slot = NEXTHOP.get_ptr_mut(node as u32)?;
+    let cached = unsafe { &mut *slot };
+    if cached.expires > now && cached.from_ifindex == ingress {
+        return Some(*cached);
+    }
+    let mut fib = FibParams {
+        family: if v4 { AF_INET } else { AF_INET6 },
+        l4_protocol: IPPROTO_UDP,
+        sport: 0,
+        dport: 0,
+        tot_len: 0xffff,
+        ifindex: ingress,
+        flowinfo: 0,
+        src: [0; 16],
+        dst: [0; 16],
+        vlan: 0,
+        smac: [0; 6],
+        dmac: [0; 6],
+    };
+    if v4 {
+        fib.src[..4].copy_from_slice(&cfg.self_v4);
+        fib.dst[..4].copy_from_slice(&dst[..4]);
+    } else {
+        fib.src = cfg.self_v6;
+        fib.dst = *dst;
+    }
+    let ptr = &mut fib as *mut FibParams as *mut _;
+    let mut mtu = 0xffff;
+    let mut rc = unsafe { bpf_fib_lookup(ctx.ctx as *mut _, ptr, 64, 0) };
+    if rc == FIB_FRAG_NEEDED {
+        mtu = fib.tot_len as u32; // the kernel wrote mtu_result here
+        fib.tot_len = 0;
+        rc = unsafe { bpf_fib_lookup(ctx.ctx as *mut _, ptr, 64, 0) };
+    }
+    if rc != FIB_SUCCESS {
+        return None;
+    }
+    *cached = NextHop {
+        expires: now + NEXTHOP_TTL_NS,
+        from_ifindex: ingress,
+        ifindex: fib.ifindex,
+        mtu,
+        smac: fib.smac,
+        dmac: fib.dmac,
+        _pad: 0,
+    };
+    Some(*cached)
 }
 
 #[inline(always)]

@@ -1,14 +1,14 @@
 //! The maps shared with userspace. All are pinned by name (under the pin path
 //! the loader chooses), so a restarted daemon finds the live tables and
 //! counters instead of starting empty.
-use crate::classify::Flow;
+use crate::{classify::Flow, encap::NextHop};
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
 use dataplane_common::{
     BUCKETS_LEN, Bucket, Config, MAX_NODES, MAX_VIPS, NodeInfo, STATS_LEN, VipInfo, VipKey,
-    counter::NUM_COUNTERS,
+    VipKey4, counter::NUM_COUNTERS,
 };
 
 /// BPF_F_NO_PREALLOC: updates replace the element under RCU, so a reader
@@ -19,8 +19,11 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 #[map(name = "LBD_CONFIG")]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
-#[map(name = "LBD_VIPS")]
-pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::pinned(MAX_VIPS, BPF_F_NO_PREALLOC);
+#[map(name = "LBD_VIPS4")]
+pub static VIPS4: HashMap<VipKey4, VipInfo> = HashMap::pinned(MAX_VIPS, BPF_F_NO_PREALLOC);
+
+#[map(name = "LBD_VIPS6")]
+pub static VIPS6: HashMap<VipKey, VipInfo> = HashMap::pinned(MAX_VIPS, BPF_F_NO_PREALLOC);
 
 /// BPF_F_MMAPABLE: userspace writes a whole table with one memcpy instead
 /// of one syscall per bucket (65537 of them), so every node switches tables
@@ -39,6 +42,10 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STATS_LEN, 0);
 /// Scratch space for the flow being steered (too big for the BPF stack).
 #[map(name = "LBD_FLOW")]
 pub static FLOW: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU cache of resolved next hops by node id (not pinned: a cache).
+#[map(name = "LBD_NEXTHOP")]
+pub static NEXTHOP: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_NODES, 0);
 
 /// Per-CPU counter: plain increment, no atomics needed.
 #[inline(always)]

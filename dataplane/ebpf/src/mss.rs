@@ -6,7 +6,7 @@ use aya_ebpf::programs::TcContext;
 use dataplane_common::{FAMILY_V4, FAMILY_V6, VipKey, counter::MSS_CLAMPED};
 
 use crate::{
-    maps::{VIPS, count},
+    maps::{VIPS4, VIPS6, count},
     packet::*,
 };
 
@@ -49,7 +49,10 @@ pub fn clamp(ctx: &TcContext) -> Option<()> {
         return None;
     }
     key.port_be = u16::from_ne_bytes([th[0], th[1]]);
-    let vip = unsafe { VIPS.get(&key) }.copied()?;
+    let vip = match key.v4() {
+        Some(k4) => unsafe { VIPS4.get(&k4) }.copied()?,
+        None => unsafe { VIPS6.get(&key) }.copied()?,
+    };
     if vip.mss_clamp == 0 {
         return None;
     }

@@ -73,7 +73,11 @@ pub fn steer(raw: *mut xdp_md, cfg: &Config, hop_in: u8) -> u32 {
     // the bucket's second hop. While a table update is being rolled out the
     // sender may have had a newer or older table than ours: then our own
     // first hop is where the connection most likely lives.
-    let next = if bucket.first != cfg.self_id { bucket.first } else { bucket.second };
+    let next = if bucket.first != cfg.self_id {
+        bucket.first
+    } else {
+        bucket.second
+    };
     let keep = next == NO_HOP
         || next == cfg.self_id
         || matches!(flow.kind, Kind::Syn | Kind::Udp)

@@ -8,6 +8,7 @@
 pub mod bed;
 mod http;
 mod netns;
+pub mod packets;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},

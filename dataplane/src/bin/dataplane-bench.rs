@@ -1,0 +1,274 @@
+//! `make bench-dataplane`: per-packet cost of the XDP forwarder through
+//! BPF_PROG_TEST_RUN, measured the way that stays comparable on a noisy
+//! shared VM: a loop of repeat-1 runs on fresh input (the kernel copies the
+//! input every run), the kernel-reported duration of each, mean and p50,
+//! pinned to one CPU, with a trivial `return XDP_TX` program measured in
+//! the same run, interleaved with the cases, as the baseline.
+//! Also the Maglev build time. Writes target/bench/dataplane.json.
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
+
+use anyhow::{Context, Result, ensure};
+use clap::Parser;
+use dataplane::{
+    lab::{bed::*, packets::*},
+    maglev,
+};
+use dataplane_common::{ENCAP_GUE, ENCAP_IPIP, HOP_FIRST, NO_HOP};
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(about = "Per-packet cost of the lbd XDP forwarder (BPF_PROG_TEST_RUN)")]
+struct Args {
+    /// Runs per case (each a separate repeat-1 syscall).
+    #[arg(long, default_value_t = 100_000)]
+    runs: usize,
+    /// CPU to pin the measuring thread to.
+    #[arg(long, default_value_t = 1)]
+    cpu: usize,
+    #[arg(long, default_value = "target/bench/dataplane.json")]
+    out: PathBuf,
+}
+
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+/// One case: the tables and encapsulation it needs, its packet, and the
+/// verdict that proves it took the intended path.
+struct Case {
+    name: &'static str,
+    encap: u8,
+    tables: (u16, u16),
+    packet: Vec<u8>,
+    program: &'static str,
+    expect: u32,
+    samples: Vec<u64>,
+}
+
+#[derive(Serialize)]
+struct CaseOut {
+    name: &'static str,
+    ns_mean: f64,
+    ns_p50: u64,
+    ns_above_baseline_mean: f64,
+    ns_above_baseline_p50: i64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    baseline_xdp_tx_ns: f64,
+    baseline_xdp_tx_ns_p50: u64,
+    runs_per_case: usize,
+    cases: Vec<CaseOut>,
+    maglev_build_ms: std::collections::BTreeMap<String, f64>,
+}
+
+fn pin_to(cpu: usize) -> Result<()> {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        ensure!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    pin_to(args.cpu.min(cpus - 1))?;
+    let mut bed = Bed::new(ENCAP_GUE)?;
+
+    // A real connection, so the socket lookup of the second-hop case finds
+    // an established socket.
+    let listener = std::net::TcpListener::bind(SocketAddr::new(IpAddr::from(VIP4), 80))?;
+    let client = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    client.bind(&SocketAddr::new(IpAddr::from(CLIENT4), 0).into())?;
+    client.connect(&SocketAddr::new(IpAddr::from(VIP4), 80).into())?;
+    let (_server_side, _) = listener.accept()?;
+    let cport = client
+        .local_addr()?
+        .as_socket()
+        .context("client address")?
+        .port();
+
+    let syn = tcp4(CLIENT4, 40000, VIP4, 80, Tcp::Syn, b"");
+    let ack = tcp4(CLIENT4, 40001, VIP4, 80, Tcp::Ack, &[0x42; 64]);
+    let established = tcp4(CLIENT4, cport, VIP4, 80, Tcp::Ack, &[0x42; 64]);
+    // Not VIP traffic as a node sees it: addressed to the node itself.
+    let not_vip = tcp4(CLIENT4, 40002, SELF4, 22, Tcp::Ack, &[0x42; 64]);
+    let h = flow4(CLIENT4, 40001, VIP4, 80, 6);
+    let gue_in = arriving(&ack, Underlay::V4(N2_4, SELF4), true, HOP_FIRST, h);
+
+    let case = |name, encap, tables, packet: &Vec<u8>, program, expect| Case {
+        name,
+        encap,
+        tables,
+        packet: packet.clone(),
+        program,
+        expect,
+        samples: Vec::with_capacity(args.runs),
+    };
+    let mut cases = vec![
+        case(
+            "baseline_xdp_tx",
+            ENCAP_GUE,
+            (SELF, NO_HOP),
+            &ack,
+            "lbd_tx",
+            XDP_TX,
+        ),
+        case(
+            "forward_gue",
+            ENCAP_GUE,
+            (N2, NO_HOP),
+            &ack,
+            "lbd_xdp",
+            XDP_TX,
+        ),
+        case(
+            "forward_ipip",
+            ENCAP_IPIP,
+            (N2, NO_HOP),
+            &ack,
+            "lbd_xdp",
+            XDP_TX,
+        ),
+        case(
+            "local_syn",
+            ENCAP_GUE,
+            (SELF, N2),
+            &syn,
+            "lbd_xdp",
+            XDP_PASS,
+        ),
+        case(
+            "local_established",
+            ENCAP_GUE,
+            (SELF, NO_HOP),
+            &ack,
+            "lbd_xdp",
+            XDP_PASS,
+        ),
+        case(
+            "local_established_second_hop",
+            ENCAP_GUE,
+            (SELF, N2),
+            &established,
+            "lbd_xdp",
+            XDP_PASS,
+        ),
+        case(
+            "second_hop_forward",
+            ENCAP_GUE,
+            (SELF, N2),
+            &ack,
+            "lbd_xdp",
+            XDP_TX,
+        ),
+        case(
+            "decap",
+            ENCAP_GUE,
+            (SELF, NO_HOP),
+            &gue_in,
+            "lbd_xdp",
+            XDP_PASS,
+        ),
+        case(
+            "not_vip",
+            ENCAP_GUE,
+            (SELF, NO_HOP),
+            &not_vip,
+            "lbd_xdp",
+            XDP_PASS,
+        ),
+    ];
+
+    // Interleave the cases in rounds so that machine noise hits all alike.
+    let rounds = 20;
+    let per_round = args.runs.div_ceil(rounds);
+    for round in 0..rounds {
+        for c in &mut cases {
+            bed.set_encap(c.encap)?;
+            bed.tables(c.tables.0, c.tables.1)?;
+            for _ in 0..per_round {
+                let r = bed.run_program(c.program, &c.packet)?;
+                ensure!(
+                    r.action == c.expect,
+                    "{}: verdict {} (want {})",
+                    c.name,
+                    r.action,
+                    c.expect
+                );
+                c.samples.push(r.duration.as_nanos() as u64);
+            }
+        }
+        eprint!("\rround {}/{rounds}", round + 1);
+    }
+    eprintln!();
+
+    let stats = |s: &mut Vec<u64>| {
+        s.sort_unstable();
+        (
+            s.iter().sum::<u64>() as f64 / s.len() as f64,
+            s[s.len() / 2],
+        )
+    };
+    let (base_mean, base_p50) = stats(&mut cases[0].samples);
+    let mut out = Vec::new();
+    for c in cases.iter_mut().skip(1) {
+        let (mean, p50) = stats(&mut c.samples);
+        out.push(CaseOut {
+            name: c.name,
+            ns_mean: (mean * 10.0).round() / 10.0,
+            ns_p50: p50,
+            ns_above_baseline_mean: ((mean - base_mean) * 10.0).round() / 10.0,
+            ns_above_baseline_p50: p50 as i64 - base_p50 as i64,
+        });
+    }
+    let mut maglev_build_ms = std::collections::BTreeMap::new();
+    for n in [10usize, 100] {
+        maglev_build_ms.insert(
+            n.to_string(),
+            maglev::bench_build_ms(n, maglev::DEFAULT_TABLE_SIZE, 21),
+        );
+    }
+    let report = Report {
+        baseline_xdp_tx_ns: (base_mean * 10.0).round() / 10.0,
+        baseline_xdp_tx_ns_p50: base_p50,
+        runs_per_case: per_round * rounds,
+        cases: out,
+        maglev_build_ms,
+    };
+
+    println!(
+        "{:<30} {:>9} {:>8} {:>16} {:>15}",
+        "case", "mean ns", "p50 ns", "mean above base", "p50 above base"
+    );
+    println!(
+        "{:<30} {:>9.1} {:>8} {:>16} {:>15}",
+        "baseline (return XDP_TX)", report.baseline_xdp_tx_ns, base_p50, "-", "-"
+    );
+    for c in &report.cases {
+        println!(
+            "{:<30} {:>9.1} {:>8} {:>16.1} {:>15}",
+            c.name, c.ns_mean, c.ns_p50, c.ns_above_baseline_mean, c.ns_above_baseline_p50
+        );
+    }
+    for (n, ms) in &report.maglev_build_ms {
+        println!("maglev build, M=65537, N={n:<4} {ms:>8.2} ms");
+    }
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)?;
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
