@@ -65,9 +65,9 @@ bench-flowmark: $(STAMP)
 bench-dataplane: $(STAMP)
 	$(CARGO) run $(PROFILE) -p dataplane --bin dataplane-bench -- --out target/bench/dataplane.json
 
+# Until the full lbd lab exists (issue 5): the dataplane live in namespaces.
 demo: $(STAMP)
-	$(CARGO) build $(PROFILE) -p dataplane --bins
-	./dataplane/demo/run.sh
+	$(CARGO) run $(PROFILE) -p dataplane --bin dataplane-demo
 
 clean:
 	$(CARGO) clean
