@@ -3,7 +3,7 @@
 //! lands without sending a packet.
 use std::net::IpAddr;
 
-use dataplane_common::{Bucket, flow_hash_v4, flow_hash_v6};
+use dataplane_common::{Bucket, bucket_index, flow_hash_v4, flow_hash_v6};
 
 /// A flow in the client-to-VIP direction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -47,7 +47,8 @@ impl Flow {
         if table_size == 0 {
             return None;
         }
-        Some(self.hash(seed)? as usize % table_size)
+        let size = u32::try_from(table_size).ok()?;
+        Some(bucket_index(self.hash(seed)?, size) as usize)
     }
 
     /// The bucket (first and second hop) the flow maps to.

@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     Bucket, Config, FAMILY_V4, HOP_FIRST, HOP_SECOND, MAX_TABLE_SIZE, MAX_VIPS, NO_HOP,
-    SLOTS_PER_VIP,
+    SLOTS_PER_VIP, bucket_index,
     counter::{DECAP, DROP_NO_NODE, FWD_FIRST_HOP, FWD_SECOND_HOP, ICMP_TO_OWNER, PASS_LOCAL},
 };
 
@@ -36,7 +36,7 @@ fn bucket_of(flow: &Flow) -> Option<Bucket> {
         return None;
     }
     let slot = vip.index * SLOTS_PER_VIP + (vip.active_slot & 1);
-    let pos = slot * MAX_TABLE_SIZE + flow.hash % vip.table_size;
+    let pos = slot * MAX_TABLE_SIZE + bucket_index(flow.hash, vip.table_size);
     BUCKETS.get(pos).copied()
 }
 

@@ -37,20 +37,37 @@ fn main() -> Result<()> {
     let started = Instant::now();
 
     step("Building the lab: client, router (ECMP), 4 storage nodes (3 in service)");
-    let mut lab = Lab::build(LabOptions { nodes: 4, active: 3, ..Default::default() })?;
+    let mut lab = Lab::build(LabOptions {
+        nodes: 4,
+        active: 3,
+        ..Default::default()
+    })?;
     lab.start_servers()?;
     println!("client {}  router {}", lab.client.name, lab.router.name);
     for n in &lab.nodes {
-        println!("{}: namespace {}, uplink {} {} / {}", n.name(), n.ns.name, n.uplink, n.underlay, n.underlay6);
+        println!(
+            "{}: namespace {}, uplink {} {} / {}",
+            n.name(),
+            n.ns.name,
+            n.uplink,
+            n.underlay,
+            n.underlay6
+        );
     }
-    println!("VIPs {VIP4} and {VIP6}, port 80; Maglev table of {} buckets per VIP", lab.opts.table_size);
+    println!(
+        "VIPs {VIP4} and {VIP6}, port 80; Maglev table of {} buckets per VIP",
+        lab.opts.table_size
+    );
     println!("router's VIP routes:\n{}", indent(&lab.route()?));
 
     step("Steady state: 300 connections (IPv4 and IPv6) through the router");
     check()?;
     let tally = whoami_round(&lab, 300)?;
     println!("served by: {}", show(&tally.0));
-    println!("every connection served by the node the predictor named: {}/{}", tally.1, 300);
+    println!(
+        "every connection served by the node the predictor named: {}/{}",
+        tally.1, 300
+    );
     print_counters(&lab)?;
 
     step("Long downloads running; node 4 joins (tables first, then the route)");
@@ -88,7 +105,10 @@ fn main() -> Result<()> {
     print_counters(&lab)?;
 
     step("Report");
-    println!("lab built, 540 short connections and {total} long downloads in {:.1?}", started.elapsed());
+    println!(
+        "lab built, 540 short connections and {total} long downloads in {:.1?}",
+        started.elapsed()
+    );
     println!("downloads broken by membership changes: {}", total - ok);
     println!("tearing down (namespaces, links, pinned maps)");
     drop(lab);
@@ -99,11 +119,17 @@ fn main() -> Result<()> {
 }
 
 fn indent(s: &str) -> String {
-    s.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+    s.lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn show(m: &BTreeMap<String, usize>) -> String {
-    m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("  ")
+    m.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("  ")
 }
 
 /// `n` connections alternating IPv4/IPv6: who served each, and how many
@@ -112,12 +138,19 @@ fn whoami_round(lab: &Lab, n: usize) -> Result<(BTreeMap<String, usize>, usize)>
     let mut by_node = BTreeMap::new();
     let mut predicted_ok = 0;
     for i in 0..n {
-        let vip = if i % 2 == 0 { IpAddr::V4(VIP4) } else { IpAddr::V6(VIP6) };
+        let vip = if i % 2 == 0 {
+            IpAddr::V4(VIP4)
+        } else {
+            IpAddr::V6(VIP6)
+        };
         let s = lab::connect(lab, vip, None, TIMEOUT)?;
         let local = s.local_addr()?;
         let mut r = lab::get(s, "/whoami")?;
         let who = lab::next_line(&mut r)?.unwrap_or_default();
-        if lab.predict(local, vip).is_some_and(|b| who == format!("node{}", b.first)) {
+        if lab
+            .predict(local, vip)
+            .is_some_and(|b| who == format!("node{}", b.first))
+        {
             predicted_ok += 1;
         }
         *by_node.entry(who).or_insert(0) += 1;
@@ -130,7 +163,11 @@ type Stream = (SocketAddr, String, std::thread::JoinHandle<Result<usize>>);
 fn start_streams(lab: &Lab, n: u16, ms: u64) -> Result<Vec<Stream>> {
     let mut out = Vec::new();
     for i in 0..n {
-        let vip = if i % 3 == 2 { IpAddr::V6(VIP6) } else { IpAddr::V4(VIP4) };
+        let vip = if i % 3 == 2 {
+            IpAddr::V6(VIP6)
+        } else {
+            IpAddr::V4(VIP4)
+        };
         let s = lab::connect(lab, vip, None, TIMEOUT)?;
         let local = s.local_addr()?;
         let mut r = lab::get(s, &format!("/stream?ms={ms}"))?;
@@ -156,7 +193,10 @@ fn start_streams(lab: &Lab, n: u16, ms: u64) -> Result<Vec<Stream>> {
 }
 
 fn print_counters(lab: &Lab) -> Result<()> {
-    println!("{:<7} {:>10} {:>13} {:>14} {:>8} {:>7}", "node", "pass_local", "fwd_first_hop", "fwd_second_hop", "decap", "drops");
+    println!(
+        "{:<7} {:>10} {:>13} {:>14} {:>8} {:>7}",
+        "node", "pass_local", "fwd_first_hop", "fwd_second_hop", "decap", "drops"
+    );
     for n in &lab.nodes {
         let mut sum: BTreeMap<&str, u64> = BTreeMap::new();
         for vip in Lab::vips() {
@@ -164,7 +204,11 @@ fn print_counters(lab: &Lab) -> Result<()> {
                 *sum.entry(k).or_default() += v;
             }
         }
-        let drops: u64 = sum.iter().filter(|(k, _)| k.starts_with("drop_")).map(|(_, v)| v).sum();
+        let drops: u64 = sum
+            .iter()
+            .filter(|(k, _)| k.starts_with("drop_"))
+            .map(|(_, v)| v)
+            .sum();
         println!(
             "{:<7} {:>10} {:>13} {:>14} {:>8} {:>7}",
             n.name(),
