@@ -1,0 +1,10 @@
+//! lbd: the daemon every storage node runs, and its operator CLI.
+//!
+//! One config file ([`config`]) says who the node is, who its peers are,
+//! which VIPs it serves and how to check them. The daemon ([`daemon`])
+//! wires the pieces together: local health checks (the `health` crate),
+//! peer liveness ([`liveness`]), the Maglev tables every node computes from
+//! the same view ([`tables`], programmed into the `dataplane` XDP maps), and
+//! BGP announcements (`bgp-speaker`) in an order that keeps connections
+//! alive. Operators talk to it over a root-only Unix socket ([`control`]).
+pub mod config;
