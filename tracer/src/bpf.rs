@@ -315,6 +315,27 @@ impl Tracer {
         Ok(())
     }
 
+    /// Turns on the kernel's run-time accounting of BPF programs (run count
+    /// and time, for `--stats`) while the returned fd is open.
+    pub fn enable_run_stats() -> Result<std::os::fd::OwnedFd> {
+        aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .context("enabling BPF run-time statistics (BPF_ENABLE_STATS)")
+    }
+
+    /// Runs and total run time of the loaded programs (needs
+    /// [`Self::enable_run_stats`] held during the capture).
+    pub fn run_stats(&self) -> (u64, u64) {
+        let mut runs = 0;
+        let mut ns = 0;
+        for (_, p) in self.ebpf.programs() {
+            if let Ok(info) = p.info() {
+                runs += info.run_count();
+                ns += info.run_time().as_nanos() as u64;
+            }
+        }
+        (runs, ns)
+    }
+
     pub fn stats(&self) -> Result<Stats> {
         let m: PerCpuArray<&MapData, u64> =
             PerCpuArray::try_from(self.ebpf.map("STATS").ok_or_else(|| anyhow!("no STATS"))?)?;

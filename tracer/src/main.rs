@@ -226,6 +226,9 @@ struct CaptureStats {
     addresses: usize,
     processes: usize,
     symbolize_ms: f64,
+    /// Kernel-side cost: program runs and mean nanoseconds per run.
+    bpf_runs: u64,
+    bpf_ns_per_run: f64,
     end: String,
 }
 
@@ -234,6 +237,7 @@ struct CaptureStats {
 fn finish(
     command: &'static str,
     collected: &Collected,
+    bpf_run: (u64, u64),
     procs: &Processes,
     outcome: &capture::Outcome,
     cap: &CaptureArgs,
@@ -291,6 +295,8 @@ fn finish(
             addresses: sym.addresses,
             processes: procs.by_pid.len(),
             symbolize_ms,
+            bpf_runs: bpf_run.0,
+            bpf_ns_per_run: bpf_run.1 as f64 / bpf_run.0.max(1) as f64,
             end: end.into(),
         };
         fs::write(p, serde_json::to_string_pretty(&st)?)
@@ -372,11 +378,20 @@ fn profile(a: ProfileArgs) -> Result<()> {
         drain_every: a.cap.drain_every,
     };
     let mut collected = Collected::default();
+    let run_stats = a
+        .cap
+        .stats
+        .as_ref()
+        .map(|_| Tracer::enable_run_stats())
+        .transpose()?;
     let outcome = capture::run(&mut tracer, &mut procs, &mut collected, &opts)?;
+    let bpf_run = tracer.run_stats();
+    drop(run_stats);
     let title = format!("lbd-trace profile, {} Hz", a.freq);
     finish(
         "profile",
         &collected,
+        bpf_run,
         &procs,
         &outcome,
         &a.cap,
@@ -409,10 +424,19 @@ fn offcpu(a: OffcpuArgs) -> Result<()> {
         drain_every: a.cap.drain_every,
     };
     let mut collected = Collected::default();
+    let run_stats = a
+        .cap
+        .stats
+        .as_ref()
+        .map(|_| Tracer::enable_run_stats())
+        .transpose()?;
     let outcome = capture::run(&mut tracer, &mut procs, &mut collected, &opts)?;
+    let bpf_run = tracer.run_stats();
+    drop(run_stats);
     finish(
         "offcpu",
         &collected,
+        bpf_run,
         &procs,
         &outcome,
         &a.cap,

@@ -31,15 +31,24 @@ struct Args {
     rounds: usize,
 }
 
-/// Counts loop iterations for a fixed wall time.
+/// Counts loop iterations per second of its own CPU time. CPU time (the
+/// scheduler's, which on this kernel includes interrupt time, as
+/// CONFIG_IRQ_TIME_ACCOUNTING is off) takes in the sampling interrupts and
+/// the BPF program run on this task's CPU, but not the time other processes
+/// of a shared machine take: wall-clock throughput varied by 10% between
+/// trials of the same mode here.
 const WORK_C: &str = r#"
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
-static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
+static double clk(clockid_t c) { struct timespec t; clock_gettime(c, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
 volatile unsigned long sink;
 __attribute__((noinline)) void unit(void) { for (int i = 0; i < 20000; i++) sink += i * 7; }
-int main(int argc, char **argv) { double end = now() + atof(argv[1]); unsigned long n = 0; while (now() < end) { unit(); n++; } printf("%lu\n", n); return 0; }
+int main(int argc, char **argv) {
+  double start = clk(CLOCK_THREAD_CPUTIME_ID), wall = clk(CLOCK_MONOTONIC), end = start + atof(argv[1]);
+  unsigned long n = 0; double now = start;
+  while (now < end) { unit(); n++; if ((n & 63) == 0) now = clk(CLOCK_THREAD_CPUTIME_ID); }
+  printf("%f %f\n", n / (now - start), n / (clk(CLOCK_MONOTONIC) - wall)); return 0; }
 "#;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -131,8 +140,9 @@ fn start(mode: Mode, tracer: &Path, dir: &Path, stats: &Path) -> Result<Option<R
     }
 }
 
-/// Runs one copy of the workload per CPU; total iterations per second.
-fn throughput(work: &Path, secs: f64) -> Result<f64> {
+/// Runs one copy of the workload per CPU; summed iterations per CPU-second
+/// and per wall-clock second.
+fn throughput(work: &Path, secs: f64) -> Result<(f64, f64)> {
     let ncpu = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -144,15 +154,20 @@ fn throughput(work: &Path, secs: f64) -> Result<f64> {
                 .spawn()
         })
         .collect::<Result<_, _>>()?;
-    let mut total = 0u64;
+    let (mut cpu, mut wall) = (0.0, 0.0);
     for k in kids {
         let out = k.wait_with_output()?;
-        total += String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse::<u64>()
-            .context("workload output")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut it = text.split_whitespace().map(|v| v.parse::<f64>());
+        match (it.next(), it.next()) {
+            (Some(Ok(c)), Some(Ok(w))) => {
+                cpu += c;
+                wall += w;
+            }
+            _ => bail!("workload output {text:?}"),
+        }
     }
-    Ok(total as f64 / secs)
+    Ok((cpu, wall))
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -190,12 +205,17 @@ fn main() -> Result<()> {
     } else {
         eprintln!("perf not found: perf columns left out");
     }
-    // Per round: each mode's throughput relative to that round's baseline.
+    // Per round: each mode's throughput relative to that round's baseline,
+    // per CPU-second (the figure) and per wall-clock second (noisier here,
+    // but it also charges the profiler's own process, e.g. perf writing its
+    // data file).
     let mut rel: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+    let mut rel_wall: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
     let mut sym_ms: Vec<f64> = Vec::new();
+    let mut bpf_ns: Vec<f64> = Vec::new();
     let stats = dir.join("stats.json");
     for round in 0..a.rounds {
-        let mut this: BTreeMap<Mode, f64> = BTreeMap::new();
+        let mut this: BTreeMap<Mode, (f64, f64)> = BTreeMap::new();
         // Rotate the order so no mode always runs first after a rest.
         for i in 0..modes.len() {
             let mode = modes[(i + round) % modes.len()];
@@ -207,37 +227,59 @@ fn main() -> Result<()> {
             if let Mode::Lbd(999) = mode
                 && let Ok(s) = fs::read_to_string(&stats)
                 && let Ok(v) = serde_json::from_str::<serde_json::Value>(&s)
-                && let Some(ms) = v["symbolize_ms"].as_f64()
             {
-                sym_ms.push(ms);
+                sym_ms.extend(v["symbolize_ms"].as_f64());
+                bpf_ns.extend(v["bpf_ns_per_run"].as_f64());
             }
             this.insert(mode, t);
-            eprintln!("round {round}: {:<18} {:.0} it/s", mode.name(), t);
+            eprintln!(
+                "round {round}: {:<18} {:.0} it/cpu-s  {:.0} it/s",
+                mode.name(),
+                t.0,
+                t.1
+            );
         }
         let base = this[&Mode::Baseline];
         for (m, t) in this {
-            rel.entry(m).or_default().push(t / base);
+            rel.entry(m).or_default().push(t.0 / base.0);
+            rel_wall.entry(m).or_default().push(t.1 / base.1);
         }
     }
-    let overhead = |m: Mode| -> Option<f64> {
-        rel.get(&m).map(|v| {
+    let pct = |r: &BTreeMap<Mode, Vec<f64>>, m: Mode| -> Option<f64> {
+        r.get(&m).map(|v| {
             let mut v = v.clone();
             (1.0 - median(&mut v)) * 100.0
         })
     };
+    let overhead = |m: Mode| pct(&rel, m);
+    let wall = |m: Mode| pct(&rel_wall, m);
     let bytes = fs::metadata(&a.tracer)?.len();
     let symbolize_ms = median(&mut sym_ms);
+    // The kernel's own accounting of the sampling program (BPF run-time
+    // stats): a noise-free figure of what each sample costs in the kernel.
+    let bpf_ns_per_sample = median(&mut bpf_ns);
+    let bpf_cpu_pct = |hz: f64| bpf_ns_per_sample * hz / 1e9 * 100.0;
+    let per_round = |r: &BTreeMap<Mode, Vec<f64>>| {
+        r.iter()
+            .map(|(m, v)| (m.name(), v.clone()))
+            .collect::<BTreeMap<_, _>>()
+    };
     let j = json!({
         "overhead_pct": {"99": overhead(Mode::Lbd(99)), "999": overhead(Mode::Lbd(999))},
         "perf_overhead_pct": {"99": overhead(Mode::Perf(99)), "999": overhead(Mode::Perf(999))},
         "binary_bytes": bytes,
         "symbolize_ms": symbolize_ms,
+        "wall_overhead_pct": {"99": wall(Mode::Lbd(99)), "999": wall(Mode::Lbd(999))},
+        "perf_wall_overhead_pct": {"99": wall(Mode::Perf(99)), "999": wall(Mode::Perf(999))},
+        "bpf_ns_per_sample": bpf_ns_per_sample,
+        "bpf_cpu_pct_per_cpu": {"99": bpf_cpu_pct(99.0), "999": bpf_cpu_pct(999.0)},
         "rounds": a.rounds,
         // Every round's throughput relative to its own baseline, to show the
         // noise the medians above sit in.
-        "relative_per_round": rel.iter().map(|(m, v)| (m.name(), v.clone())).collect::<BTreeMap<_, _>>(),
+        "relative_per_round": per_round(&rel),
+        "wall_relative_per_round": per_round(&rel_wall),
         "trial_secs": a.secs,
-        "method": "throughput of one CPU-bound process per CPU, median over rounds of (1 - mode/baseline of the same round); modes alternated",
+        "method": "iterations per CPU-second of one CPU-bound process per CPU (CPU time includes interrupt time on this kernel), median over rounds of (1 - mode/baseline of the same round); modes alternated; wall_* the same per wall-clock second",
     });
     if let Some(p) = a.out.parent() {
         fs::create_dir_all(p)?;
@@ -251,18 +293,28 @@ fn main() -> Result<()> {
         "lbd-trace benchmark ({} rounds x {} s, baseline in the same run)",
         a.rounds, a.secs
     );
-    println!("{:<10} {:>14} {:>14}", "rate", "lbd-trace", "perf -a -g");
+    println!(
+        "{:<8} {:>14} {:>14} {:>16} {:>16}",
+        "rate", "lbd-trace", "perf -a -g", "lbd-trace wall", "perf wall"
+    );
     for hz in [99, 999] {
         println!(
-            "{:<10} {:>14} {:>14}",
+            "{:<8} {:>14} {:>14} {:>16} {:>16}",
             format!("{hz} Hz"),
             f(overhead(Mode::Lbd(hz))),
-            f(overhead(Mode::Perf(hz)))
+            f(overhead(Mode::Perf(hz))),
+            f(wall(Mode::Lbd(hz))),
+            f(wall(Mode::Perf(hz)))
         );
     }
     println!(
         "binary: {bytes} bytes ({:.2} MiB); symbolization of a 999 Hz whole-machine capture: {symbolize_ms:.0} ms",
         bytes as f64 / 1048576.0
+    );
+    println!(
+        "BPF program: {bpf_ns_per_sample:.0} ns per sample (kernel run-time stats) = {:.3}% of a CPU at 99 Hz, {:.3}% at 999 Hz",
+        bpf_cpu_pct(99.0),
+        bpf_cpu_pct(999.0)
     );
     println!("wrote {}", a.out.display());
     let _ = fs::remove_dir_all(&dir);
