@@ -336,6 +336,38 @@ fn finish(
     Ok(())
 }
 
+/// Runs a profile or offcpu capture and writes its output.
+fn capture_and_write(
+    command: &'static str,
+    mut tracer: Tracer,
+    cap: &CaptureArgs,
+    what: &'static str,
+    units: Units,
+    scale: u64,
+    title: String,
+) -> Result<()> {
+    let mut procs = Processes::default();
+    let opts = capture::Options {
+        duration: cap.duration,
+        targets: targets(&cap.filters),
+        what,
+        snapshot: true,
+        drain_every: cap.drain_every,
+    };
+    let mut collected = Collected::default();
+    let run_stats = cap
+        .stats
+        .as_ref()
+        .map(|_| Tracer::enable_run_stats())
+        .transpose()?;
+    let outcome = capture::run(&mut tracer, &mut procs, &mut collected, &opts)?;
+    let bpf_run = tracer.run_stats();
+    drop(run_stats);
+    finish(
+        command, &collected, bpf_run, &procs, &outcome, cap, units, scale, title,
+    )
+}
+
 fn targets(f: &Filters) -> Vec<u32> {
     if f.only_tasks() {
         f.pids.iter().chain(&f.tids).copied().collect()
@@ -369,32 +401,12 @@ fn profile(a: ProfileArgs) -> Result<()> {
             .map(|d| format!(" for {:?}", d))
             .unwrap_or_default()
     );
-    let mut procs = Processes::default();
-    let opts = capture::Options {
-        duration: a.cap.duration,
-        targets: targets(&a.cap.filters),
-        what: "samples",
-        snapshot: true,
-        drain_every: a.cap.drain_every,
-    };
-    let mut collected = Collected::default();
-    let run_stats = a
-        .cap
-        .stats
-        .as_ref()
-        .map(|_| Tracer::enable_run_stats())
-        .transpose()?;
-    let outcome = capture::run(&mut tracer, &mut procs, &mut collected, &opts)?;
-    let bpf_run = tracer.run_stats();
-    drop(run_stats);
     let title = format!("lbd-trace profile, {} Hz", a.freq);
-    finish(
+    capture_and_write(
         "profile",
-        &collected,
-        bpf_run,
-        &procs,
-        &outcome,
+        tracer,
         &a.cap,
+        "samples",
         Units::Samples { hz: a.freq },
         1,
         title,
@@ -415,34 +427,15 @@ fn offcpu(a: OffcpuArgs) -> Result<()> {
     let mut tracer = Tracer::load(cfg, &a.cap.filters)?;
     tracer.attach_offcpu()?;
     eprintln!("lbd-trace: tracing off-CPU time (sched:sched_switch); Ctrl-C to stop");
-    let mut procs = Processes::default();
-    let opts = capture::Options {
-        duration: a.cap.duration,
-        targets: targets(&a.cap.filters),
-        what: "blocks",
-        snapshot: true,
-        drain_every: a.cap.drain_every,
-    };
-    let mut collected = Collected::default();
-    let run_stats = a
-        .cap
-        .stats
-        .as_ref()
-        .map(|_| Tracer::enable_run_stats())
-        .transpose()?;
-    let outcome = capture::run(&mut tracer, &mut procs, &mut collected, &opts)?;
-    let bpf_run = tracer.run_stats();
-    drop(run_stats);
-    finish(
+    let title = "lbd-trace off-CPU time (us)".to_string();
+    capture_and_write(
         "offcpu",
-        &collected,
-        bpf_run,
-        &procs,
-        &outcome,
+        tracer,
         &a.cap,
+        "blocks",
         Units::OffCpuMicros,
         1000,
-        "lbd-trace off-CPU time (us)".into(),
+        title,
     )
 }
 
