@@ -154,10 +154,18 @@ pub async fn connect(o: ConnectOpts<'_>) -> io::Result<TcpStream> {
 }
 
 /// A dual-stack listener on `[::]:port` with MD5 keys for the given peers.
-pub fn listen(port: u16, md5: &[(IpAddr, &str)]) -> io::Result<TcpListener> {
+/// With `gtsm` (every peer uses TTL security) the listener itself drops
+/// SYNs that arrive with TTL < 254; otherwise GTSM starts on the accepted
+/// socket of each peer that wants it.
+pub fn listen(port: u16, md5: &[(IpAddr, &str)], gtsm: bool) -> io::Result<TcpListener> {
     let sock = TcpSocket::new_v6()?;
     let off: libc::c_int = 0;
     setsockopt(&sock, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &off)?;
+    if gtsm {
+        // IPv4 peers arrive v4-mapped on this socket: set both levels.
+        set_gtsm(&sock, IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))?;
+        set_gtsm(&sock, IpAddr::V6(Ipv6Addr::UNSPECIFIED))?;
+    }
     sock.set_reuseaddr(true)?;
     for (peer, key) in md5 {
         set_md5(&sock, true, *peer, Some(key))?;

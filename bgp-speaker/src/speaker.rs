@@ -128,6 +128,9 @@ impl Speaker {
         let (rib, _) = watch::channel(Rib::default());
         let (events, _) = broadcast::channel(1024);
         let (stop, _) = watch::channel(Stop::Running);
+        // GTSM is only watertight when the kernel filters the SYN, which it
+        // does per listening socket: see `refuse_inbound` below.
+        let listener_gtsm = cfg.peers.iter().all(|p| p.ttl_security);
         let listener = match cfg.listen_port {
             Some(port) => {
                 let md5: Vec<(IpAddr, &str)> = cfg
@@ -136,7 +139,7 @@ impl Speaker {
                     .filter_map(|p| p.md5_password.as_deref().map(|k| (p.address, k)))
                     .collect();
                 Some(
-                    socket::listen(port, &md5)
+                    socket::listen(port, &md5, listener_gtsm)
                         .map_err(|source| StartError::Listen { port, source })?,
                 )
             }
@@ -153,7 +156,13 @@ impl Speaker {
         for pc in &cfg.peers {
             let addr = socket::canonical(pc.address);
             let (tx, rx) = mpsc::channel(4);
-            if inboxes.insert(addr, tx).is_some() {
+            // A GTSM peer sharing the listener with non-GTSM peers could slip
+            // packets with a low TTL in before the accepted socket gets its
+            // minimum TTL, so such a peer's connections are refused and the
+            // session runs on ours (whose SYN-ACK is already filtered). A
+            // passive GTSM peer gets best effort: GTSM right after accept.
+            let refuse_inbound = pc.ttl_security && !listener_gtsm && !pc.passive;
+            if inboxes.insert(addr, (tx, refuse_inbound)).is_some() {
                 return Err(StartError::DuplicatePeer(addr));
             }
             let shared = Arc::new(Mutex::new(PeerShared {
@@ -196,9 +205,10 @@ impl Speaker {
                             Ok((stream, from)) => {
                                 let ip = socket::canonical(from.ip());
                                 match inboxes.get(&ip) {
+                                    Some((_, true)) => tracing::debug!(peer = %ip, "GTSM peer: inbound connection refused"),
                                     // A full inbox means the session is busy
                                     // with several connections already.
-                                    Some(tx) => { let _ = tx.try_send(stream); }
+                                    Some((tx, false)) => { let _ = tx.try_send(stream); }
                                     None => tracing::info!(peer = %ip, "connection from unconfigured peer refused"),
                                 }
                             }

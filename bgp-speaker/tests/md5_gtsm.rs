@@ -21,10 +21,22 @@ fn md5_and_gtsm_with_frr() {
     };
     let frr = Frr::start(
         &lab,
-        &[n(1, true, true), n(2, true, false), n(3, false, false)],
+        &[
+            n(1, true, true),
+            n(2, true, false),
+            n(3, false, false),
+            FrrNeighbor {
+                addr: speaker_v6(1),
+                remote_as: 65101,
+                ..Default::default()
+            },
+        ],
         &FrrExtra::default(),
     );
-    let mut c1 = speaker_config(1, &[&router_v4(1)]);
+    // Speaker 1 also has a plain IPv6 session, so its listener is shared by
+    // GTSM and non-GTSM peers (FRR's inbound connection is refused and the
+    // GTSM session runs on the speaker's own); speaker 3's listener filters.
+    let mut c1 = speaker_config(1, &[&router_v4(1), &router_v6(1)]);
     c1.peers[0].md5_password = Some("s3cret-key".into());
     c1.peers[0].ttl_security = true;
     let mut c2 = speaker_config(2, &[&router_v4(2)]);
@@ -41,9 +53,11 @@ fn md5_and_gtsm_with_frr() {
             .announce(VIP4.parse().unwrap(), RouteAttrs::default())
             .unwrap();
     }
-    wait_for("MD5 + GTSM session", Duration::from_secs(30), || {
-        s[0].established() == 1
-    });
+    wait_for(
+        "MD5 + GTSM session and plain session",
+        Duration::from_secs(30),
+        || s[0].established() == 2,
+    );
     wait_for("route via speaker 1", Duration::from_secs(10), || {
         lab.router_route(VIP4).contains(&speaker_v4(1))
     });
@@ -63,6 +77,13 @@ fn md5_and_gtsm_with_frr() {
                 "FRR with speaker {i}"
             );
         }
+        // GTSM on the speaker's listener drops FRR's TTL-1 SYNs, so FRR's
+        // own connection never even opens.
+        let st = frr.neighbor_state(&speaker_v4(3));
+        assert!(
+            ["Idle", "Connect", "Active"].contains(&st.as_str()),
+            "FRR with speaker 3 in {st}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let r = lab.router_route(VIP4);
