@@ -219,6 +219,14 @@ pub fn symbolize(
                             vec![Frame::new("[java JIT code: no perf map]", Kind::Jit)]
                         }
                         None if p.perf_map.is_some() => {
+                            if p.is_jvm() && noted.insert(k.tgid) {
+                                notes.push(format!(
+                                    "PID {} ({}): some JIT frames are not in {} (code compiled \
+                                     after the map was written): run `jcmd {} Compiler.perfmap` \
+                                     again during the capture",
+                                    k.tgid, p.comm, p.perf_map_path, k.tgid
+                                ));
+                            }
                             vec![Frame::new(
                                 format!("[JIT code not in {}] 0x{ip:x}", p.perf_map_path),
                                 Kind::Jit,
