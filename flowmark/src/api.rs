@@ -210,6 +210,7 @@ pub async fn handle(line: &str, registry: &Registry, tx: &mpsc::Sender<Request>)
                     flow,
                     tag,
                     application: req.application.clone(),
+                    mark: true,
                     reply: Some(reply_tx),
                 }
             }

@@ -54,6 +54,10 @@ pub enum Request {
         flow: FlowId,
         tag: SciTag,
         application: Option<String>,
+        /// Write the label to the kernel flow map. False for flows found by
+        /// discovery: their rule already marks them in the kernel, with the
+        /// rule's entropy, from their first packet.
+        mark: bool,
         reply: Option<oneshot::Sender<Value>>,
     },
     End {
@@ -241,9 +245,10 @@ impl Daemon {
                     flow,
                     tag,
                     application,
+                    mark,
                     reply,
                 } => {
-                    let out = self.start(flow, tag, application).await;
+                    let out = self.start(flow, tag, application, mark).await;
                     if let Some(r) = reply {
                         let _ = r.send(out);
                     }
@@ -266,10 +271,16 @@ impl Daemon {
         }
     }
 
-    async fn start(&mut self, flow: FlowId, tag: SciTag, application: Option<String>) -> Value {
+    async fn start(
+        &mut self,
+        flow: FlowId,
+        tag: SciTag,
+        application: Option<String>,
+        mark: bool,
+    ) -> Value {
         let mut label = None;
         let mut note = None;
-        if let (Some(m), Some(key)) = (self.marker.as_mut(), flow.key()) {
+        if let (true, Some(m), Some(key)) = (mark, self.marker.as_mut(), flow.key()) {
             match tag.flow_label() {
                 Ok(semantic) => {
                     let l = flowmark_common::with_entropy(semantic, rand::random::<u32>());

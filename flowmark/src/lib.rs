@@ -11,6 +11,7 @@ pub mod api;
 pub mod bad;
 pub mod collector;
 pub mod daemon;
+pub mod discovery;
 pub mod firefly;
 pub mod flow;
 pub mod lines;

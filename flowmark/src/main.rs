@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use flowmark::{
     api, collector,
     daemon::{Config, Daemon},
-    pipe,
+    discovery, pipe,
     registry::Registry,
     scitag::SciTag,
     tool,
@@ -97,6 +97,10 @@ struct RunArgs {
     /// Mark every flow of this cgroup (v2 directory): PATH=VALUE or PATH=EXP:ACT.
     #[arg(long = "cgroup-rule", value_name = "PATH=TAG")]
     cgroup_rules: Vec<String>,
+    /// Poll sock_diag every this many ms for established connections that
+    /// match a port or cgroup rule, and send fireflies for them; 0: off.
+    #[arg(long, default_value_t = 0)]
+    discover_interval_ms: u64,
     /// Serve Prometheus metrics on this address.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<SocketAddr>,
@@ -232,6 +236,15 @@ async fn run_daemon(args: RunArgs, registry: Registry) -> anyhow::Result<ExitCod
         let (path, tag) = parse_rule(r, &registry)?;
         cgroup_rules.push((PathBuf::from(path), tag));
     }
+    let mut discover = discovery::Rules {
+        ports: port_rules.clone(),
+        cgroups: vec![],
+    };
+    for (path, tag) in &cgroup_rules {
+        discover
+            .cgroups
+            .push((flowmark::marker::cgroup_id(path)?, *tag));
+    }
     let none = |s: &str| (s != "none").then(|| PathBuf::from(s));
     let cfg = Config {
         mark: !args.interfaces.is_empty(),
@@ -260,6 +273,10 @@ async fn run_daemon(args: RunArgs, registry: Registry) -> anyhow::Result<ExitCod
     }
     if let Some(l) = listener {
         tokio::spawn(api::serve(l, registry.clone(), tx.clone()));
+    }
+    if args.discover_interval_ms > 0 && !discover.is_empty() {
+        let every = Duration::from_millis(args.discover_interval_ms);
+        tokio::spawn(discovery::serve(discover, every, tx.clone()));
     }
     drop(tx);
     let serve = tokio::spawn(daemon.serve(rx));

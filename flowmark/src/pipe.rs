@@ -94,6 +94,7 @@ pub async fn serve<R: AsyncRead + Unpin>(input: R, registry: Registry, tx: mpsc:
                     flow: parsed.flow,
                     tag,
                     application: None,
+                    mark: true,
                     reply: None,
                 }
             }

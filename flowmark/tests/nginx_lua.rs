@@ -36,57 +36,13 @@ fn nginx_lua_registers_scitag_requests_and_fails_open() {
     let server = format!("location / {{ dav_methods PUT; client_max_body_size 10m; {location} }}");
     let conf = nginx_conf(&lab, modules, &http, &server);
 
-    let (srv, cli) = (lab.srv.clone(), lab.cli.clone());
-    lab.spawn(
-        "collector",
-        &cli,
-        &[
-            flowmark_bin(),
-            "collect",
-            "--listen",
-            "[::]:10514",
-            "--metrics",
-            "127.0.0.1:9814",
-        ],
+    start_node(
+        &mut lab,
+        &conf,
+        &["--pipe", "none", "--api", &sock, "--api-group", "www-data"],
     );
-    lab.spawn(
-        "flowmark",
-        &srv,
-        &[
-            flowmark_bin(),
-            "run",
-            "--iface",
-            "veth0",
-            "--pipe",
-            "none",
-            "--api",
-            &sock,
-            "--api-group",
-            "www-data",
-            "--ongoing-interval",
-            "0",
-        ],
-    );
-    lab.wait_log("flowmark", "flowmark: ready");
-    lab.wait_log("collector", "flowmark: ready");
-    lab.spawn("nginx", &srv, &["nginx", "-c", &conf, "-g", "daemon off;"]);
+    let cli = lab.cli.clone();
     let url = format!("http://[{SRV6}]:8080/file");
-    wait_for("nginx", Duration::from_secs(10), || {
-        lab.exec(
-            &cli,
-            &[
-                "curl",
-                "-sf",
-                "-o",
-                "/dev/null",
-                "-g",
-                &format!("http://[{SRV6}]:8080/"),
-            ],
-        )
-        .status
-        .code()
-        .filter(|c| *c != 7)
-    });
     let status = || api(&lab.dir.join("api.sock"), r#"{"op":"status"}"#);
 
     let cap = Capture::start(&cli, "veth1");

@@ -50,56 +50,10 @@ fn pipe_lines_mark_real_packets_and_send_fireflies() {
         "tc", "-n", &lab.srv, "qdisc", "add", "dev", "veth0", "root", "pfifo", "limit", "1000",
     ]);
 
-    let (srv, cli) = (lab.srv.clone(), lab.cli.clone());
-    lab.spawn("nginx", &srv, &["nginx", "-c", &conf, "-g", "daemon off;"]);
-    lab.spawn(
-        "collector",
-        &cli,
-        &[
-            flowmark_bin(),
-            "collect",
-            "--listen",
-            "[::]:10514",
-            "--metrics",
-            "127.0.0.1:9814",
-        ],
-    );
     let pipe = lab.path("flowd");
     let sock = lab.path("api.sock");
-    lab.spawn(
-        "flowmark",
-        &srv,
-        &[
-            flowmark_bin(),
-            "run",
-            "--iface",
-            "veth0",
-            "--pipe",
-            &pipe,
-            "--api",
-            &sock,
-            "--ongoing-interval",
-            "0",
-        ],
-    );
-    lab.wait_log("flowmark", "flowmark: ready");
-    lab.wait_log("collector", "flowmark: ready");
-    wait_for("nginx", Duration::from_secs(10), || {
-        lab.exec(
-            &cli,
-            &[
-                "curl",
-                "-sf",
-                "-o",
-                "/dev/null",
-                "-g",
-                &format!("http://[{SRV6}]:8080/"),
-            ],
-        )
-        .status
-        .code()
-        .filter(|c| *c != 7)
-    });
+    start_node(&mut lab, &conf, &["--pipe", &pipe, "--api", &sock]);
+    let (srv, cli) = (lab.srv.clone(), lab.cli.clone());
 
     let cap = Capture::start(&cli, "veth1");
     // Garbage first: the reader must survive it and go on.

@@ -453,3 +453,42 @@ http {{
     std::fs::write(&path, conf).unwrap();
     path.to_str().unwrap().to_string()
 }
+
+/// The storage node and its peer: the peer's collector (UDP 10514, metrics
+/// on 127.0.0.1:9814 in the client namespace), `flowmark run --iface veth0
+/// --ongoing-interval 0 ARGS` and nginx with `conf` in the server
+/// namespace; returns when all three answer.
+pub fn start_node(lab: &mut Lab, conf: &str, flowmark_args: &[&str]) {
+    let (srv, cli) = (lab.srv.clone(), lab.cli.clone());
+    lab.spawn(
+        "collector",
+        &cli,
+        &[
+            flowmark_bin(),
+            "collect",
+            "--listen",
+            "[::]:10514",
+            "--metrics",
+            "127.0.0.1:9814",
+        ],
+    );
+    let mut args = vec![
+        flowmark_bin(),
+        "run",
+        "--iface",
+        "veth0",
+        "--ongoing-interval",
+        "0",
+    ];
+    args.extend_from_slice(flowmark_args);
+    lab.spawn("flowmark", &srv, &args);
+    lab.wait_log("flowmark", "flowmark: ready");
+    lab.wait_log("collector", "flowmark: ready");
+    lab.spawn("nginx", &srv, &["nginx", "-c", conf, "-g", "daemon off;"]);
+    let root = format!("http://[{SRV6}]:8080/");
+    wait_for("nginx", Duration::from_secs(10), || {
+        // Any HTTP answer will do; 7 is curl's "connection refused".
+        let o = lab.exec(&cli, &["curl", "-s", "-o", "/dev/null", "-g", &root]);
+        o.status.code().filter(|c| *c != 7)
+    });
+}
