@@ -486,11 +486,11 @@ impl Session {
         let _ = self.out.send(s);
     }
 
-    /// RFC 5880 section 6.8.6 reception; returns true when a Final must be
-    /// sent right away.
-    fn receive(&mut self, p: &Packet) -> bool {
+    /// RFC 5880 section 6.8.6 reception; `None` when the packet is not for
+    /// this session, else whether a Final must be sent right away.
+    fn receive(&mut self, p: &Packet) -> Option<bool> {
         if p.your_disc != 0 && p.your_disc != self.local_disc {
-            return false;
+            return None;
         }
         self.remote_disc = p.my_disc;
         self.remote_min_rx = Duration::from_micros(u64::from(p.required_min_rx_us));
@@ -513,7 +513,7 @@ impl Session {
             (BfdState::Up, BfdState::Down) => self.set_state(BfdState::Down, DIAG_NEIGHBOR_DOWN),
             _ => {}
         }
-        p.poll
+        Some(p.poll)
     }
 
     async fn run(mut self, sock: UdpSocket, mut rx: mpsc::Receiver<Packet>) {
@@ -538,7 +538,7 @@ impl Session {
                 }
                 p = rx.recv() => {
                     let Some(p) = p else { return };
-                    let send_final = self.receive(&p);
+                    let Some(send_final) = self.receive(&p) else { continue };
                     detect_at = if self.state == BfdState::Down && p.state == BfdState::AdminDown {
                         None
                     } else {
@@ -594,7 +594,7 @@ mod tests {
         peer.my_disc = 42;
         peer.your_disc = 0;
         peer.state = BfdState::Down;
-        s.receive(&peer);
+        assert_eq!(s.receive(&peer), Some(false));
         assert_eq!(s.state, BfdState::Init);
         peer.state = BfdState::Up;
         peer.your_disc = s.local_disc;
@@ -602,8 +602,14 @@ mod tests {
         assert_eq!(s.state, BfdState::Up);
         assert!(s.poll, "going Up lowers the TX interval with a poll");
         assert_eq!(s.desired_tx, Duration::from_millis(100));
+        let mut stranger = peer;
+        stranger.your_disc = s.local_disc.wrapping_add(1);
+        stranger.state = BfdState::Down;
+        assert_eq!(s.receive(&stranger), None, "not our discriminator");
+        assert_eq!(s.state, BfdState::Up);
         peer.state = BfdState::Down;
-        s.receive(&peer);
+        peer.poll = true;
+        assert_eq!(s.receive(&peer), Some(true), "poll wants a final");
         assert_eq!(s.state, BfdState::Down);
     }
 }
