@@ -33,7 +33,8 @@ fn nginx_lua_registers_scitag_requests_and_fails_open() {
     let modules = "user www-data;\n\
                    load_module /usr/lib/nginx/modules/ndk_http_module.so;\n\
                    load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;";
-    let server = format!("location / {{ dav_methods PUT; client_max_body_size 10m; {location} }}");
+    let server =
+        format!("location / {{ dav_methods PUT COPY; client_max_body_size 10m; {location} }}");
     let conf = nginx_conf(&lab, modules, &http, &server);
 
     start_node(
@@ -82,6 +83,39 @@ fn nginx_lua_registers_scitag_requests_and_fails_open() {
         "PUT: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // A third-party-copy COPY carrying only TransferHeaderSciTag (cms, Debug).
+    let dest = format!("Destination: http://[{SRV6}]:8080/up/copy");
+    let copy_url = format!("http://[{SRV6}]:8080/file");
+    let args = [
+        "curl",
+        "-sSf",
+        "-g",
+        "--max-time",
+        "20",
+        "--local-port",
+        "42005",
+        "-X",
+        "COPY",
+    ];
+    let o = lab.exec(
+        &cli,
+        &[
+            &args[..],
+            &["-H", &dest, "-H", "TransferHeaderSciTag: 200", &copy_url],
+        ]
+        .concat(),
+    );
+    assert!(
+        o.status.success(),
+        "COPY: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        std::fs::metadata(lab.dir.join("www/up/copy"))
+            .map(|m| m.len())
+            .ok(),
+        Some(FILE_LEN as u64)
+    );
     wait_for("flows ended", Duration::from_secs(10), || {
         (status()["flows"].as_array().map(|a| a.len()) == Some(0)).then_some(())
     });
@@ -98,10 +132,11 @@ fn nginx_lua_registers_scitag_requests_and_fails_open() {
         assert!(other.iter().all(|p| p.label == 0), "port {port} was marked");
     }
     assert_marked_after_registration(&packets, 42003, flowmark_common::encode_label(2, 4));
+    assert_marked_after_registration(&packets, 42005, flowmark_common::encode_label(3, 8));
 
     let m = wait_for("end fireflies counted", Duration::from_secs(10), || {
         let m = metrics(&lab, &cli, 9814);
-        (metric_sum(&m, "flowmark_collector_flows_ended_total", &[]) >= 2.0).then_some(m)
+        (metric_sum(&m, "flowmark_collector_flows_ended_total", &[]) >= 3.0).then_some(m)
     });
     let cms = ["experiment=\"cms\"", "activity=\"Analysis Input\""];
     assert_eq!(
@@ -116,6 +151,12 @@ fn nginx_lua_registers_scitag_requests_and_fails_open() {
     );
     assert!(
         metric_sum(&m, "flowmark_collector_bytes_sent_total", &cms) >= FILE_LEN as f64,
+        "{m}"
+    );
+    let debug = ["experiment=\"cms\"", "activity=\"Debug\""];
+    assert_eq!(
+        metric_sum(&m, "flowmark_collector_flows_ended_total", &debug),
+        1.0,
         "{m}"
     );
     let atlas = ["experiment=\"atlas\"", "activity=\"Data Consolidation\""];
