@@ -14,14 +14,21 @@ const V6_ROUTES: usize = 5_000;
 #[test]
 fn frr_sends_full_table_session_stays_up() {
     let lab = Lab::new("table", 1);
+    // Routes carry the attributes real routers add, so the decoder sees more
+    // than ORIGIN/AS_PATH/NEXT_HOP.
+    let preamble = "route-map RICH permit 10\n set community 65000:1 no-export\n \
+                    set large-community 65000:1:2\n set extcommunity rt 65000:100\n \
+                    set metric 50\n set as-path prepend 65000 65000\n set origin incomplete\n!\n";
     let mut af4 = String::new();
     for i in 0..V4_ROUTES {
         af4 += &format!("  network 10.{}.{}.0/24\n", i / 256, i % 256);
     }
+    af4 += &format!("  neighbor {} route-map RICH out\n", speaker_v4(1));
     let mut af6 = String::new();
     for i in 0..V6_ROUTES {
         af6 += &format!("  network 2001:db8:8000:{i:x}::/64\n");
     }
+    af6 += &format!("  neighbor {} route-map RICH out\n", speaker_v6(1));
     let frr = Frr::start(
         &lab,
         &[
@@ -37,6 +44,7 @@ fn frr_sends_full_table_session_stays_up() {
             },
         ],
         &FrrExtra {
+            preamble: preamble.into(),
             global: " no bgp network import-check\n".into(),
             af4,
             af6,
@@ -77,4 +85,13 @@ fn frr_sends_full_table_session_stays_up() {
         assert!(p.updates_in > 0, "{p:?}");
     }
     assert_eq!(frr.neighbor_state(&speaker_v4(1)), "Established");
+    let rm = frr.vtysh("show route-map RICH");
+    for set in [
+        "large-community",
+        "extcommunity rt",
+        "as-path prepend",
+        "metric 50",
+    ] {
+        assert!(rm.contains(set), "route-map lacks {set}: {rm}");
+    }
 }

@@ -192,6 +192,8 @@ pub struct FrrNeighbor {
 /// Extra bgpd.conf lines: under `router bgp`, and in each address family.
 #[derive(Default)]
 pub struct FrrExtra {
+    /// Before `router bgp` (route-maps, ...).
+    pub preamble: String,
     pub global: String,
     pub af4: String,
     pub af6: String,
@@ -210,6 +212,7 @@ impl Frr {
         fs::create_dir_all(&run).expect("frr dir");
         let mut c =
             String::from("frr defaults traditional\nhostname r\nroute-map DENY-ALL deny 10\n!\n");
+        c += &extra.preamble;
         c += &format!(
             "router bgp {ROUTER_AS}\n bgp router-id 192.0.2.1\n no bgp ebgp-requires-policy\n \
              no bgp default ipv4-unicast\n bgp bestpath as-path multipath-relax\n{extra_global}"
