@@ -223,7 +223,8 @@ impl Daemon {
     /// Serves requests until every sender is gone.
     pub async fn serve(mut self, mut rx: mpsc::Receiver<Request>) {
         let mut tick = (!self.cfg.ongoing.is_zero()).then(|| {
-            let mut i = tokio::time::interval(self.cfg.ongoing);
+            let first = tokio::time::Instant::now() + self.cfg.ongoing;
+            let mut i = tokio::time::interval_at(first, self.cfg.ongoing);
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
         });
