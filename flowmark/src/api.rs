@@ -179,13 +179,7 @@ pub async fn handle(line: &str, registry: &Registry, tx: &mpsc::Sender<Request>)
             ) {
                 Ok(f) => f,
                 Err(e) => {
-                    let kind = match e.kind() {
-                        "bad_protocol" => "api_bad_protocol",
-                        "bad_address" => "api_bad_address",
-                        "bad_port" => "api_bad_port",
-                        _ => "api_mixed_family",
-                    };
-                    bad::report(kind, "API request with a bad 5-tuple", line);
+                    bad::report(e.api_kind(), "API request with a bad 5-tuple", line);
                     return json!({"ok": false, "error": format!("bad 5-tuple: {}", e.kind())});
                 }
             };

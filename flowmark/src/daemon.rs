@@ -178,7 +178,6 @@ impl Fireflies {
 
 pub struct Daemon {
     cfg: Config,
-    registry: Registry,
     marker: Option<Marker>,
     flows: HashMap<FlowId, Flow>,
     fireflies: Fireflies,
@@ -188,7 +187,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub async fn new(cfg: Config, registry: Registry) -> anyhow::Result<Daemon> {
+    pub async fn new(cfg: Config) -> anyhow::Result<Daemon> {
         let marker = if cfg.mark {
             let mut m = Marker::load()?;
             for (port, tag) in &cfg.port_rules {
@@ -208,16 +207,11 @@ impl Daemon {
         let fireflies = Fireflies::new(&cfg).await?;
         Ok(Daemon {
             cfg,
-            registry,
             marker,
             flows: HashMap::new(),
             fireflies,
             lingering: VecDeque::new(),
         })
-    }
-
-    pub fn registry(&self) -> &Registry {
-        &self.registry
     }
 
     /// Serves requests until every sender is gone.

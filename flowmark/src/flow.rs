@@ -70,6 +70,16 @@ impl FlowError {
             FlowError::MixedFamily => "mixed_address_family",
         }
     }
+
+    /// The bad-input counter for an API request with this error.
+    pub fn api_kind(self) -> &'static str {
+        match self {
+            FlowError::BadProtocol => "api_bad_protocol",
+            FlowError::BadAddress => "api_bad_address",
+            FlowError::BadPort => "api_bad_port",
+            FlowError::MixedFamily => "api_mixed_family",
+        }
+    }
 }
 
 impl FlowId {

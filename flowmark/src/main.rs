@@ -267,7 +267,7 @@ async fn run_daemon(args: RunArgs, registry: Registry) -> anyhow::Result<ExitCod
         .as_deref()
         .map(|p| api::bind_with(p, args.api_mode, args.api_group.as_deref()))
         .transpose()?;
-    let daemon = Daemon::new(cfg, registry.clone()).await?;
+    let daemon = Daemon::new(cfg).await?;
     if let Some(p) = pipe_rx {
         tokio::spawn(pipe::serve(p, registry.clone(), tx.clone()));
     }

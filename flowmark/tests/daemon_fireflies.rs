@@ -7,7 +7,6 @@ use flowmark::{
     daemon::{Config, Daemon, Request},
     firefly,
     flow::FlowId,
-    registry::Registry,
     scitag::SciTag,
 };
 
@@ -50,7 +49,7 @@ fn start_ongoing_end_fireflies_reach_a_collector() {
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let handle = std::thread::spawn(move || {
         rt.block_on(async {
-            let daemon = Daemon::new(cfg, Registry::builtin()).await.unwrap();
+            let daemon = Daemon::new(cfg).await.unwrap();
             daemon.serve(rx).await;
         })
     });
