@@ -27,7 +27,7 @@ struct Args {
     #[arg(long, default_value_t = 100_000)]
     runs: usize,
     /// iperf3 rounds per setting (on, off), alternated.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Seconds per iperf3 round.
     #[arg(long, default_value_t = 2)]
