@@ -28,6 +28,7 @@
 
 pub mod bfd;
 pub mod config;
+mod conn;
 pub mod raw_check;
 mod session;
 mod socket;

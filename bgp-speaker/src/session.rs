@@ -3,22 +3,21 @@
 //! routes, and restart with exponential backoff after every failure.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::{Instant as TInstant, sleep_until, timeout};
 
 use crate::bfd::{self, BfdHub, BfdState};
 use crate::config::{GRACEFUL_SHUTDOWN, PeerConfig, RouteAttrs, SpeakerConfig};
-use crate::raw_check;
+use crate::conn::{Conn, Read};
 use crate::speaker::{PeerShared, Rib, SessionEvent, State, Stop};
-use crate::wire::{self, HEADER_LEN, Incoming, Notification, PeerOpen};
+use crate::wire::{self, Incoming, Notification, PeerOpen};
 use crate::{jitter, socket};
 
 /// RFC 4271 suggests a large hold time while waiting for the peer's OPEN.
@@ -46,76 +45,6 @@ enum End {
     Stopped,
     /// Collision resolution picked the other connection.
     Switch(TcpStream),
-}
-
-/// Events from the reader task of one connection.
-enum Read {
-    Msg(Incoming),
-    /// The peer sent something malformed; we owe it this NOTIFICATION.
-    Bad(Notification),
-    Closed(String),
-}
-
-struct Conn {
-    wr: OwnedWriteHalf,
-    rd: mpsc::Receiver<Read>,
-    reader: tokio::task::JoinHandle<()>,
-    outbound: bool,
-    local: IpAddr,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
-}
-
-async fn reader(mut rd: OwnedReadHalf, tx: mpsc::Sender<Read>) {
-    let mut ctx = wire::new_context();
-    loop {
-        let mut hdr = [0u8; HEADER_LEN];
-        if let Err(e) = rd.read_exact(&mut hdr).await {
-            let _ = tx
-                .send(Read::Closed(format!("connection closed: {e}")))
-                .await;
-            return;
-        }
-        let len = match wire::check_header(&hdr) {
-            Ok(l) => l,
-            Err(n) => {
-                let _ = tx.send(Read::Bad(n)).await;
-                return;
-            }
-        };
-        let mut frame = vec![0u8; len];
-        frame[..HEADER_LEN].copy_from_slice(&hdr);
-        if let Err(e) = rd.read_exact(&mut frame[HEADER_LEN..]).await {
-            let _ = tx
-                .send(Read::Closed(format!("connection closed: {e}")))
-                .await;
-            return;
-        }
-        let structure = match hdr[18] {
-            wire::TYPE_UPDATE => raw_check::check_update(&frame),
-            wire::TYPE_OPEN => raw_check::check_open(&frame),
-            _ => Ok(()),
-        };
-        if let Err(n) = structure {
-            let _ = tx.send(Read::Bad(n)).await;
-            return;
-        }
-        match wire::decode(&frame, &mut ctx) {
-            Ok(m) => {
-                if tx.send(Read::Msg(m)).await.is_err() {
-                    return;
-                }
-            }
-            Err(n) => {
-                let _ = tx.send(Read::Bad(n)).await;
-                return;
-            }
-        }
-    }
 }
 
 impl PeerTask {
@@ -246,29 +175,9 @@ impl PeerTask {
         format!("sent NOTIFICATION {}", n.describe())
     }
 
-    fn open_conn(&self, stream: TcpStream, outbound: bool) -> Result<Conn, String> {
-        let local = stream
-            .local_addr()
-            .map_err(|e| format!("local address: {e}"))?
-            .ip();
-        if !outbound && self.cfg.ttl_security {
-            socket::set_gtsm(&stream, self.cfg.address).map_err(|e| format!("GTSM: {e}"))?;
-        }
-        let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
-        let (tx, rx) = mpsc::channel(64);
-        let reader = tokio::spawn(reader(rd, tx));
-        Ok(Conn {
-            wr,
-            rd: rx,
-            reader,
-            outbound,
-            local: socket::canonical(local),
-        })
-    }
-
     async fn run_connection(&mut self, stream: TcpStream, outbound: bool) -> End {
-        let mut c = match self.open_conn(stream, outbound) {
+        let gtsm = (!outbound && self.cfg.ttl_security).then_some(self.cfg.address);
+        let mut c = match Conn::open(stream, outbound, gtsm) {
             Ok(c) => c,
             Err(reason) => {
                 return End::Closed {

@@ -1,0 +1,109 @@
+//! One TCP connection of a session: the write half the FSM writes to, and a
+//! reader task that frames, checks and decodes what the peer sends and
+//! hands it over a channel, so the FSM can `select!` on it without
+//! cancelling a half-read message.
+
+use std::net::IpAddr;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+
+use crate::wire::{self, HEADER_LEN, Incoming, Notification};
+use crate::{raw_check, socket};
+
+/// Events from the reader task of one connection.
+pub(crate) enum Read {
+    Msg(Incoming),
+    /// The peer sent something malformed; we owe it this NOTIFICATION.
+    Bad(Notification),
+    Closed(String),
+}
+
+pub(crate) struct Conn {
+    pub wr: OwnedWriteHalf,
+    pub rd: mpsc::Receiver<Read>,
+    reader: tokio::task::JoinHandle<()>,
+    pub outbound: bool,
+    pub local: IpAddr,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+async fn reader(mut rd: OwnedReadHalf, tx: mpsc::Sender<Read>) {
+    let mut ctx = wire::new_context();
+    loop {
+        let mut hdr = [0u8; HEADER_LEN];
+        if let Err(e) = rd.read_exact(&mut hdr).await {
+            let _ = tx
+                .send(Read::Closed(format!("connection closed: {e}")))
+                .await;
+            return;
+        }
+        let len = match wire::check_header(&hdr) {
+            Ok(l) => l,
+            Err(n) => {
+                let _ = tx.send(Read::Bad(n)).await;
+                return;
+            }
+        };
+        let mut frame = vec![0u8; len];
+        frame[..HEADER_LEN].copy_from_slice(&hdr);
+        if let Err(e) = rd.read_exact(&mut frame[HEADER_LEN..]).await {
+            let _ = tx
+                .send(Read::Closed(format!("connection closed: {e}")))
+                .await;
+            return;
+        }
+        let structure = match hdr[18] {
+            wire::TYPE_UPDATE => raw_check::check_update(&frame),
+            wire::TYPE_OPEN => raw_check::check_open(&frame),
+            _ => Ok(()),
+        };
+        if let Err(n) = structure {
+            let _ = tx.send(Read::Bad(n)).await;
+            return;
+        }
+        match wire::decode(&frame, &mut ctx) {
+            Ok(m) => {
+                if tx.send(Read::Msg(m)).await.is_err() {
+                    return;
+                }
+            }
+            Err(n) => {
+                let _ = tx.send(Read::Bad(n)).await;
+                return;
+            }
+        }
+    }
+}
+
+impl Conn {
+    /// Splits the stream and starts its reader. `gtsm`: the peer whose
+    /// accepted connection still needs TTL security.
+    pub fn open(stream: TcpStream, outbound: bool, gtsm: Option<IpAddr>) -> Result<Conn, String> {
+        let local = stream
+            .local_addr()
+            .map_err(|e| format!("local address: {e}"))?
+            .ip();
+        if let Some(peer) = gtsm {
+            socket::set_gtsm(&stream, peer).map_err(|e| format!("GTSM: {e}"))?;
+        }
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        let (tx, rx) = mpsc::channel(64);
+        let reader = tokio::spawn(reader(rd, tx));
+        Ok(Conn {
+            wr,
+            rd: rx,
+            reader,
+            outbound,
+            local: socket::canonical(local),
+        })
+    }
+}
