@@ -163,21 +163,22 @@ fn copy16(dst: &mut [u8; 16], src: &[u8; 16]) {
 
 #[inline(always)]
 fn vip_lookup(addr: &[u8; 16], port: [u8; 2], proto: u8, family: u8) -> Option<VipInfo> {
-    let key = VipKey {
-        addr: *addr,
-        port_be: u16::from_ne_bytes(port),
-        proto,
-        family,
-    };
+    let port_be = u16::from_ne_bytes(port);
     if family == FAMILY_V4 {
         let key4 = VipKey4 {
             addr: [addr[0], addr[1], addr[2], addr[3]],
-            port_be: key.port_be,
+            port_be,
             proto,
             _pad: 0,
         };
         return unsafe { VIPS4.get(&key4) }.copied();
     }
+    let key = VipKey {
+        addr: *addr,
+        port_be,
+        proto,
+        family,
+    };
     unsafe { VIPS6.get(&key) }.copied()
 }
 
@@ -273,8 +274,7 @@ fn classify_v4(ctx: &XdpContext, cfg: &Config, l3: usize, outer: bool, flow: &mu
     flow.l3_off = l3;
     flow.ihl = ihl;
     flow.l4_off = l4;
-    flow.saddr = [0; 16];
-    flow.daddr = [0; 16];
+    // IPv4 flows use only the first four bytes of saddr/daddr.
     match proto {
         IPPROTO_TCP | IPPROTO_UDP => {
             let Some(kind) = l4_kind(ctx, proto, l4) else {
