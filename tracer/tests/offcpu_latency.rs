@@ -64,33 +64,35 @@ fn offcpu_attributes_known_sleep_within_10_percent() {
     );
 }
 
-#[test]
-fn offcpu_min_block_filter_drops_short_blocks() {
-    let _g = serial();
+/// Blocks of `ms` milliseconds in sleepy_wait, traced with extra flags:
+/// the weight (us) charged to sleepy_wait.
+fn sleepy_weight(n: &str, ms: &str, flags: &[&str]) -> u64 {
     let exe = build_c("sleepy", SLEEPY_C);
-    let mut w = Proc::spawn(Command::new(&exe).arg("10").stdin(Stdio::piped()));
+    let mut w = Proc::spawn(Command::new(&exe).args([n, ms]).stdin(Stdio::piped()));
     let pid = w.pid().to_string();
-    // Every block is ~50 ms: a 100 ms minimum keeps none of them.
-    let mut t = Tracer::spawn(&[
-        "offcpu",
-        "--pid",
-        &pid,
-        "--min-block",
-        "100ms",
-        "-d",
-        "20s",
-        "-f",
-        "folded",
-    ]);
+    let mut args = vec!["offcpu", "--pid", &pid, "-d", "20s", "-f", "folded"];
+    args.extend_from_slice(flags);
+    let mut t = Tracer::spawn(&args);
     t.wait_ready();
     write_stdin(&mut w, "go\n");
     let r = t.finish(LIMIT);
     assert!(r.ok, "{}", r.stderr);
-    let stacks = folded(&String::from_utf8_lossy(&r.stdout));
-    assert!(
-        !stacks.iter().any(|(s, _)| s.contains("sleepy_wait")),
-        "blocks under --min-block kept: {stacks:?}"
-    );
+    folded(&String::from_utf8_lossy(&r.stdout))
+        .iter()
+        .filter(|(s, _)| s.split(';').any(|f| f == "sleepy_wait"))
+        .map(|(_, c)| c)
+        .sum()
+}
+
+#[test]
+fn offcpu_block_time_filters() {
+    let _g = serial();
+    // Every block is ~50 ms: a 100 ms minimum keeps none, a 100 ms maximum
+    // keeps all 10 (~500 ms), a 20 ms maximum none.
+    assert_eq!(sleepy_weight("10", "50", &["--min-block", "100ms"]), 0);
+    let kept = sleepy_weight("10", "50", &["--max-block", "100ms"]);
+    assert!((450_000..600_000).contains(&kept), "kept {kept} us");
+    assert_eq!(sleepy_weight("10", "50", &["--max-block", "20ms"]), 0);
 }
 
 #[derive(serde::Deserialize, Debug)]

@@ -587,3 +587,33 @@ fn draining_the_kernel_maps_mid_capture_keeps_every_sample() {
     let a = share(&stacks, "hot_a");
     assert!((a - 0.70).abs() <= 0.05, "hot_a share {a:.3}");
 }
+
+#[test]
+fn cpu_option_samples_only_the_chosen_cpus() {
+    let _g = serial();
+    let exe = build_c("hot", HOT_C);
+    // The workload is pinned to CPU 1: sampling CPU 0 sees none of it,
+    // sampling CPU 1 sees it.
+    let w = Proc::spawn(
+        Command::new("taskset")
+            .args(["-c", "1"])
+            .arg(&exe)
+            .arg("30"),
+    );
+    let pid = w.pid().to_string();
+    let count = |cpu: &str| -> u64 {
+        let r = trace(
+            &[
+                "profile", "--pid", &pid, "--cpu", cpu, "-d", "1s", "-F", "499", "-f", "folded",
+            ],
+            LIMIT,
+        );
+        assert!(r.ok, "{}", r.stderr);
+        folded(&String::from_utf8_lossy(&r.stdout))
+            .iter()
+            .map(|(_, c)| c)
+            .sum()
+    };
+    assert_eq!(count("0"), 0);
+    assert!(count("1") > 100);
+}
