@@ -158,15 +158,17 @@ impl Fireflies {
         let now = SystemTime::now();
         let text = firefly::frame(msg, &self.hostname, &self.app, now);
         let peer = self.peer.map(|p| SocketAddr::new(flow.dst.ip(), p));
+        let state = msg["flow-lifecycle"]["state"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string();
         for to in peer.iter().chain(self.collectors.iter()) {
             let sock = if to.is_ipv4() { &self.v4 } else { &self.v6 };
-            let state = msg["flow-lifecycle"]["state"]
-                .as_str()
-                .unwrap_or("?")
-                .to_string();
             match sock.send_to(text.as_bytes(), to).await {
-                Ok(_) => metrics::counter!("flowmark_fireflies_sent_total", "state" => state)
-                    .increment(1),
+                Ok(_) => {
+                    metrics::counter!("flowmark_fireflies_sent_total", "state" => state.clone())
+                        .increment(1)
+                }
                 Err(e) => {
                     metrics::counter!("flowmark_fireflies_failed_total").increment(1);
                     tracing::debug!(%to, "firefly not sent: {e}");
