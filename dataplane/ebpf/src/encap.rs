@@ -124,39 +124,32 @@ fn encapsulate(
         return Err(DROP_TOO_BIG);
     }
 
-    // Keep the VLAN tag (if any) as it was; only MACs and ethertype change.
-    let mut l2 = [0u8; ETH_LEN + VLAN_LEN];
+    // The new L2 header: MACs from the next hop, the VLAN tag (if any) kept
+    // as it was, the outer ethertype. Only the tag needs saving.
+    let mut tag = [0u8; VLAN_LEN];
     if l2_len == ETH_LEN + VLAN_LEN {
-        let Some(old) = bytes::<{ ETH_LEN + VLAN_LEN }>(ctx, 0) else {
+        let Some(old) = bytes::<VLAN_LEN>(ctx, ETH_LEN) else {
             return Err(DROP_ENCAP);
         };
-        l2 = *old;
-    } else {
-        let Some(old) = bytes::<ETH_LEN>(ctx, 0) else {
-            return Err(DROP_ENCAP);
-        };
-        l2[..ETH_LEN].copy_from_slice(old);
+        tag = *old;
     }
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(outer_len as i32)) } != 0 {
         return Err(DROP_ENCAP);
     }
-    l2[0..6].copy_from_slice(&hop_l2.dmac);
-    l2[6..12].copy_from_slice(&hop_l2.smac);
     let ethertype = if outer_v4 { ETH_P_IP } else { ETH_P_IPV6 }.to_be_bytes();
+    let Some(eth) = bytes::<ETH_LEN>(ctx, 0) else {
+        return Err(DROP_ENCAP);
+    };
+    eth[0..6].copy_from_slice(&hop_l2.dmac);
+    eth[6..12].copy_from_slice(&hop_l2.smac);
     if l2_len == ETH_LEN + VLAN_LEN {
-        let Some(new) = bytes::<{ ETH_LEN + VLAN_LEN }>(ctx, 0) else {
+        let Some(vlan) = bytes::<{ VLAN_LEN + 2 }>(ctx, ETH_LEN - 2) else {
             return Err(DROP_ENCAP);
         };
-        l2[16] = ethertype[0];
-        l2[17] = ethertype[1];
-        *new = l2;
+        *vlan = [0x81, 0x00, tag[0], tag[1], ethertype[0], ethertype[1]];
     } else {
-        let Some(new) = bytes::<ETH_LEN>(ctx, 0) else {
-            return Err(DROP_ENCAP);
-        };
-        l2[12] = ethertype[0];
-        l2[13] = ethertype[1];
-        new.copy_from_slice(&l2[..ETH_LEN]);
+        eth[12] = ethertype[0];
+        eth[13] = ethertype[1];
     }
 
     let l4_proto = if gue { IPPROTO_UDP } else { inner_proto };
