@@ -8,3 +8,9 @@
 //! BGP announcements (`bgp-speaker`) in an order that keeps connections
 //! alive. Operators talk to it over a root-only Unix socket ([`control`]).
 pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod liveness;
+pub mod metrics;
+pub mod status;
+pub mod tables;

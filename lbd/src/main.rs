@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use lbd::config::{self, Config};
+use lbd::control::{Request, Response};
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +28,40 @@ enum Cmd {
         #[arg(default_value = config::DEFAULT_PATH)]
         file: PathBuf,
     },
+    /// Run the node daemon (until SIGTERM; SIGHUP reloads the config).
+    Run {
+        #[arg(short, long, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Show node state, VIPs, checks, BGP peers, members and counters.
+    Status {
+        /// The same as stable JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(short, long, default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Stop taking new connections: GRACEFUL_SHUTDOWN, then withdraw; established connections are served until they end or the drain period does.
+    Drain {
+        #[arg(short, long, default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Take new connections again.
+    Undrain {
+        #[arg(short, long, default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Bucket share per node and second hops in transition for one VIP.
+    Table {
+        vip: String,
+        #[arg(short, long, default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Detach the XDP program and remove every pin (on purpose: forwarding stops).
+    Cleanup {
+        #[arg(short, long, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
     /// Print the version.
     Version,
 }
@@ -35,9 +70,115 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::CheckConfig { file } => check_config(&file),
+        Cmd::Run { config } => run(&config),
+        Cmd::Status { json, socket } => client(&socket, Request::Status, |r| {
+            let data = r.data.unwrap_or_default();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&data).unwrap_or_default()
+                );
+            } else {
+                match serde_json::from_value::<lbd::status::Status>(data) {
+                    Ok(s) => print!("{}", lbd::status::render(&s, unix_now())),
+                    Err(e) => eprintln!("lbd status: unexpected answer: {e}"),
+                }
+            }
+        }),
+        Cmd::Drain { socket } => client(&socket, Request::Drain, |r| println!("{}", r.message)),
+        Cmd::Undrain { socket } => client(&socket, Request::Undrain, |r| println!("{}", r.message)),
+        Cmd::Table { vip, socket } => client(&socket, Request::Table { vip }, |r| {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&r.data.unwrap_or_default()).unwrap_or_default()
+            )
+        }),
+        Cmd::Cleanup { config } => match Config::load(&config) {
+            Ok(c) => match dataplane::loader::Dataplane::cleanup(&c.dataplane.pin_dir) {
+                Ok(()) => {
+                    println!("removed {} (XDP detached)", c.dataplane.pin_dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("lbd cleanup: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
         Cmd::Version => {
             println!("lbd {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+fn run(config: &std::path::Path) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    // A bad config is exit 2, like check-config; anything else is 1.
+    if let Err(e) = Config::load(config) {
+        eprintln!("{e}");
+        return ExitCode::from(2);
+    }
+    let result = match runtime() {
+        Ok(rt) => rt.block_on(lbd::daemon::run(config)),
+        Err(e) => Err(e.into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("lbd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn client(socket: &std::path::Path, req: Request, show: impl FnOnce(Response)) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lbd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(lbd::control::call(socket, &req)) {
+        Ok(r) if r.ok => {
+            show(r);
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            eprintln!("lbd: {}", r.message);
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("lbd: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,0 +1,768 @@
+//! `lbd run`: the node daemon.
+//!
+//! One loop, ticking every 100 ms, owns all state: it reads the local checks
+//! and the member table, publishes this node's report, recomputes each VIP's
+//! table and installs it, then brings BGP in line. Operator requests and
+//! signals are events of the same loop, so nothing races.
+//!
+//! Ordering that keeps connections alive:
+//! - a VIP is announced only when its checks pass *and* this node is a first
+//!   hop of the table installed in its own dataplane;
+//! - a failing check withdraws at once (before the table changes);
+//! - `drain`: the node reports `draining` (peers give its buckets away and
+//!   keep it as second hop), BGP re-announces with GRACEFUL_SHUTDOWN, waits
+//!   `bgp.shutdown_wait`, then withdraws; established connections keep being
+//!   served through second-hop forwarding until the drain period ends.
+//! - stopping keeps the pinned XDP program forwarding and closes BGP for a
+//!   graceful restart.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, anyhow};
+use bgp_speaker::{
+    BfdConfig, GracefulRestart, IpNet, PeerConfig, RouteAttrs, Speaker, SpeakerConfig,
+};
+use dataplane::loader::Dataplane;
+use dataplane_common::{ENCAP_GUE, ENCAP_IPIP};
+use health::Check;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::config::{Config, Encap};
+use crate::control::{self, Request, Response};
+use crate::liveness::{self, Members, NodeState, Report};
+use crate::status::{CheckLine, MemberLine, NodeStatus, PeerLine, Status, VipStatus};
+use crate::tables::{Change, MemberView, VipTable};
+
+const TICK: Duration = Duration::from_millis(100);
+
+pub struct Daemon {
+    cfg: Config,
+    dp: Dataplane,
+    checks: Vec<Vec<Check>>,
+    members: Members,
+    report: watch::Sender<Report>,
+    speaker: Speaker,
+    tables: Vec<VipTable>,
+    announced: Vec<bool>,
+    drained: bool,
+    drain_task: Option<tokio::task::JoinHandle<()>>,
+    state: NodeState,
+    reason: String,
+    started: Instant,
+    last_reload: Option<String>,
+    last_metrics: Instant,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Loads the config and runs the daemon until SIGTERM/SIGINT.
+pub async fn run(path: &Path) -> Result<()> {
+    let mut cfg = Config::load(path).map_err(|e| anyhow!("{e}"))?;
+    cfg.file = path.to_path_buf();
+    let (inbox_tx, inbox) = mpsc::channel(16);
+    let mut d = Daemon::start(cfg, inbox_tx).await?;
+    let result = d.main_loop(inbox).await;
+    d.stop().await;
+    result
+}
+
+fn dataplane_config(cfg: &Config) -> dataplane_common::Config {
+    let me = cfg.me();
+    let mut c = dataplane_common::Config {
+        self_id: cfg.node_id,
+        encap: match cfg.dataplane.encap {
+            Encap::Gue => ENCAP_GUE,
+            Encap::Ipip => ENCAP_IPIP,
+        },
+        gue_port_be: cfg.dataplane.gue_port.to_be(),
+        hash_seed: cfg.hash_seed,
+        ..Default::default()
+    };
+    match me.address {
+        IpAddr::V4(a) => c.self_v4 = a.octets(),
+        IpAddr::V6(a) => c.self_v6 = a.octets(),
+    }
+    c
+}
+
+fn mss_clamp(cfg: &Config, vip: IpAddr) -> u16 {
+    if !cfg.dataplane.mss_clamp {
+        return 0;
+    }
+    dataplane::lab::clamped_mss(
+        cfg.dataplane.underlay_mtu,
+        cfg.me().address.is_ipv6(),
+        cfg.dataplane.encap == Encap::Gue,
+        vip.is_ipv6(),
+    )
+}
+
+fn speaker_config(cfg: &Config, restarting: bool) -> Result<SpeakerConfig> {
+    let mut peers = Vec::new();
+    for p in &cfg.bgp.peers {
+        let md5_password = match &p.md5_password_file {
+            None => None,
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| {
+                        format!(
+                            "bgp peer {}: reading md5_password_file {}",
+                            p.address,
+                            f.display()
+                        )
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+        };
+        peers.push(PeerConfig {
+            local_address: p.local_address,
+            passive: p.passive,
+            port: p.port,
+            md5_password,
+            ttl_security: p.ttl_security,
+            bfd: p.bfd.as_ref().map(|b| BfdConfig {
+                desired_min_tx: b.min_tx,
+                required_min_rx: b.min_rx,
+                detect_mult: b.multiplier,
+            }),
+            ..PeerConfig::new(p.address, p.remote_as)
+        });
+    }
+    Ok(SpeakerConfig {
+        local_as: cfg.bgp.local_as,
+        router_id: cfg.bgp.router_id,
+        hold_time: cfg.bgp.hold_time,
+        listen_port: cfg.bgp.listen_port,
+        graceful_restart: cfg.bgp.graceful_restart_time.map(|t| GracefulRestart {
+            restart_time: t,
+            restarting,
+        }),
+        peers,
+    })
+}
+
+fn route_attrs(cfg: &Config) -> RouteAttrs {
+    RouteAttrs {
+        med: cfg.bgp.med,
+        communities: cfg.bgp.communities.clone(),
+        ..Default::default()
+    }
+}
+
+fn host_prefix(a: IpAddr) -> IpNet {
+    IpNet::from(a)
+}
+
+impl Daemon {
+    async fn start(cfg: Config, inbox: control::Inbox) -> Result<Self> {
+        let pin_dir = &cfg.dataplane.pin_dir;
+        let restarting = std::fs::read_dir(pin_dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+        let mut dp = Dataplane::open(pin_dir)
+            .with_context(|| format!("opening the dataplane in {}", pin_dir.display()))?;
+        let iface = &cfg.dataplane.interface;
+        dp.attach_xdp(iface)
+            .with_context(|| format!("attaching XDP to {iface}"))?;
+        if cfg.dataplane.mss_clamp {
+            dp.attach_mss_clamp(iface)
+                .with_context(|| format!("attaching the MSS clamp to {iface}"))?;
+        }
+        dp.set_config(&dataplane_config(&cfg))?;
+        for m in &cfg.members {
+            dp.set_node(m.id, Some(m.address))?;
+        }
+        let now = Instant::now();
+        let mut tables = Vec::new();
+        for v in &cfg.vips {
+            let entries = v.entries();
+            let found = match entries.first() {
+                Some(e) => dp.vip_table(e)?,
+                None => None,
+            };
+            tables.push(match found {
+                Some(live) if live.len() == cfg.dataplane.table_size as usize => {
+                    info!(vip = %v.address, "resuming the table found in the dataplane");
+                    VipTable::resume(live, now, cfg.drain_period)
+                }
+                _ => VipTable::default(),
+            });
+        }
+        let checks = cfg
+            .vips
+            .iter()
+            .map(|v| v.checks.iter().cloned().map(Check::spawn).collect())
+            .collect();
+        let members = liveness::members(&cfg.members, cfg.node_id, &cfg.liveness);
+        let (report, report_rx) = watch::channel(Report {
+            node_id: cfg.node_id,
+            state: NodeState::Down,
+            generation: cfg.generation(),
+            vips: BTreeMap::new(),
+        });
+        let mut tasks = Vec::new();
+        let listen = SocketAddr::new(cfg.me().address, cfg.liveness.port);
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("liveness endpoint: binding {listen}"))?;
+        tasks.push(tokio::spawn(liveness::serve(listener, report_rx)));
+        tasks.push(tokio::spawn(liveness::poll(
+            members.clone(),
+            cfg.liveness.clone(),
+            cfg.generation(),
+        )));
+        let speaker = Speaker::start(speaker_config(&cfg, restarting)?)
+            .await
+            .context("starting the BGP speaker")?;
+        let sock = control::bind(&cfg.api.socket)?;
+        tasks.push(tokio::spawn(control::serve(sock, inbox)));
+        if let Some(addr) = cfg.api.metrics {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(addr)
+                .install()
+                .with_context(|| format!("metrics: listening on {addr}"))?;
+        }
+        info!(
+            node = cfg.node_id,
+            generation = %cfg.generation(),
+            restarting,
+            "lbd started: XDP on {iface}, liveness on {listen}, socket {}",
+            cfg.api.socket.display()
+        );
+        let n = cfg.vips.len();
+        Ok(Self {
+            cfg,
+            dp,
+            checks,
+            members,
+            report,
+            speaker,
+            tables,
+            announced: vec![false; n],
+            drained: false,
+            drain_task: None,
+            state: NodeState::Down,
+            reason: "starting: checks have not passed yet".into(),
+            started: Instant::now(),
+            last_reload: None,
+            last_metrics: Instant::now() - Duration::from_secs(10),
+            tasks,
+        })
+    }
+
+    async fn main_loop(
+        &mut self,
+        mut inbox: mpsc::Receiver<(Request, oneshot::Sender<Response>)>,
+    ) -> Result<()> {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => self.tick(),
+                Some((req, reply)) = inbox.recv() => {
+                    let resp = self.handle(req);
+                    let _ = reply.send(resp);
+                    self.tick();
+                }
+                _ = hup.recv() => self.reload(),
+                _ = term.recv() => { info!("SIGTERM: stopping"); return Ok(()); }
+                _ = int.recv() => { info!("SIGINT: stopping"); return Ok(()); }
+            }
+        }
+    }
+
+    async fn stop(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        if self.cfg.bgp.graceful_restart_time.is_some() {
+            self.speaker.close_for_restart().await;
+        } else {
+            self.speaker.shutdown().await;
+        }
+        let _ = std::fs::remove_file(&self.cfg.api.socket);
+        info!(
+            pin_dir = %self.cfg.dataplane.pin_dir.display(),
+            "stopped; the XDP program stays attached and keeps forwarding (lbd cleanup removes it)"
+        );
+    }
+
+    fn healthy(&self) -> Vec<bool> {
+        self.checks
+            .iter()
+            .map(|cs| cs.iter().all(|c| c.status().up))
+            .collect()
+    }
+
+    fn tick(&mut self) {
+        let healthy = self.healthy();
+        let me = self.cfg.node_id;
+        // Node state and its reason.
+        let (state, reason) = if self.drained {
+            (NodeState::Draining, "lbd drain".to_string())
+        } else if healthy.iter().any(|&h| h) {
+            let up = healthy.iter().filter(|&&h| h).count();
+            (
+                NodeState::Active,
+                format!("{up}/{} VIPs pass their checks", healthy.len()),
+            )
+        } else {
+            (NodeState::Down, "no VIP passes its checks".to_string())
+        };
+        if state != self.state {
+            info!(from = self.state.name(), to = state.name(), reason = %reason, "node state");
+        }
+        self.state = state;
+        self.reason = reason;
+        let vips: BTreeMap<String, bool> = self
+            .cfg
+            .vips
+            .iter()
+            .zip(&healthy)
+            .map(|(v, &h)| (v.address.to_string(), h))
+            .collect();
+        self.report.send_if_modified(|r| {
+            let changed = r.state != state || r.vips != vips;
+            r.state = state;
+            r.vips = vips.clone();
+            changed
+        });
+        let draining_bgp = self.drain_task.as_ref().is_some_and(|t| !t.is_finished());
+        // A failing check withdraws at once, before anything else moves.
+        for (i, v) in self.cfg.vips.iter().enumerate() {
+            if self.announced[i] && !healthy[i] && !draining_bgp {
+                self.speaker.withdraw(host_prefix(v.address));
+                self.announced[i] = false;
+                warn!(vip = %v.address, reason = "health check failed", "withdrawn");
+            }
+        }
+        // Tables.
+        let others = liveness::lock(&self.members).clone();
+        let now = Instant::now();
+        for (i, v) in self.cfg.vips.iter().enumerate() {
+            let key = v.address.to_string();
+            let view: Vec<MemberView> = self
+                .cfg
+                .members
+                .iter()
+                .map(|m| {
+                    if m.id == me {
+                        return MemberView {
+                            id: m.id,
+                            weight: m.weight,
+                            reachable: true,
+                            serving: !self.drained && healthy[i],
+                        };
+                    }
+                    let (up, serving) = match others.get(&m.id) {
+                        Some(s) => {
+                            let serving = s.up
+                                && s.report.as_ref().is_some_and(|r| {
+                                    r.state == NodeState::Active
+                                        && r.vips.get(&key).copied().unwrap_or(false)
+                                });
+                            (s.up, serving)
+                        }
+                        None => (false, false),
+                    };
+                    MemberView {
+                        id: m.id,
+                        weight: m.weight,
+                        reachable: up,
+                        serving,
+                    }
+                })
+                .collect();
+            let change = match self.tables[i].update(
+                &view,
+                self.cfg.dataplane.table_size,
+                self.cfg.hash_seed,
+                now,
+            ) {
+                Ok(c) => c,
+                Err(e) => {
+                    error!(vip = %v.address, error = %e, "cannot build the table");
+                    continue;
+                }
+            };
+            let buckets = match &change {
+                Change::None => continue,
+                Change::Membership {
+                    buckets,
+                    moved,
+                    with_second_hop,
+                } => {
+                    let first: Vec<u16> = view
+                        .iter()
+                        .filter(|m| m.reachable && m.serving)
+                        .map(|m| m.id)
+                        .collect();
+                    info!(vip = %v.address, first_hops = ?first, moved, with_second_hop, "table change");
+                    buckets.clone()
+                }
+                Change::Settled(b) => {
+                    info!(vip = %v.address, "drain period over: second hops dropped");
+                    b.clone()
+                }
+            };
+            let clamp = mss_clamp(&self.cfg, v.address);
+            let mut ok = true;
+            for e in v.entries() {
+                if let Err(err) = self.dp.set_vip_table(&e, &buckets, clamp) {
+                    error!(vip = %e, error = %format!("{err:#}"), "installing the table failed");
+                    ok = false;
+                }
+            }
+            if ok {
+                self.tables[i].installed(change, now, self.cfg.drain_period);
+            }
+        }
+        // BGP: announce only what passes its checks and is in our own table.
+        if !draining_bgp && !self.drained {
+            for (i, v) in self.cfg.vips.iter().enumerate() {
+                let want = healthy[i] && self.tables[i].has_first_hop(me);
+                if want && !self.announced[i] {
+                    match self
+                        .speaker
+                        .announce(host_prefix(v.address), route_attrs(&self.cfg))
+                    {
+                        Ok(()) => {
+                            info!(vip = %v.address, reason = "checks pass and table loaded", "announced")
+                        }
+                        Err(e) => error!(vip = %v.address, error = %e, "cannot announce"),
+                    }
+                    self.announced[i] = true;
+                } else if !want && self.announced[i] {
+                    self.speaker.withdraw(host_prefix(v.address));
+                    self.announced[i] = false;
+                    info!(vip = %v.address, reason = "not a first hop of its own table", "withdrawn");
+                }
+            }
+        }
+        if self.last_metrics.elapsed() >= Duration::from_secs(1) {
+            self.last_metrics = Instant::now();
+            if self.cfg.api.metrics.is_some() {
+                crate::metrics::export(&self.status());
+            }
+        }
+    }
+
+    fn handle(&mut self, req: Request) -> Response {
+        match req {
+            Request::Status => match serde_json::to_value(self.status()) {
+                Ok(v) => Response::ok("status", Some(v)),
+                Err(e) => Response::err(format!("status: {e}")),
+            },
+            Request::Drain => {
+                if self.drained {
+                    return Response::ok("already draining", None);
+                }
+                self.drained = true;
+                let speaker = self.speaker.clone();
+                let wait = self.cfg.bgp.shutdown_wait;
+                self.drain_task = Some(tokio::spawn(async move { speaker.drain(wait).await }));
+                // The drain task withdraws everything after the wait.
+                self.announced.iter_mut().for_each(|a| *a = false);
+                info!(
+                    shutdown_wait = ?wait,
+                    drain_period = ?self.cfg.drain_period,
+                    "draining: GRACEFUL_SHUTDOWN now, withdraw after the wait; established connections keep their second hop"
+                );
+                Response::ok(
+                    format!(
+                        "draining: routes carry GRACEFUL_SHUTDOWN for {}s then are withdrawn; established connections are served for up to {}s",
+                        wait.as_secs(),
+                        self.cfg.drain_period.as_secs()
+                    ),
+                    None,
+                )
+            }
+            Request::Undrain => {
+                if !self.drained {
+                    return Response::ok("not draining", None);
+                }
+                if let Some(t) = self.drain_task.take() {
+                    t.abort();
+                }
+                self.speaker.undrain();
+                self.drained = false;
+                // Whatever an aborted drain left in the RIB is brought in
+                // line by the next tick (withdrawn if not wanted).
+                let in_rib = self.speaker.announced();
+                for (i, v) in self.cfg.vips.iter().enumerate() {
+                    self.announced[i] = in_rib.contains(&host_prefix(v.address));
+                }
+                info!("undrained: announcing again as checks and tables allow");
+                Response::ok("undrained", None)
+            }
+            Request::Table { vip } => {
+                let Ok(addr) = vip.parse::<IpAddr>() else {
+                    return Response::err(format!("{vip:?} is not an IP address"));
+                };
+                let Some(i) = self.cfg.vips.iter().position(|v| v.address == addr) else {
+                    return Response::err(format!("{addr} is not a configured VIP"));
+                };
+                let t = &self.tables[i];
+                let mut second: BTreeMap<String, usize> = BTreeMap::new();
+                for b in &t.live {
+                    if b.second != dataplane_common::NO_HOP {
+                        *second
+                            .entry(format!("{}->{}", b.first, b.second))
+                            .or_default() += 1;
+                    }
+                }
+                let (share, n_second) = t.share();
+                let data = serde_json::json!({
+                    "vip": addr.to_string(),
+                    "table_size": t.live.len(),
+                    "share": share.into_iter().map(|(n, b)| (n.to_string(), b)).collect::<BTreeMap<_, _>>(),
+                    "second_hops": n_second,
+                    "second_hop_pairs": second,
+                    "settles_in_s": t.settle_at.map(|s| s.saturating_duration_since(Instant::now()).as_secs()),
+                });
+                Response::ok("table", Some(data))
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        let now = Instant::now();
+        let generation = self.cfg.generation();
+        let healthy = self.healthy();
+        let vips = self
+            .cfg
+            .vips
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let mut counters: BTreeMap<String, u64> = BTreeMap::new();
+                for e in v.entries() {
+                    if let Ok(c) = self.dp.counters(Some(&e)) {
+                        for (k, n) in c {
+                            *counters.entry(k.to_string()).or_default() += n;
+                        }
+                    }
+                }
+                let t = &self.tables[i];
+                let (share, second_hops) = t.share();
+                VipStatus {
+                    address: v.address.to_string(),
+                    ports: v.ports.clone(),
+                    protocols: v
+                        .protocols
+                        .iter()
+                        .map(|p| format!("{p:?}").to_lowercase())
+                        .collect(),
+                    healthy: healthy[i],
+                    announced: self.speaker.announced().contains(&host_prefix(v.address)),
+                    in_table: t.has_first_hop(self.cfg.node_id),
+                    checks: self.checks[i]
+                        .iter()
+                        .map(|c| {
+                            let s = c.status();
+                            CheckLine {
+                                name: s.name,
+                                up: s.up,
+                                last_result: s.last_result,
+                                latency_ms: s.last_latency_ms,
+                                probes: s.probes,
+                            }
+                        })
+                        .collect(),
+                    counters,
+                    share: share.into_iter().collect(),
+                    second_hops,
+                    table_size: t.live.len(),
+                    settles_in_s: t
+                        .settle_at
+                        .map(|s| s.saturating_duration_since(now).as_secs()),
+                }
+            })
+            .collect();
+        let bgp = self
+            .speaker
+            .peers()
+            .into_iter()
+            .map(|p| PeerLine {
+                peer: p.peer.to_string(),
+                state: format!("{:?}", p.state),
+                uptime_s: p.uptime.map(|u| u.as_secs()),
+                prefixes_sent: p.prefixes_sent,
+                prefixes_received: p.prefixes_received,
+                bfd: p.bfd.map(|b| format!("{b:?}")),
+                last_error: p.last_error,
+            })
+            .collect();
+        let others = liveness::lock(&self.members).clone();
+        let members = self
+            .cfg
+            .members
+            .iter()
+            .map(|m| {
+                if m.id == self.cfg.node_id {
+                    return MemberLine {
+                        id: m.id,
+                        address: m.address.to_string(),
+                        local: true,
+                        up: true,
+                        state: self.state.name().into(),
+                        generation: Some(generation.clone()),
+                        generation_matches: true,
+                        last_seen_unix: Some(unix_now()),
+                        last_error: None,
+                    };
+                }
+                let s = others.get(&m.id);
+                let report = s.and_then(|s| s.report.as_ref());
+                MemberLine {
+                    id: m.id,
+                    address: m.address.to_string(),
+                    local: false,
+                    up: s.is_some_and(|s| s.up),
+                    state: match (s.is_some_and(|s| s.up), report) {
+                        (true, Some(r)) => r.state.name().into(),
+                        _ => "down".into(),
+                    },
+                    generation: report.map(|r| r.generation.clone()),
+                    generation_matches: report.is_none_or(|r| r.generation == generation),
+                    last_seen_unix: s.and_then(|s| s.last_seen_unix),
+                    last_error: s.and_then(|s| s.last_error.clone()),
+                }
+            })
+            .collect();
+        Status {
+            node: NodeStatus {
+                id: self.cfg.node_id,
+                state: self.state.name().into(),
+                reason: self.reason.clone(),
+                generation,
+                config: self.cfg.file.display().to_string(),
+                uptime_s: self.started.elapsed().as_secs(),
+                last_reload: self.last_reload.clone(),
+            },
+            vips,
+            bgp,
+            members,
+        }
+    }
+
+    /// SIGHUP: validate the file first; an invalid one changes nothing.
+    /// Health checks, route attributes and the drain period are applied
+    /// live; other changes are reported as needing a restart.
+    fn reload(&mut self) {
+        let path: PathBuf = self.cfg.file.clone();
+        let stamp = unix_now();
+        let new = match Config::load(&path) {
+            Ok(mut c) => {
+                c.file = path.clone();
+                c
+            }
+            Err(e) => {
+                error!(file = %path.display(), errors = %e, "reload refused: the running config stays");
+                self.last_reload = Some(format!(
+                    "refused at {stamp}: {}",
+                    e.to_string().replace('\n', "; ")
+                ));
+                return;
+            }
+        };
+        if new == self.cfg {
+            self.last_reload = Some(format!("no change at {stamp}"));
+            info!("reload: no change");
+            return;
+        }
+        let mut applied = Vec::new();
+        let mut restart = Vec::new();
+        let same_vips = new.vips.len() == self.cfg.vips.len()
+            && new.vips.iter().zip(&self.cfg.vips).all(|(a, b)| {
+                a.address == b.address && a.ports == b.ports && a.protocols == b.protocols
+            });
+        if same_vips {
+            for (i, v) in new.vips.iter().enumerate() {
+                if v.checks != self.cfg.vips[i].checks {
+                    self.checks[i] = v.checks.iter().cloned().map(Check::spawn).collect();
+                    applied.push(format!("checks of {}", v.address));
+                }
+            }
+        } else {
+            restart.push("vips");
+        }
+        let (old_attrs, new_attrs) = (route_attrs(&self.cfg), route_attrs(&new));
+        if new.drain_period != self.cfg.drain_period {
+            applied.push("drain_period".into());
+        }
+        if new.members != self.cfg.members || new.node_id != self.cfg.node_id {
+            restart.push("members/node_id");
+        }
+        if new.dataplane != self.cfg.dataplane || new.hash_seed != self.cfg.hash_seed {
+            restart.push("dataplane/hash_seed");
+        }
+        if new.liveness != self.cfg.liveness {
+            restart.push("liveness");
+        }
+        if new.api != self.cfg.api {
+            restart.push("api");
+        }
+        let bgp_session = |c: &Config| {
+            (
+                c.bgp.local_as,
+                c.bgp.router_id,
+                c.bgp.hold_time,
+                c.bgp.listen_port,
+                c.bgp.graceful_restart_time,
+                c.bgp.peers.clone(),
+            )
+        };
+        if bgp_session(&new) != bgp_session(&self.cfg) {
+            restart.push("bgp sessions");
+        }
+        // Apply what is live-safe; keep the rest of the running config.
+        let mut next = self.cfg.clone();
+        if same_vips {
+            for (i, v) in new.vips.iter().enumerate() {
+                next.vips[i].checks = v.checks.clone();
+            }
+        }
+        next.drain_period = new.drain_period;
+        next.bgp.communities = new.bgp.communities.clone();
+        next.bgp.med = new.bgp.med;
+        next.bgp.shutdown_wait = new.bgp.shutdown_wait;
+        self.cfg = next;
+        if old_attrs != new_attrs {
+            applied.push("route attributes".into());
+            for (i, v) in self.cfg.vips.iter().enumerate() {
+                if self.announced[i] {
+                    let _ = self
+                        .speaker
+                        .announce(host_prefix(v.address), new_attrs.clone());
+                }
+            }
+        }
+        let text = format!(
+            "at {stamp}: applied [{}]; needs a restart: [{}]",
+            applied.join(", "),
+            restart.join(", ")
+        );
+        if restart.is_empty() {
+            info!(applied = ?applied, "reload applied");
+        } else {
+            warn!(applied = ?applied, needs_restart = ?restart, "reload: some changes need a restart");
+        }
+        self.last_reload = Some(text);
+    }
+}

@@ -1,0 +1,48 @@
+//! Prometheus metrics: the figures of `lbd status`, refreshed every second,
+//! with labels per VIP, check, peer and member.
+
+use metrics::gauge;
+
+use crate::status::Status;
+
+pub fn export(s: &Status) {
+    for st in ["active", "draining", "down"] {
+        gauge!("lbd_node_state", "state" => st).set(f64::from(u8::from(s.node.state == st)));
+    }
+    gauge!("lbd_uptime_seconds").set(s.node.uptime_s as f64);
+    for v in &s.vips {
+        let vip = v.address.clone();
+        gauge!("lbd_vip_healthy", "vip" => vip.clone()).set(f64::from(u8::from(v.healthy)));
+        gauge!("lbd_vip_announced", "vip" => vip.clone()).set(f64::from(u8::from(v.announced)));
+        gauge!("lbd_vip_in_table", "vip" => vip.clone()).set(f64::from(u8::from(v.in_table)));
+        gauge!("lbd_table_second_hop_buckets", "vip" => vip.clone()).set(v.second_hops as f64);
+        for (node, buckets) in &v.share {
+            gauge!("lbd_table_buckets", "vip" => vip.clone(), "node" => node.to_string())
+                .set(*buckets as f64);
+        }
+        for (name, n) in &v.counters {
+            gauge!("lbd_dataplane_packets", "vip" => vip.clone(), "counter" => name.clone())
+                .set(*n as f64);
+        }
+        for c in &v.checks {
+            let labels = [("vip", vip.clone()), ("check", c.name.clone())];
+            gauge!("lbd_check_up", &labels).set(f64::from(u8::from(c.up)));
+            if let Some(l) = c.latency_ms {
+                gauge!("lbd_check_latency_seconds", &labels).set(l / 1000.0);
+            }
+        }
+    }
+    for p in &s.bgp {
+        let peer = p.peer.clone();
+        gauge!("lbd_bgp_established", "peer" => peer.clone())
+            .set(f64::from(u8::from(p.state == "Established")));
+        gauge!("lbd_bgp_prefixes_sent", "peer" => peer.clone()).set(p.prefixes_sent as f64);
+        gauge!("lbd_bgp_uptime_seconds", "peer" => peer).set(p.uptime_s.unwrap_or(0) as f64);
+    }
+    for m in &s.members {
+        let id = m.id.to_string();
+        gauge!("lbd_member_up", "member" => id.clone()).set(f64::from(u8::from(m.up)));
+        gauge!("lbd_member_generation_matches", "member" => id)
+            .set(f64::from(u8::from(m.generation_matches)));
+    }
+}

@@ -1,0 +1,226 @@
+//! What `lbd status` shows: the JSON the daemon sends over the control
+//! socket (`--json` prints it as is; its field names are stable) and the
+//! dense text rendering.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub node: NodeStatus,
+    pub vips: Vec<VipStatus>,
+    pub bgp: Vec<PeerLine>,
+    pub members: Vec<MemberLine>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: u16,
+    pub state: String,
+    pub reason: String,
+    pub generation: String,
+    pub config: String,
+    pub uptime_s: u64,
+    /// Outcome of the last SIGHUP, if any.
+    pub last_reload: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VipStatus {
+    pub address: String,
+    pub ports: Vec<u16>,
+    pub protocols: Vec<String>,
+    pub healthy: bool,
+    pub announced: bool,
+    /// This node is a first hop in its own table.
+    pub in_table: bool,
+    pub checks: Vec<CheckLine>,
+    /// Dataplane counters summed over the VIP's port/protocol entries.
+    pub counters: BTreeMap<String, u64>,
+    /// Buckets per first-hop node id.
+    pub share: BTreeMap<u16, usize>,
+    pub second_hops: usize,
+    pub table_size: usize,
+    /// Seconds until the second hops are dropped, while in transition.
+    pub settles_in_s: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckLine {
+    pub name: String,
+    pub up: bool,
+    pub last_result: String,
+    pub latency_ms: Option<f64>,
+    pub probes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerLine {
+    pub peer: String,
+    pub state: String,
+    pub uptime_s: Option<u64>,
+    pub prefixes_sent: u64,
+    pub prefixes_received: u64,
+    pub bfd: Option<String>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberLine {
+    pub id: u16,
+    pub address: String,
+    /// This node itself.
+    pub local: bool,
+    pub up: bool,
+    pub state: String,
+    pub generation: Option<String>,
+    pub generation_matches: bool,
+    pub last_seen_unix: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+fn ago(now: u64, t: Option<u64>) -> String {
+    match t {
+        Some(t) => format!("{}s", now.saturating_sub(t)),
+        None => "never".into(),
+    }
+}
+
+fn dur(s: Option<u64>) -> String {
+    match s {
+        None => "-".into(),
+        Some(s) if s >= 86400 => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+        Some(s) => format!("{:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60),
+    }
+}
+
+/// The one-screen text view.
+pub fn render(s: &Status, now_unix: u64) -> String {
+    let mut o = String::new();
+    let n = &s.node;
+    let _ = writeln!(
+        o,
+        "node {} {} ({}), generation {}, up {}, config {}",
+        n.id,
+        n.state.to_uppercase(),
+        n.reason,
+        &n.generation[..n.generation.len().min(8)],
+        dur(Some(n.uptime_s)),
+        n.config
+    );
+    if let Some(r) = &n.last_reload {
+        let _ = writeln!(o, "last reload: {r}");
+    }
+    let _ = writeln!(
+        o,
+        "\nVIP                       Ports        Health  BGP        Table  Share (node:buckets)      2nd-hop  Local      Fwd1st     Fwd2nd     Decap      Drops"
+    );
+    for v in &s.vips {
+        let ports = v
+            .ports
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let share = v
+            .share
+            .iter()
+            .map(|(n, b)| format!("{n}:{b}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let c = |k: &str| v.counters.get(k).copied().unwrap_or(0);
+        let drops = c("drop_no_node") + c("drop_no_route") + c("drop_too_big") + c("drop_encap");
+        let second = match v.settles_in_s {
+            Some(t) => format!("{} ({}s)", v.second_hops, t),
+            None => v.second_hops.to_string(),
+        };
+        let _ = writeln!(
+            o,
+            "{:<25} {:<12} {:<7} {:<10} {:<6} {:<25} {:<8} {:<10} {:<10} {:<10} {:<10} {}",
+            v.address,
+            format!("{}/{}", ports, v.protocols.join("+")),
+            if v.healthy { "up" } else { "DOWN" },
+            if v.announced {
+                "announced"
+            } else {
+                "withdrawn"
+            },
+            if v.in_table { "in" } else { "out" },
+            share,
+            second,
+            c("pass_local"),
+            c("fwd_first_hop"),
+            c("fwd_second_hop"),
+            c("decap"),
+            drops
+        );
+        for ch in &v.checks {
+            let lat = ch
+                .latency_ms
+                .map(|l| format!("{l:.1}ms"))
+                .unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                o,
+                "  check {:<40} {:<5} {:<9} {}",
+                ch.name,
+                if ch.up { "up" } else { "DOWN" },
+                lat,
+                ch.last_result
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "\nBGP peer                  State        Up/Down    PfxSnt PfxRcd BFD    Last error"
+    );
+    for p in &s.bgp {
+        let _ = writeln!(
+            o,
+            "{:<25} {:<12} {:<10} {:<6} {:<6} {:<6} {}",
+            p.peer,
+            p.state,
+            dur(p.uptime_s),
+            p.prefixes_sent,
+            p.prefixes_received,
+            p.bfd.as_deref().unwrap_or("-"),
+            p.last_error.as_deref().unwrap_or("")
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nMember  Address                   Reach  State     Generation  Last seen  Note"
+    );
+    for m in &s.members {
+        let gen_text = m
+            .generation
+            .as_deref()
+            .map(|g| &g[..g.len().min(8)])
+            .unwrap_or("-");
+        let mut note = m.last_error.clone().unwrap_or_default();
+        if m.generation.is_some() && !m.generation_matches {
+            note = format!("GENERATION DIFFERS {note}");
+        }
+        let _ = writeln!(
+            o,
+            "{:<7} {:<25} {:<6} {:<9} {:<11} {:<10} {}",
+            if m.local {
+                format!("{}*", m.id)
+            } else {
+                m.id.to_string()
+            },
+            m.address,
+            if m.up { "up" } else { "DOWN" },
+            m.state,
+            gen_text,
+            if m.local {
+                "-".into()
+            } else {
+                ago(now_unix, m.last_seen_unix)
+            },
+            note.trim()
+        );
+    }
+    o
+}

@@ -1,0 +1,339 @@
+//! From the view of the members to the buckets of one VIP's table.
+//!
+//! Every node runs this over the same ordered member list and the same
+//! member states, so every node computes the same table (Maglev output
+//! depends only on the member set, weights, size and seed). A member is a
+//! first hop when it is reachable, active and passes the VIP's checks; a
+//! reachable member that is draining or failing its checks stays usable as
+//! second hop, so its established connections are forwarded back to it for
+//! the drain period; an unreachable member is no hop at all (removed at
+//! once: forwarding to it would blackhole the flows).
+
+use std::time::{Duration, Instant};
+
+use dataplane::maglev::{self, Member};
+use dataplane::transition;
+use dataplane_common::{Bucket, NO_HOP};
+
+/// One member as this node sees it right now, for one VIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberView {
+    pub id: u16,
+    pub weight: u32,
+    /// Answers liveness polls (or is this node).
+    pub reachable: bool,
+    /// Active (not draining) and passing this VIP's checks.
+    pub serving: bool,
+}
+
+/// A VIP's live table and its drain timer.
+#[derive(Debug, Clone, Default)]
+pub struct VipTable {
+    /// The buckets as installed (empty before the first install).
+    pub live: Vec<Bucket>,
+    /// The first-hop members the live table was built from.
+    pub first_hops: Vec<u16>,
+    /// When the second hops of the last change are dropped.
+    pub settle_at: Option<Instant>,
+}
+
+/// What `update` decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing to install.
+    None,
+    /// A new membership: install these buckets (with second hops).
+    Membership {
+        buckets: Vec<Bucket>,
+        moved: usize,
+        with_second_hop: usize,
+    },
+    /// The drain period ended: install the live table without second hops.
+    Settled(Vec<Bucket>),
+}
+
+impl VipTable {
+    /// Starts from a table found in the dataplane (daemon restart): its
+    /// second hops are kept and settle after a full drain period.
+    pub fn resume(live: Vec<Bucket>, now: Instant, drain: Duration) -> Self {
+        let mut first_hops: Vec<u16> = live
+            .iter()
+            .map(|b| b.first)
+            .filter(|&f| f != NO_HOP)
+            .collect();
+        first_hops.sort_unstable();
+        first_hops.dedup();
+        let settle_at = live
+            .iter()
+            .any(|b| b.second != NO_HOP)
+            .then_some(now + drain);
+        Self {
+            live,
+            first_hops,
+            settle_at,
+        }
+    }
+
+    /// Recomputes the table for `view`. Returns what to install; the caller
+    /// installs it, then calls [`VipTable::installed`].
+    pub fn update(
+        &self,
+        view: &[MemberView],
+        table_size: u32,
+        seed: u32,
+        now: Instant,
+    ) -> Result<Change, maglev::MaglevError> {
+        let mut first: Vec<u16> = view
+            .iter()
+            .filter(|m| m.reachable && m.serving)
+            .map(|m| m.id)
+            .collect();
+        first.sort_unstable();
+        let usable = |id: u16| view.iter().any(|m| m.id == id && m.reachable);
+        // A second hop that became unreachable must go at once too.
+        let dead_second = self
+            .live
+            .iter()
+            .any(|b| b.second != NO_HOP && !usable(b.second));
+        if first != self.first_hops || self.live.is_empty() || dead_second {
+            if first.is_empty() {
+                // Nobody serves: keep the table (no node announces the VIP,
+                // so no packet arrives), but never name an unreachable hop.
+                if dead_second {
+                    let mut buckets = self.live.clone();
+                    for b in &mut buckets {
+                        if b.second != NO_HOP && !usable(b.second) {
+                            b.second = NO_HOP;
+                        }
+                    }
+                    return Ok(Change::Settled(buckets));
+                }
+                return Ok(Change::None);
+            }
+            let members: Vec<Member> = view
+                .iter()
+                .filter(|m| first.contains(&m.id))
+                .map(|m| Member {
+                    id: m.id,
+                    weight: m.weight,
+                })
+                .collect();
+            let owners = maglev::build(&members, table_size, seed)?;
+            let buckets = transition::follow(&self.live, &owners, usable);
+            let moved = if self.live.len() == owners.len() {
+                self.live
+                    .iter()
+                    .zip(&owners)
+                    .filter(|(b, o)| b.first != **o)
+                    .count()
+            } else {
+                owners.len()
+            };
+            let with_second_hop = buckets.iter().filter(|b| b.second != NO_HOP).count();
+            return Ok(Change::Membership {
+                buckets,
+                moved,
+                with_second_hop,
+            });
+        }
+        if let Some(t) = self.settle_at
+            && now >= t
+        {
+            let mut buckets = self.live.clone();
+            transition::settle(&mut buckets);
+            return Ok(Change::Settled(buckets));
+        }
+        Ok(Change::None)
+    }
+
+    /// Records that `change` is now live in the dataplane.
+    pub fn installed(&mut self, change: Change, now: Instant, drain: Duration) {
+        match change {
+            Change::None => {}
+            Change::Membership { buckets, .. } => {
+                let mut first: Vec<u16> = buckets.iter().map(|b| b.first).collect();
+                first.sort_unstable();
+                first.dedup();
+                self.settle_at = buckets
+                    .iter()
+                    .any(|b| b.second != NO_HOP)
+                    .then_some(now + drain);
+                self.first_hops = first;
+                self.live = buckets;
+            }
+            Change::Settled(buckets) => {
+                if buckets.iter().all(|b| b.second == NO_HOP) {
+                    self.settle_at = None;
+                }
+                self.live = buckets;
+            }
+        }
+    }
+
+    /// Buckets per first-hop node, and buckets with a second hop.
+    pub fn share(&self) -> (Vec<(u16, usize)>, usize) {
+        let mut per: std::collections::BTreeMap<u16, usize> = Default::default();
+        let mut second = 0;
+        for b in &self.live {
+            *per.entry(b.first).or_default() += 1;
+            if b.second != NO_HOP {
+                second += 1;
+            }
+        }
+        (per.into_iter().collect(), second)
+    }
+
+    pub fn has_first_hop(&self, id: u16) -> bool {
+        self.first_hops.contains(&id) && !self.live.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(spec: &[(u16, bool, bool)]) -> Vec<MemberView> {
+        spec.iter()
+            .map(|&(id, reachable, serving)| MemberView {
+                id,
+                weight: 1,
+                reachable,
+                serving,
+            })
+            .collect()
+    }
+
+    const SIZE: u32 = 4093;
+
+    fn apply(t: &mut VipTable, v: &[MemberView], now: Instant) -> Change {
+        let c = t.update(v, SIZE, 7, now).expect("table");
+        t.installed(c.clone(), now, Duration::from_secs(10));
+        c
+    }
+
+    #[test]
+    fn drain_keeps_the_drained_node_as_second_hop_until_the_period_ends() {
+        let now = Instant::now();
+        let mut t = VipTable::default();
+        let c = apply(
+            &mut t,
+            &view(&[(1, true, true), (2, true, true), (3, true, true)]),
+            now,
+        );
+        assert!(matches!(
+            c,
+            Change::Membership {
+                with_second_hop: 0,
+                ..
+            }
+        ));
+        assert!(t.has_first_hop(3));
+        let (share, _) = t.share();
+        assert_eq!(share.len(), 3);
+        // Node 3 drains: its buckets move, with 3 as second hop.
+        let v = view(&[(1, true, true), (2, true, true), (3, true, false)]);
+        let c = apply(&mut t, &v, now);
+        let Change::Membership {
+            moved,
+            with_second_hop,
+            ..
+        } = c
+        else {
+            panic!("{c:?}")
+        };
+        assert!(
+            moved > 1300 && moved == with_second_hop,
+            "{moved} {with_second_hop}"
+        );
+        assert!(!t.has_first_hop(3));
+        assert!(t.live.iter().all(|b| b.first != 3));
+        // Nothing changes before the drain period ends; then it settles.
+        assert_eq!(
+            apply(&mut t, &v, now + Duration::from_secs(9)),
+            Change::None
+        );
+        assert!(matches!(
+            apply(&mut t, &v, now + Duration::from_secs(11)),
+            Change::Settled(_)
+        ));
+        assert!(t.live.iter().all(|b| b.second == NO_HOP));
+        assert_eq!(
+            apply(&mut t, &v, now + Duration::from_secs(12)),
+            Change::None
+        );
+    }
+
+    #[test]
+    fn an_unreachable_node_is_removed_at_once_and_never_a_hop() {
+        let now = Instant::now();
+        let mut t = VipTable::default();
+        apply(
+            &mut t,
+            &view(&[(1, true, true), (2, true, true), (3, true, true)]),
+            now,
+        );
+        let before = t.live.clone();
+        let c = apply(
+            &mut t,
+            &view(&[(1, true, true), (2, true, true), (3, false, false)]),
+            now,
+        );
+        let Change::Membership {
+            moved,
+            with_second_hop,
+            ..
+        } = c
+        else {
+            panic!("{c:?}")
+        };
+        assert!(t.live.iter().all(|b| b.first != 3 && b.second != 3));
+        // Node 3's buckets moved without a second hop; Maglev may shift a
+        // few others, which keep theirs.
+        let from3 = before.iter().filter(|b| b.first == 3).count();
+        assert!(
+            moved >= from3 && with_second_hop == moved - from3,
+            "{moved} {with_second_hop} {from3}"
+        );
+    }
+
+    #[test]
+    fn a_second_hop_that_dies_during_the_drain_is_dropped() {
+        let now = Instant::now();
+        let mut t = VipTable::default();
+        apply(
+            &mut t,
+            &view(&[(1, true, true), (2, true, true), (3, true, true)]),
+            now,
+        );
+        apply(
+            &mut t,
+            &view(&[(1, true, true), (2, true, true), (3, true, false)]),
+            now,
+        );
+        assert!(t.live.iter().any(|b| b.second == 3));
+        let c = apply(
+            &mut t,
+            &view(&[(1, true, true), (2, true, true), (3, false, false)]),
+            now,
+        );
+        assert!(matches!(c, Change::Membership { .. }), "{c:?}");
+        assert!(t.live.iter().all(|b| b.second != 3));
+    }
+
+    #[test]
+    fn nobody_serving_keeps_the_table_and_all_nodes_agree() {
+        let now = Instant::now();
+        let v = view(&[(1, true, true), (2, true, true)]);
+        let mut a = VipTable::default();
+        let mut b = VipTable::default();
+        apply(&mut a, &v, now);
+        apply(&mut b, &[v[1], v[0]], now);
+        assert_eq!(a.live, b.live, "member order does not matter");
+        let before = a.live.clone();
+        assert_eq!(
+            apply(&mut a, &view(&[(1, true, false), (2, true, false)]), now),
+            Change::None
+        );
+        assert_eq!(a.live, before);
+    }
+}
