@@ -268,15 +268,28 @@ fn write_ipv4(
     src: &[u8; 4],
     dst: &[u8; 16],
 ) {
+    let id = IPV4_ID_MARK | hop as u16;
+    // RFC 1071 sum of the header's 16-bit words, computed from the values
+    // (the constant words fold at compile time) rather than read back.
+    let word = |b: &[u8], i: usize| u16::from_be_bytes([b[i], b[i + 1]]) as u32;
+    let mut sum = 0x4500
+        + total as u32
+        + id as u32
+        + 0x4000
+        + ((64u32 << 8) | proto as u32)
+        + word(src, 0)
+        + word(src, 2)
+        + word(dst, 0)
+        + word(dst, 2);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    let csum = (!(sum as u16)).to_be_bytes();
     let len = total.to_be_bytes();
-    let id = (IPV4_ID_MARK | hop as u16).to_be_bytes();
+    let id = id.to_be_bytes();
     *ip = [
-        0x45, 0, len[0], len[1], id[0], id[1], 0x40, 0, 64, proto, 0, 0, src[0], src[1], src[2],
-        src[3], dst[0], dst[1], dst[2], dst[3],
+        0x45, 0, len[0], len[1], id[0], id[1], 0x40, 0, 64, proto, csum[0], csum[1], src[0],
+        src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3],
     ];
-    let csum = ipv4_header_checksum(ip).to_be_bytes();
-    ip[10] = csum[0];
-    ip[11] = csum[1];
 }
 
 #[inline(always)]

@@ -47,17 +47,3 @@ pub fn be16(b: &[u8], at: usize) -> u16 {
 pub fn frame_len(ctx: &XdpContext) -> usize {
     ctx.data_end() - ctx.data()
 }
-
-/// RFC 1071 checksum of a 20-byte IPv4 header (checksum field zero).
-#[inline(always)]
-pub fn ipv4_header_checksum(h: &[u8; IPV4_LEN]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut i = 0;
-    while i < IPV4_LEN {
-        sum += u16::from_be_bytes([h[i], h[i + 1]]) as u32;
-        i += 2;
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
-}
