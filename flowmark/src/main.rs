@@ -278,7 +278,9 @@ async fn run_daemon(args: RunArgs, registry: Registry) -> anyhow::Result<ExitCod
         let every = Duration::from_millis(args.discover_interval_ms);
         tokio::spawn(discovery::serve(discover, every, tx.clone()));
     }
-    drop(tx);
+    // Held until exit: with no source at all (rules only, `--pipe none
+    // --api none`) the daemon must still run, and keep its filter attached.
+    let _keep_serving = tx;
     let serve = tokio::spawn(daemon.serve(rx));
     tracing::info!("ready");
     println!("flowmark: ready");

@@ -130,6 +130,7 @@ impl Marker {
 
     pub fn add_cgroup_rule(&mut self, cgroup: &Path, semantic: u32) -> anyhow::Result<()> {
         let id = cgroup_id(cgroup)?;
+        tracing::info!(cgroup = %cgroup.display(), id, "cgroup rule");
         self.cgroups
             .insert(&id, &RuleValue { semantic }, 0)
             .context("writing the cgroup rule map")?;

@@ -91,3 +91,136 @@ fn port_rule_marks_from_first_packet_and_discovery_sends_fireflies() {
         "{m}"
     );
 }
+
+/// A child of the cgroup v2 hierarchy, reached through a mount of its own
+/// under the lab directory: `ip netns exec` remounts /sys, so the daemon
+/// and senders inside the namespaces could not see /sys/fs/cgroup. Removed
+/// and unmounted when the test ends, pass or fail.
+struct Cgroup {
+    mount: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl Cgroup {
+    fn new(lab: &Lab) -> Cgroup {
+        let mount = lab.dir.join("cgroup2");
+        std::fs::create_dir_all(&mount).unwrap();
+        sh(&["mount", "-t", "cgroup2", "none", mount.to_str().unwrap()]);
+        let dir = mount.join(&lab.srv);
+        let cg = Cgroup { mount, dir };
+        std::fs::create_dir(&cg.dir).expect("a cgroup v2 child");
+        cg
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+        let _ = std::process::Command::new("umount")
+            .arg(&self.mount)
+            .status();
+    }
+}
+
+/// A sender in the server namespace: joins `cgroup` (if any) before it
+/// creates its socket, then sends 200 kB from `sport` to the client's sink.
+fn send_from(lab: &Lab, cgroup: Option<&str>, sport: u16) {
+    let join = cgroup
+        .map(|c| format!("open('{c}/cgroup.procs','w').write(str(os.getpid()))\n"))
+        .unwrap_or_default();
+    let script = format!(
+        "import os,socket,time\n{join}\
+         for i in range(100):\n\
+         \x20try:\n\
+         \x20\x20s=socket.socket(socket.AF_INET6)\n\
+         \x20\x20s.bind(('{SRV6}',{sport}))\n\
+         \x20\x20s.connect(('{CLI6}',7000))\n\
+         \x20\x20break\n\
+         \x20except OSError:\n\
+         \x20\x20s.close(); time.sleep(0.05)\n\
+         s.sendall(b'x'*200000)\n\
+         s.close()\n"
+    );
+    let o = lab.exec(&lab.srv, &["timeout", "20", "python3", "-c", &script]);
+    assert!(
+        o.status.success(),
+        "sender: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn cgroup_rule_marks_only_the_cgroups_flows() {
+    let mut lab = Lab::new("cg");
+    let cg = Cgroup::new(&lab);
+    let dir = cg.dir.to_str().unwrap().to_string();
+    let (srv, cli) = (lab.srv.clone(), lab.cli.clone());
+    let rule = format!("{dir}=2:4");
+    lab.spawn(
+        "flowmark",
+        &srv,
+        &[
+            flowmark_bin(),
+            "run",
+            "--iface",
+            "veth0",
+            "--pipe",
+            "none",
+            "--api",
+            "none",
+            "--cgroup-rule",
+            &rule,
+        ],
+    );
+    lab.wait_log("flowmark", "flowmark: ready");
+    // A sink that accepts and drains connections on port 7000.
+    let sink = format!(
+        "import socket\n\
+         l=socket.socket(socket.AF_INET6)\n\
+         l.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+         l.bind(('{CLI6}',7000))\n\
+         l.listen(8)\n\
+         while True:\n\
+         \x20c,_=l.accept()\n\
+         \x20while c.recv(1<<16): pass\n\
+         \x20c.close()\n"
+    );
+    lab.spawn("sink", &cli, &["python3", "-c", &sink]);
+    let cap = Capture::start(&cli, "veth1");
+    send_from(&lab, Some(&dir), 44000);
+    send_from(&lab, None, 44001);
+    std::thread::sleep(Duration::from_millis(100));
+    let packets = cap.finish();
+
+    let marked: Vec<_> = packets
+        .iter()
+        .filter(|p| p.sport == 44000 && p.dport == 7000)
+        .collect();
+    assert!(marked.len() > 3, "{} packets", marked.len());
+    // The last ACK after close() leaves from a timewait socket, which has
+    // no cgroup: only a short unmarked tail is allowed.
+    let last = marked
+        .iter()
+        .rposition(|p| p.label != 0)
+        .expect("nothing marked");
+    let tail = marked.len() - 1 - last;
+    assert!(tail <= 2, "{tail} unmarked packets at the end: {marked:?}");
+    for p in &marked[..=last] {
+        assert_eq!(
+            flowmark_common::decode_label(p.label),
+            (2, 4),
+            "label {:#07x}",
+            p.label
+        );
+        assert_eq!(p.label, marked[0].label, "entropy changed within the flow");
+    }
+    let other: Vec<_> = packets
+        .iter()
+        .filter(|p| p.sport == 44001 && p.dport == 7000)
+        .collect();
+    assert!(other.len() > 3);
+    assert!(
+        other.iter().all(|p| p.label == 0),
+        "a process outside the cgroup was marked"
+    );
+}
