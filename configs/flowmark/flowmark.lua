@@ -31,7 +31,7 @@ local function first(v)
   return v
 end
 
-local function call(req)
+local function call_once(req)
   local sock = ngx.socket.tcp()
   sock:settimeout(M.timeout_ms)
   local ok, err = sock:connect(M.socket)
@@ -55,6 +55,16 @@ local function call(req)
   end
   sock:setkeepalive(30000, 16)
   return cjson.decode(line)
+end
+
+-- One retry: a pooled connection may have been closed by flowmark (e.g. a
+-- restart) since its last use.
+local function call(req)
+  local res, err = call_once(req)
+  if not res and err and not err:find("^connect") then
+    res, err = call_once(req)
+  end
+  return res, err
 end
 
 local function five_tuple()

@@ -36,8 +36,10 @@ use crate::{
 };
 
 pub const MAX_LINE: usize = 16 * 1024;
-/// A client that sends nothing for this long is dropped.
-pub const IDLE: Duration = Duration::from_secs(30);
+/// A client that sends nothing for this long is dropped: well past the Lua
+/// side's 30 s keepalive, so nginx closes an idle pooled connection before
+/// we do and never sends on one we closed.
+pub const IDLE: Duration = Duration::from_secs(120);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
