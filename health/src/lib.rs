@@ -15,7 +15,7 @@
 mod probe;
 mod risefall;
 
-pub use probe::{ClientPair, Probe, ProbeError, run_probe};
+pub use probe::{ClientPair, Probe, ProbeError, error_chain, run_probe};
 pub use risefall::RiseFall;
 
 use std::time::{Duration, Instant, SystemTime};
@@ -96,7 +96,8 @@ impl Drop for Check {
     }
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())

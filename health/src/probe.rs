@@ -173,8 +173,9 @@ async fn exec(argv: &[String]) -> Result<(), ProbeError> {
     })
 }
 
-/// reqwest's errors say "error sending request"; the cause is in the chain.
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error with its causes (reqwest's say "error sending request"; the
+/// cause is in the chain).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

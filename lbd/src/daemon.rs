@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use bgp_speaker::{
@@ -57,13 +57,6 @@ pub struct Daemon {
     last_reload: Option<String>,
     last_metrics: Instant,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Loads the config and runs the daemon until SIGTERM/SIGINT.
@@ -623,7 +616,7 @@ impl Daemon {
                         state: self.state.name().into(),
                         generation: Some(generation.clone()),
                         generation_matches: true,
-                        last_seen_unix: Some(unix_now()),
+                        last_seen_unix: Some(health::unix_now()),
                         last_error: None,
                     };
                 }
@@ -666,7 +659,7 @@ impl Daemon {
     /// live; other changes are reported as needing a restart.
     fn reload(&mut self) {
         let path: PathBuf = self.cfg.file.clone();
-        let stamp = unix_now();
+        let stamp = health::unix_now();
         let new = match Config::load(&path) {
             Ok(mut c) => {
                 c.file = path.clone();

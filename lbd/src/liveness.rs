@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use health::RiseFall;
 use http_body_util::Full;
@@ -126,13 +126,6 @@ pub fn members(all: &[Member], me: u16, cfg: &Liveness) -> Members {
     Arc::new(Mutex::new(map))
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Polls every member each interval (concurrently) until dropped.
 pub async fn poll(members: Members, cfg: Liveness, generation: String) {
     let client = match reqwest::Client::builder()
@@ -159,13 +152,17 @@ pub async fn poll(members: Members, cfg: Liveness, generation: String) {
             let client = client.clone();
             set.spawn(async move {
                 let r: Result<Report, String> = async {
-                    let resp = client.get(&url).send().await.map_err(|e| chain(&e))?;
+                    let resp = client
+                        .get(&url)
+                        .send()
+                        .await
+                        .map_err(|e| health::error_chain(&e))?;
                     if !resp.status().is_success() {
                         return Err(format!("status {}", resp.status().as_u16()));
                     }
                     resp.json::<Report>()
                         .await
-                        .map_err(|e| format!("bad report: {}", chain(&e)))
+                        .map_err(|e| format!("bad report: {}", health::error_chain(&e)))
                 }
                 .await;
                 (id, r)
@@ -202,7 +199,7 @@ pub async fn poll(members: Members, cfg: Liveness, generation: String) {
                     tracing::info!(member = id, state = r.state.name(), "member state");
                 }
                 m.report = Some(r);
-                m.last_seen_unix = Some(unix_now());
+                m.last_seen_unix = Some(health::unix_now());
                 m.last_error = None;
             }
             if m.rf.record(ok) {
@@ -219,15 +216,4 @@ pub async fn poll(members: Members, cfg: Liveness, generation: String) {
             }
         }
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

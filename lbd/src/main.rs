@@ -80,7 +80,7 @@ fn main() -> ExitCode {
                 );
             } else {
                 match serde_json::from_value::<lbd::status::Status>(data) {
-                    Ok(s) => print!("{}", lbd::status::render(&s, unix_now())),
+                    Ok(s) => print!("{}", lbd::status::render(&s, health::unix_now())),
                     Err(e) => eprintln!("lbd status: unexpected answer: {e}"),
                 }
             }
@@ -116,13 +116,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -131,7 +124,10 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn run(config: &std::path::Path) -> ExitCode {
+    // Logs go to stderr (journald); colours only on a terminal.
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -772,4 +772,42 @@ fn three_nodes_with_frr_announce_drain_fail_and_reload() {
     );
     assert_eq!(c.route_via(), via_all(&[1, 3]));
     fs::write(&c.nodes[0].config, good).expect("restore");
+
+    // 6. Restart safety: node 1's lbd stops (SIGTERM) and starts again. The
+    //    router keeps its route (graceful restart), the pinned XDP program
+    //    keeps forwarding, and the restarted daemon resumes its table.
+    let mut old = c.nodes[0].lbd.take().expect("lbd 1");
+    signal(old.id(), libc::SIGTERM);
+    wait_for("lbd 1 stopped", Duration::from_secs(10), || {
+        matches!(old.try_wait(), Ok(Some(_)))
+    });
+    let down = Instant::now();
+    while down.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(
+            c.route_via(),
+            via_all(&[1, 3]),
+            "route lost while lbd restarts"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..10 {
+        c.get("/whoami").expect("GET while lbd 1 is stopped");
+    }
+    c.start_lbd(0);
+    wait_for("lbd 1 back, announced", Duration::from_secs(15), || {
+        let s = c.status(0);
+        s["vips"][0]["announced"] == true && s["bgp"][0]["state"] == "Established"
+    });
+    let log = fs::read_to_string(c.dir.join("n1.log")).unwrap_or_default();
+    assert!(
+        log.contains("resuming the table found in the dataplane"),
+        "{log}"
+    );
+    assert!(log.contains("restarting=true"), "{log}");
+    wait_for(
+        "node 1 back in the other tables",
+        Duration::from_secs(5),
+        || share_nodes(&c.status(2)) == ["1", "3"],
+    );
+    assert_eq!(c.route_via(), via_all(&[1, 3]));
 }
