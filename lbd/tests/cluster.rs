@@ -598,6 +598,7 @@ fn three_nodes_with_frr_announce_drain_fail_and_reload() {
         "every node serves new connections: {served:?}"
     );
     let text = c.ctl(0, "status");
+    eprintln!("lbd status on node 1:\n{text}");
     assert!(
         text.contains("node 1 ACTIVE") && text.contains("Established"),
         "{text}"
