@@ -121,6 +121,8 @@ fn speaker_config(cfg: &Config, restarting: bool) -> Result<SpeakerConfig> {
         };
         peers.push(PeerConfig {
             local_address: p.local_address,
+            next_hop_v4: p.next_hop_v4,
+            next_hop_v6: p.next_hop_v6,
             passive: p.passive,
             port: p.port,
             md5_password,

@@ -5,6 +5,8 @@
 //! Validation reports every error it finds, not just the first one.
 //! Nothing here touches the system: `lbd check-config` runs it anywhere.
 
+mod bgp;
+mod checks;
 mod raw;
 mod values;
 
@@ -14,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dataplane::loader::Vip;
-use health::{CheckSpec, Probe};
+use health::CheckSpec;
 use raw::*;
 use serde::Serialize;
 use values::{V, format_duration};
@@ -150,6 +152,10 @@ pub struct Peer {
     pub address: IpAddr,
     pub remote_as: u32,
     pub local_address: Option<IpAddr>,
+    /// Next hop for IPv4 VIPs on an IPv6 session (else the local address).
+    pub next_hop_v4: Option<std::net::Ipv4Addr>,
+    /// Next hop for IPv6 VIPs on an IPv4 session.
+    pub next_hop_v6: Option<std::net::Ipv6Addr>,
     pub port: u16,
     pub passive: bool,
     /// Read when the daemon starts, not by check-config.
@@ -325,7 +331,7 @@ fn validate(v: &mut V, raw: Raw) -> Option<Config> {
     }
     let liveness = liveness(v, raw.liveness);
     let vips = vips(v, raw.vips);
-    let bgp = bgp(v, raw.bgp);
+    let bgp = bgp::bgp(v, raw.bgp);
     let api = api(v, raw.api);
     Some(Config {
         file: PathBuf::new(),
@@ -625,7 +631,7 @@ fn vip(v: &mut V, p: &str, r: RawVip) -> Option<VipConfig> {
         let mut out = Vec::new();
         let mut ok = true;
         for (j, c) in list.into_iter().enumerate() {
-            match check(v, &format!("{p}.checks[{j}]"), c) {
+            match checks::check(v, &format!("{p}.checks[{j}]"), c) {
                 Some(c) => out.push(c),
                 None => ok = false,
             }
@@ -637,314 +643,6 @@ fn vip(v: &mut V, p: &str, r: RawVip) -> Option<VipConfig> {
         ports: ports?,
         protocols: protocols?,
         checks: checks?,
-    })
-}
-
-fn check(v: &mut V, p: &str, r: RawCheck) -> Option<CheckSpec> {
-    let kind = v.required(
-        &format!("{p}.type"),
-        r.kind,
-        "\"http\", \"https\", \"tcp\" or \"exec\"",
-    )?;
-    let interval = v.duration_or(&format!("{p}.interval"), r.interval, "2s");
-    let timeout = v.duration_or(&format!("{p}.timeout"), r.timeout, "1s");
-    let rise = v.count_or(&format!("{p}.rise"), r.rise, 2);
-    let fall = v.count_or(&format!("{p}.fall"), r.fall, 2);
-    if let (Some(i), Some(t)) = (interval, timeout)
-        && t > i
-    {
-        v.err(
-            &format!("{p}.timeout"),
-            format!(
-                "{} is longer than the interval ({}): expected at most the interval",
-                format_duration(t),
-                format_duration(i)
-            ),
-        );
-        return None;
-    }
-    // Keys that belong to other check types are errors, not silently unused.
-    let http_only = [
-        ("url", r.url.is_some()),
-        ("expect_status", r.expect_status.is_some()),
-        ("body_contains", r.body_contains.is_some()),
-        ("verify_tls", r.verify_tls.is_some()),
-    ];
-    let foreign: Vec<&str> = match kind.as_str() {
-        "http" | "https" => vec![
-            ("address", r.address.is_some()),
-            ("command", r.command.is_some()),
-        ],
-        "tcp" => [&http_only[..], &[("command", r.command.is_some())]].concat(),
-        "exec" => [&http_only[..], &[("address", r.address.is_some())]].concat(),
-        _ => vec![],
-    }
-    .into_iter()
-    .filter(|(_, set)| *set)
-    .map(|(k, _)| k)
-    .collect();
-    for k in &foreign {
-        v.err(&format!("{p}.{k}"), format!("not a key of {kind:?} checks"));
-    }
-    let probe = match kind.as_str() {
-        "http" | "https" => {
-            let url = v.required(
-                &format!("{p}.url"),
-                r.url,
-                &format!("the URL to GET, e.g. \"{kind}://127.0.0.1/health\""),
-            );
-            let url = url.and_then(|u| v.url(&format!("{p}.url"), &u, &kind));
-            let expect_status = match r.expect_status {
-                None => Some(200),
-                Some(s) => v.range(
-                    &format!("{p}.expect_status"),
-                    s,
-                    100,
-                    599,
-                    "an HTTP status 100-599",
-                ),
-            };
-            Some(Probe::Http {
-                url: url?,
-                expect_status: expect_status? as u16,
-                body_contains: r.body_contains,
-                verify_tls: r.verify_tls.unwrap_or(true),
-            })
-        }
-        "tcp" => {
-            let addr = v.required(
-                &format!("{p}.address"),
-                r.address,
-                "an address and port, e.g. \"127.0.0.1:443\"",
-            );
-            addr.and_then(|a| v.socket_addr(&format!("{p}.address"), &a))
-                .map(|addr| Probe::Tcp { addr })
-        }
-        "exec" => {
-            let cmd = v.required(
-                &format!("{p}.command"),
-                r.command,
-                "a command as a list, e.g. [\"/usr/local/bin/check\", \"arg\"]",
-            );
-            cmd.and_then(|argv| match argv.first() {
-                Some(c) if c.starts_with('/') => Some(Probe::Exec { argv }),
-                Some(c) => {
-                    v.err(
-                        &format!("{p}.command[0]"),
-                        format!("{c:?} is not an absolute path (the command runs without a shell or PATH)"),
-                    );
-                    None
-                }
-                None => {
-                    v.err(&format!("{p}.command"), "empty: expected the program and its arguments");
-                    None
-                }
-            })
-        }
-        o => {
-            v.err(
-                &format!("{p}.type"),
-                format!(
-                    "{o:?} is not a check type (expected \"http\", \"https\", \"tcp\" or \"exec\")"
-                ),
-            );
-            None
-        }
-    };
-    if !foreign.is_empty() {
-        return None;
-    }
-    let probe = probe?;
-    let name = match &probe {
-        Probe::Http { url, .. } => url.clone(),
-        Probe::Tcp { addr } => format!("tcp:{addr}"),
-        Probe::Exec { argv } => format!("exec:{}", argv.join(" ")),
-    };
-    Some(CheckSpec {
-        name,
-        probe,
-        interval: interval?,
-        timeout: timeout?,
-        rise: rise?,
-        fall: fall?,
-    })
-}
-
-fn bgp(v: &mut V, raw: Option<RawBgp>) -> Option<Bgp> {
-    let raw = v.required("bgp", raw, "a [bgp] table")?;
-    let local_as = v
-        .required("bgp.local_as", raw.local_as, "this node's AS number")
-        .and_then(|a| v.asn("bgp.local_as", a));
-    let router_id = v
-        .required("bgp.router_id", raw.router_id, "an IPv4 address")
-        .and_then(|r| match r.parse::<Ipv4Addr>() {
-            Ok(a) if !a.is_unspecified() => Some(a),
-            _ => {
-                v.err(
-                    "bgp.router_id",
-                    format!("{r:?} is not an IPv4 address (a BGP identifier is one)"),
-                );
-                None
-            }
-        });
-    let hold_time = match raw.hold_time {
-        None => Some(9),
-        Some(h) if h == 0 || (3..=65535).contains(&h) => Some(h as u16),
-        Some(h) => {
-            v.err(
-                "bgp.hold_time",
-                format!("{h} is not a hold time (expected 0 or 3-65535 seconds)"),
-            );
-            None
-        }
-    };
-    let listen_port = match raw.listen_port {
-        None => Some(Some(179)),
-        Some(0) => Some(None),
-        Some(p) => v.port("bgp.listen_port", p).map(Some),
-    };
-    let graceful_restart_time = match raw.graceful_restart_time {
-        None => Some(Some(120)),
-        Some(0) => Some(None),
-        Some(t) => v
-            .range(
-                "bgp.graceful_restart_time",
-                t,
-                0,
-                4095,
-                "0 (off) or 1-4095 seconds",
-            )
-            .map(|t| Some(t as u16)),
-    };
-    let mut communities = Some(Vec::new());
-    for (i, c) in raw.communities.unwrap_or_default().iter().enumerate() {
-        match values::community(c) {
-            Some(x) => {
-                if let Some(list) = communities.as_mut() {
-                    list.push(x);
-                }
-            }
-            None => {
-                v.err(
-                    &format!("bgp.communities[{i}]"),
-                    format!("{c:?} is not a community (expected \"ASN:VALUE\", each 0-65535)"),
-                );
-                communities = None;
-            }
-        }
-    }
-    let med = match raw.med {
-        None => Some(None),
-        Some(m) => v
-            .range("bgp.med", m, 0, u32::MAX.into(), "0-4294967295")
-            .map(|m| Some(m as u32)),
-    };
-    let shutdown_wait = v.duration_or("bgp.shutdown_wait", raw.shutdown_wait, "5s");
-    let peers = v.required("bgp.peers", raw.peers, "at least one [[bgp.peers]] entry");
-    let peers = peers.and_then(|list| {
-        if list.is_empty() {
-            v.err(
-                "bgp.peers",
-                "empty: expected at least one [[bgp.peers]] entry",
-            );
-            return None;
-        }
-        let mut out: Vec<Peer> = Vec::new();
-        let mut ok = true;
-        for (i, r) in list.into_iter().enumerate() {
-            let p = format!("bgp.peers[{i}]");
-            match peer(v, &p, r) {
-                Some(peer) => {
-                    if let Some(j) = out.iter().position(|o| o.address == peer.address) {
-                        v.err(
-                            &format!("{p}.address"),
-                            format!("{} is already the address of bgp.peers[{j}]", peer.address),
-                        );
-                        ok = false;
-                    } else {
-                        out.push(peer);
-                    }
-                }
-                None => ok = false,
-            }
-        }
-        ok.then_some(out)
-    });
-    Some(Bgp {
-        local_as: local_as?,
-        router_id: router_id?,
-        hold_time: hold_time?,
-        listen_port: listen_port?,
-        graceful_restart_time: graceful_restart_time?,
-        communities: communities?,
-        med: med?,
-        shutdown_wait: shutdown_wait?,
-        peers: peers?,
-    })
-}
-
-fn peer(v: &mut V, p: &str, r: RawPeer) -> Option<Peer> {
-    let address = v
-        .required(&format!("{p}.address"), r.address, "the router's address")
-        .and_then(|a| v.ip(&format!("{p}.address"), &a));
-    let remote_as = v
-        .required(
-            &format!("{p}.remote_as"),
-            r.remote_as,
-            "the router's AS number",
-        )
-        .and_then(|a| v.asn(&format!("{p}.remote_as"), a));
-    let local_address = match r.local_address {
-        None => Some(None),
-        Some(a) => v.ip(&format!("{p}.local_address"), &a).map(Some),
-    };
-    let port = v.port_or(&format!("{p}.port"), r.port, 179);
-    let md5_password_file = match r.md5_password_file {
-        None => Some(None),
-        Some(f) if f.starts_with('/') => Some(Some(PathBuf::from(f))),
-        Some(f) => {
-            v.err(
-                &format!("{p}.md5_password_file"),
-                format!("{f:?} is not an absolute path"),
-            );
-            None
-        }
-    };
-    let bfd = match r.bfd {
-        None => Some(None),
-        Some(b) => {
-            let bp = format!("{p}.bfd");
-            let min_tx = v.duration_or(&format!("{bp}.min_tx"), b.min_tx, "100ms");
-            let min_rx = v.duration_or(&format!("{bp}.min_rx"), b.min_rx, "100ms");
-            let mult = match b.multiplier {
-                None => Some(3),
-                Some(m) => v.range(&format!("{bp}.multiplier"), m, 1, 255, "1-255"),
-            };
-            Some(Some(Bfd {
-                min_tx: min_tx?,
-                min_rx: min_rx?,
-                multiplier: mult? as u8,
-            }))
-        }
-    };
-    if let (Some(a), Some(Some(l))) = (address, local_address)
-        && a.is_ipv4() != l.is_ipv4()
-    {
-        v.err(
-            &format!("{p}.local_address"),
-            format!("{l} is not of the same family as the peer address {a}"),
-        );
-        return None;
-    }
-    Some(Peer {
-        address: address?,
-        remote_as: remote_as?,
-        local_address: local_address?,
-        port: port?,
-        passive: r.passive.unwrap_or(false),
-        md5_password_file: md5_password_file?,
-        ttl_security: r.ttl_security.unwrap_or(false),
-        bfd: bfd?,
     })
 }
 

@@ -95,6 +95,8 @@ pub struct RawPeer {
     pub address: Option<String>,
     pub remote_as: Option<i64>,
     pub local_address: Option<String>,
+    pub next_hop_v4: Option<String>,
+    pub next_hop_v6: Option<String>,
     pub port: Option<i64>,
     pub passive: Option<bool>,
     pub md5_password_file: Option<String>,
