@@ -130,6 +130,9 @@ pub fn members(all: &[Member], me: u16, cfg: &Liveness) -> Members {
 pub async fn poll(members: Members, cfg: Liveness, generation: String) {
     let client = match reqwest::Client::builder()
         .no_proxy()
+        // A fresh connection per poll: a kept-alive one could outlive the
+        // member's listener and hide that it is gone.
+        .pool_max_idle_per_host(0)
         .timeout(cfg.timeout)
         .connect_timeout(cfg.timeout)
         .build()

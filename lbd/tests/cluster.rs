@@ -682,6 +682,22 @@ fn three_nodes_with_frr_announce_drain_fail_and_reload() {
     assert_eq!(s3["node"]["state"], "draining");
     assert_eq!(s3["vips"][0]["announced"], false);
     assert!(c.status(0)["vips"][0]["second_hops"].as_u64().unwrap_or(0) > 0);
+    // `lbd table`: node 3's old buckets now have node 1 or 2 first, 3 second.
+    let out = Command::new(LBD)
+        .args(["table", &VIP.to_string(), "-s"])
+        .arg(&c.nodes[0].socket)
+        .output()
+        .expect("lbd table");
+    let table: Value = serde_json::from_slice(&out.stdout).expect("table JSON");
+    let pairs = table["second_hop_pairs"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        pairs.contains_key("1->3") && pairs.contains_key("2->3"),
+        "{table}"
+    );
+    assert_eq!(table["table_size"], 4093);
     for _ in 0..20 {
         let who = c.get("/whoami").expect("GET during drain");
         assert_ne!(who, "node3", "a new connection reached the draining node");
