@@ -12,7 +12,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -25,6 +25,7 @@ use dataplane::loader::Dataplane;
 use serde_json::Value;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x10);
 const LBD: &str = env!("CARGO_BIN_EXE_lbd");
 const CHECK_INTERVAL_MS: u64 = 200;
 const CHECK_FALL: u64 = 2;
@@ -61,24 +62,33 @@ impl Backend {
     fn start(ns: &Netns, name: String) -> Backend {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
-        let listener = ns
+        let listeners = ns
             .run(|| {
-                let l = TcpListener::bind(SocketAddr::new(IpAddr::V4(VIP), 80))?;
-                l.set_nonblocking(true)?;
-                Ok(l)
+                let mut v = Vec::new();
+                for a in [IpAddr::V4(VIP), IpAddr::V6(VIP6)] {
+                    let l = TcpListener::bind(SocketAddr::new(a, 80))?;
+                    l.set_nonblocking(true)?;
+                    v.push(l);
+                }
+                Ok(v)
             })
             .expect("backend bind");
         let thread = thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((c, _)) => {
-                        let name = name.clone();
-                        thread::spawn(move || serve(c, &name));
+                let mut idle = true;
+                for listener in &listeners {
+                    match listener.accept() {
+                        Ok((c, _)) => {
+                            idle = false;
+                            let name = name.clone();
+                            thread::spawn(move || serve(c, &name));
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e.into()),
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        thread::sleep(Duration::from_millis(5))
-                    }
-                    Err(e) => return Err(e.into()),
+                }
+                if idle {
+                    thread::sleep(Duration::from_millis(5));
                 }
             }
             Ok(())
@@ -225,6 +235,16 @@ interval = "{CHECK_INTERVAL_MS}ms"
 timeout = "150ms"
 rise = 1
 fall = {CHECK_FALL}
+[[vips]]
+address = "{VIP6}"
+ports = [80]
+[[vips.checks]]
+type = "http"
+url = "http://[{VIP6}]/health"
+interval = "{CHECK_INTERVAL_MS}ms"
+timeout = "150ms"
+rise = 1
+fall = {CHECK_FALL}
 [bgp]
 local_as = 65100
 router_id = "{me}"
@@ -235,6 +255,7 @@ communities = ["65100:10"]
 address = "{router}"
 remote_as = 65000
 local_address = "{me}"
+next_hop_v6 = "2001:db8:{id}::2"
 [api]
 socket = "{socket}"
 metrics = "127.0.0.1:9181"
@@ -275,11 +296,22 @@ fn build() -> Cluster {
     client
         .ip("route add default via 203.0.113.1")
         .expect("route");
+    client
+        .ip("addr add 2001:db8:c::2/64 dev c0 nodad")
+        .expect("addr");
+    router
+        .ip("addr add 2001:db8:c::1/64 dev r-c nodad")
+        .expect("addr");
+    client
+        .ip("-6 route add default via 2001:db8:c::1")
+        .expect("route");
     no_offload(&client, "c0");
     no_offload(&router, "r-c");
     for (k, v) in [
         ("net.ipv4.ip_forward", "1"),
         ("net.ipv4.fib_multipath_hash_policy", "1"),
+        ("net.ipv6.conf.all.forwarding", "1"),
+        ("net.ipv6.fib_multipath_hash_policy", "1"),
         ("net.ipv4.conf.all.rp_filter", "0"),
     ] {
         router.sysctl(k, v).expect("sysctl");
@@ -320,6 +352,15 @@ fn build() -> Cluster {
         ns.ip(&format!("route add default via {}", router_addr(id)))
             .expect("route");
         ns.ip(&format!("addr add {VIP}/32 dev lo")).expect("vip");
+        ns.ip(&format!("addr add 2001:db8:{id}::2/64 dev eth0 nodad"))
+            .expect("addr");
+        router
+            .ip(&format!("addr add 2001:db8:{id}::1/64 dev {rside} nodad"))
+            .expect("addr");
+        ns.ip(&format!("-6 route add default via 2001:db8:{id}::1"))
+            .expect("route");
+        ns.ip(&format!("addr add {VIP6}/128 dev lo nodad"))
+            .expect("vip6");
         for (k, v) in [
             ("net.ipv4.conf.all.forwarding", "1"),
             ("net.ipv4.conf.all.rp_filter", "0"),
@@ -383,7 +424,7 @@ impl Cluster {
         for id in 1..=3 {
             conf += &format!(" neighbor {} peer-group N\n", node_addr(id));
         }
-        conf += " address-family ipv4 unicast\n  neighbor N activate\n  neighbor N route-map DENY-ALL out\n  maximum-paths 8\n exit-address-family\n!\n";
+        conf += " address-family ipv4 unicast\n  neighbor N activate\n  neighbor N route-map DENY-ALL out\n  maximum-paths 8\n exit-address-family\n address-family ipv6 unicast\n  neighbor N activate\n  neighbor N route-map DENY-ALL out\n  maximum-paths 8\n exit-address-family\n!\n";
         fs::write(run.join("bgpd.conf"), conf).expect("bgpd.conf");
         fs::write(run.join("zebra.conf"), "hostname r\n").expect("zebra.conf");
         cmd("chown", &["-R", "frr:frr", &run.display().to_string()]).expect("chown");
@@ -464,6 +505,23 @@ impl Cluster {
         n.lbd = Some(child);
     }
 
+    /// Next hops of the IPv6 VIP route in the router's kernel.
+    fn route6_via(&self) -> Vec<String> {
+        let out = self
+            .router
+            .ip(&format!("-6 route show {VIP6}/128"))
+            .unwrap_or_default();
+        let mut via: Vec<String> = out
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] == "via")
+            .map(|w| w[1].to_string())
+            .collect();
+        via.sort();
+        via
+    }
+
     /// Next hops of the VIP route in the router's kernel.
     fn route_via(&mut self) -> Vec<String> {
         for n in &mut self.nodes {
@@ -517,12 +575,14 @@ impl Cluster {
 
     /// GET `path` on the VIP from the client namespace; the first body line.
     fn get(&self, path: &str) -> anyhow::Result<String> {
+        self.get_from(IpAddr::V4(VIP), path)
+    }
+
+    fn get_from(&self, vip: IpAddr, path: &str) -> anyhow::Result<String> {
         let path = path.to_string();
         self.client.run(move || {
-            let mut s = TcpStream::connect_timeout(
-                &SocketAddr::new(IpAddr::V4(VIP), 80),
-                Duration::from_secs(3),
-            )?;
+            let mut s =
+                TcpStream::connect_timeout(&SocketAddr::new(vip, 80), Duration::from_secs(3))?;
             s.set_read_timeout(Some(Duration::from_secs(3)))?;
             s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
             let mut body = String::new();
@@ -581,7 +641,7 @@ fn three_nodes_with_frr_announce_drain_fail_and_reload() {
         assert_eq!(s["vips"][0]["announced"], true);
         assert_eq!(s["vips"][0]["in_table"], true);
         assert_eq!(s["bgp"][0]["state"], "Established");
-        assert_eq!(s["bgp"][0]["prefixes_sent"], 1);
+        assert_eq!(s["bgp"][0]["prefixes_sent"], 2);
         assert!(
             s["members"]
                 .as_array()
@@ -597,6 +657,27 @@ fn three_nodes_with_frr_announce_drain_fail_and_reload() {
         3,
         "every node serves new connections: {served:?}"
     );
+    // The IPv6 VIP: its own table and checks, announced over the IPv4
+    // sessions with an IPv6 next hop, carried in IPv4 GUE between nodes.
+    let via6: Vec<String> = (1..=3).map(|i| format!("2001:db8:{i}::2")).collect();
+    wait_for(
+        "3-way ECMP route for the IPv6 VIP",
+        Duration::from_secs(10),
+        || c.route6_via() == via6,
+    );
+    let mut served6 = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        served6.insert(
+            c.get_from(IpAddr::V6(VIP6), "/whoami")
+                .expect("GET through the IPv6 VIP"),
+        );
+    }
+    assert_eq!(
+        served6.len(),
+        3,
+        "every node serves the IPv6 VIP: {served6:?}"
+    );
+    assert_eq!(c.status(0)["vips"][1]["announced"], true);
     let text = c.ctl(0, "status");
     eprintln!("lbd status on node 1:\n{text}");
     assert!(
