@@ -507,22 +507,16 @@ impl Cluster {
 
     /// Next hops of the IPv6 VIP route in the router's kernel.
     fn route6_via(&self) -> Vec<String> {
-        let out = self
-            .router
-            .ip(&format!("-6 route show {VIP6}/128"))
-            .unwrap_or_default();
-        let mut via: Vec<String> = out
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .windows(2)
-            .filter(|w| w[0] == "via")
-            .map(|w| w[1].to_string())
-            .collect();
-        via.sort();
-        via
+        vias(
+            &self
+                .router
+                .ip(&format!("-6 route show {VIP6}/128"))
+                .unwrap_or_default(),
+        )
     }
 
-    /// Next hops of the VIP route in the router's kernel.
+    /// Next hops of the IPv4 VIP route in the router's kernel (and a check
+    /// that no lbd died).
     fn route_via(&mut self) -> Vec<String> {
         for n in &mut self.nodes {
             if let Some(Ok(Some(st))) = n.lbd.as_mut().map(|c| c.try_wait()) {
@@ -531,19 +525,12 @@ impl Cluster {
                 panic!("lbd on node {} exited ({st}):\n{log}", n.id);
             }
         }
-        let out = self
-            .router
-            .ip(&format!("route show {VIP}/32"))
-            .unwrap_or_default();
-        let mut via: Vec<String> = out
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .windows(2)
-            .filter(|w| w[0] == "via")
-            .map(|w| w[1].to_string())
-            .collect();
-        via.sort();
-        via
+        vias(
+            &self
+                .router
+                .ip(&format!("route show {VIP}/32"))
+                .unwrap_or_default(),
+        )
     }
 
     fn status(&self, i: usize) -> Value {
@@ -597,6 +584,19 @@ impl Cluster {
                 .to_string())
         })
     }
+}
+
+/// The `via` addresses of `ip route show` output, sorted.
+fn vias(out: &str) -> Vec<String> {
+    let mut via: Vec<String> = out
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0] == "via")
+        .map(|w| w[1].to_string())
+        .collect();
+    via.sort();
+    via
 }
 
 fn via_all(ids: &[u16]) -> Vec<String> {
