@@ -89,7 +89,8 @@ pub async fn serve(listener: UnixListener, inbox: Inbox) {
                         }
                         Err(e) => Response::err(format!("bad request: {e}")),
                     },
-                    _ => Response::err("no request line within 5s"),
+                    Ok(Err(e)) => Response::err(format!("bad request: {e}")),
+                    Err(_) => Response::err("no request line within 5s"),
                 };
             let mut out = serde_json::to_vec(&resp).unwrap_or_default();
             out.push(b'\n');
