@@ -224,3 +224,102 @@ pub fn render(s: &Status, now_unix: u64) -> String {
     }
     o
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> Status {
+        Status {
+            node: NodeStatus {
+                id: 1,
+                state: "active".into(),
+                reason: "1/1 VIPs pass their checks".into(),
+                generation: "6d2bab2875707e18".into(),
+                config: "/etc/lbd/lbd.toml".into(),
+                uptime_s: 3725,
+                last_reload: Some(
+                    "refused at 1: lbd.toml: vips[0].ports[0]: 0 is not a port".into(),
+                ),
+            },
+            vips: vec![VipStatus {
+                address: "198.51.100.10".into(),
+                ports: vec![80, 443],
+                protocols: vec!["tcp".into()],
+                healthy: false,
+                announced: false,
+                in_table: false,
+                checks: vec![CheckLine {
+                    name: "http://127.0.0.1/health".into(),
+                    up: false,
+                    last_result: "status 503, expected 200".into(),
+                    latency_ms: Some(1.25),
+                    probes: 9,
+                }],
+                counters: BTreeMap::from([
+                    ("pass_local".into(), 7),
+                    ("drop_no_route".into(), 2),
+                    ("drop_encap".into(), 1),
+                ]),
+                share: BTreeMap::from([(2, 2047), (3, 2046)]),
+                second_hops: 1364,
+                table_size: 4093,
+                settles_in_s: Some(59),
+            }],
+            bgp: vec![PeerLine {
+                peer: "192.0.2.1".into(),
+                state: "Active".into(),
+                uptime_s: None,
+                prefixes_sent: 0,
+                prefixes_received: 0,
+                bfd: None,
+                last_error: Some("connect: Connection refused".into()),
+            }],
+            members: vec![MemberLine {
+                id: 2,
+                address: "192.0.2.12".into(),
+                local: false,
+                up: true,
+                state: "active".into(),
+                generation: Some("0123456789abcdef".into()),
+                generation_matches: false,
+                last_seen_unix: Some(95),
+                last_error: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn render_shows_what_is_wrong_at_a_glance() {
+        let text = render(&status(), 100);
+        for want in [
+            "node 1 ACTIVE (1/1 VIPs pass their checks), generation 6d2bab28, up 01:02:05",
+            "last reload: refused at 1: lbd.toml: vips[0].ports[0]: 0 is not a port",
+            "80,443/tcp",
+            "DOWN    withdrawn  out",
+            "2:2047 3:2046",
+            "1364 (59s)",
+            "status 503, expected 200",
+            "1.2ms",
+            "connect: Connection refused",
+            "GENERATION DIFFERS",
+            "5s",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
+        // Drops add up the four drop counters.
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("198.51.100.10") && l.trim_end().ends_with(" 3")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn status_json_round_trips() {
+        let s = status();
+        let json = serde_json::to_string(&s).expect("json");
+        let back: Status = serde_json::from_str(&json).expect("parse");
+        assert_eq!(serde_json::to_string(&back).expect("json"), json);
+    }
+}

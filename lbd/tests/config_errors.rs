@@ -327,3 +327,19 @@ fn example_configs_pass_and_agree_on_the_generation() {
         "{generations:?}"
     );
 }
+
+#[test]
+fn example_bird_config_parses() {
+    let file = examples().join("bird-router.conf");
+    let out = Command::new("bird")
+        .arg("-p")
+        .arg("-c")
+        .arg(&file)
+        .output()
+        .expect("run bird");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
