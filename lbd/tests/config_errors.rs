@@ -134,6 +134,13 @@ fn bad_files_name_file_key_and_expectation() {
         (
             edit(
                 "router_id = \"192.0.2.11\"",
+                "router_id = \"192.0.2.11\"\nlisten_port = 0",
+            ),
+            "lbd.toml: bgp.listen_port: 0 (no listener) is not supported yet: expected a port 1-65535",
+        ),
+        (
+            edit(
+                "router_id = \"192.0.2.11\"",
                 "router_id = \"192.0.2.11\"\nhold_time = 2",
             ),
             "lbd.toml: bgp.hold_time: 2 is not a hold time (expected 0 or 3-65535 seconds)",

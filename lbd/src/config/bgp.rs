@@ -35,9 +35,18 @@ pub(super) fn bgp(v: &mut V, raw: Option<RawBgp>) -> Option<Bgp> {
             None
         }
     };
+    // No listener (0) would mean active sessions only, but bgp-speaker's
+    // sessions end at once without a listener (docs/lbd.md): refuse it
+    // rather than run with sessions that never connect.
     let listen_port = match raw.listen_port {
         None => Some(Some(179)),
-        Some(0) => Some(None),
+        Some(0) => {
+            v.err(
+                "bgp.listen_port",
+                "0 (no listener) is not supported yet: expected a port 1-65535",
+            );
+            None
+        }
         Some(p) => v.port("bgp.listen_port", p).map(Some),
     };
     let graceful_restart_time = match raw.graceful_restart_time {
