@@ -293,6 +293,19 @@ fn check_config_exits_2_with_the_message_on_stderr() {
             file.display()
         )
     );
+    // `lbd run` refuses the same file the same way, before touching anything.
+    let out = lbd()
+        .arg("run")
+        .arg("-c")
+        .arg(&file)
+        .output()
+        .expect("run lbd");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("vips[0].address: \"10.0.0.300\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let missing = dir.join("nope.toml");
     let out = lbd()
         .arg("check-config")
