@@ -41,7 +41,9 @@ bench: bench-dataplane bench-tracer bench-bgp-speaker bench-flowmark
 
 # lbd-trace as operators get it: one static musl binary, non-PIE so that
 # `file` says "statically linked" (see docs/tracer.md).
-TRACER_STATIC := target/x86_64-unknown-linux-musl/release/lbd-trace
+# Honour CARGO_TARGET_DIR when it is set (the build goes there).
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+TRACER_STATIC := $(TARGET_DIR)/x86_64-unknown-linux-musl/release/lbd-trace
 tracer-static: $(STAMP)
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C relocation-model=static -C strip=debuginfo" \
 	  $(CARGO) build $(PROFILE) --target x86_64-unknown-linux-musl -p tracer --bin lbd-trace
