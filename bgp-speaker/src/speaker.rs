@@ -112,6 +112,9 @@ pub struct Speaker {
     peers: Vec<(IpAddr, Arc<Mutex<PeerShared>>)>,
     stop: watch::Sender<Stop>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// Without a listener nothing feeds the sessions' inboxes, but a closed
+    /// inbox means "stop" to a session task: the senders live here.
+    _idle_inboxes: Vec<mpsc::Sender<tokio::net::TcpStream>>,
 }
 
 impl Speaker {
@@ -196,6 +199,10 @@ impl Speaker {
             };
             tasks.push(tokio::spawn(task.run()));
         }
+        let mut idle_inboxes = Vec::new();
+        if listener.is_none() {
+            idle_inboxes = inboxes.drain().map(|(_, (tx, _))| tx).collect();
+        }
         if let Some(listener) = listener {
             let mut stop_rx = stop.subscribe();
             tasks.push(tokio::spawn(async move {
@@ -228,6 +235,7 @@ impl Speaker {
             peers,
             stop,
             tasks: Arc::new(Mutex::new(tasks)),
+            _idle_inboxes: idle_inboxes,
         })
     }
 
