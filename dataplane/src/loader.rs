@@ -287,6 +287,29 @@ impl Dataplane {
         Ok(all)
     }
 
+    /// The VIPs with a table in the (possibly pinned, inherited) maps: a
+    /// restarted daemon compares them with its config to remove stale ones.
+    pub fn installed_vips(&self) -> Result<Vec<Vip>> {
+        let mut out: Vec<Vip> = self
+            .vips()?
+            .into_iter()
+            .map(|(k, _)| {
+                let addr = if k.family == FAMILY_V4 {
+                    IpAddr::from([k.addr[0], k.addr[1], k.addr[2], k.addr[3]])
+                } else {
+                    IpAddr::from(k.addr)
+                };
+                Vip {
+                    addr,
+                    port: u16::from_be(k.port_be),
+                    proto: k.proto,
+                }
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
     /// Installs `table` for `vip`: writes the idle slot, then flips the VIP's
     /// active slot with one map update, so no packet sees a half-written
     /// table. `mss_clamp` 0 disables the clamp.

@@ -67,6 +67,10 @@ fn tables_round_trip_flip_and_survive_a_restart() -> Result<()> {
             dp.vip_table(&vip())?.as_deref() == Some(&t2[..]),
             "table lost across restart"
         );
+        ensure!(
+            dp.installed_vips()? == vec![vip()],
+            "installed VIPs after restart"
+        );
         // Re-attaching replaces the program behind the pinned link.
         ns.run(|| dp.attach_xdp("up0"))?;
         ensure!(
