@@ -23,6 +23,12 @@ cp "$BIN" "$root/lbd-trace"
 chroot "$root" /lbd-trace --version
 chroot "$root" /lbd-trace profile --help >/dev/null
 out="$root/check.folded"
+# Keep a CPU busy during the capture: an idle machine (a CI runner after
+# the build) gives a whole-machine profile no samples at all.
+( end=$((SECONDS + 5)); while ((SECONDS < end)); do :; done ) &
+busy=$!
 timeout 60 "$BIN" profile --duration 1s --freq 99 --format folded --output "$out" 2>&1 | tail -1
+kill "$busy" 2>/dev/null || true
+wait "$busy" 2>/dev/null || true
 [[ -s "$out" ]] || { echo "FAIL: the static binary collected no stacks" >&2; exit 1; }
 echo "static lbd-trace OK"
