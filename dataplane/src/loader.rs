@@ -261,6 +261,16 @@ impl Dataplane {
         Ok(())
     }
 
+    /// The installed entry of `vip`, if any.
+    fn vip_info(&self, vip: &Vip) -> Result<Option<VipInfo>> {
+        let key = vip.key();
+        Ok(self
+            .vips()?
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v))
+    }
+
     /// Every installed VIP (both maps), with the family-independent key.
     fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>> {
         let v4: HashMap<&MapData, VipKey4, VipInfo> =
@@ -402,8 +412,7 @@ impl Dataplane {
 
     /// The live table of `vip`, if it is installed.
     pub fn vip_table(&self, vip: &Vip) -> Result<Option<Vec<Bucket>>> {
-        let key = vip.key();
-        let Some((_, info)) = self.vips()?.into_iter().find(|(k, _)| *k == key) else {
+        let Some(info) = self.vip_info(vip)? else {
             return Ok(None);
         };
         let buckets: Array<&MapData, Bucket> = Array::try_from(self.map_ref("LBD_BUCKETS")?)?;
@@ -439,13 +448,10 @@ impl Dataplane {
     pub fn counters(&self, vip: Option<&Vip>) -> Result<Counters> {
         let index = match vip {
             None => MAX_VIPS,
-            Some(v) => {
-                let key = v.key();
-                match self.vips()?.into_iter().find(|(k, _)| *k == key) {
-                    Some((_, info)) => info.index,
-                    None => bail!("{v} is not installed"),
-                }
-            }
+            Some(v) => match self.vip_info(v)? {
+                Some(info) => info.index,
+                None => bail!("{v} is not installed"),
+            },
         };
         let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map_ref("LBD_STATS")?)?;
         let mut out = Counters::new();

@@ -167,62 +167,17 @@ mod tests {
 
     #[test]
     fn v4_hash_depends_on_every_field() {
-        let base = flow_hash_v4(
-            &[192, 0, 2, 1],
-            &[198, 51, 100, 10],
-            &[0x9c, 0x40, 0, 80],
-            6,
-            7,
-        );
-        assert_ne!(
-            base,
-            flow_hash_v4(
-                &[192, 0, 2, 2],
-                &[198, 51, 100, 10],
-                &[0x9c, 0x40, 0, 80],
-                6,
-                7
-            )
-        );
-        assert_ne!(
-            base,
-            flow_hash_v4(
-                &[192, 0, 2, 1],
-                &[198, 51, 100, 11],
-                &[0x9c, 0x40, 0, 80],
-                6,
-                7
-            )
-        );
-        assert_ne!(
-            base,
-            flow_hash_v4(
-                &[192, 0, 2, 1],
-                &[198, 51, 100, 10],
-                &[0x9c, 0x41, 0, 80],
-                6,
-                7
-            )
-        );
-        assert_ne!(
-            base,
-            flow_hash_v4(
-                &[192, 0, 2, 1],
-                &[198, 51, 100, 10],
-                &[0x9c, 0x40, 0, 80],
-                17,
-                7
-            )
-        );
-        assert_ne!(
-            base,
-            flow_hash_v4(
-                &[192, 0, 2, 1],
-                &[198, 51, 100, 10],
-                &[0x9c, 0x40, 0, 80],
-                6,
-                8
-            )
-        );
+        let (s, d, p) = ([192, 0, 2, 1], [198, 51, 100, 10], [0x9c, 0x40, 0, 80]);
+        let base = flow_hash_v4(&s, &d, &p, 6, 7);
+        let variants = [
+            flow_hash_v4(&[192, 0, 2, 2], &d, &p, 6, 7),
+            flow_hash_v4(&s, &[198, 51, 100, 11], &p, 6, 7),
+            flow_hash_v4(&s, &d, &[0x9c, 0x41, 0, 80], 6, 7),
+            flow_hash_v4(&s, &d, &p, 17, 7),
+            flow_hash_v4(&s, &d, &p, 6, 8),
+        ];
+        for (i, v) in variants.iter().enumerate() {
+            assert_ne!(base, *v, "variant {i} hashes like the base flow");
+        }
     }
 }

@@ -254,12 +254,7 @@ impl Lab {
         let owners = maglev::build(&members, self.opts.table_size, self.opts.seed)?;
         let usable = |n: u16| active.contains(&n) || draining.contains(&n);
         let buckets = transition::follow(&self.live, &owners, usable);
-        for n in &mut self.nodes {
-            for vip in Self::vips() {
-                n.dp.set_vip_table(&vip, &buckets, clamp_for(&self.opts, &vip))?;
-            }
-        }
-        self.live = buckets;
+        self.install(buckets)?;
         self.active = active.to_vec();
         self.set_route(active)
     }
@@ -268,6 +263,11 @@ impl Lab {
     pub fn settle(&mut self) -> Result<()> {
         let mut buckets = self.live.clone();
         transition::settle(&mut buckets);
+        self.install(buckets)
+    }
+
+    /// The same buckets on every node, for every VIP; they become `live`.
+    fn install(&mut self, buckets: Vec<Bucket>) -> Result<()> {
         for n in &mut self.nodes {
             for vip in Self::vips() {
                 n.dp.set_vip_table(&vip, &buckets, clamp_for(&self.opts, &vip))?;

@@ -1,7 +1,10 @@
 //! Test packets, built with etherparse (an implementation independent of
 //! ours), and the frames the forwarder must emit for them.
 use dataplane_common::{DEFAULT_GUE_PORT, IPV4_ID_MARK};
-use etherparse::{IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder, UdpHeader};
+use etherparse::{
+    IpHeaders, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder, PacketBuilderStep,
+    UdpHeader,
+};
 
 use super::bed::{MAC_ROUTER, MAC_SELF, SEED};
 use crate::predict::Flow;
@@ -25,14 +28,7 @@ pub fn tcp4(
     kind: Tcp,
     payload: &[u8],
 ) -> Vec<u8> {
-    let b = eth_v4().ipv4(src, dst, 64).tcp(sport, dport, 1000, 64000);
-    let b = match kind {
-        Tcp::Syn => b.syn(),
-        Tcp::Ack => b.ack(1),
-    };
-    let mut v = Vec::new();
-    b.write(&mut v, payload).expect("packet fits a Vec");
-    v
+    tcp(eth_v4().ipv4(src, dst, 64), sport, dport, kind, payload)
 }
 
 pub fn tcp6(
@@ -43,7 +39,18 @@ pub fn tcp6(
     kind: Tcp,
     payload: &[u8],
 ) -> Vec<u8> {
-    let b = eth_v4().ipv6(src, dst, 64).tcp(sport, dport, 1000, 64000);
+    tcp(eth_v4().ipv6(src, dst, 64), sport, dport, kind, payload)
+}
+
+/// The TCP part, the same on either IP version.
+fn tcp(
+    ip: PacketBuilderStep<IpHeaders>,
+    sport: u16,
+    dport: u16,
+    kind: Tcp,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = ip.tcp(sport, dport, 1000, 64000);
     let b = match kind {
         Tcp::Syn => b.syn(),
         Tcp::Ack => b.ack(1),
@@ -64,27 +71,24 @@ pub fn udp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) 
 }
 
 pub fn flow4(client: [u8; 4], cport: u16, vip: [u8; 4], vport: u16, proto: u8) -> u32 {
-    Flow {
-        client: IpAddr::from(client),
-        client_port: cport,
-        vip: IpAddr::from(vip),
-        vip_port: vport,
-        proto,
-    }
-    .hash(SEED)
-    .unwrap()
+    flow_hash(IpAddr::from(client), cport, IpAddr::from(vip), vport, proto)
 }
 
 pub fn flow6(client: [u8; 16], cport: u16, vip: [u8; 16], vport: u16, proto: u8) -> u32 {
+    flow_hash(IpAddr::from(client), cport, IpAddr::from(vip), vport, proto)
+}
+
+/// The kernel's hash of a flow, through the predictor.
+fn flow_hash(client: IpAddr, client_port: u16, vip: IpAddr, vip_port: u16, proto: u8) -> u32 {
     Flow {
-        client: IpAddr::from(client),
-        client_port: cport,
-        vip: IpAddr::from(vip),
-        vip_port: vport,
+        client,
+        client_port,
+        vip,
+        vip_port,
         proto,
     }
     .hash(SEED)
-    .unwrap()
+    .expect("client and VIP of one family")
 }
 
 pub enum Underlay {
