@@ -169,6 +169,20 @@ fn route_attrs(cfg: &Config) -> RouteAttrs {
     }
 }
 
+/// XDP hands packets for other members to the FIB lookup helper, which
+/// refuses ("forwarding disabled", counted as drop_no_route) unless the
+/// uplink forwards the underlay's family. Said loudly at start.
+fn check_forwarding(iface: &str, underlay: IpAddr) {
+    let family = if underlay.is_ipv6() { "ipv6" } else { "ipv4" };
+    let path = format!("/proc/sys/net/{family}/conf/{iface}/forwarding");
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
+        error!(
+            sysctl = %path,
+            "forwarding is off on the uplink for the underlay's family: packets owned by other members are dropped (drop_no_route); set it to 1"
+        );
+    }
+}
+
 fn host_prefix(a: IpAddr) -> IpNet {
     IpNet::from(a)
 }
@@ -188,6 +202,7 @@ impl Daemon {
             dp.attach_mss_clamp(iface)
                 .with_context(|| format!("attaching the MSS clamp to {iface}"))?;
         }
+        check_forwarding(iface, cfg.me().address);
         dp.set_config(&dataplane_config(&cfg))?;
         for m in &cfg.members {
             dp.set_node(m.id, Some(m.address))?;

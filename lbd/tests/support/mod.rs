@@ -296,8 +296,11 @@ impl Lab {
             ] {
                 router.ip(&a).expect(&a);
             }
+            // XDP's FIB lookups need forwarding on (for the underlay's
+            // family: bpf_fib_lookup answers "forwarding disabled").
             for (k, v) in [
                 ("net.ipv4.conf.all.forwarding", "1"),
+                ("net.ipv6.conf.all.forwarding", "1"),
                 ("net.ipv4.conf.all.rp_filter", "0"),
                 ("net.ipv4.conf.default.rp_filter", "0"),
             ] {
@@ -676,6 +679,18 @@ metrics = "127.0.0.1:9181"
             now != before && !now.is_null()
         });
         now.as_str().unwrap_or("").to_string()
+    }
+
+    /// A dataplane counter of VIP `vip` (index in the config), summed over
+    /// every node.
+    pub fn counter_sum(&self, vip: usize, name: &str) -> u64 {
+        (0..self.nodes.len())
+            .map(|i| {
+                self.status(i)["vips"][vip]["counters"][name]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .sum()
     }
 
     /// GET `path` on the IPv4 VIP from the client; the first body line.
