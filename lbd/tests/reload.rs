@@ -74,9 +74,12 @@ fn downloads(
         .collect()
 }
 
-fn assert_complete(streams: Vec<std::thread::JoinHandle<anyhow::Result<Vec<String>>>>) {
+fn assert_complete(what: &str, streams: Vec<std::thread::JoinHandle<anyhow::Result<Vec<String>>>>) {
     for t in streams {
-        let lines = t.join().expect("stream thread").expect("stream");
+        let lines = t
+            .join()
+            .expect("stream thread")
+            .unwrap_or_else(|e| panic!("download across {what}: {e:#}"));
         assert_eq!(
             lines.last().map(String::as_str),
             Some("done"),
@@ -157,7 +160,7 @@ fn reload_applies_members_vips_peers_and_dataplane_live() {
         s1["node"]["generation"],
         lab.status(2)["node"]["generation"]
     );
-    assert_complete(streams);
+    assert_complete("the join", streams);
     // Downloads whose bucket moved to node 3 reached their node through
     // node 3's second hop.
     let second: u64 = lab.counter_sum(0, "fwd_second_hop");
@@ -250,6 +253,11 @@ fn reload_applies_members_vips_peers_and_dataplane_live() {
         Duration::from_secs(10),
         || lab.route_via(&vip2) == via_all(&[1, 2, 3]),
     );
+    wait_for(
+        "the new VIP's 3-node tables",
+        Duration::from_secs(5),
+        || (0..3).all(|i| share_nodes(&lab.status(i), 2) == ["1", "2", "3"]),
+    );
     assert_eq!(lab.served_by(IpAddr::V4(VIP2), 30).len(), 3);
     assert!(installed(&lab, 0).contains(&IpAddr::V4(VIP2)));
 
@@ -327,7 +335,7 @@ fn reload_applies_members_vips_peers_and_dataplane_live() {
         "{r}"
     );
     assert_eq!(lab.status(0)["vips"][0]["table_size"], 4093);
-    assert_complete(streams);
+    assert_complete("the encapsulation change", streams);
     assert_eq!(lab.vip_via(), via_all(&[1, 2, 3]));
     let log = lab.log(0);
     let reloads: Vec<&str> = log

@@ -211,7 +211,11 @@ impl Daemon {
                 info!(vip = %v.address, "reload: VIP added");
                 out.applied.push(format!("vip {} added", v.address));
                 checks.push(v.checks.iter().cloned().map(Check::spawn).collect());
-                tables.push(VipTable::default());
+                // Added on every node one after the other: the nodes
+                // that have it already serve it, so this node joins them
+                // like a node that starts (moved buckets keep the owner
+                // they had there as second hop).
+                tables.push(VipTable::joining(next.node_id));
                 announced.push(false);
                 continue;
             };

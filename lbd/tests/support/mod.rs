@@ -573,6 +573,12 @@ metrics = "127.0.0.1:9181"
     }
 
     pub fn start_lbd(&mut self, i: usize) {
+        self.start_lbd_wrapped(i, &[]);
+    }
+
+    /// Starts lbd in node `i`'s namespace under `wrapper` (a command that
+    /// runs the rest of its arguments, e.g. setpriv with its options).
+    pub fn start_lbd_wrapped(&mut self, i: usize, wrapper: &[String]) {
         let n = &mut self.nodes[i];
         let log = fs::OpenOptions::new()
             .create(true)
@@ -583,6 +589,7 @@ metrics = "127.0.0.1:9181"
         // namespace with a fresh /sys, without the bpffs lbd pins into.
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", n.ns.name))
+            .args(wrapper)
             .args([LBD, "run", "-c"])
             .arg(&n.config)
             .stdout(log.try_clone().expect("log"))
