@@ -36,7 +36,7 @@ pub struct GracefulRestart {
 }
 
 /// One BGP neighbour.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
     pub address: IpAddr,
     pub remote_as: u32,
@@ -86,7 +86,7 @@ impl PeerConfig {
 }
 
 /// BFD timers (RFC 5880 section 6.8.1 names).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BfdConfig {
     pub desired_min_tx: Duration,
     pub required_min_rx: Duration,

@@ -153,11 +153,11 @@ pub async fn connect(o: ConnectOpts<'_>) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
-/// A dual-stack listener on `[::]:port` with MD5 keys for the given peers.
-/// With `gtsm` (every peer uses TTL security) the listener itself drops
+/// A dual-stack listener on `[::]:port` (MD5 keys are added per peer with
+/// [`set_md5`]). With `gtsm` (every peer uses TTL security) the listener itself drops
 /// SYNs that arrive with TTL < 254; otherwise GTSM starts on the accepted
 /// socket of each peer that wants it.
-pub fn listen(port: u16, md5: &[(IpAddr, &str)], gtsm: bool) -> io::Result<TcpListener> {
+pub fn listen(port: u16, gtsm: bool) -> io::Result<TcpListener> {
     let sock = TcpSocket::new_v6()?;
     let off: libc::c_int = 0;
     setsockopt(&sock, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &off)?;
@@ -167,9 +167,6 @@ pub fn listen(port: u16, md5: &[(IpAddr, &str)], gtsm: bool) -> io::Result<TcpLi
         set_gtsm(&sock, IpAddr::V6(Ipv6Addr::UNSPECIFIED))?;
     }
     sock.set_reuseaddr(true)?;
-    for (peer, key) in md5 {
-        set_md5(&sock, true, *peer, Some(key))?;
-    }
     sock.bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port))?;
     sock.listen(64)
 }

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::bfd::{BfdHub, BfdState};
-use crate::config::{RouteAttrs, SpeakerConfig};
+use crate::config::{PeerConfig, RouteAttrs, SpeakerConfig};
 use crate::session::PeerTask;
 use crate::socket;
 
@@ -103,18 +104,42 @@ pub enum StartError {
     Config(String),
 }
 
+/// Per peer: its session's inbox and whether inbound connections are refused.
+type Inboxes = Arc<Mutex<HashMap<IpAddr, (mpsc::Sender<TcpStream>, bool)>>>;
+
 /// A running speaker. Cheap to clone; every method can be called from any
 /// thread.
 #[derive(Clone)]
 pub struct Speaker {
+    global: Arc<SpeakerConfig>,
     rib: watch::Sender<Rib>,
     events: broadcast::Sender<SessionEvent>,
-    peers: Vec<(IpAddr, Arc<Mutex<PeerShared>>)>,
+    /// Stops the listener task; each peer has its own stop (`remove_peer`).
     stop: watch::Sender<Stop>,
-    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    /// Without a listener nothing feeds the sessions' inboxes, but a closed
-    /// inbox means "stop" to a session task: the senders live here.
-    _idle_inboxes: Vec<mpsc::Sender<tokio::net::TcpStream>>,
+    listener: Option<Arc<TcpListener>>,
+    /// Every peer used GTSM at start, so the listener filters TTL < 254.
+    listener_gtsm: bool,
+    /// Where the listener hands accepted connections: the peer's inbox and
+    /// whether inbound connections from it are refused (GTSM, see `add`).
+    inboxes: Inboxes,
+    inner: Arc<Mutex<Inner>>,
+}
+
+struct PeerHandle {
+    addr: IpAddr,
+    shared: Arc<Mutex<PeerShared>>,
+    stop: watch::Sender<Stop>,
+    task: Option<JoinHandle<()>>,
+    /// Without a listener nothing feeds the session's inbox, but a closed
+    /// inbox means "stop" to a session task: the sender lives here.
+    _idle_inbox: Option<mpsc::Sender<TcpStream>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    peers: Vec<PeerHandle>,
+    bfd: Option<Arc<BfdHub>>,
+    listener_task: Option<JoinHandle<()>>,
 }
 
 impl Speaker {
@@ -127,25 +152,23 @@ impl Speaker {
                 cfg.hold_time
             )));
         }
-        let cfg = Arc::new(cfg);
+        let mut seen = std::collections::HashSet::new();
+        for p in &cfg.peers {
+            if !seen.insert(socket::canonical(p.address)) {
+                return Err(StartError::DuplicatePeer(socket::canonical(p.address)));
+            }
+        }
         let (rib, _) = watch::channel(Rib::default());
         let (events, _) = broadcast::channel(1024);
         let (stop, _) = watch::channel(Stop::Running);
         // GTSM is only watertight when the kernel filters the SYN, which it
-        // does per listening socket: see `refuse_inbound` below.
-        let listener_gtsm = cfg.peers.iter().all(|p| p.ttl_security);
+        // does per listening socket: see `refuse_inbound` in `add`.
+        let listener_gtsm = !cfg.peers.is_empty() && cfg.peers.iter().all(|p| p.ttl_security);
         let listener = match cfg.listen_port {
-            Some(port) => {
-                let md5: Vec<(IpAddr, &str)> = cfg
-                    .peers
-                    .iter()
-                    .filter_map(|p| p.md5_password.as_deref().map(|k| (p.address, k)))
-                    .collect();
-                Some(
-                    socket::listen(port, &md5, listener_gtsm)
-                        .map_err(|source| StartError::Listen { port, source })?,
-                )
-            }
+            Some(port) => Some(Arc::new(
+                socket::listen(port, listener_gtsm)
+                    .map_err(|source| StartError::Listen { port, source })?,
+            )),
             None => None,
         };
         let bfd = if cfg.peers.iter().any(|p| p.bfd.is_some()) {
@@ -153,65 +176,37 @@ impl Speaker {
         } else {
             None
         };
-        let mut inboxes = HashMap::new();
-        let mut peers = Vec::new();
-        let mut tasks = Vec::new();
-        for pc in &cfg.peers {
-            let addr = socket::canonical(pc.address);
-            let (tx, rx) = mpsc::channel(4);
-            // A GTSM peer sharing the listener with non-GTSM peers could slip
-            // packets with a low TTL in before the accepted socket gets its
-            // minimum TTL, so such a peer's connections are refused and the
-            // session runs on ours (whose SYN-ACK is already filtered). A
-            // passive GTSM peer gets best effort: GTSM right after accept.
-            let refuse_inbound = pc.ttl_security && !listener_gtsm && !pc.passive;
-            if inboxes.insert(addr, (tx, refuse_inbound)).is_some() {
-                return Err(StartError::DuplicatePeer(addr));
-            }
-            let shared = Arc::new(Mutex::new(PeerShared {
-                status: PeerStatus {
-                    peer: addr,
-                    state: State::Idle,
-                    uptime: None,
-                    messages_in: 0,
-                    messages_out: 0,
-                    updates_in: 0,
-                    updates_out: 0,
-                    prefixes_received: 0,
-                    prefixes_sent: 0,
-                    established_count: 0,
-                    last_error: None,
-                    bfd: None,
-                    local_address: None,
-                },
-                since: None,
-            }));
-            peers.push((addr, shared.clone()));
-            let task = PeerTask {
-                cfg: Arc::new(pc.clone()),
-                global: cfg.clone(),
-                rib: rib.subscribe(),
-                shared,
-                events: events.clone(),
-                incoming: rx,
-                stop: stop.subscribe(),
-                bfd: bfd.clone(),
-            };
-            tasks.push(tokio::spawn(task.run()));
+        let peers = cfg.peers.clone();
+        let sp = Speaker {
+            global: Arc::new(SpeakerConfig {
+                peers: Vec::new(),
+                ..cfg
+            }),
+            rib,
+            events,
+            stop,
+            listener,
+            listener_gtsm,
+            inboxes: Arc::new(Mutex::new(HashMap::new())),
+            inner: Arc::new(Mutex::new(Inner {
+                bfd,
+                ..Default::default()
+            })),
+        };
+        for pc in peers {
+            sp.add(pc)?;
         }
-        let mut idle_inboxes = Vec::new();
-        if listener.is_none() {
-            idle_inboxes = inboxes.drain().map(|(_, (tx, _))| tx).collect();
-        }
-        if let Some(listener) = listener {
-            let mut stop_rx = stop.subscribe();
-            tasks.push(tokio::spawn(async move {
+        if let Some(listener) = sp.listener.clone() {
+            let mut stop_rx = sp.stop.subscribe();
+            let inboxes = sp.inboxes.clone();
+            sp.lock().listener_task = Some(tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         r = listener.accept() => match r {
                             Ok((stream, from)) => {
                                 let ip = socket::canonical(from.ip());
-                                match inboxes.get(&ip) {
+                                let inbox = inboxes.lock().unwrap_or_else(|e| e.into_inner()).get(&ip).cloned();
+                                match inbox {
                                     Some((_, true)) => tracing::debug!(peer = %ip, "GTSM peer: inbound connection refused"),
                                     // A full inbox means the session is busy
                                     // with several connections already.
@@ -229,14 +224,126 @@ impl Speaker {
                 }
             }));
         }
-        Ok(Speaker {
-            rib,
-            events,
-            peers,
+        Ok(sp)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a peer to a running speaker: its session starts at once and
+    /// gets every announced route. The other sessions are not touched.
+    pub async fn add_peer(&self, pc: PeerConfig) -> Result<(), StartError> {
+        if pc.bfd.is_some() && self.lock().bfd.is_none() {
+            let hub = BfdHub::start().await.map_err(StartError::Bfd)?;
+            self.lock().bfd.get_or_insert(hub);
+        }
+        self.add(pc)
+    }
+
+    fn add(&self, pc: PeerConfig) -> Result<(), StartError> {
+        let addr = socket::canonical(pc.address);
+        let mut inner = self.lock();
+        if inner.peers.iter().any(|p| p.addr == addr) {
+            return Err(StartError::DuplicatePeer(addr));
+        }
+        if *self.stop.borrow() != Stop::Running {
+            return Err(StartError::Config("the speaker is stopped".into()));
+        }
+        if self.listener.is_none() && pc.passive {
+            return Err(StartError::Config(format!(
+                "passive peer {addr}: there is no listener"
+            )));
+        }
+        if self.listener_gtsm && !pc.ttl_security && pc.passive {
+            return Err(StartError::Config(format!(
+                "passive peer {addr} without GTSM: the listener drops its SYNs \
+                 (every peer used GTSM when the speaker started)"
+            )));
+        }
+        if let (Some(l), Some(key)) = (&self.listener, pc.md5_password.as_deref()) {
+            socket::set_md5(&**l, true, addr, Some(key))
+                .map_err(|e| StartError::Config(format!("peer {addr}: MD5 key: {e}")))?;
+        }
+        let (tx, rx) = mpsc::channel(4);
+        // A GTSM peer sharing the listener with non-GTSM peers could slip
+        // packets with a low TTL in before the accepted socket gets its
+        // minimum TTL, so such a peer's connections are refused and the
+        // session runs on ours (whose SYN-ACK is already filtered). A
+        // passive GTSM peer gets best effort: GTSM right after accept.
+        let refuse_inbound = pc.ttl_security && !self.listener_gtsm && !pc.passive;
+        let idle_inbox = if self.listener.is_some() {
+            self.inboxes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(addr, (tx, refuse_inbound));
+            None
+        } else {
+            Some(tx)
+        };
+        let shared = Arc::new(Mutex::new(PeerShared {
+            status: PeerStatus {
+                peer: addr,
+                state: State::Idle,
+                uptime: None,
+                messages_in: 0,
+                messages_out: 0,
+                updates_in: 0,
+                updates_out: 0,
+                prefixes_received: 0,
+                prefixes_sent: 0,
+                established_count: 0,
+                last_error: None,
+                bfd: None,
+                local_address: None,
+            },
+            since: None,
+        }));
+        let (stop, stop_rx) = watch::channel(Stop::Running);
+        let task = PeerTask {
+            cfg: Arc::new(pc),
+            global: self.global.clone(),
+            rib: self.rib.subscribe(),
+            shared: shared.clone(),
+            events: self.events.clone(),
+            incoming: rx,
+            stop: stop_rx,
+            bfd: inner.bfd.clone(),
+        };
+        inner.peers.push(PeerHandle {
+            addr,
+            shared,
             stop,
-            tasks: Arc::new(Mutex::new(tasks)),
-            _idle_inboxes: idle_inboxes,
-        })
+            task: Some(tokio::spawn(task.run())),
+            _idle_inbox: idle_inbox,
+        });
+        Ok(())
+    }
+
+    /// Removes a peer from a running speaker: its session ends with Cease /
+    /// Administrative Shutdown (the router withdraws our routes from it at
+    /// once). Returns false if there is no such peer.
+    pub async fn remove_peer(&self, address: IpAddr) -> bool {
+        let addr = socket::canonical(address);
+        let handle = {
+            let mut inner = self.lock();
+            match inner.peers.iter().position(|p| p.addr == addr) {
+                Some(i) => inner.peers.remove(i),
+                None => return false,
+            }
+        };
+        self.inboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&addr);
+        if let Some(l) = &self.listener {
+            let _ = socket::set_md5(&**l, true, addr, None);
+        }
+        let _ = handle.stop.send(Stop::Shutdown);
+        if let Some(t) = handle.task {
+            let _ = t.await;
+        }
+        true
     }
 
     /// Announces (or updates the attributes of) a prefix to every peer.
@@ -296,10 +403,11 @@ impl Speaker {
 
     /// Counters of every peer.
     pub fn peers(&self) -> Vec<PeerStatus> {
-        self.peers
+        self.lock()
+            .peers
             .iter()
-            .map(|(_, s)| {
-                let s = s.lock().unwrap_or_else(|e| e.into_inner());
+            .map(|p| {
+                let s = p.shared.lock().unwrap_or_else(|e| e.into_inner());
                 let mut st = s.status.clone();
                 st.uptime = s.since.map(|t| t.elapsed());
                 st
@@ -320,8 +428,19 @@ impl Speaker {
 
     async fn stop_with(&self, how: Stop) {
         let _ = self.stop.send(how);
-        let tasks: Vec<_> =
-            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        let tasks: Vec<_> = {
+            let mut inner = self.lock();
+            let mut tasks: Vec<_> = inner
+                .peers
+                .iter_mut()
+                .filter_map(|p| {
+                    let _ = p.stop.send(how);
+                    p.task.take()
+                })
+                .collect();
+            tasks.extend(inner.listener_task.take());
+            tasks
+        };
         for t in tasks {
             let _ = t.await;
         }

@@ -93,11 +93,19 @@ pub struct MemberStatus {
     pub report: Option<Report>,
     pub last_seen_unix: Option<u64>,
     pub last_error: Option<String>,
+    /// Polls answered or failed so far.
+    pub polls: u64,
     #[serde(skip)]
     rf: RiseFall,
 }
 
 pub type Members = Arc<Mutex<BTreeMap<u16, MemberStatus>>>;
+
+/// Every member is either up or has failed `fall` polls: the view is
+/// decided (at start, before this, "down" only means "not asked yet").
+pub fn decided(m: &Members, fall: u32) -> bool {
+    lock(m).values().all(|s| s.up || s.polls >= u64::from(fall))
+}
 
 pub fn lock(m: &Members) -> std::sync::MutexGuard<'_, BTreeMap<u16, MemberStatus>> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -105,29 +113,36 @@ pub fn lock(m: &Members) -> std::sync::MutexGuard<'_, BTreeMap<u16, MemberStatus
 
 /// The table of other members, all down until polled.
 pub fn members(all: &[Member], me: u16, cfg: &Liveness) -> Members {
-    let map = all
-        .iter()
-        .filter(|m| m.id != me)
-        .map(|m| {
-            (
-                m.id,
-                MemberStatus {
-                    id: m.id,
-                    address: m.address,
-                    up: false,
-                    report: None,
-                    last_seen_unix: None,
-                    last_error: None,
-                    rf: RiseFall::new(cfg.rise, cfg.fall),
-                },
-            )
-        })
-        .collect();
-    Arc::new(Mutex::new(map))
+    let m = Arc::new(Mutex::new(BTreeMap::new()));
+    set_members(&m, all, me, cfg);
+    m
 }
 
-/// Polls every member each interval (concurrently) until dropped.
-pub async fn poll(members: Members, cfg: Liveness, generation: String) {
+/// Brings the table in line with a (reloaded) member list: members that
+/// stay at the same address keep their state; new ones start down; gone
+/// ones are dropped (the poller stops polling them at its next round).
+pub fn set_members(members: &Members, all: &[Member], me: u16, cfg: &Liveness) {
+    let mut map = lock(members);
+    map.retain(|id, s| {
+        all.iter()
+            .any(|m| m.id == *id && m.address == s.address && m.id != me)
+    });
+    for m in all.iter().filter(|m| m.id != me) {
+        map.entry(m.id).or_insert_with(|| MemberStatus {
+            id: m.id,
+            address: m.address,
+            up: false,
+            report: None,
+            last_seen_unix: None,
+            last_error: None,
+            polls: 0,
+            rf: RiseFall::new(cfg.rise, cfg.fall),
+        });
+    }
+}
+
+/// `generation` is ours (it changes with a reload).
+pub async fn poll(members: Members, cfg: Liveness, generation: watch::Receiver<String>) {
     let client = match reqwest::Client::builder()
         .no_proxy()
         // A fresh connection per poll: a kept-alive one could outlive the
@@ -174,6 +189,7 @@ pub async fn poll(members: Members, cfg: Liveness, generation: String) {
         while let Some(Ok((id, result))) = set.join_next().await {
             let mut all = lock(&members);
             let Some(m) = all.get_mut(&id) else { continue };
+            m.polls += 1;
             let ok = match &result {
                 Ok(r) if r.node_id != id => {
                     m.last_error = Some(format!("answered as node {}, expected {id}", r.node_id));
@@ -188,6 +204,7 @@ pub async fn poll(members: Members, cfg: Liveness, generation: String) {
             if let Ok(r) = result
                 && ok
             {
+                let generation = generation.borrow().clone();
                 if r.generation != generation
                     && m.report.as_ref().map(|p| &p.generation) != Some(&r.generation)
                 {

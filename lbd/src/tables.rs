@@ -33,8 +33,14 @@ pub struct VipTable {
     pub live: Vec<Bucket>,
     /// The first-hop members the live table was built from.
     pub first_hops: Vec<u16>,
+    /// Their weights, (id, weight) by id: a weight change (reload) rebuilds
+    /// the table even when the set of first hops stays. Empty after
+    /// `resume` (unknown), so the first view rebuilds it with `follow`.
+    pub built_from: Vec<(u16, u32)>,
     /// When the second hops of the last change are dropped.
     pub settle_at: Option<Instant>,
+    /// This node, joining with no table of its own (see [`VipTable::joining`]).
+    pub joiner: Option<u16>,
 }
 
 /// What `update` decided.
@@ -45,6 +51,8 @@ pub enum Change {
     /// A new membership: install these buckets (with second hops).
     Membership {
         buckets: Vec<Bucket>,
+        /// (id, weight) of the first hops, by id.
+        members: Vec<(u16, u32)>,
         moved: usize,
         with_second_hop: usize,
     },
@@ -70,7 +78,22 @@ impl VipTable {
         Self {
             live,
             first_hops,
+            built_from: Vec::new(),
             settle_at,
+            joiner: None,
+        }
+    }
+
+    /// A node that starts with no table (first start, or after `lbd
+    /// cleanup`). The other nodes' table is the one without it, so its own
+    /// first table is built as the same transition theirs makes when it
+    /// joins: buckets that move to it keep their previous owner as second
+    /// hop, and connections established before the join survive the
+    /// router sending them here.
+    pub fn joining(me: u16) -> Self {
+        Self {
+            joiner: Some(me),
+            ..Default::default()
         }
     }
 
@@ -83,19 +106,20 @@ impl VipTable {
         seed: u32,
         now: Instant,
     ) -> Result<Change, maglev::MaglevError> {
-        let mut first: Vec<u16> = view
+        let mut weighted: Vec<(u16, u32)> = view
             .iter()
             .filter(|m| m.reachable && m.serving)
-            .map(|m| m.id)
+            .map(|m| (m.id, m.weight))
             .collect();
-        first.sort_unstable();
+        weighted.sort_unstable();
+        let first: Vec<u16> = weighted.iter().map(|&(id, _)| id).collect();
         let usable = |id: u16| view.iter().any(|m| m.id == id && m.reachable);
         // A second hop that became unreachable must go at once too.
         let dead_second = self
             .live
             .iter()
             .any(|b| b.second != NO_HOP && !usable(b.second));
-        if first != self.first_hops || self.live.is_empty() || dead_second {
+        if weighted != self.built_from || self.live.is_empty() || dead_second {
             if first.is_empty() {
                 // Nobody serves: keep the table (no node announces the VIP,
                 // so no packet arrives), but never name an unreachable hop.
@@ -119,9 +143,19 @@ impl VipTable {
                 })
                 .collect();
             let owners = maglev::build(&members, table_size, seed)?;
-            let buckets = transition::follow(&self.live, &owners, usable);
-            let moved = if self.live.len() == owners.len() {
-                self.live
+            let mut previous = std::borrow::Cow::Borrowed(&self.live);
+            if let Some(me) = self.joiner
+                && self.live.is_empty()
+                && members.iter().any(|m| m.id != me)
+            {
+                let others: Vec<Member> = members.iter().copied().filter(|m| m.id != me).collect();
+                let before = maglev::build(&others, table_size, seed)?;
+                previous =
+                    std::borrow::Cow::Owned(transition::with_second_hops(&[], &before, usable));
+            }
+            let buckets = transition::follow(&previous, &owners, usable);
+            let moved = if previous.len() == owners.len() {
+                previous
                     .iter()
                     .zip(&owners)
                     .filter(|(b, o)| b.first != **o)
@@ -132,6 +166,7 @@ impl VipTable {
             let with_second_hop = buckets.iter().filter(|b| b.second != NO_HOP).count();
             return Ok(Change::Membership {
                 buckets,
+                members: weighted,
                 moved,
                 with_second_hop,
             });
@@ -150,7 +185,11 @@ impl VipTable {
     pub fn installed(&mut self, change: Change, now: Instant, drain: Duration) {
         match change {
             Change::None => {}
-            Change::Membership { buckets, .. } => {
+            Change::Membership {
+                buckets, members, ..
+            } => {
+                self.built_from = members;
+                self.joiner = None;
                 let mut first: Vec<u16> = buckets.iter().map(|b| b.first).collect();
                 first.sort_unstable();
                 first.dedup();
@@ -205,6 +244,18 @@ mod tests {
 
     const SIZE: u32 = 4093;
 
+    /// (moved, with_second_hop) of a membership change.
+    fn membership(c: &Change) -> (usize, usize) {
+        match c {
+            Change::Membership {
+                moved,
+                with_second_hop,
+                ..
+            } => (*moved, *with_second_hop),
+            other => panic!("not a membership change: {other:?}"),
+        }
+    }
+
     fn apply(t: &mut VipTable, v: &[MemberView], now: Instant) -> Change {
         let c = t.update(v, SIZE, 7, now).expect("table");
         t.installed(c.clone(), now, Duration::from_secs(10));
@@ -233,14 +284,7 @@ mod tests {
         // Node 3 drains: its buckets move, with 3 as second hop.
         let v = view(&[(1, true, true), (2, true, true), (3, true, false)]);
         let c = apply(&mut t, &v, now);
-        let Change::Membership {
-            moved,
-            with_second_hop,
-            ..
-        } = c
-        else {
-            panic!("{c:?}")
-        };
+        let (moved, with_second_hop) = membership(&c);
         assert!(
             moved > 1300 && moved == with_second_hop,
             "{moved} {with_second_hop}"
@@ -278,14 +322,7 @@ mod tests {
             &view(&[(1, true, true), (2, true, true), (3, false, false)]),
             now,
         );
-        let Change::Membership {
-            moved,
-            with_second_hop,
-            ..
-        } = c
-        else {
-            panic!("{c:?}")
-        };
+        let (moved, with_second_hop) = membership(&c);
         assert!(t.live.iter().all(|b| b.first != 3 && b.second != 3));
         // Node 3's buckets moved without a second hop; Maglev may shift a
         // few others, which keep theirs.
@@ -318,6 +355,102 @@ mod tests {
         );
         assert!(matches!(c, Change::Membership { .. }), "{c:?}");
         assert!(t.live.iter().all(|b| b.second != 3));
+    }
+
+    #[test]
+    fn weight_change_and_new_member_move_buckets_with_second_hops() {
+        let now = Instant::now();
+        let mut t = VipTable::default();
+        let v = view(&[(1, true, true), (2, true, true)]);
+        apply(&mut t, &v, now);
+        let before = t.live.clone();
+        // Node 2's weight goes to 3 (a reload): same first hops, new table.
+        let mut heavy = v.clone();
+        heavy[1].weight = 3;
+        let c = apply(&mut t, &heavy, now);
+        let (moved, with_second_hop) = membership(&c);
+        let (share, _) = t.share();
+        assert!(share[1].1 > 2 * share[0].1, "{share:?}");
+        assert!(moved > 1000 && moved == with_second_hop, "{moved}");
+        assert!(
+            t.live
+                .iter()
+                .zip(&before)
+                .all(|(n, o)| n.first == o.first || n.second == o.first)
+        );
+        assert_eq!(apply(&mut t, &heavy, now), Change::None);
+        // A member added by a reload: its buckets keep the previous owner.
+        let mut three = heavy.clone();
+        three.push(MemberView {
+            id: 3,
+            weight: 1,
+            reachable: true,
+            serving: true,
+        });
+        let c = apply(&mut t, &three, now);
+        assert!(matches!(c, Change::Membership { .. }), "{c:?}");
+        assert!(t.has_first_hop(3));
+        assert!(
+            t.live
+                .iter()
+                .filter(|b| b.first == 3)
+                .all(|b| b.second == 1 || b.second == 2)
+        );
+    }
+
+    #[test]
+    fn a_joining_node_keeps_the_previous_owners_as_second_hops() {
+        let now = Instant::now();
+        let before = view(&[(1, true, true), (2, true, true)]);
+        let after = view(&[(1, true, true), (2, true, true), (3, true, true)]);
+        // Node 1 sees node 3 join; node 3 starts with no table.
+        let mut on1 = VipTable::default();
+        apply(&mut on1, &before, now);
+        apply(&mut on1, &after, now);
+        let mut on3 = VipTable::joining(3);
+        let c = apply(&mut on3, &after, now);
+        assert!(
+            matches!(c, Change::Membership { moved, .. } if moved > 1000),
+            "{c:?}"
+        );
+        assert_eq!(on3.live, on1.live, "the joiner's table is its peers' table");
+        assert!(
+            on3.live
+                .iter()
+                .filter(|b| b.first == 3)
+                .all(|b| b.second == 1 || b.second == 2)
+        );
+        // Alone, a joiner has nobody to keep as second hop.
+        let mut alone = VipTable::joining(3);
+        apply(&mut alone, &view(&[(3, true, true)]), now);
+        assert!(
+            alone
+                .live
+                .iter()
+                .all(|b| b.first == 3 && b.second == NO_HOP)
+        );
+    }
+
+    #[test]
+    fn a_resumed_table_is_rebuilt_unchanged_by_the_same_view() {
+        let now = Instant::now();
+        let v = view(&[(1, true, true), (2, true, true), (3, true, true)]);
+        let mut a = VipTable::default();
+        apply(&mut a, &v, now);
+        let mut r = VipTable::resume(a.live.clone(), now, Duration::from_secs(10));
+        let c = apply(&mut r, &v, now);
+        assert!(
+            matches!(
+                c,
+                Change::Membership {
+                    moved: 0,
+                    with_second_hop: 0,
+                    ..
+                }
+            ),
+            "{c:?}"
+        );
+        assert_eq!(r.live, a.live);
     }
 
     #[test]

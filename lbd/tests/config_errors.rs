@@ -52,6 +52,13 @@ fn base_config_is_valid_and_defaults_apply() {
     assert_eq!(c.dataplane.table_size, 65537);
     assert_eq!(c.bgp.hold_time, 9);
     assert_eq!(c.bgp.listen_port, Some(179));
+    // 0: no listener, active sessions only.
+    let c = Config::parse(
+        "lbd.toml",
+        &edit("local_as = 65100", "local_as = 65100\nlisten_port = 0"),
+    )
+    .expect("listen_port = 0 is valid");
+    assert_eq!(c.bgp.listen_port, None);
     assert_eq!(c.liveness.fall, 3);
     assert_eq!(c.vips[0].checks[0].rise, 2);
     assert_eq!(c.members[1].weight, 1);
@@ -134,9 +141,17 @@ fn bad_files_name_file_key_and_expectation() {
         (
             edit(
                 "router_id = \"192.0.2.11\"",
-                "router_id = \"192.0.2.11\"\nlisten_port = 0",
+                "router_id = \"192.0.2.11\"\nlisten_port = 65536",
             ),
-            "lbd.toml: bgp.listen_port: 0 (no listener) is not supported yet: expected a port 1-65535",
+            "lbd.toml: bgp.listen_port: 65536 is not a port: expected 1-65535",
+        ),
+        (
+            edit(
+                "router_id = \"192.0.2.11\"",
+                "router_id = \"192.0.2.11\"\nlisten_port = 0",
+            )
+            .replacen("remote_as = 65000", "remote_as = 65000\npassive = true", 1),
+            "lbd.toml: bgp.peers[0].passive: a passive peer needs a listener, and bgp.listen_port = 0 turns it off",
         ),
         (
             edit(

@@ -66,7 +66,7 @@ async fn polling_marks_up_records_state_and_generation_then_down_after_fall() {
     let poller = tokio::spawn(liveness::poll(
         members.clone(),
         cfg,
-        "our-generation".into(),
+        watch::channel("our-generation".to_string()).1,
     ));
 
     wait(Duration::from_secs(5), || {

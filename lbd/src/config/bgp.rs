@@ -35,18 +35,11 @@ pub(super) fn bgp(v: &mut V, raw: Option<RawBgp>) -> Option<Bgp> {
             None
         }
     };
-    // No listener (0) would mean active sessions only, but bgp-speaker's
-    // sessions end at once without a listener (docs/lbd.md): refuse it
-    // rather than run with sessions that never connect.
+    // 0: no listener, sessions are active only (the router must not be
+    // passive towards us, and no peer of ours can be passive).
     let listen_port = match raw.listen_port {
         None => Some(Some(179)),
-        Some(0) => {
-            v.err(
-                "bgp.listen_port",
-                "0 (no listener) is not supported yet: expected a port 1-65535",
-            );
-            None
-        }
+        Some(0) => Some(None),
         Some(p) => v.port("bgp.listen_port", p).map(Some),
     };
     let graceful_restart_time = match raw.graceful_restart_time {
@@ -99,6 +92,13 @@ pub(super) fn bgp(v: &mut V, raw: Option<RawBgp>) -> Option<Bgp> {
         let mut ok = true;
         for (i, r) in list.into_iter().enumerate() {
             let p = format!("bgp.peers[{i}]");
+            if r.passive == Some(true) && raw.listen_port == Some(0) {
+                v.err(
+                    &format!("{p}.passive"),
+                    "a passive peer needs a listener, and bgp.listen_port = 0 turns it off",
+                );
+                ok = false;
+            }
             match peer(v, &p, r) {
                 Some(peer) => {
                     if let Some(j) = out.iter().position(|o| o.address == peer.address) {

@@ -25,7 +25,7 @@ use anyhow::{Context, Result, anyhow};
 use bgp_speaker::{
     BfdConfig, GracefulRestart, IpNet, PeerConfig, RouteAttrs, Speaker, SpeakerConfig,
 };
-use dataplane::loader::Dataplane;
+use dataplane::loader::{Dataplane, Vip};
 use dataplane_common::{ENCAP_GUE, ENCAP_IPIP};
 use health::Check;
 use tokio::signal::unix::{SignalKind, signal};
@@ -59,6 +59,10 @@ pub struct Daemon {
     last_reload: Option<String>,
     last_metrics: Instant,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The generation the liveness poller compares members against.
+    generation: watch::Sender<String>,
+    /// The BGP peers as running in the speaker (MD5 passwords read).
+    peers: Vec<PeerConfig>,
 }
 
 /// Loads the config and runs the daemon until SIGTERM/SIGINT.
@@ -103,40 +107,42 @@ fn mss_clamp(cfg: &Config, vip: IpAddr) -> u16 {
     )
 }
 
+/// A peer as bgp-speaker takes it; the MD5 password is read from its file
+/// (at start and at every reload, so SIGHUP picks up a new password).
+fn peer_config(p: &crate::config::Peer) -> Result<PeerConfig> {
+    let md5_password = match &p.md5_password_file {
+        None => None,
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| {
+                    format!(
+                        "bgp peer {}: reading md5_password_file {}",
+                        p.address,
+                        f.display()
+                    )
+                })?
+                .trim()
+                .to_string(),
+        ),
+    };
+    Ok(PeerConfig {
+        local_address: p.local_address,
+        next_hop_v4: p.next_hop_v4,
+        next_hop_v6: p.next_hop_v6,
+        passive: p.passive,
+        port: p.port,
+        md5_password,
+        ttl_security: p.ttl_security,
+        bfd: p.bfd.as_ref().map(|b| BfdConfig {
+            desired_min_tx: b.min_tx,
+            required_min_rx: b.min_rx,
+            detect_mult: b.multiplier,
+        }),
+        ..PeerConfig::new(p.address, p.remote_as)
+    })
+}
+
 fn speaker_config(cfg: &Config, restarting: bool) -> Result<SpeakerConfig> {
-    let mut peers = Vec::new();
-    for p in &cfg.bgp.peers {
-        let md5_password = match &p.md5_password_file {
-            None => None,
-            Some(f) => Some(
-                std::fs::read_to_string(f)
-                    .with_context(|| {
-                        format!(
-                            "bgp peer {}: reading md5_password_file {}",
-                            p.address,
-                            f.display()
-                        )
-                    })?
-                    .trim()
-                    .to_string(),
-            ),
-        };
-        peers.push(PeerConfig {
-            local_address: p.local_address,
-            next_hop_v4: p.next_hop_v4,
-            next_hop_v6: p.next_hop_v6,
-            passive: p.passive,
-            port: p.port,
-            md5_password,
-            ttl_security: p.ttl_security,
-            bfd: p.bfd.as_ref().map(|b| BfdConfig {
-                desired_min_tx: b.min_tx,
-                required_min_rx: b.min_rx,
-                detect_mult: b.multiplier,
-            }),
-            ..PeerConfig::new(p.address, p.remote_as)
-        });
-    }
     Ok(SpeakerConfig {
         local_as: cfg.bgp.local_as,
         router_id: cfg.bgp.router_id,
@@ -146,7 +152,12 @@ fn speaker_config(cfg: &Config, restarting: bool) -> Result<SpeakerConfig> {
             restart_time: t,
             restarting,
         }),
-        peers,
+        peers: cfg
+            .bgp
+            .peers
+            .iter()
+            .map(peer_config)
+            .collect::<Result<_>>()?,
     })
 }
 
@@ -194,8 +205,18 @@ impl Daemon {
                     info!(vip = %v.address, "resuming the table found in the dataplane");
                     VipTable::resume(live, now, cfg.drain_period)
                 }
-                _ => VipTable::default(),
+                _ => VipTable::joining(cfg.node_id),
             });
+        }
+        // A VIP a previous run installed but the config no longer has would
+        // keep being steered by the pinned program: remove it.
+        let wanted: Vec<Vip> = cfg.vips.iter().flat_map(|v| v.entries()).collect();
+        for stale in dp.installed_vips()? {
+            if !wanted.contains(&stale) {
+                dp.remove_vip(&stale)
+                    .with_context(|| format!("removing stale VIP {stale}"))?;
+                info!(vip = %stale, reason = "not in the config", "removed a VIP a previous run installed");
+            }
         }
         let checks = cfg
             .vips
@@ -215,12 +236,15 @@ impl Daemon {
             .await
             .with_context(|| format!("liveness endpoint: binding {listen}"))?;
         tasks.push(tokio::spawn(liveness::serve(listener, report_rx)));
+        let (generation, generation_rx) = watch::channel(cfg.generation());
         tasks.push(tokio::spawn(liveness::poll(
             members.clone(),
             cfg.liveness.clone(),
-            cfg.generation(),
+            generation_rx,
         )));
-        let speaker = Speaker::start(speaker_config(&cfg, restarting)?)
+        let speaker_cfg = speaker_config(&cfg, restarting)?;
+        let peers = speaker_cfg.peers.clone();
+        let speaker = Speaker::start(speaker_cfg)
             .await
             .context("starting the BGP speaker")?;
         let sock = control::bind(&cfg.api.socket)?;
@@ -256,6 +280,8 @@ impl Daemon {
             last_reload: None,
             last_metrics: Instant::now() - Duration::from_secs(10),
             tasks,
+            generation,
+            peers,
         })
     }
 
@@ -276,7 +302,7 @@ impl Daemon {
                     let _ = reply.send(resp);
                     self.tick();
                 }
-                _ = hup.recv() => self.reload(),
+                _ = hup.recv() => self.reload().await,
                 _ = term.recv() => { info!("SIGTERM: stopping"); return Ok(()); }
                 _ = int.recv() => { info!("SIGINT: stopping"); return Ok(()); }
             }
@@ -348,10 +374,17 @@ impl Daemon {
                 warn!(vip = %v.address, reason = "health check failed", "withdrawn");
             }
         }
-        // Tables.
+        // Tables. A first table waits until every other member has
+        // answered or failed `fall` polls: "down" before the first polls
+        // only means "not asked yet", and a table (and an announcement)
+        // without members that serve would take their connections.
+        let decided = liveness::decided(&self.members, self.cfg.liveness.fall);
         let others = liveness::lock(&self.members).clone();
         let now = Instant::now();
         for (i, v) in self.cfg.vips.iter().enumerate() {
+            if self.tables[i].live.is_empty() && !decided {
+                continue;
+            }
             let key = v.address.to_string();
             let view: Vec<MemberView> = self
                 .cfg
@@ -403,6 +436,7 @@ impl Daemon {
                     buckets,
                     moved,
                     with_second_hop,
+                    ..
                 } => {
                     let first: Vec<u16> = view
                         .iter()

@@ -1,19 +1,92 @@
-//! SIGHUP: re-read the config and apply what can change without touching
-//! forwarding or BGP sessions.
+//! SIGHUP: re-read the config and apply every change that can be made live
+//! without breaking forwarding or flapping BGP sessions whose settings did
+//! not change. What cannot change live (the uplink, the pin directory, the
+//! table size, the hash seed, this node's id and address, liveness, the API,
+//! the speaker-wide BGP settings) keeps its running value and is reported as
+//! needing a restart.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use health::Check;
 use tracing::{error, info, warn};
 
-use super::{Daemon, host_prefix, route_attrs};
-use crate::config::Config;
+use super::{Daemon, dataplane_config, host_prefix, mss_clamp, peer_config, route_attrs};
+use crate::config::{Config, Member};
+use crate::liveness;
+use crate::tables::VipTable;
+
+/// What a reload did, for the log and `lbd status`.
+#[derive(Default)]
+struct Outcome {
+    applied: Vec<String>,
+    restart: Vec<&'static str>,
+    failed: Vec<String>,
+}
+
+impl Outcome {
+    fn fail(&mut self, what: String) {
+        error!(error = %what, "reload: a change could not be applied");
+        self.failed.push(what);
+    }
+}
+
+/// `new` with the keys that cannot change live set back to `cur`'s, and the
+/// names of those that differed.
+fn live_part(cur: &Config, new: &Config) -> (Config, Vec<&'static str>) {
+    let mut next = new.clone();
+    let mut restart = Vec::new();
+    let mut keep = |differs: bool, name: &'static str| {
+        if differs {
+            restart.push(name);
+        }
+        differs
+    };
+    if keep(
+        new.node_id != cur.node_id || new.me().address != cur.me().address,
+        "node_id / this node's member address",
+    ) {
+        next.node_id = cur.node_id;
+        next.members = cur.members.clone();
+    }
+    let (d, n) = (&cur.dataplane, &mut next.dataplane);
+    if keep(n.interface != d.interface, "dataplane.interface") {
+        n.interface = d.interface.clone();
+    }
+    if keep(n.pin_dir != d.pin_dir, "dataplane.pin_dir") {
+        n.pin_dir = d.pin_dir.clone();
+    }
+    if keep(n.table_size != d.table_size, "dataplane.table_size") {
+        n.table_size = d.table_size;
+    }
+    if keep(new.hash_seed != cur.hash_seed, "hash_seed") {
+        next.hash_seed = cur.hash_seed;
+    }
+    if keep(new.liveness != cur.liveness, "liveness") {
+        next.liveness = cur.liveness.clone();
+    }
+    if keep(new.api != cur.api, "api") {
+        next.api = cur.api.clone();
+    }
+    let (b, n) = (&cur.bgp, &mut next.bgp);
+    if keep(
+        (n.local_as, n.router_id, n.hold_time) != (b.local_as, b.router_id, b.hold_time),
+        "bgp.local_as / router_id / hold_time",
+    ) {
+        (n.local_as, n.router_id, n.hold_time) = (b.local_as, b.router_id, b.hold_time);
+    }
+    if keep(
+        (n.listen_port, n.graceful_restart_time) != (b.listen_port, b.graceful_restart_time),
+        "bgp.listen_port / graceful_restart_time",
+    ) {
+        (n.listen_port, n.graceful_restart_time) = (b.listen_port, b.graceful_restart_time);
+    }
+    (next, restart)
+}
 
 impl Daemon {
     /// SIGHUP: validate the file first; an invalid one changes nothing.
-    /// Health checks, route attributes and the drain period are applied
-    /// live; other changes are reported as needing a restart.
-    pub(crate) fn reload(&mut self) {
+    pub(crate) async fn reload(&mut self) {
         let path: PathBuf = self.cfg.file.clone();
         let stamp = health::unix_now();
         let new = match Config::load(&path) {
@@ -30,88 +103,262 @@ impl Daemon {
                 return;
             }
         };
-        if new == self.cfg {
+        let started = std::time::Instant::now();
+        let (next, restart) = live_part(&self.cfg, &new);
+        let mut out = Outcome {
+            restart,
+            ..Default::default()
+        };
+        let removed_members = self.reload_members(&next, &mut out);
+        self.reload_vips(&next, &mut out);
+        self.reload_dataplane(&next, &mut out);
+        if next.drain_period != self.cfg.drain_period {
+            out.applied.push("drain_period".into());
+        }
+        if route_attrs(&next) != route_attrs(&self.cfg) {
+            out.applied.push("route attributes".into());
+            for (v, &announced) in next.vips.iter().zip(&self.announced) {
+                if announced {
+                    let _ = self
+                        .speaker
+                        .announce(host_prefix(v.address), route_attrs(&next));
+                }
+            }
+        }
+        if next.bgp.shutdown_wait != self.cfg.bgp.shutdown_wait {
+            out.applied.push("bgp.shutdown_wait".into());
+        }
+        self.reload_peers(&next, &mut out).await;
+        let old_generation = self.cfg.generation();
+        self.cfg = next;
+        let generation = self.cfg.generation();
+        if generation != old_generation {
+            info!(from = %old_generation, to = %generation, "config generation");
+            self.report
+                .send_modify(|r| r.generation.clone_from(&generation));
+            self.generation.send_replace(generation);
+        }
+        // Tables follow the new members and VIPs now, not at the next tick;
+        // only then do removed members leave the dataplane's node list.
+        self.tick();
+        for id in removed_members {
+            if let Err(e) = self.dp.set_node(id, None) {
+                out.fail(format!("removing node {id} from the dataplane: {e:#}"));
+            }
+        }
+        let took = started.elapsed();
+        if out.applied.is_empty() && out.restart.is_empty() && out.failed.is_empty() {
             self.last_reload = Some(format!("no change at {stamp}"));
             info!("reload: no change");
             return;
         }
-        let mut applied = Vec::new();
-        let mut restart = Vec::new();
-        let same_vips = new.vips.len() == self.cfg.vips.len()
-            && new.vips.iter().zip(&self.cfg.vips).all(|(a, b)| {
-                a.address == b.address && a.ports == b.ports && a.protocols == b.protocols
-            });
-        if same_vips {
-            for (i, v) in new.vips.iter().enumerate() {
-                if v.checks != self.cfg.vips[i].checks {
-                    self.checks[i] = v.checks.iter().cloned().map(Check::spawn).collect();
-                    applied.push(format!("checks of {}", v.address));
-                }
-            }
-        } else {
-            restart.push("vips");
-        }
-        let (old_attrs, new_attrs) = (route_attrs(&self.cfg), route_attrs(&new));
-        if new.drain_period != self.cfg.drain_period {
-            applied.push("drain_period".into());
-        }
-        if new.members != self.cfg.members || new.node_id != self.cfg.node_id {
-            restart.push("members/node_id");
-        }
-        if new.dataplane != self.cfg.dataplane || new.hash_seed != self.cfg.hash_seed {
-            restart.push("dataplane/hash_seed");
-        }
-        if new.liveness != self.cfg.liveness {
-            restart.push("liveness");
-        }
-        if new.api != self.cfg.api {
-            restart.push("api");
-        }
-        let bgp_session = |c: &Config| {
-            (
-                c.bgp.local_as,
-                c.bgp.router_id,
-                c.bgp.hold_time,
-                c.bgp.listen_port,
-                c.bgp.graceful_restart_time,
-                c.bgp.peers.clone(),
-            )
-        };
-        if bgp_session(&new) != bgp_session(&self.cfg) {
-            restart.push("bgp sessions");
-        }
-        // Apply what is live-safe; keep the rest of the running config.
-        let mut next = self.cfg.clone();
-        if same_vips {
-            for (i, v) in new.vips.iter().enumerate() {
-                next.vips[i].checks = v.checks.clone();
-            }
-        }
-        next.drain_period = new.drain_period;
-        next.bgp.communities = new.bgp.communities.clone();
-        next.bgp.med = new.bgp.med;
-        next.bgp.shutdown_wait = new.bgp.shutdown_wait;
-        self.cfg = next;
-        if old_attrs != new_attrs {
-            applied.push("route attributes".into());
-            for (i, v) in self.cfg.vips.iter().enumerate() {
-                if self.announced[i] {
-                    let _ = self
-                        .speaker
-                        .announce(host_prefix(v.address), new_attrs.clone());
-                }
-            }
-        }
-        let text = format!(
+        let mut text = format!(
             "at {stamp}: applied [{}]; needs a restart: [{}]",
-            applied.join(", "),
-            restart.join(", ")
+            out.applied.join(", "),
+            out.restart.join(", ")
         );
-        if restart.is_empty() {
-            info!(applied = ?applied, "reload applied");
+        if !out.failed.is_empty() {
+            text += &format!("; failed: [{}]", out.failed.join("; "));
+        }
+        if out.restart.is_empty() && out.failed.is_empty() {
+            info!(applied = ?out.applied, ?took, "reload applied");
         } else {
-            warn!(applied = ?applied, needs_restart = ?restart, "reload: some changes need a restart");
+            warn!(applied = ?out.applied, needs_restart = ?out.restart, failed = ?out.failed, ?took,
+                "reload: some changes were not applied; the running values stay for them");
         }
         self.last_reload = Some(text);
+    }
+
+    /// Members added, removed, re-addressed or re-weighted: the liveness
+    /// table and the dataplane's node list follow; the tables are rebuilt by
+    /// the next tick (with `follow`, so moved buckets keep their previous
+    /// owner as second hop). Returns the ids to remove from the dataplane
+    /// once the tables no longer name them.
+    fn reload_members(&mut self, next: &Config, out: &mut Outcome) -> Vec<u16> {
+        let cur = &self.cfg.members;
+        if &next.members == cur {
+            return Vec::new();
+        }
+        liveness::set_members(&self.members, &next.members, next.node_id, &next.liveness);
+        let same = |m: &Member| cur.iter().any(|c| c.id == m.id && c.address == m.address);
+        for m in next.members.iter().filter(|m| !same(m)) {
+            if let Err(e) = self.dp.set_node(m.id, Some(m.address)) {
+                out.fail(format!("node {} ({}): {e:#}", m.id, m.address));
+            }
+        }
+        let removed: Vec<u16> = cur
+            .iter()
+            .filter(|c| !next.members.iter().any(|m| m.id == c.id))
+            .map(|c| c.id)
+            .collect();
+        info!(members = ?next.members.iter().map(|m| (m.id, m.address, m.weight)).collect::<Vec<_>>(),
+            removed = ?removed, "reload: members");
+        out.applied.push("members".into());
+        removed
+    }
+
+    /// VIPs by address: a new one gets its checks and an empty table (it is
+    /// announced once its checks pass and the table is loaded); a removed one
+    /// is withdrawn, then leaves the dataplane; changed ports or protocols
+    /// add or remove dataplane entries; changed checks are respawned.
+    fn reload_vips(&mut self, next: &Config, out: &mut Outcome) {
+        let cur = &self.cfg.vips;
+        let mut checks = Vec::new();
+        let mut tables = Vec::new();
+        let mut announced = Vec::new();
+        for v in &next.vips {
+            let Some(i) = cur.iter().position(|c| c.address == v.address) else {
+                info!(vip = %v.address, "reload: VIP added");
+                out.applied.push(format!("vip {} added", v.address));
+                checks.push(v.checks.iter().cloned().map(Check::spawn).collect());
+                tables.push(VipTable::default());
+                announced.push(false);
+                continue;
+            };
+            let old = &cur[i];
+            if v.checks != old.checks {
+                out.applied.push(format!("checks of {}", v.address));
+                checks.push(v.checks.iter().cloned().map(Check::spawn).collect());
+            } else {
+                checks.push(std::mem::take(&mut self.checks[i]));
+            }
+            let table = std::mem::take(&mut self.tables[i]);
+            let (was, now) = (old.entries(), v.entries());
+            if was != now {
+                out.applied
+                    .push(format!("ports/protocols of {}", v.address));
+                for e in was.iter().filter(|e| !now.contains(e)) {
+                    if let Err(err) = self.dp.remove_vip(e) {
+                        out.fail(format!("removing {e}: {err:#}"));
+                    }
+                }
+                if !table.live.is_empty() {
+                    let clamp = mss_clamp(next, v.address);
+                    for e in now.iter().filter(|e| !was.contains(e)) {
+                        if let Err(err) = self.dp.set_vip_table(e, &table.live, clamp) {
+                            out.fail(format!("installing {e}: {err:#}"));
+                        }
+                    }
+                }
+            }
+            tables.push(table);
+            announced.push(self.announced[i]);
+        }
+        for (i, old) in cur.iter().enumerate() {
+            if next.vips.iter().any(|v| v.address == old.address) {
+                continue;
+            }
+            // Withdraw first: routers stop sending before the dataplane
+            // stops steering (the checks stop when dropped below).
+            if self.announced[i] {
+                self.speaker.withdraw(host_prefix(old.address));
+                info!(vip = %old.address, reason = "removed from the config", "withdrawn");
+            }
+            for e in old.entries() {
+                if let Err(err) = self.dp.remove_vip(&e) {
+                    out.fail(format!("removing {e}: {err:#}"));
+                }
+            }
+            info!(vip = %old.address, "reload: VIP removed");
+            out.applied.push(format!("vip {} removed", old.address));
+        }
+        self.checks = checks;
+        self.tables = tables;
+        self.announced = announced;
+    }
+
+    /// Encapsulation and GUE port go to the dataplane's config map; the MSS
+    /// clamp settings are re-applied with every VIP's table.
+    fn reload_dataplane(&mut self, next: &Config, out: &mut Outcome) {
+        let (d, n) = (&self.cfg.dataplane, &next.dataplane);
+        if (n.encap, n.gue_port) != (d.encap, d.gue_port) {
+            match self.dp.set_config(&dataplane_config(next)) {
+                Ok(()) => out
+                    .applied
+                    .push("dataplane.encapsulation / gue_port".into()),
+                Err(e) => out.fail(format!("dataplane config: {e:#}")),
+            }
+        }
+        if (n.mss_clamp, n.underlay_mtu) == (d.mss_clamp, d.underlay_mtu) {
+            return;
+        }
+        if n.mss_clamp
+            && let Err(e) = self.dp.attach_mss_clamp(&n.interface)
+        {
+            out.fail(format!("attaching the MSS clamp: {e:#}"));
+            return;
+        }
+        for (v, t) in next.vips.iter().zip(&self.tables) {
+            if t.live.is_empty() {
+                continue;
+            }
+            for e in v.entries() {
+                if let Err(err) = self
+                    .dp
+                    .set_vip_table(&e, &t.live, mss_clamp(next, v.address))
+                {
+                    out.fail(format!("installing {e}: {err:#}"));
+                }
+            }
+        }
+        out.applied
+            .push("dataplane.mss_clamp / underlay_mtu".into());
+    }
+
+    /// Peers by address: removed ones end with Cease, new ones start, a peer
+    /// whose settings (or MD5 password) changed is re-established; the other
+    /// sessions are not touched.
+    async fn reload_peers(&mut self, next: &Config, out: &mut Outcome) {
+        let mut wanted = Vec::new();
+        for p in &next.bgp.peers {
+            match peer_config(p) {
+                Ok(pc) => wanted.push(pc),
+                Err(e) => {
+                    // Keep the running session of a peer we cannot read.
+                    out.fail(format!("{e:#}"));
+                    if let Some(pc) = self.peers.iter().find(|c| c.address == p.address) {
+                        wanted.push(pc.clone());
+                    }
+                }
+            }
+        }
+        let running = std::mem::take(&mut self.peers);
+        let mut kept = Vec::new();
+        for pc in running {
+            match wanted.iter().find(|w| w.address == pc.address) {
+                Some(w) if *w == pc => kept.push(pc),
+                other => {
+                    let why = if other.is_some() {
+                        "settings changed"
+                    } else {
+                        "removed"
+                    };
+                    self.speaker.remove_peer(pc.address).await;
+                    info!(peer = %pc.address, reason = why, "reload: BGP peer stopped");
+                    out.applied.push(format!("bgp peer {} {why}", pc.address));
+                }
+            }
+        }
+        for w in wanted {
+            if kept.iter().any(|k| k.address == w.address) {
+                continue;
+            }
+            let addr: IpAddr = w.address;
+            match self.speaker.add_peer(w.clone()).await {
+                Ok(()) => {
+                    info!(peer = %addr, "reload: BGP peer started");
+                    if !out
+                        .applied
+                        .iter()
+                        .any(|a| a.starts_with(&format!("bgp peer {addr} ")))
+                    {
+                        out.applied.push(format!("bgp peer {addr} added"));
+                    }
+                    kept.push(w);
+                }
+                Err(e) => out.fail(format!("bgp peer {addr}: {e}")),
+            }
+        }
+        self.peers = kept;
     }
 }
