@@ -6,7 +6,8 @@ use std::path::Path;
 
 use crate::topology::{Topology, addr};
 
-pub fn render(topo: &Topology, id: u16, pin_dir: &Path, socket: &Path) -> String {
+/// `iface`: the node's uplink (eth0 in the lab, eth1 under containerlab).
+pub fn render(topo: &Topology, id: u16, iface: &str, pin_dir: &Path, socket: &Path) -> String {
     let t = &topo.timings;
     let mut s = format!(
         r#"# lbd on lab node {id} (written by lbd-lab from the topology file)
@@ -15,7 +16,7 @@ hash_seed = 0x1bd05eed
 drain_period = "{drain}s"
 
 [dataplane]
-interface = "eth0"
+interface = "{iface}"
 encapsulation = "{encap}"
 pin_dir = "{pins}"
 table_size = 65537
@@ -120,6 +121,7 @@ mod tests {
             let text = render(
                 &topo,
                 id,
+                "eth0",
                 Path::new("/sys/fs/bpf/x"),
                 Path::new("/tmp/x.sock"),
             );

@@ -37,23 +37,9 @@ impl Router {
 
     fn start_frr(&self, topo: &Topology) -> Result<()> {
         let d = &self.dir;
-        // Plain multipath routes, not kernel nexthop objects: FRR 8.4 loses
-        // a nexthop group member for good after its link flaps (the route
-        // stays short of the node that came back).
-        fs::write(
-            d.join("zebra.conf"),
-            "hostname site-router\nno zebra nexthop kernel enable\n",
-        )?;
+        fs::write(d.join("zebra.conf"), FRR_ZEBRA_CONF)?;
         fs::write(d.join("bgpd.conf"), frr_bgpd_conf(topo))?;
-        let t = &topo.timings;
-        fs::write(
-            d.join("bfdd.conf"),
-            format!(
-                "bfd\n profile fast\n  receive-interval {i}\n  transmit-interval {i}\n  detect-multiplier {m}\n !\n!\n",
-                i = t.bfd_interval_ms.max(10),
-                m = t.bfd_multiplier.max(1)
-            ),
-        )?;
+        fs::write(d.join("bfdd.conf"), frr_bfdd_conf(topo))?;
         run_checked("chown", &["-R", "frr:frr", &d.display().to_string()])?;
         let z = format!("{}/zserv.api", d.display());
         let vty = d.display().to_string();
@@ -112,7 +98,7 @@ impl Router {
         let mut all = vec![bin];
         all.extend_from_slice(args);
         nsenter(&self.ns, &all)?;
-        wait_until(&format!("{pid_file}"), Duration::from_secs(10), || {
+        wait_until(pid_file, Duration::from_secs(10), || {
             read_pid(&pidf).is_some()
         })?;
         read_pid(&pidf).context(pid_file.to_string())
@@ -214,7 +200,32 @@ pub fn nodes_of_route(out: &str, nodes: u16) -> Vec<u16> {
     ids
 }
 
-fn frr_bgpd_conf(topo: &Topology) -> String {
+/// Plain multipath routes, not kernel nexthop objects: FRR 8.4 loses a
+/// nexthop group member for good after its link flaps (the route stays
+/// short of the node that came back; seen in node_crash).
+pub const FRR_ZEBRA_CONF: &str = "hostname site-router\nno zebra nexthop kernel enable\n";
+
+pub fn frr_bfdd_conf(topo: &Topology) -> String {
+    let t = &topo.timings;
+    format!(
+        "bfd\n profile fast\n  receive-interval {i}\n  transmit-interval {i}\n  detect-multiplier {m}\n !\n!\n",
+        i = t.bfd_interval_ms.max(10),
+        m = t.bfd_multiplier.max(1)
+    )
+}
+
+/// One frr.conf (integrated config) for a site router outside the lab
+/// (the containerlab topology in configs/topology/containerlab).
+pub fn frr_integrated_conf(topo: &Topology) -> String {
+    format!(
+        "! Site router of lab {:?}: written by `lbd-lab configs` (the same as the lab's).\n{FRR_ZEBRA_CONF}{}{}",
+        topo.name,
+        frr_bfdd_conf(topo),
+        frr_bgpd_conf(topo).replacen("frr defaults traditional\nhostname site-router\n", "", 1)
+    )
+}
+
+pub fn frr_bgpd_conf(topo: &Topology) -> String {
     let t = &topo.timings;
     let mut c = format!(
         "frr defaults traditional\nhostname site-router\nroute-map DENY-ALL deny 10\n!\n\

@@ -323,6 +323,7 @@ impl Site {
                 crate::lbd_config::render(
                     &site.topo,
                     n.id,
+                    "eth0",
                     &pins.join(format!("n{}", n.id)),
                     &n.socket(),
                 ),
@@ -634,4 +635,28 @@ fn address_in(ns: &str, dev: &str, a: &str, len: u8) -> Result<()> {
         args.push("nodad");
     }
     run_checked("ip", &args).map(|_| ())
+}
+
+/// The router's frr.conf and each node's lbd.toml for a real site (the
+/// lab's own configs with the system paths: pins in /sys/fs/bpf/lbd, the
+/// socket in /run/lbd).
+pub fn write_site_configs(topo: &Topology, dir: &Path) -> Result<Vec<PathBuf>> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut files = vec![dir.join("frr.conf")];
+    fs::write(&files[0], crate::router::frr_integrated_conf(topo))?;
+    for id in 1..=topo.nodes {
+        let f = dir.join(format!("node{id}.toml"));
+        fs::write(
+            &f,
+            crate::lbd_config::render(
+                topo,
+                id,
+                "eth1",
+                Path::new("/sys/fs/bpf/lbd"),
+                Path::new("/run/lbd/lbd.sock"),
+            ),
+        )?;
+        files.push(f);
+    }
+    Ok(files)
 }

@@ -15,18 +15,19 @@ use topology_tests::topology::Topology;
 
 static ONE_LAB: Mutex<()> = Mutex::new(());
 
+/// configs/topology/site.toml with another name and the keys of `extra`
+/// (TOML) in place of its own.
 fn topology(name: &str, extra: &str) -> Topology {
     let site = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../configs/topology/site.toml"
     ))
     .expect("configs/topology/site.toml");
-    let text = site.replacen(
-        "name = \"lbdsite\"",
-        &format!("name = \"{name}\"\n{extra}"),
-        1,
-    );
-    Topology::parse(&text).expect("topology")
+    let mut t: toml::Table = site.parse().expect("site.toml");
+    let extra: toml::Table = extra.parse().expect("extra keys");
+    t.extend(extra);
+    t.insert("name".into(), name.into());
+    Topology::parse(&toml::to_string(&t).expect("toml")).expect("topology")
 }
 
 fn scenario(name: &str, lab: &str, extra: &str) {
@@ -174,5 +175,33 @@ fn a_bad_topology_file_is_refused_with_its_key() {
         err.contains("bad.toml") && err.contains("nodes: 12 must be between 1 and 8"),
         "{err}"
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The containerlab site's configs are what the lab itself runs
+/// (regenerate with `lbd-lab configs configs/topology/site.toml configs/topology/containerlab`).
+#[test]
+fn containerlab_configs_match_the_lab() {
+    let topo = Topology::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../configs/topology/site.toml"
+    )))
+    .expect("site.toml");
+    let dir = std::env::temp_dir().join(format!("lbd-lab-configs-{}", std::process::id()));
+    let shipped = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../configs/topology/containerlab"
+    ));
+    for f in site::write_site_configs(&topo, &dir).expect("configs") {
+        let name = f.file_name().expect("name");
+        let want = std::fs::read_to_string(&f).expect("generated");
+        let have = std::fs::read_to_string(shipped.join(name)).unwrap_or_default();
+        assert_eq!(
+            have,
+            want,
+            "configs/topology/containerlab/{} is stale",
+            name.to_string_lossy()
+        );
+    }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -36,6 +36,9 @@ enum Cmd {
         topology: PathBuf,
         names: Vec<String>,
     },
+    /// Write the router's frr.conf and every node's lbd.toml for a site
+    /// outside the lab (e.g. the containerlab topology) into DIR.
+    Configs { topology: PathBuf, dir: PathBuf },
     /// Run every scenario and write the figures as JSON.
     Bench {
         topology: PathBuf,
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
     let file = match &cli.cmd {
         Cmd::Up { topology } | Cmd::Down { topology } | Cmd::Demo { topology } => topology,
         Cmd::Scenario { topology, .. } | Cmd::Bench { topology, .. } => topology,
+        Cmd::Configs { topology, .. } => topology,
     };
     let topo = match Topology::load(file) {
         Ok(t) => t,
@@ -79,6 +83,14 @@ fn main() -> ExitCode {
             Ok(true)
         }
         Cmd::Demo { .. } => demo(topo),
+        Cmd::Configs { dir, .. } => {
+            topology_tests::site::write_site_configs(&topo, &dir).map(|files| {
+                for f in files {
+                    println!("wrote {}", f.display());
+                }
+                true
+            })
+        }
         Cmd::Scenario { names, .. } => run_scenarios(&topo, &names, None),
         Cmd::Bench { out, .. } => run_scenarios(&topo, &[], Some(&out)),
     };
@@ -130,22 +142,37 @@ fn show_routes(site: &Site) -> Result<()> {
     Ok(())
 }
 
-/// Prints one live line about the workload until `done` holds.
+/// Prints one live line about the workload until `done` holds (rewritten
+/// in place on a terminal, one line every 2 s otherwise).
 fn watch(w: &Running, label: &str, mut done: impl FnMut() -> bool) {
+    use std::io::IsTerminal;
+    let tty = std::io::stdout().is_terminal();
     let t0 = Instant::now();
+    let mut last: Option<Instant> = None;
     loop {
-        let p = &w.progress;
-        print!(
-            "\r  {label}: {} ok, {} failed, {} in flight, {:.0} MB moved, {:.0} s   ",
-            p.ok.load(Ordering::Relaxed),
-            p.failed.load(Ordering::Relaxed),
-            p.in_flight.load(Ordering::Relaxed),
-            p.bytes.load(Ordering::Relaxed) as f64 / 1e6,
-            t0.elapsed().as_secs_f64()
-        );
-        let _ = std::io::stdout().flush();
-        if done() || w.finished() {
-            println!();
+        let end = done() || w.finished();
+        if end || tty || last.is_none_or(|l| l.elapsed() >= Duration::from_secs(2)) {
+            last = Some(Instant::now());
+            let p = &w.progress;
+            let line = format!(
+                "  {label}: {} ok, {} failed, {} in flight, {:.0} MB moved, {:.0} s",
+                p.ok.load(Ordering::Relaxed),
+                p.failed.load(Ordering::Relaxed),
+                p.in_flight.load(Ordering::Relaxed),
+                p.bytes.load(Ordering::Relaxed) as f64 / 1e6,
+                t0.elapsed().as_secs_f64()
+            );
+            if tty {
+                print!("\r{line}   ");
+                let _ = std::io::stdout().flush();
+            } else {
+                println!("{line}");
+            }
+        }
+        if end {
+            if tty {
+                println!();
+            }
             return;
         }
         std::thread::sleep(Duration::from_millis(250));
