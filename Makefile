@@ -7,7 +7,7 @@ CARGO ?= cargo
 PROFILE := --release
 STAMP := target/.setup-stamp
 
-.PHONY: all setup build test lint fmt bench bench-dataplane demo clean tracer-static bench-tracer bench-bgp-speaker bench-bgp bench-flowmark
+.PHONY: all setup build test lint fmt bench bench-dataplane demo demo-clean demo-dataplane clean tracer-static bench-tracer bench-bgp-speaker bench-bgp bench-flowmark bench-topology lab-bins
 
 all: build
 
@@ -37,7 +37,7 @@ test: $(STAMP)
 	$(MAKE) lint
 	$(MAKE) tracer-static
 
-bench: bench-dataplane bench-tracer bench-bgp-speaker bench-flowmark
+bench: bench-dataplane bench-tracer bench-bgp-speaker bench-flowmark bench-topology
 
 # lbd-trace as operators get it: one static musl binary, non-PIE so that
 # `file` says "statically linked" (see docs/tracer.md).
@@ -70,9 +70,28 @@ bench-flowmark: $(STAMP)
 bench-dataplane: $(STAMP)
 	$(CARGO) run $(PROFILE) -p dataplane --bin dataplane-bench -- --out target/bench/dataplane.json
 
-# Until the full lbd lab exists (issue 5): the dataplane live in namespaces.
-demo: $(STAMP)
+# The storage-site lab (topology-tests/): lbd-lab and the lbd it starts.
+SITE := configs/topology/site.toml
+LBD_LAB := $(TARGET_DIR)/release/lbd-lab
+lab-bins: $(STAMP)
+	$(CARGO) build $(PROFILE) -p lbd -p topology-tests --bins
+
+# The live site: FRR router with ECMP, 3 lbd nodes with nginx WebDAV,
+# transfers through the VIPs, `lbd status`, a drain and undrain, a report.
+demo: lab-bins
+	$(LBD_LAB) demo $(SITE)
+
+# Removes what an interrupted demo left behind (the demo refuses to start over it).
+demo-clean: lab-bins
+	$(LBD_LAB) down $(SITE)
+
+# The dataplane alone (namespaces, Linux ECMP router, XDP, no daemon).
+demo-dataplane: $(STAMP)
 	$(CARGO) run $(PROFILE) -p dataplane --bin dataplane-demo
+
+# The seven scenarios in a fresh lab each: target/bench/topology.json.
+bench-topology: lab-bins
+	$(LBD_LAB) bench $(SITE) --out target/bench/topology.json
 
 clean:
 	$(CARGO) clean

@@ -45,7 +45,13 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(prefix: &str) -> Result<Self> {
-        let name = unique(prefix);
+        Self::named(&unique(prefix))
+    }
+
+    /// A namespace with exactly this name (a lab that must find its own
+    /// leftovers after a crash uses fixed names).
+    pub fn named(name: &str) -> Result<Self> {
+        let name = name.to_string();
         run("ip", &["netns", "add", &name])?;
         let ns = Self { name };
         ns.ip("link set lo up")?;

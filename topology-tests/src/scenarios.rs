@@ -1,0 +1,611 @@
+//! The seven scenarios of a storage site's life. Each builds its own lab
+//! from the topology, runs the transfer workload while it acts, and
+//! returns an `Outcome`: the transfer counts, the failover time where one
+//! is measured, and named checks (the tests require every check to pass;
+//! the benchmark reports them).
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::process::wait_until;
+use crate::site::Site;
+use crate::topology::Topology;
+use crate::workload::{self, Plan, Running, Transfer};
+
+pub const ALL: [&str; 7] = [
+    "steady",
+    "drain",
+    "join",
+    "backend_fail",
+    "node_crash",
+    "rolling_restart",
+    "router_restart",
+];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub name: String,
+    pub transfers_ok: usize,
+    pub transfers_failed: usize,
+    pub failover_ms: Option<u64>,
+    /// After a router restart: until the ECMP route is whole again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route_restored_ms: Option<u64>,
+    pub bytes: u64,
+    pub duration_s: f64,
+    pub checks: Vec<Check>,
+    /// The first few failed transfers, for the report.
+    pub failures: Vec<String>,
+    /// What was seen but is not a goal of the scenario.
+    pub notes: Vec<String>,
+}
+
+impl Outcome {
+    fn new(name: &str) -> Outcome {
+        Outcome {
+            name: name.into(),
+            transfers_ok: 0,
+            transfers_failed: 0,
+            failover_ms: None,
+            route_restored_ms: None,
+            bytes: 0,
+            duration_s: 0.0,
+            checks: Vec::new(),
+            failures: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    pub fn check(&mut self, name: &str, ok: bool, detail: impl Into<String>) {
+        self.checks.push(Check {
+            name: name.into(),
+            ok,
+            detail: detail.into(),
+        });
+    }
+
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.ok)
+    }
+
+    fn count(&mut self, transfers: &[Transfer]) {
+        for t in transfers {
+            if let Some(e) = &t.error {
+                self.transfers_failed += 1;
+                if self.failures.len() < 8 {
+                    self.failures.push(format!(
+                        "{:?} job {} via {} on node {}: {e}",
+                        t.kind,
+                        t.job,
+                        t.vip,
+                        t.node.map_or("?".into(), |n| n.to_string())
+                    ));
+                }
+            } else {
+                self.transfers_ok += 1;
+                self.bytes += t.bytes;
+            }
+        }
+    }
+
+    /// Human summary, several lines.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "{}: {} transfers ok, {} failed, {:.1} GB in {:.0} s{}\n",
+            self.name,
+            self.transfers_ok,
+            self.transfers_failed,
+            self.bytes as f64 / 1e9,
+            self.duration_s,
+            self.failover_ms
+                .map_or(String::new(), |f| format!(", failover {f} ms"))
+        );
+        for c in &self.checks {
+            s += &format!(
+                "  [{}] {}: {}\n",
+                if c.ok { "ok" } else { "FAIL" },
+                c.name,
+                c.detail
+            );
+        }
+        for f in &self.failures {
+            s += &format!("  failed: {f}\n");
+        }
+        for n in &self.notes {
+            s += &format!("  note: {n}\n");
+        }
+        s
+    }
+}
+
+/// How big the workloads are: the tests and the benchmark use the same
+/// shape; `long_mb` is the size of the transfers kept in flight while a
+/// scenario acts, paced at `rate_mb_s` each.
+#[derive(Debug, Clone)]
+pub struct Scale {
+    pub long_mb: u64,
+    pub rate_mb_s: u64,
+    pub parallel: usize,
+}
+
+impl Default for Scale {
+    fn default() -> Self {
+        Scale {
+            long_mb: 200,
+            rate_mb_s: 25,
+            parallel: 6,
+        }
+    }
+}
+
+pub fn run(
+    name: &str,
+    topo: &Topology,
+    scale: &Scale,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Outcome> {
+    let start = Instant::now();
+    let mut out = Outcome::new(name);
+    match name {
+        "steady" => steady(topo, scale, &mut out, progress)?,
+        "drain" => drain(topo, scale, &mut out, progress)?,
+        "join" => join(topo, scale, &mut out, progress)?,
+        "backend_fail" => backend_fail(topo, scale, &mut out, progress)?,
+        "node_crash" => node_crash(topo, scale, &mut out, progress)?,
+        "rolling_restart" => rolling_restart(topo, scale, &mut out, progress)?,
+        "router_restart" => router_restart(topo, scale, &mut out, progress)?,
+        other => bail!("unknown scenario {other:?} (known: {})", ALL.join(", ")),
+    }
+    out.duration_s = start.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+fn vips(site: &Site) -> [IpAddr; 2] {
+    [site.topo.vips.ipv4.into(), site.topo.vips.ipv6.into()]
+}
+
+/// Long paced transfers that stay in flight while the scenario acts.
+fn long_transfers(site: &Site, scale: &Scale, tag: &str, jobs: usize) -> Running {
+    workload::start(
+        &site.clients,
+        vips(site),
+        Plan {
+            tag: tag.into(),
+            sizes_mb: vec![scale.long_mb],
+            jobs,
+            parallel: scale.parallel,
+            rate_mb_s: Some(scale.rate_mb_s),
+        },
+    )
+}
+
+/// A mixed stream of 1 MB to `long_mb` files at full speed.
+fn mixed_transfers(site: &Site, scale: &Scale, tag: &str, jobs: usize) -> Running {
+    workload::start(
+        &site.clients,
+        vips(site),
+        Plan {
+            tag: tag.into(),
+            sizes_mb: vec![1, 16, scale.long_mb, 4, 64],
+            jobs,
+            parallel: scale.parallel.min(4),
+            rate_mb_s: None,
+        },
+    )
+}
+
+/// Waits until `n` transfers are in flight (and the lab still runs).
+fn wait_in_flight(site: &mut Site, w: &Running, n: u64) -> Result<()> {
+    let t0 = Instant::now();
+    while w
+        .progress
+        .in_flight
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < n
+    {
+        site.check_alive()?;
+        if t0.elapsed() > Duration::from_secs(20) {
+            bail!("the workload never had {n} transfers in flight");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// The node with the most established connections to the VIPs.
+fn busiest(site: &Site) -> Result<(u16, usize)> {
+    let mut best = (1, 0);
+    for n in &site.nodes {
+        let c = site.connections(n.id)?;
+        if c > best.1 {
+            best = (n.id, c);
+        }
+    }
+    Ok(best)
+}
+
+/// New connections: `count` over both VIPs; per node, how many.
+fn spread(site: &Site, count: usize) -> Result<(Vec<usize>, usize)> {
+    let mut per = vec![0usize; usize::from(site.topo.nodes) + 1];
+    let mut failed = 0;
+    for (i, vip) in vips(site).into_iter().enumerate() {
+        let ns = &site.clients[i % site.clients.len()];
+        for n in workload::probe(ns, vip, count / 2, 32)? {
+            match n {
+                Some(id) if usize::from(id) < per.len() => per[usize::from(id)] += 1,
+                _ => failed += 1,
+            }
+        }
+    }
+    Ok((per, failed))
+}
+
+fn all_ids(site: &Site) -> Vec<u16> {
+    (1..=site.topo.nodes).collect()
+}
+
+fn steady(
+    topo: &Topology,
+    scale: &Scale,
+    out: &mut Outcome,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let mut site = Site::build(topo.clone(), progress)?;
+    progress("mixed PUT/GET workload, 1 MB to the long size");
+    let w = mixed_transfers(&site, scale, "steady", 15);
+    let transfers = w.wait();
+    out.count(&transfers);
+    out.check(
+        "every transfer succeeds",
+        out.transfers_failed == 0 && out.transfers_ok == 30,
+        format!(
+            "{} ok, {} failed of 30",
+            out.transfers_ok, out.transfers_failed
+        ),
+    );
+    let nodes_seen: std::collections::BTreeSet<u16> =
+        transfers.iter().filter_map(|t| t.node).collect();
+    out.check(
+        "transfers reach every node",
+        nodes_seen.len() == usize::from(site.topo.nodes),
+        format!("{nodes_seen:?}"),
+    );
+    progress("1,500 new connections: spread over the nodes");
+    let (per, failed) = spread(&site, 1500)?;
+    let fair = 1500.0 / f64::from(site.topo.nodes);
+    let within = per[1..]
+        .iter()
+        .all(|&c| (c as f64 - fair).abs() <= 0.2 * fair);
+    out.check(
+        "new connections within +-20% of the fair share",
+        within && failed == 0,
+        format!("per node {:?}, fair {fair:.0}, {failed} failed", &per[1..]),
+    );
+    let (status, entries) = workload::propfind(&site.clients[0], vips(&site)[0], "/data/")?;
+    out.check(
+        "PROPFIND lists the storage",
+        status == 207,
+        format!("HTTP {status}, {entries} entries"),
+    );
+    site.check_alive()
+}
+
+fn drain(
+    topo: &Topology,
+    scale: &Scale,
+    out: &mut Outcome,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let mut site = Site::build(topo.clone(), progress)?;
+    let w = long_transfers(&site, scale, "drain", scale.parallel);
+    wait_in_flight(&mut site, &w, scale.parallel as u64)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let (k, before) = busiest(&site)?;
+    progress(&format!("draining node {k} with {before} transfers on it"));
+    site.lbd_cli(k, &["drain"])?;
+    site.wait_member_state(k, "draining", Duration::from_secs(10))?;
+    let others: Vec<u16> = all_ids(&site).into_iter().filter(|&i| i != k).collect();
+    site.wait_tables(&others, Duration::from_secs(10))?;
+    let (per, failed) = spread(&site, 300)?;
+    out.check(
+        "the draining node gets no new connection",
+        per[usize::from(k)] == 0 && failed == 0,
+        format!("new connections per node {:?}, {failed} failed", &per[1..]),
+    );
+    site.wait_paths(&others, Duration::from_secs(15))
+        .context("withdraw after drain")?;
+    progress("waiting for the long transfers to finish");
+    let transfers = w.wait();
+    out.count(&transfers);
+    out.check(
+        "zero failed transfers",
+        out.transfers_failed == 0,
+        format!("{} ok, {} failed", out.transfers_ok, out.transfers_failed),
+    );
+    let on_k = transfers.iter().filter(|t| t.node == Some(k)).count();
+    out.check(
+        "the drained node's transfers finished there",
+        before > 0 && on_k > 0,
+        format!("{before} connections on node {k} at the drain, {on_k} transfers served there"),
+    );
+    let left = site.connections(k)?;
+    out.check(
+        "the drained node ends with no connection",
+        left == 0,
+        format!("{left} left"),
+    );
+    site.lbd_cli(k, &["undrain"])?;
+    site.wait_paths(&all_ids(&site), Duration::from_secs(15))
+        .context("undrain")?;
+    site.check_alive()
+}
+
+fn join(
+    topo: &Topology,
+    scale: &Scale,
+    out: &mut Outcome,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let k = topo.nodes;
+    if k < 2 {
+        bail!("join needs at least 2 nodes");
+    }
+    let mut site = Site::build_with(topo.clone(), progress, &[k])?;
+    let w = long_transfers(&site, scale, "join", scale.parallel);
+    wait_in_flight(&mut site, &w, scale.parallel as u64)?;
+    std::thread::sleep(Duration::from_secs(1));
+    progress(&format!("node {k} joins while transfers run"));
+    site.start_lbd(k)?;
+    let t = site.wait_paths(&all_ids(&site), Duration::from_secs(20))?;
+    site.wait_tables(&all_ids(&site), Duration::from_secs(10))?;
+    let (per, failed) = spread(&site, 300)?;
+    out.check(
+        "the new node takes new connections",
+        per[usize::from(k)] > 0 && failed == 0,
+        format!("new connections per node {:?}, {failed} failed; route over all nodes {} ms after start", &per[1..], t.as_millis()),
+    );
+    let transfers = w.wait();
+    out.count(&transfers);
+    out.check(
+        "zero failed transfers",
+        out.transfers_failed == 0,
+        format!("{} ok, {} failed", out.transfers_ok, out.transfers_failed),
+    );
+    site.check_alive()
+}
+
+fn backend_fail(
+    topo: &Topology,
+    scale: &Scale,
+    out: &mut Outcome,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let mut site = Site::build(topo.clone(), progress)?;
+    let k = 2.min(topo.nodes);
+    let w = mixed_transfers(&site, scale, "bfail", 40);
+    wait_in_flight(&mut site, &w, 2)?;
+    std::thread::sleep(Duration::from_secs(1));
+    progress(&format!("stopping nginx on node {k}"));
+    let t0 = Instant::now();
+    site.node(k).nginx.stop();
+    let others: Vec<u16> = all_ids(&site).into_iter().filter(|&i| i != k).collect();
+    site.wait_paths(&others, Duration::from_secs(15))
+        .context("withdraw after backend failure")?;
+    let failover = t0.elapsed();
+    out.failover_ms = Some(failover.as_millis() as u64);
+    let t = &site.topo.timings;
+    out.check(
+        "route withdrawn within 2 s",
+        failover < Duration::from_secs(2),
+        format!(
+            "{} ms (checks every {} ms, fall {})",
+            failover.as_millis(),
+            t.check_interval_ms,
+            t.check_fall
+        ),
+    );
+    site.wait_member_state(k, "down", Duration::from_secs(10))?;
+    let transfers = w.wait();
+    let mut during = Outcome::new("during");
+    during.count(&transfers);
+    progress("new transfers after the failover");
+    let after = mixed_transfers(&site, scale, "bfail-after", 10).wait();
+    let mut a = Outcome::new("after");
+    a.count(&after);
+    out.check(
+        "new transfers succeed after the failover",
+        a.transfers_failed == 0 && a.transfers_ok == 20,
+        format!(
+            "{} ok, {} failed; while failing over {} ok, {} failed",
+            a.transfers_ok, a.transfers_failed, during.transfers_ok, during.transfers_failed
+        ),
+    );
+    out.count(&transfers);
+    out.count(&after);
+    site.node(k).nginx.start(&site.node(k).ns.clone())?;
+    site.wait_paths(&all_ids(&site), Duration::from_secs(15))
+        .context("route back after nginx restart")?;
+    site.check_alive()
+}
+
+fn node_crash(
+    topo: &Topology,
+    scale: &Scale,
+    out: &mut Outcome,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let mut site = Site::build(topo.clone(), progress)?;
+    let w = long_transfers(&site, scale, "crash", scale.parallel * 2);
+    wait_in_flight(&mut site, &w, scale.parallel as u64)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let (k, on_k) = busiest(&site)?;
+    progress(&format!(
+        "crashing node {k} (lbd killed, links cut) with {on_k} transfers on it"
+    ));
+    let t0 = Instant::now();
+    // Links first: a dying machine sends no FIN for its BGP session.
+    site.cut_links(k)?;
+    site.kill_lbd(k)?;
+    let others: Vec<u16> = all_ids(&site).into_iter().filter(|&i| i != k).collect();
+    site.wait_paths(&others, Duration::from_secs(15))
+        .context("route after crash")?;
+    let failover = t0.elapsed();
+    out.failover_ms = Some(failover.as_millis() as u64);
+    out.check(
+        "the router drops the node within 1 s",
+        failover < Duration::from_secs(1),
+        format!("{} ms", failover.as_millis()),
+    );
+    let transfers = w.wait();
+    out.count(&transfers);
+    let bad: Vec<&Transfer> = transfers
+        .iter()
+        .filter(|t| t.error.is_some() && t.node != Some(k))
+        .collect();
+    out.check(
+        "transfers to the surviving nodes do not fail",
+        bad.is_empty(),
+        format!(
+            "{} failed in all, {} of them not on node {k}{}",
+            out.transfers_failed,
+            bad.len(),
+            bad.first()
+                .map_or(String::new(), |t| format!(" (first: {:?})", t.error))
+        ),
+    );
+    progress(&format!("node {k} comes back"));
+    site.restore_links(k)?;
+    site.start_lbd(k)?;
+    site.wait_paths(&all_ids(&site), Duration::from_secs(30))
+        .context("route after the node's return")?;
+    site.check_alive()
+}
+
+fn rolling_restart(
+    topo: &Topology,
+    scale: &Scale,
+    out: &mut Outcome,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let mut site = Site::build(topo.clone(), progress)?;
+    let w = long_transfers(&site, scale, "rolling", scale.parallel * 2);
+    wait_in_flight(&mut site, &w, scale.parallel as u64)?;
+    let mut lost_route = Vec::new();
+    for id in all_ids(&site) {
+        progress(&format!("restarting lbd on node {id}"));
+        site.stop_lbd(id)?;
+        site.start_lbd(id)?;
+        wait_until(
+            &format!("node {id} to announce again"),
+            Duration::from_secs(30),
+            || {
+                site.status(id).is_ok_and(|s| {
+                    s.vips.iter().all(|v| v.announced)
+                        && s.bgp.iter().all(|p| p.state == "Established")
+                })
+            },
+        )?;
+        let (p4, p6) = site.paths()?;
+        if p4.len() != usize::from(site.topo.nodes) || p6.len() != usize::from(site.topo.nodes) {
+            lost_route.push(format!("after node {id}: {p4:?} / {p6:?}"));
+        }
+        site.wait_paths(&all_ids(&site), Duration::from_secs(15))?;
+    }
+    let transfers = w.wait();
+    out.count(&transfers);
+    out.check(
+        "zero failed transfers",
+        out.transfers_failed == 0,
+        format!("{} ok, {} failed", out.transfers_ok, out.transfers_failed),
+    );
+    // Not a goal (transfers are what must survive): whether the router
+    // kept every path while each node restarted.
+    if !lost_route.is_empty() {
+        out.notes.push(format!(
+            "the router's route lacked the restarted node: {}",
+            lost_route.join("; ")
+        ));
+    }
+    site.check_alive()
+}
+
+fn router_restart(
+    topo: &Topology,
+    scale: &Scale,
+    out: &mut Outcome,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let mut site = Site::build(topo.clone(), progress)?;
+    let w = long_transfers(&site, scale, "rrestart", scale.parallel);
+    wait_in_flight(&mut site, &w, scale.parallel as u64)?;
+    progress("killing the router's BGP daemon and starting it again");
+    site.router.kill_bgp()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    site.router.start_bgp()?;
+    let restored = site
+        .wait_paths(&all_ids(&site), Duration::from_secs(60))
+        .context("ECMP after the router restart");
+    out.route_restored_ms = Some(t0.elapsed().as_millis() as u64);
+    out.check(
+        "sessions come back and the ECMP route is restored",
+        restored.is_ok(),
+        format!("{} ms after bgpd started", t0.elapsed().as_millis()),
+    );
+    let ids = all_ids(&site);
+    let established = wait_until(
+        "every node's session Established",
+        Duration::from_secs(10),
+        || {
+            ids.iter().all(|&id| {
+                site.status(id)
+                    .is_ok_and(|s| s.bgp.iter().all(|p| p.state == "Established"))
+            })
+        },
+    );
+    let states: Vec<String> = ids
+        .iter()
+        .map(|&id| match site.status(id) {
+            Ok(s) => format!(
+                "node {id}: {}",
+                s.bgp
+                    .iter()
+                    .map(|p| p.state.clone())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            Err(e) => format!("node {id}: {e:#}"),
+        })
+        .collect();
+    out.check(
+        "every node's session is Established",
+        established.is_ok(),
+        states.join("; "),
+    );
+    let transfers = w.wait();
+    out.count(&transfers);
+    // Every job has its PUT recorded (a GET follows only a good PUT).
+    let puts = transfers
+        .iter()
+        .filter(|t| t.kind == workload::Kind::Put)
+        .count();
+    out.check(
+        "running transfers complete or are counted",
+        puts == scale.parallel,
+        format!(
+            "{} ok, {} failed, {puts} of {} jobs recorded",
+            out.transfers_ok, out.transfers_failed, scale.parallel
+        ),
+    );
+    restored.map(|_| ())?;
+    site.check_alive()
+}
