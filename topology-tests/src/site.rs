@@ -602,7 +602,42 @@ impl Drop for Site {
             }
         }
         self.router_dp.take();
+        keep_logs(&self.dir, &logs_dir(&self.topo.name));
         teardown(&self.topo.name);
+    }
+}
+
+/// Where a torn-down lab's logs and configs are kept for a post-mortem
+/// (the last run of each lab name): $LBD_LAB_LOGS/NAME, default
+/// /var/tmp/lbd-lab-logs/NAME.
+pub fn logs_dir(name: &str) -> PathBuf {
+    std::env::var_os("LBD_LAB_LOGS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/lbd-lab-logs"))
+        .join(name)
+}
+
+/// Copies every small text file of the run directory (logs, configs; not
+/// the storage, sockets or pid files).
+fn keep_logs(from: &Path, to: &Path) {
+    let _ = fs::remove_dir_all(to);
+    let Ok(entries) = fs::read_dir(from) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let dest = to.join(e.file_name());
+        if p.is_dir() {
+            if !p.ends_with("storage") {
+                keep_logs(&p, &dest);
+            }
+        } else if p
+            .extension()
+            .is_some_and(|x| x == "log" || x == "toml" || x == "conf")
+            && fs::create_dir_all(to).is_ok()
+        {
+            let _ = fs::copy(&p, &dest);
+        }
     }
 }
 
