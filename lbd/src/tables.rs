@@ -62,8 +62,12 @@ pub enum Change {
 
 impl VipTable {
     /// Starts from a table found in the dataplane (daemon restart): its
-    /// second hops are kept and settle after a full drain period.
-    pub fn resume(live: Vec<Bucket>, now: Instant, drain: Duration) -> Self {
+    /// second hops are kept and settle after a full drain period. The
+    /// restarted node `me` also joins (see [`VipTable::joining`]): while it
+    /// was gone the others may have removed it, and when they take it back
+    /// its buckets keep the owner they had meanwhile as second hop; its own
+    /// table must say the same.
+    pub fn resume(me: u16, live: Vec<Bucket>, now: Instant, drain: Duration) -> Self {
         let mut first_hops: Vec<u16> = live
             .iter()
             .map(|b| b.first)
@@ -80,7 +84,7 @@ impl VipTable {
             first_hops,
             built_from: Vec::new(),
             settle_at,
-            joiner: None,
+            joiner: Some(me),
         }
     }
 
@@ -145,13 +149,21 @@ impl VipTable {
             let owners = maglev::build(&members, table_size, seed)?;
             let mut previous = std::borrow::Cow::Borrowed(&self.live);
             if let Some(me) = self.joiner
-                && self.live.is_empty()
                 && members.iter().any(|m| m.id != me)
             {
+                // The others' table without this node, keeping the second
+                // hops of a resumed table.
                 let others: Vec<Member> = members.iter().copied().filter(|m| m.id != me).collect();
                 let before = maglev::build(&others, table_size, seed)?;
-                previous =
-                    std::borrow::Cow::Owned(transition::with_second_hops(&[], &before, usable));
+                let mut prev = transition::with_second_hops(&[], &before, usable);
+                if self.live.len() == prev.len() {
+                    for (p, l) in prev.iter_mut().zip(&self.live) {
+                        if l.second != p.first && usable(l.second) {
+                            p.second = l.second;
+                        }
+                    }
+                }
+                previous = std::borrow::Cow::Owned(prev);
             }
             let buckets = transition::follow(&previous, &owners, usable);
             let moved = if previous.len() == owners.len() {
@@ -432,25 +444,21 @@ mod tests {
     }
 
     #[test]
-    fn a_resumed_table_is_rebuilt_unchanged_by_the_same_view() {
+    fn a_resumed_table_keeps_its_owners_and_joins_like_its_peers_see_it() {
         let now = Instant::now();
         let v = view(&[(1, true, true), (2, true, true), (3, true, true)]);
         let mut a = VipTable::default();
         apply(&mut a, &v, now);
-        let mut r = VipTable::resume(a.live.clone(), now, Duration::from_secs(10));
-        let c = apply(&mut r, &v, now);
-        assert!(
-            matches!(
-                c,
-                Change::Membership {
-                    moved: 0,
-                    with_second_hop: 0,
-                    ..
-                }
-            ),
-            "{c:?}"
-        );
-        assert_eq!(r.live, a.live);
+        // Node 3 restarts and resumes its table: same owners; its own
+        // buckets name the owner they had without it as second hop, like
+        // its peers' tables when they take it back.
+        let mut r = VipTable::resume(3, a.live.clone(), now, Duration::from_secs(10));
+        apply(&mut r, &v, now);
+        assert!(r.live.iter().zip(&a.live).all(|(x, y)| x.first == y.first));
+        let mut peer = VipTable::default();
+        apply(&mut peer, &view(&[(1, true, true), (2, true, true)]), now);
+        apply(&mut peer, &v, now);
+        assert_eq!(r.live, peer.live);
     }
 
     #[test]

@@ -35,6 +35,23 @@ fn installed(lab: &Lab, i: usize) -> Vec<IpAddr> {
     v
 }
 
+/// Replaces `from` (which must occur) by `to` in node `i`'s config, sends
+/// SIGHUP and returns the reload outcome.
+fn edit_reload(lab: &Lab, i: usize, from: &str, to: &str) -> String {
+    let c = lab.config(i);
+    assert!(c.contains(from), "{from:?} not in node {}'s config", i + 1);
+    lab.write_config(i, &c.replace(from, to));
+    lab.reload(i)
+}
+
+/// `edit_reload` on nodes `nodes`; each outcome must contain `expect`.
+fn edit_reload_all(lab: &Lab, nodes: std::ops::Range<usize>, from: &str, to: &str, expect: &str) {
+    for i in nodes {
+        let r = edit_reload(lab, i, from, to);
+        assert!(r.contains(expect), "node {}: {r}", i + 1);
+    }
+}
+
 fn with_vip2(cfg: &str) -> String {
     cfg.replace(
         "[bgp]\n",
@@ -170,14 +187,13 @@ fn reload_applies_members_vips_peers_and_dataplane_live() {
 
     // 2. Node 3's weight goes to 3 on every node.
     let before = lab.status(0)["vips"][0]["share"].clone();
-    for i in 0..3 {
-        let c = lab.config(i).replace(
-            "id = 3\naddress = \"192.0.2.50\"\n",
-            "id = 3\naddress = \"192.0.2.50\"\nweight = 3\n",
-        );
-        lab.write_config(i, &c);
-        assert!(lab.reload(i).contains("applied [members]"));
-    }
+    edit_reload_all(
+        &lab,
+        0..3,
+        "id = 3\naddress = \"192.0.2.50\"\n",
+        "id = 3\naddress = \"192.0.2.50\"\nweight = 3\n",
+        "applied [members]",
+    );
     wait_for("node 3 has 3x the buckets", Duration::from_secs(5), || {
         (0..3).all(|i| {
             let s = &lab.status(i)["vips"][0]["share"];
@@ -286,17 +302,8 @@ fn reload_applies_members_vips_peers_and_dataplane_live() {
 
     // 6. The VIP is removed from nodes 1 and 2: withdrawn, out of the
     //    dataplane.
-    for i in 0..2 {
-        lab.write_config(
-            i,
-            &lab.config(i).replace(
-                &vip_config(IpAddr::V4(VIP2), &format!("http://{VIP2}/health")),
-                "",
-            ),
-        );
-        let r = lab.reload(i);
-        assert!(r.contains("vip 198.51.100.20 removed"), "{r}");
-    }
+    let vip2_cfg = vip_config(IpAddr::V4(VIP2), &format!("http://{VIP2}/health"));
+    edit_reload_all(&lab, 0..2, &vip2_cfg, "", "vip 198.51.100.20 removed");
     wait_for(
         "the removed VIP's route gone",
         Duration::from_secs(10),
@@ -315,21 +322,15 @@ fn reload_applies_members_vips_peers_and_dataplane_live() {
     // 7. Encapsulation GUE -> IPIP under traffic, then a key that needs a
     //    restart (table_size): reported, the running value stays.
     let streams = downloads(&lab, 12, 2000);
-    for i in 0..3 {
-        let c = lab.config(i).replace(
-            "interface = \"eth0\"\n",
-            "interface = \"eth0\"\nencapsulation = \"ipip\"\n",
-        );
-        lab.write_config(i, &c);
-        let r = lab.reload(i);
-        assert!(r.contains("dataplane.encapsulation / gue_port"), "{r}");
-    }
+    edit_reload_all(
+        &lab,
+        0..3,
+        "interface = \"eth0\"\n",
+        "interface = \"eth0\"\nencapsulation = \"ipip\"\n",
+        "dataplane.encapsulation / gue_port",
+    );
     assert_eq!(lab.served_by(IpAddr::V4(VIP), 30).len(), 3);
-    let c = lab
-        .config(0)
-        .replace("table_size = 4093", "table_size = 4091");
-    lab.write_config(0, &c);
-    let r = lab.reload(0);
+    let r = edit_reload(&lab, 0, "table_size = 4093", "table_size = 4091");
     assert!(
         r.contains("applied []; needs a restart: [dataplane.table_size]"),
         "{r}"
@@ -337,6 +338,44 @@ fn reload_applies_members_vips_peers_and_dataplane_live() {
     assert_eq!(lab.status(0)["vips"][0]["table_size"], 4093);
     assert_complete("the encapsulation change", streams);
     assert_eq!(lab.vip_via(), via_all(&[1, 2, 3]));
+
+    // 8. Node 3 drains, then nodes 1 and 2 remove it from their members: it
+    //    leaves their tables, then their dataplane's node list.
+    lab.ctl(2, "drain");
+    wait_for("node 3 withdrawn", Duration::from_secs(10), || {
+        lab.vip_via() == via_all(&[1, 2])
+    });
+    edit_reload_all(
+        &lab,
+        0..2,
+        "[[members]]\nid = 3\naddress = \"192.0.2.50\"\nweight = 3\n",
+        "",
+        "applied [members]",
+    );
+    wait_for(
+        "2-node tables on nodes 1 and 2",
+        Duration::from_secs(5),
+        || {
+            (0..2).all(|i| {
+                let s = lab.status(i);
+                share_nodes(&s, 0) == ["1", "2"] && s["members"].as_array().map(Vec::len) == Some(2)
+            })
+        },
+    );
+    assert!(
+        lab.log(0)
+            .lines()
+            .any(|l| l.contains("removed from the dataplane's node list") && l.contains("member=3")),
+        "{}",
+        lab.log(0)
+    );
+    assert_eq!(
+        lab.served_by(IpAddr::V4(VIP), 20)
+            .into_iter()
+            .collect::<Vec<_>>(),
+        ["node1", "node2"]
+    );
+
     let log = lab.log(0);
     let reloads: Vec<&str> = log
         .lines()

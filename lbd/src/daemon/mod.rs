@@ -63,6 +63,9 @@ pub struct Daemon {
     generation: watch::Sender<String>,
     /// The BGP peers as running in the speaker (MD5 passwords read).
     peers: Vec<PeerConfig>,
+    /// Members a reload removed, still in the dataplane's node list until
+    /// no table names them.
+    gone_members: Vec<u16>,
 }
 
 /// Loads the config and runs the daemon until SIGTERM/SIGINT.
@@ -218,7 +221,7 @@ impl Daemon {
             tables.push(match found {
                 Some(live) if live.len() == cfg.dataplane.table_size as usize => {
                     info!(vip = %v.address, "resuming the table found in the dataplane");
-                    VipTable::resume(live, now, cfg.drain_period)
+                    VipTable::resume(cfg.node_id, live, now, cfg.drain_period)
                 }
                 _ => VipTable::joining(cfg.node_id),
             });
@@ -297,6 +300,7 @@ impl Daemon {
             tasks,
             generation,
             peers,
+            gone_members: Vec::new(),
         })
     }
 
@@ -389,15 +393,16 @@ impl Daemon {
                 warn!(vip = %v.address, reason = "health check failed", "withdrawn");
             }
         }
-        // Tables. A first table waits until every other member has
-        // answered or failed `fall` polls: "down" before the first polls
-        // only means "not asked yet", and a table (and an announcement)
-        // without members that serve would take their connections.
+        // Tables wait until every member has answered or failed `fall`
+        // polls (at start, and for members a reload adds): "down" before
+        // that only means "not asked yet", and a table (and an
+        // announcement) without members that serve, or without the second
+        // hops that lead to them, would take their connections.
         let decided = liveness::decided(&self.members, self.cfg.liveness.fall);
         let others = liveness::lock(&self.members).clone();
         let now = Instant::now();
         for (i, v) in self.cfg.vips.iter().enumerate() {
-            if self.tables[i].live.is_empty() && !decided {
+            if !decided {
                 continue;
             }
             let key = v.address.to_string();
@@ -478,6 +483,7 @@ impl Daemon {
                 self.tables[i].installed(change, now, self.cfg.drain_period);
             }
         }
+        self.forget_gone_members();
         // BGP: announce only what passes its checks and is in our own table.
         if !draining_bgp && !self.drained {
             for (i, v) in self.cfg.vips.iter().enumerate() {
@@ -504,6 +510,26 @@ impl Daemon {
             self.last_metrics = Instant::now();
             if self.cfg.api.metrics.is_some() {
                 crate::metrics::export(&self.status());
+            }
+        }
+    }
+
+    fn forget_gone_members(&mut self) {
+        let tables = &self.tables;
+        let named = |id: u16| {
+            tables
+                .iter()
+                .any(|t| t.live.iter().any(|b| b.first == id || b.second == id))
+        };
+        let (gone, keep): (Vec<u16>, Vec<u16>) =
+            self.gone_members.iter().partition(|&&id| !named(id));
+        self.gone_members = keep;
+        for id in gone {
+            match self.dp.set_node(id, None) {
+                Ok(()) => info!(member = id, "removed from the dataplane's node list"),
+                Err(e) => {
+                    error!(member = id, error = %format!("{e:#}"), "removing a member from the dataplane")
+                }
             }
         }
     }

@@ -138,14 +138,13 @@ impl Daemon {
                 .send_modify(|r| r.generation.clone_from(&generation));
             self.generation.send_replace(generation);
         }
-        // Tables follow the new members and VIPs now, not at the next tick;
-        // only then do removed members leave the dataplane's node list.
+        // Removed members leave the dataplane's node list once no table
+        // names them (`tick`); tables follow the new members and VIPs now,
+        // not at the next tick.
+        self.gone_members
+            .retain(|id| !self.cfg.members.iter().any(|m| m.id == *id));
+        self.gone_members.extend(removed_members);
         self.tick();
-        for id in removed_members {
-            if let Err(e) = self.dp.set_node(id, None) {
-                out.fail(format!("removing node {id} from the dataplane: {e:#}"));
-            }
-        }
         let took = started.elapsed();
         if out.applied.is_empty() && out.restart.is_empty() && out.failed.is_empty() {
             self.last_reload = Some(format!("no change at {stamp}"));
