@@ -407,6 +407,8 @@ impl Drop for Bird {
 /// it opens belongs to that namespace.
 pub struct NsSpeaker {
     pub speaker: Speaker,
+    /// The runtime on the namespace's thread (for calls that open sockets).
+    pub rt: tokio::runtime::Handle,
     stop: Option<tokio::sync::oneshot::Sender<bool>>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -428,7 +430,8 @@ impl NsSpeaker {
                 .expect("runtime");
             rt.block_on(async move {
                 let speaker = Speaker::start(cfg).await.expect("start speaker");
-                tx.send(speaker.clone()).expect("hand speaker out");
+                tx.send((speaker.clone(), tokio::runtime::Handle::current()))
+                    .expect("hand speaker out");
                 let graceful = stop_rx.await.unwrap_or(false);
                 if graceful {
                     speaker.close_for_restart().await;
@@ -437,14 +440,28 @@ impl NsSpeaker {
                 }
             });
         });
-        let speaker = rx
+        let (speaker, rt) = rx
             .recv_timeout(Duration::from_secs(10))
             .expect("speaker started");
         NsSpeaker {
             speaker,
+            rt,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
+    }
+
+    /// Runs `f` on the speaker's runtime, inside its namespace, and waits.
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> T {
+        let (tx, rx) = std_mpsc::channel();
+        self.rt.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("task on the speaker's runtime")
     }
 
     pub fn established(&self) -> usize {
