@@ -15,7 +15,7 @@ BPF_LINKER_VERSION=0.13.0
 APT_PACKAGES=(frr frr-pythontools bird2 nginx libnginx-mod-http-dav-ext
   libnginx-mod-http-lua musl-tools jq curl ethtool tcpdump iproute2 python3
   gcc file openjdk-17-jdk-headless linux-perf
-  lua-cjson iperf3 openssl)
+  lua-cjson iperf3 openssl systemd)
 
 step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
