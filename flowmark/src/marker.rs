@@ -18,7 +18,9 @@ use aya::{
         tc::{self, NlOptions, TcAttach, TcAttachType, TcError},
     },
 };
-use flowmark_common::{FlowKey, FlowValue, RuleValue, counter};
+use flowmark_common::{
+    CacheSlot, Config, FlowKey, FlowValue, RuleValue, cache_slot, counter, port_bit,
+};
 
 pub const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowmark"));
 pub const PROGRAM: &str = "flowmark_egress";
@@ -31,9 +33,13 @@ pub struct Marker {
     ports: HashMap<MapData, u16, RuleValue>,
     cgroups: HashMap<MapData, u64, RuleValue>,
     stats: PerCpuArray<MapData, u64>,
-    config: Array<MapData, u32>,
-    /// HAS_* bits of the rules loaded so far.
-    rule_kinds: u32,
+    config_map: Array<MapData, Config>,
+    config: Config,
+    cache: PerCpuArray<MapData, CacheSlot>,
+    remote_ports: Array<MapData, u64>,
+    /// Registered flows per remote port (`dport_be`): its filter bit is set
+    /// while the count is not 0.
+    port_flows: std::collections::HashMap<u16, u32>,
 }
 
 impl Marker {
@@ -49,16 +55,36 @@ impl Marker {
         let ports = HashMap::try_from(take("PORT_RULES")?)?;
         let cgroups = HashMap::try_from(take("CGROUP_RULES")?)?;
         let stats = PerCpuArray::try_from(take("STATS")?)?;
-        let config = Array::try_from(take("CONFIG")?)?;
-        Ok(Marker {
+        let config_map = Array::try_from(take("CONFIG")?)?;
+        let cache = PerCpuArray::try_from(take("FLOW_CACHE")?)?;
+        let remote_ports = Array::try_from(take("REMOTE_PORTS")?)?;
+        let mut m = Marker {
             ebpf,
             flows,
             ports,
             cgroups,
             stats,
-            config,
-            rule_kinds: 0,
-        })
+            config_map,
+            config: Config::default(),
+            cache,
+            remote_ports,
+            port_flows: Default::default(),
+        };
+        m.next_generation()?;
+        Ok(m)
+    }
+
+    /// Invalidates every CPU's cached copies of flow-map entries: called
+    /// after an entry changed or before it goes.
+    fn next_generation(&mut self) -> anyhow::Result<()> {
+        self.config.generation = self.config.generation.wrapping_add(1).max(1);
+        self.write_config()
+    }
+
+    fn write_config(&mut self) -> anyhow::Result<()> {
+        self.config_map
+            .set(0, &self.config, 0)
+            .context("writing the config map")
     }
 
     /// Attaches the egress program to `iface` (adds clsact if absent).
@@ -90,35 +116,93 @@ impl Marker {
 
     /// The trivial baseline program, loaded, for BPF_PROG_TEST_RUN.
     pub fn baseline(&mut self) -> anyhow::Result<&mut SchedClassifier> {
-        let Some(p) = self.ebpf.program_mut(BASELINE) else {
-            bail!("program {BASELINE} missing")
+        self.loaded(BASELINE)
+    }
+
+    /// A program of the object by name, loaded.
+    fn loaded(&mut self, name: &str) -> anyhow::Result<&mut SchedClassifier> {
+        let Some(p) = self.ebpf.program_mut(name) else {
+            bail!("program {name} missing")
         };
         let p: &mut SchedClassifier = p.try_into()?;
         if p.fd().is_err() {
-            p.load().context("verifier refused the baseline")?;
+            p.load()
+                .with_context(|| format!("verifier refused {name}"))?;
         }
         Ok(p)
     }
 
     pub fn set_flow(&mut self, key: &FlowKey, label: u32) -> anyhow::Result<()> {
+        let replaced = self.flows.get(key, 0).is_ok();
+        if replaced {
+            // Cached copies carry the old label.
+            self.next_generation()?;
+        }
         let value = FlowValue {
             label,
+            version: self.config.generation,
             ..Default::default()
         };
         self.flows
             .insert(key, &value, 0)
-            .context("writing the flow map")
+            .context("writing the flow map")?;
+        if replaced {
+            return Ok(());
+        }
+        let n = self.port_flows.entry(key.dport_be).or_default();
+        *n += 1;
+        if *n == 1 {
+            self.set_port_bit(key.dport_be, true)?;
+        }
+        Ok(())
+    }
+
+    fn set_port_bit(&mut self, dport_be: u16, on: bool) -> anyhow::Result<()> {
+        let (word, bit) = port_bit(dport_be);
+        let w = self
+            .remote_ports
+            .get(&word, 0)
+            .context("reading the port filter")?;
+        let w = if on { w | bit } else { w & !bit };
+        self.remote_ports
+            .set(word, &w, 0)
+            .context("writing the port filter")
     }
 
     /// Removes a flow, returning its kernel counters if it was there.
     pub fn remove_flow(&mut self, key: &FlowKey) -> Option<FlowValue> {
-        let v = self.flows.get(key, 0).ok();
-        let _ = self.flows.remove(key);
+        let v = self.flow(key);
+        if let Err(e) = self.next_generation() {
+            tracing::warn!("flow cache not invalidated: {e:#}");
+        }
+        if self.flows.remove(key).is_ok()
+            && let Some(n) = self.port_flows.get_mut(&key.dport_be)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.port_flows.remove(&key.dport_be);
+                if let Err(e) = self.set_port_bit(key.dport_be, false) {
+                    // Harmless: a set bit only costs a lookup.
+                    tracing::warn!("port filter bit left set: {e:#}");
+                }
+            }
+        }
         v
     }
 
+    /// A flow's entry with its counters, including the shares still held
+    /// in the CPUs' cache slots.
     pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
-        self.flows.get(key, 0).ok()
+        let mut v = self.flows.get(key, 0).ok()?;
+        if let Ok(slots) = self.cache.get(&cache_slot(key), 0) {
+            for s in slots.iter() {
+                if s.generation == self.config.generation && s.key == *key {
+                    v.packets += s.packets;
+                    v.bytes += s.bytes;
+                }
+            }
+        }
+        Some(v)
     }
 
     pub fn add_port_rule(&mut self, port: u16, semantic: u32) -> anyhow::Result<()> {
@@ -140,10 +224,8 @@ impl Marker {
     /// Tells the program a rule kind is in use; until then it skips that
     /// lookup (and, for cgroups, the helper call) on every packet.
     fn enable_rules(&mut self, kind: u32) -> anyhow::Result<()> {
-        self.rule_kinds |= kind;
-        self.config
-            .set(0, &self.rule_kinds, 0)
-            .context("writing the config map")
+        self.config.rules |= kind;
+        self.write_config()
     }
 
     /// Kernel counters summed over CPUs, in `counter::NAMES` order.

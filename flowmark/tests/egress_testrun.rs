@@ -146,3 +146,49 @@ fn egress_program_table() {
         (1, v6_packet(6, 8080, 41000, 0).len() as u64)
     );
 }
+
+/// The per-CPU flow cache and the remote-port filter in front of the flow
+/// map must never outlive the flow map: a changed label, a removed flow and
+/// a second flow on the same remote port behave as with the map alone, and
+/// the counters add up across cached and uncached runs.
+#[test]
+fn flow_cache_and_port_filter_follow_the_flow_map() {
+    let mut m = Marker::load().expect("load (needs root)");
+    let first = with_entropy(encode_label(3, 14), 1);
+    let second = with_entropy(encode_label(2, 4), 2);
+    let (a, b) = (key(6, 8080, 41000), key(6, 8081, 41000));
+    let (pa, pb) = (v6_packet(6, 8080, 41000, 0), v6_packet(6, 8081, 41000, 0));
+    m.set_flow(&a, first).unwrap();
+    for _ in 0..3 {
+        assert_eq!(label_of(&run(&mut m, &pa).1), first, "cached label");
+    }
+    // Same remote port, not registered: passes the filter, misses the map.
+    assert_eq!(run(&mut m, &pb).1, pb, "unregistered flow on a shared port");
+    let v = m.flow(&a).unwrap();
+    assert_eq!(
+        (v.packets, v.bytes),
+        (3, 3 * pa.len() as u64),
+        "counters of the cache slots and the map add up"
+    );
+
+    m.set_flow(&a, second).unwrap();
+    assert_eq!(label_of(&run(&mut m, &pa).1), second, "a new label wins");
+
+    m.set_flow(&b, first).unwrap();
+    assert_eq!(label_of(&run(&mut m, &pb).1), first);
+    let gone = m.remove_flow(&a).unwrap();
+    assert_eq!(gone.label, second);
+    assert_eq!(gone.packets, 1, "the re-registered flow counts afresh");
+    assert_eq!(run(&mut m, &pa).1, pa, "a removed flow is unmarked at once");
+    // The other flow on remote port 41000 keeps its filter bit.
+    assert_eq!(
+        label_of(&run(&mut m, &pb).1),
+        first,
+        "the shared port stays open"
+    );
+    m.remove_flow(&b).unwrap();
+    assert_eq!(run(&mut m, &pb).1, pb);
+    let stats: std::collections::HashMap<_, _> = m.stats().into_iter().collect();
+    assert_eq!(stats["marked_flow"], 6);
+    assert_eq!(stats["unmarked_v6"], 3);
+}

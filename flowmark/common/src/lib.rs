@@ -114,6 +114,25 @@ fn words(b: [u8; 16]) -> [u32; 4] {
     ]
 }
 
+impl FlowKey {
+    /// Word-wise equality: derived `==` on the address arrays would become
+    /// a `bcmp` call in BPF.
+    #[inline(always)]
+    pub fn same(&self, o: &FlowKey) -> bool {
+        self.src[0] == o.src[0]
+            && self.src[1] == o.src[1]
+            && self.src[2] == o.src[2]
+            && self.src[3] == o.src[3]
+            && self.dst[0] == o.dst[0]
+            && self.dst[1] == o.dst[1]
+            && self.dst[2] == o.dst[2]
+            && self.dst[3] == o.dst[3]
+            && self.sport_be == o.sport_be
+            && self.dport_be == o.dport_be
+            && self.proto == o.proto
+    }
+}
+
 /// Value of the flow map. `label` is written by userspace once per flow; the
 /// counters are bumped by the kernel program (plain adds: a lost increment
 /// under a cross-CPU race only blurs a usage fallback, never the label).
@@ -122,7 +141,10 @@ fn words(b: [u8; 16]) -> [u32; 4] {
 pub struct FlowValue {
     /// The full 20-bit label, entropy included.
     pub label: u32,
-    pub _pad: u32,
+    /// The flow map's generation when userspace wrote the entry: a cache
+    /// slot filled at an older generation holds counts of an entry this one
+    /// replaced, which are not folded into it.
+    pub version: u32,
     pub packets: u64,
     pub bytes: u64,
 }
@@ -134,6 +156,66 @@ pub struct FlowValue {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleValue {
     pub semantic: u32,
+}
+
+/// One slot of the per-CPU flow cache (`FLOW_CACHE`) in front of the flow
+/// map: a copy of a flow-map entry the program found, valid while
+/// `generation` equals `Config::generation` (userspace bumps it on every
+/// change or removal of a flow-map entry). 64 bytes, one cache line. The
+/// counters are this slot's share of the flow's packets and bytes; the
+/// program folds them into the flow-map entry when the slot is taken over,
+/// and userspace adds the live ones when it reads a flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheSlot {
+    pub key: FlowKey,
+    pub label: u32,
+    pub generation: u32,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Default for FlowKey {
+    fn default() -> FlowKey {
+        FlowKey::new([0; 16], [0; 16], 0, 0, 0)
+    }
+}
+
+/// Slots of the per-CPU flow cache (a power of two).
+pub const CACHE_SLOTS: u32 = 256;
+
+/// The cache slot of a flow: a cheap fold of the words that differ most
+/// between flows (the remote address's low words and the ports). Both the
+/// program and userspace (which reads the slots' counters) use it.
+#[inline(always)]
+pub fn cache_slot(key: &FlowKey) -> u32 {
+    cache_slot_of(
+        key.src[3],
+        key.dst[2],
+        key.dst[3],
+        ((key.sport_be as u32) << 16) | key.dport_be as u32,
+    )
+}
+
+/// [`cache_slot`] from the key's words as the program reads them from the
+/// packet (`ports` = sport_be << 16 | dport_be).
+#[inline(always)]
+pub const fn cache_slot_of(src3: u32, dst2: u32, dst3: u32, ports: u32) -> u32 {
+    let mut h = src3 ^ dst2 ^ dst3 ^ ports;
+    h ^= h >> 16;
+    h ^= h >> 8;
+    h & (CACHE_SLOTS - 1)
+}
+
+/// Words of the remote-port filter (`REMOTE_PORTS`): one bit per value of
+/// a flow key's `dport_be`, set while a registered flow has that remote
+/// port. A clear bit lets the program skip the flow-map lookup.
+pub const PORT_WORDS: u32 = 1024;
+
+/// The filter word and bit of a remote port (`dport_be`, as in the key).
+#[inline(always)]
+pub const fn port_bit(dport_be: u16) -> (u32, u64) {
+    ((dport_be as u32) >> 6, 1 << (dport_be & 63))
 }
 
 /// Entries of the flow map (LRU: the oldest idle flows go first).
@@ -196,6 +278,17 @@ pub fn rule_entropy(key: &FlowKey) -> u32 {
 pub const HAS_PORT_RULES: u32 = 1;
 pub const HAS_CGROUP_RULES: u32 = 2;
 
+/// The CONFIG array's one entry (one lookup for both fields).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// HAS_* bits.
+    pub rules: u32,
+    /// Generation of the flow map: cache slots of another generation are
+    /// ignored; 0 (never written) disables the cache.
+    pub generation: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C), Copy, explicit padding, no pointers: any byte pattern
@@ -203,6 +296,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::RuleValue {}
+    unsafe impl aya::Pod for super::CacheSlot {}
+    unsafe impl aya::Pod for super::Config {}
 }
 
 #[cfg(test)]
