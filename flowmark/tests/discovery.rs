@@ -53,22 +53,10 @@ fn port_rule_marks_from_first_packet_and_discovery_sends_fireflies() {
     });
     let packets = cap.finish();
 
-    let flow: Vec<_> = packets
-        .iter()
-        .filter(|p| p.sport == 8080 && p.dport == 43000)
-        .collect();
+    let flow = flow_packets(&packets, 8080, 43000);
     assert!(flow.len() > 10);
-    let want = flowmark_common::encode_label(1, 2);
-    for p in &flow {
-        // From the SYN-ACK on: the rule needs no registration.
-        assert_eq!(
-            p.label & flowmark_common::SEMANTIC_MASK,
-            want,
-            "label {:#07x}",
-            p.label
-        );
-        assert_eq!(p.label, flow[0].label, "entropy changed within the flow");
-    }
+    // From the SYN-ACK on: the rule needs no registration.
+    assert_one_label("port-rule flow", &flow, flowmark_common::encode_label(1, 2));
     let ps = ["experiment=\"default\"", "activity=\"perfSONAR\""];
     assert_eq!(
         metric_sum(&m, "flowmark_collector_flows_started_total", &ps),
@@ -192,10 +180,7 @@ fn cgroup_rule_marks_only_the_cgroups_flows() {
     std::thread::sleep(Duration::from_millis(100));
     let packets = cap.finish();
 
-    let marked: Vec<_> = packets
-        .iter()
-        .filter(|p| p.sport == 44000 && p.dport == 7000)
-        .collect();
+    let marked = flow_packets(&packets, 44000, 7000);
     assert!(marked.len() > 3, "{} packets", marked.len());
     // The last ACK after close() leaves from a timewait socket, which has
     // no cgroup: only a short unmarked tail is allowed.
@@ -205,22 +190,12 @@ fn cgroup_rule_marks_only_the_cgroups_flows() {
         .expect("nothing marked");
     let tail = marked.len() - 1 - last;
     assert!(tail <= 2, "{tail} unmarked packets at the end: {marked:?}");
-    for p in &marked[..=last] {
-        assert_eq!(
-            flowmark_common::decode_label(p.label),
-            (2, 4),
-            "label {:#07x}",
-            p.label
-        );
-        assert_eq!(p.label, marked[0].label, "entropy changed within the flow");
-    }
-    let other: Vec<_> = packets
-        .iter()
-        .filter(|p| p.sport == 44001 && p.dport == 7000)
-        .collect();
-    assert!(other.len() > 3);
-    assert!(
-        other.iter().all(|p| p.label == 0),
-        "a process outside the cgroup was marked"
+    assert_one_label(
+        "cgroup flow",
+        &marked[..=last],
+        flowmark_common::encode_label(2, 4),
     );
+    let other = flow_packets(&packets, 44001, 7000);
+    assert!(other.len() > 3);
+    assert_unmarked("a process outside the cgroup", &other);
 }

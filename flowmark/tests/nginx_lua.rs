@@ -124,12 +124,9 @@ fn nginx_lua_registers_scitag_requests_and_fails_open() {
     // Experiment 3 bit-reversed in bits 17-9, activity 14 in bits 7-2.
     assert_marked_after_registration(&packets, 42000, 0x30038);
     for port in [42001, 42002] {
-        let other: Vec<_> = packets
-            .iter()
-            .filter(|p| p.sport == 8080 && p.dport == port)
-            .collect();
+        let other = flow_packets(&packets, 8080, port);
         assert!(other.len() > 10);
-        assert!(other.iter().all(|p| p.label == 0), "port {port} was marked");
+        assert_unmarked(&format!("port {port}"), &other);
     }
     assert_marked_after_registration(&packets, 42003, flowmark_common::encode_label(2, 4));
     assert_marked_after_registration(&packets, 42005, flowmark_common::encode_label(3, 8));
@@ -191,10 +188,7 @@ fn nginx_lua_registers_scitag_requests_and_fails_open() {
 /// then on every packet, including data still queued when nginx reports the
 /// end and the FIN (the linger), carries the label, with one entropy.
 fn assert_marked_after_registration(packets: &[Packet], port: u16, semantic: u32) {
-    let flow: Vec<_> = packets
-        .iter()
-        .filter(|p| p.sport == 8080 && p.dport == port)
-        .collect();
+    let flow = flow_packets(packets, 8080, port);
     let first = flow
         .iter()
         .position(|p| p.label != 0)
@@ -203,18 +197,5 @@ fn assert_marked_after_registration(packets: &[Packet], port: u16, semantic: u32
         first <= 3,
         "port {port}: {first} unmarked packets before registration"
     );
-    let marked = &flow[first..];
-    assert!(!marked.is_empty());
-    for p in marked {
-        assert_eq!(
-            p.label & flowmark_common::SEMANTIC_MASK,
-            semantic,
-            "port {port}: label {:#07x}",
-            p.label
-        );
-        assert_eq!(
-            p.label, marked[0].label,
-            "port {port}: entropy changed within the flow"
-        );
-    }
+    assert_one_label(&format!("port {port}"), &flow[first..], semantic);
 }

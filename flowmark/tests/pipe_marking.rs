@@ -98,41 +98,23 @@ fn pipe_lines_mark_real_packets_and_send_fireflies() {
     });
     let packets = cap.finish();
 
-    let marked: Vec<_> = packets
-        .iter()
-        .filter(|p| p.sport == 8080 && p.dport == 41000)
-        .collect();
+    let marked = flow_packets(&packets, 8080, 41000);
     assert!(
         marked.len() > 10,
         "too few packets of the marked flow: {}",
         marked.len()
     );
-    let first = marked[0].label;
-    for p in &marked {
-        assert_eq!(
-            flowmark_common::decode_label(p.label),
-            (3, 14),
-            "label {:#07x}",
-            p.label
-        );
-        assert_eq!(p.label, first, "entropy changed within the flow");
-    }
-    let unmarked: Vec<_> = packets
-        .iter()
-        .filter(|p| p.sport == 8080 && p.dport == 41001)
-        .collect();
+    assert_one_label(
+        "registered flow",
+        &marked,
+        flowmark_common::encode_label(3, 14),
+    );
+    let unmarked = flow_packets(&packets, 8080, 41001);
     assert!(unmarked.len() > 10);
-    assert!(
-        unmarked.iter().all(|p| p.label == 0),
-        "unregistered flow was marked"
-    );
+    assert_unmarked("unregistered flow", &unmarked);
     // The client's own packets are not ours to mark.
-    assert!(
-        packets
-            .iter()
-            .filter(|p| p.dport == 8080)
-            .all(|p| p.label == 0)
-    );
+    let client: Vec<_> = packets.iter().filter(|p| p.dport == 8080).collect();
+    assert_unmarked("client", &client);
 
     let st = status(&lab);
     let bad = &st["bad_input"];

@@ -347,6 +347,39 @@ fn parse_frame(f: &[u8]) -> Option<Packet> {
     })
 }
 
+/// The captured packets of one flow, by its ports as it leaves the node.
+pub fn flow_packets(packets: &[Packet], sport: u16, dport: u16) -> Vec<&Packet> {
+    packets
+        .iter()
+        .filter(|p| p.sport == sport && p.dport == dport)
+        .collect()
+}
+
+/// Every packet carries `semantic` (experiment and activity bits) and the
+/// same whole label: one entropy for the flow.
+pub fn assert_one_label(what: &str, packets: &[&Packet], semantic: u32) {
+    assert!(!packets.is_empty(), "{what}: no packets");
+    for p in packets {
+        assert_eq!(
+            p.label & flowmark_common::SEMANTIC_MASK,
+            semantic,
+            "{what}: label {:#07x}",
+            p.label
+        );
+        assert_eq!(
+            p.label, packets[0].label,
+            "{what}: entropy changed within the flow"
+        );
+    }
+}
+
+/// No packet carries a label.
+pub fn assert_unmarked(what: &str, packets: &[&Packet]) {
+    if let Some(p) = packets.iter().find(|p| p.label != 0) {
+        panic!("{what}: marked {:#07x}: {p:?}", p.label);
+    }
+}
+
 /// curl inside the client namespace from a fixed local port (so the test
 /// knows the 5-tuple in advance). Returns the body length.
 pub fn curl(lab: &Lab, url: &str, local_port: u16, headers: &[&str]) -> usize {
@@ -377,14 +410,20 @@ pub fn curl(lab: &Lab, url: &str, local_port: u16, headers: &[&str]) -> usize {
 
 /// GET http://127.0.0.1:PORT/metrics inside `ns`.
 pub fn metrics(lab: &Lab, ns: &str, port: u16) -> String {
+    metrics_at(lab, ns, &format!("127.0.0.1:{port}"))
+}
+
+/// GET http://ADDR/metrics inside `ns` (ADDR: `host:port`, `[v6]:port`).
+pub fn metrics_at(lab: &Lab, ns: &str, addr: &str) -> String {
     let o = lab.exec(
         ns,
         &[
             "curl",
             "-sS",
+            "-g",
             "--max-time",
             "5",
-            &format!("http://127.0.0.1:{port}/metrics"),
+            &format!("http://{addr}/metrics"),
         ],
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
