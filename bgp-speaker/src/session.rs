@@ -25,6 +25,9 @@ const OPEN_HOLD: Duration = Duration::from_secs(240);
 /// A peer that does not read what we write for this long is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a restarting speaker holds End-of-RIB for its owner's first
+/// routes at most (the router's stale timer runs meanwhile).
+pub(crate) const EOR_HOLD_LIMIT: Duration = Duration::from_secs(30);
 
 pub(crate) struct PeerTask {
     pub cfg: Arc<PeerConfig>,
@@ -311,6 +314,16 @@ impl PeerTask {
         End::Stopped
     }
 
+    /// End-of-RIB for every address family of the session.
+    async fn end_of_rib(&self, c: &mut Conn, peer: &PeerOpen) -> Result<(), String> {
+        for (afi_ok, v6) in [(peer.ipv4, false), (peer.ipv6, true)] {
+            if afi_ok {
+                self.send(c, &wire::end_of_rib(v6)).await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn established(&mut self, mut c: Conn, peer: PeerOpen, hold: Duration) -> End {
         self.set_state(State::Established, None);
         let (nh4, nh6) = wire::next_hops(c.local, self.cfg.next_hop_v4, self.cfg.next_hop_v6);
@@ -326,11 +339,14 @@ impl PeerTask {
         if let Err(reason) = r {
             return closed_est(reason);
         }
-        if self.global.graceful_restart.is_some() && peer.graceful_restart {
-            for (afi_ok, v6) in [(peer.ipv4, false), (peer.ipv6, true)] {
-                if afi_ok && let Err(reason) = self.send(&mut c, &wire::end_of_rib(v6)).await {
-                    return closed_est(reason);
-                }
+        // End-of-RIB follows our first routes; a restarting speaker waits
+        // for its owner to decide them (see `Rib::eor_held`).
+        let mut eor_due = self.global.graceful_restart.is_some() && peer.graceful_restart;
+        let eor_limit = TInstant::now() + EOR_HOLD_LIMIT;
+        if eor_due && !self.rib.borrow().eor_held {
+            eor_due = false;
+            if let Err(reason) = self.end_of_rib(&mut c, &peer).await {
+                return closed_est(reason);
             }
         }
         // BFD rides along with the session: it starts now and its Down
@@ -398,6 +414,18 @@ impl PeerTask {
                 r = self.rib.changed() => {
                     if r.is_err() { return End::Stopped; }
                     if let Err(reason) = self.sync_routes(&mut c, &uctx, &mut sent).await {
+                        return closed_est(reason);
+                    }
+                    if eor_due && !self.rib.borrow().eor_held {
+                        eor_due = false;
+                        if let Err(reason) = self.end_of_rib(&mut c, &peer).await {
+                            return closed_est(reason);
+                        }
+                    }
+                }
+                _ = sleep_until(eor_limit), if eor_due => {
+                    eor_due = false;
+                    if let Err(reason) = self.end_of_rib(&mut c, &peer).await {
                         return closed_est(reason);
                     }
                 }

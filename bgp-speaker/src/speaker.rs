@@ -71,6 +71,11 @@ pub(crate) struct PeerShared {
 pub(crate) struct Rib {
     pub routes: BTreeMap<IpNet, RouteAttrs>,
     pub draining: bool,
+    /// A restarting speaker holds End-of-RIB until its owner has decided
+    /// its first routes ([`Speaker::release_end_of_rib`]): the router ends
+    /// its stale timer at End-of-RIB, and a route sent after that would
+    /// leave a gap.
+    pub eor_held: bool,
 }
 
 /// How a session ends when the speaker stops.
@@ -158,7 +163,10 @@ impl Speaker {
                 return Err(StartError::DuplicatePeer(socket::canonical(p.address)));
             }
         }
-        let (rib, _) = watch::channel(Rib::default());
+        let (rib, _) = watch::channel(Rib {
+            eor_held: cfg.graceful_restart.is_some_and(|g| g.restarting),
+            ..Rib::default()
+        });
         let (events, _) = broadcast::channel(1024);
         let (stop, _) = watch::channel(Stop::Running);
         // GTSM is only watertight when the kernel filters the SYN, which it
@@ -344,6 +352,14 @@ impl Speaker {
             let _ = t.await;
         }
         true
+    }
+
+    /// The first routes are decided (announced or known not to be): a
+    /// restarting speaker now sends End-of-RIB to its peers. Without this
+    /// call it does so 30 s after a session is established.
+    pub fn release_end_of_rib(&self) {
+        self.rib
+            .send_if_modified(|r| std::mem::replace(&mut r.eor_held, false));
     }
 
     /// Announces (or updates the attributes of) a prefix to every peer.

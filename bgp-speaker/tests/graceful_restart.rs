@@ -1,7 +1,9 @@
 //! Graceful restart as the restarting speaker (RFC 4724): kill -9 the
 //! speaker and start it again within the restart time; the router keeps the
 //! route in its kernel the whole time, then the session re-establishes and
-//! the route is refreshed (no longer stale after End-of-RIB).
+//! the route is refreshed (no longer stale after End-of-RIB). A restarting
+//! speaker whose owner decides its routes late holds End-of-RIB until told,
+//! so the router keeps the stale route until the real one arrives.
 
 mod common;
 
@@ -66,12 +68,26 @@ fn kill_and_restart_keeps_route_in_router_kernel() {
     wait_for("route stale at FRR", Duration::from_secs(10), || {
         bgp_route().contains("\"stale\":true")
     });
-    let mut args = base.to_vec();
-    args.push("--restarting");
-    let d2 = Daemon::start(&lab.speakers[0], &args);
+    // The restarted speaker has no route yet (like lbd before its view is
+    // decided) and holds End-of-RIB.
+    let mut args: Vec<&str> = base
+        .iter()
+        .copied()
+        .filter(|a| *a != "--announce" && *a != VIP4)
+        .collect();
+    args.extend(["--restarting", "--hold-end-of-rib"]);
+    let mut d2 = Daemon::start(&lab.speakers[0], &args);
     wait_for("re-established", Duration::from_secs(30), || {
         d2.established_events() >= 1
     });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        bgp_route().contains("\"stale\":true"),
+        "End-of-RIB was not held: {}",
+        bgp_route()
+    );
+    d2.command(&format!("announce {VIP4}"));
+    d2.command("end-of-rib");
     wait_for(
         "route refreshed (not stale)",
         Duration::from_secs(30),

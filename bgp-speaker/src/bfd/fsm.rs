@@ -19,6 +19,7 @@ const SLOW_TX: Duration = Duration::from_secs(1);
 const DIAG_NONE: u8 = 0;
 const DIAG_DETECT_EXPIRED: u8 = 1;
 const DIAG_NEIGHBOR_DOWN: u8 = 3;
+const DIAG_ADMIN_DOWN: u8 = 7;
 
 /// RFC 5880 section 6.8.1 state variables.
 pub(super) struct Session {
@@ -129,7 +130,20 @@ impl Session {
         Some(p.poll)
     }
 
-    pub(super) async fn run(mut self, sock: UdpSocket, mut rx: mpsc::Receiver<Packet>) {
+    /// Runs until the task is aborted (the BGP session ended on purpose),
+    /// then says AdminDown: RFC 5882 section 3.2 has the peer not take
+    /// that as a failure, so a router in graceful-restart helper mode
+    /// keeps our routes across a planned restart, while a node that dies
+    /// (no AdminDown) is still detected in one detection time.
+    pub(super) async fn run(self, sock: UdpSocket, rx: mpsc::Receiver<Packet>) {
+        let mut s = AdminDownOnDrop {
+            session: self,
+            sock,
+        };
+        s.session.run_on(&s.sock, rx).await;
+    }
+
+    async fn run_on(&mut self, sock: &UdpSocket, mut rx: mpsc::Receiver<Packet>) {
         let _ = self.out.send(self.state);
         let mut next_tx = Instant::now();
         let mut detect_at: Option<Instant> = None;
@@ -165,6 +179,26 @@ impl Session {
                     if next_tx > cap { next_tx = cap; }
                 }
             }
+        }
+    }
+}
+
+struct AdminDownOnDrop {
+    session: Session,
+    sock: UdpSocket,
+}
+
+impl Drop for AdminDownOnDrop {
+    fn drop(&mut self) {
+        if self.session.state != BfdState::Up {
+            return;
+        }
+        let mut p = self.session.packet(false);
+        p.state = BfdState::AdminDown;
+        p.diag = DIAG_ADMIN_DOWN;
+        // No await in drop: a non-blocking send, twice against a lost datagram.
+        for _ in 0..2 {
+            let _ = self.sock.try_send(&p.encode());
         }
     }
 }

@@ -45,6 +45,10 @@ struct Args {
     /// Set the graceful-restart Restart State bit (this is a restart).
     #[arg(long)]
     restarting: bool,
+    /// With --restarting: hold End-of-RIB until the `end-of-rib` command
+    /// (else it follows the --announce prefixes).
+    #[arg(long)]
+    hold_end_of_rib: bool,
     /// Run BFD (100 ms x 3) with every peer.
     #[arg(long)]
     bfd: bool,
@@ -102,6 +106,10 @@ async fn main() -> Result<()> {
     for p in &a.announce {
         speaker.announce(*p, RouteAttrs::default())?;
     }
+    // The --announce prefixes are all this process starts with.
+    if !a.hold_end_of_rib {
+        speaker.release_end_of_rib();
+    }
     let mut events = speaker.events();
     tokio::spawn(async move {
         while let Ok(e) = events.recv().await {
@@ -132,7 +140,10 @@ async fn command(speaker: &Speaker, line: &str) -> Result<()> {
         (Some("withdraw"), Some(p)) => speaker.withdraw(p.parse()?),
         (Some("drain"), Some(s)) => speaker.drain(Duration::from_secs_f64(s.parse()?)).await,
         (Some("status"), None) => println!("{}", serde_json::to_string(&speaker.peers())?),
-        _ => bail!("unknown command {line:?} (announce P, withdraw P, drain S, status, shutdown)"),
+        (Some("end-of-rib"), None) => speaker.release_end_of_rib(),
+        _ => bail!(
+            "unknown command {line:?} (announce P, withdraw P, drain S, end-of-rib, status, shutdown)"
+        ),
     }
     Ok(())
 }

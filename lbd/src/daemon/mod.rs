@@ -51,6 +51,8 @@ pub struct Daemon {
     speaker: Speaker,
     tables: Vec<VipTable>,
     announced: Vec<bool>,
+    /// End-of-RIB released to the speaker (see `first_routes_decided`).
+    eor_released: bool,
     drained: bool,
     drain_task: Option<tokio::task::JoinHandle<()>>,
     state: NodeState,
@@ -290,6 +292,7 @@ impl Daemon {
             speaker,
             tables,
             announced: vec![false; n],
+            eor_released: false,
             drained: false,
             drain_task: None,
             state: NodeState::Down,
@@ -506,12 +509,32 @@ impl Daemon {
                 }
             }
         }
+        if !self.eor_released && self.first_routes_decided(decided) {
+            self.speaker.release_end_of_rib();
+            self.eor_released = true;
+            info!(reason = "first routes decided", "End-of-RIB released");
+        }
         if self.last_metrics.elapsed() >= Duration::from_secs(1) {
             self.last_metrics = Instant::now();
             if self.cfg.api.metrics.is_some() {
                 crate::metrics::export(&self.status());
             }
         }
+    }
+
+    /// After a restart the router keeps our routes as stale until our
+    /// End-of-RIB: send it only once the view is decided and every VIP is
+    /// announced or its checks have run often enough to be up if they will
+    /// be (else a route announced just after it would leave a gap).
+    fn first_routes_decided(&self, decided: bool) -> bool {
+        decided
+            && (self.drained
+                || self.cfg.vips.iter().enumerate().all(|(i, v)| {
+                    self.announced[i]
+                        || v.checks.iter().zip(&self.checks[i]).all(|(spec, c)| {
+                            c.status().probes >= u64::from(spec.rise.max(spec.fall))
+                        })
+                }))
     }
 
     fn forget_gone_members(&mut self) {
