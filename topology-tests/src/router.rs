@@ -234,7 +234,7 @@ pub fn frr_bgpd_conf(topo: &Topology) -> String {
          route-map LBD-IN permit 10\n match community GSHUT\n set local-preference 0\n!\n\
          route-map LBD-IN permit 20\n!\n\
          router bgp {ras}\n bgp router-id {rid}\n no bgp ebgp-requires-policy\n no bgp default ipv4-unicast\n \
-         bgp bestpath as-path multipath-relax\n bgp graceful-restart\n \
+         bgp bestpath as-path multipath-relax\n \
          neighbor LBD peer-group\n neighbor LBD remote-as {nas}\n neighbor LBD timers {k} {h}\n \
          neighbor LBD timers connect 1\n",
         ras = addr::ROUTER_AS,

@@ -452,7 +452,7 @@ fn node_crash(
         "crashing node {k} (lbd killed, links cut) with {on_k} transfers on it"
     ));
     let t0 = Instant::now();
-    // Links first: a dying machine sends no FIN for its BGP session.
+    // Silence first: a dying machine sends no FIN for its BGP session.
     site.cut_links(k)?;
     site.kill_lbd(k)?;
     let others: Vec<u16> = all_ids(&site).into_iter().filter(|&i| i != k).collect();
@@ -461,7 +461,7 @@ fn node_crash(
     let failover = t0.elapsed();
     out.failover_ms = Some(failover.as_millis() as u64);
     out.check(
-        "the router drops the node within 1 s",
+        "BFD removes the node within 1 s",
         failover < Duration::from_secs(1),
         format!("{} ms", failover.as_millis()),
     );

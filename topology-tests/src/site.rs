@@ -220,8 +220,6 @@ impl Site {
             ("net.ipv6.conf.all.forwarding", "1"),
             ("net.ipv6.fib_multipath_hash_policy", "1"),
             ("net.ipv4.conf.all.rp_filter", "0"),
-            // A cut link comes back with its addresses (node_crash).
-            ("net.ipv6.conf.all.keep_addr_on_down", "1"),
         ] {
             router_ns.sysctl(k, v)?;
         }
@@ -279,7 +277,6 @@ impl Site {
                 ("net.ipv4.conf.all.forwarding", "1"),
                 ("net.ipv4.conf.all.rp_filter", "0"),
                 ("net.ipv4.conf.default.rp_filter", "0"),
-                ("net.ipv6.conf.all.keep_addr_on_down", "1"),
             ] {
                 ns.sysctl(k, v)?;
             }
@@ -341,6 +338,22 @@ impl Site {
         site.wait_paths(&expect, Duration::from_secs(30))?;
         progress("waiting for every node's tables to agree");
         site.wait_tables(&expect, Duration::from_secs(15))?;
+        if site.topo.timings.bfd_interval_ms > 0 {
+            // A session whose BFD is not Up yet would only be seen dead by
+            // the hold timer.
+            progress("waiting for BFD to come up on every session");
+            let s = &site;
+            wait_until(
+                "BFD Up on every node's session",
+                Duration::from_secs(20),
+                || {
+                    expect.iter().all(|&id| {
+                        s.status(id)
+                            .is_ok_and(|st| st.bgp.iter().all(|p| p.bfd.as_deref() == Some("Up")))
+                    })
+                },
+            )?;
+        }
         Ok(site)
     }
 
@@ -490,54 +503,40 @@ impl Site {
         Ok(out.lines().filter(|l| !l.trim().is_empty()).count())
     }
 
-    /// Cuts node `id`'s link (both ends down, as a pulled cable or a dead
-    /// machine on a direct link): the router loses carrier at once.
+    /// Makes node `id` silent, the way a dead machine behind a switch is:
+    /// everything it would send (BGP, BFD, replies, forwarded packets) goes
+    /// to blackhole routes, while the router's port stays up and tells the
+    /// router nothing; only BFD (or the hold timer) notices.
     pub fn cut_links(&self, id: u16) -> Result<()> {
-        run_checked(
-            "ip",
-            &[
-                "-n",
-                &self.router.ns,
-                "link",
-                "set",
-                &format!("r-n{id}"),
-                "down",
-            ],
-        )?;
-        run_checked(
-            "ip",
-            &["-n", &self.node(id).ns, "link", "set", "eth0", "down"],
-        )?;
+        let ns = &self.node(id).ns;
+        for (fam, gw) in Self::uplinks(id) {
+            run_checked(
+                "ip",
+                &["-n", ns, fam, "route", "replace", "blackhole", "default"],
+            )?;
+            run_checked("ip", &["-n", ns, fam, "route", "replace", "blackhole", &gw])?;
+        }
         Ok(())
     }
 
     pub fn restore_links(&self, id: u16) -> Result<()> {
-        run_checked(
-            "ip",
-            &[
-                "-n",
-                &self.router.ns,
-                "link",
-                "set",
-                &format!("r-n{id}"),
-                "up",
-            ],
-        )?;
-        run_checked(
-            "ip",
-            &["-n", &self.node(id).ns, "link", "set", "eth0", "up"],
-        )?;
-        let n = self.node(id);
-        for (fam, gw) in [
-            ("-4", addr::router_to_node4(id).to_string()),
-            ("-6", addr::router_to_node6(id).to_string()),
-        ] {
+        let ns = &self.node(id).ns;
+        for (fam, gw) in Self::uplinks(id) {
+            run_checked("ip", &["-n", ns, fam, "route", "del", "blackhole", &gw])?;
             run_checked(
                 "ip",
-                &["-n", &n.ns, fam, "route", "replace", "default", "via", &gw],
+                &["-n", ns, fam, "route", "replace", "default", "via", &gw],
             )?;
         }
         Ok(())
+    }
+
+    /// The router's address on node `id`'s link, per family.
+    fn uplinks(id: u16) -> [(&'static str, String); 2] {
+        [
+            ("-4", addr::router_to_node4(id).to_string()),
+            ("-6", addr::router_to_node6(id).to_string()),
+        ]
     }
 
     /// Waits until every running node's lbd reports `state` for member `id`.
