@@ -323,13 +323,30 @@ fn run_scenarios(topo: &Topology, names: &[String], json: Option<&Path>) -> Resu
         print!("{}", o.render());
         outcomes.push(o);
     }
+    // The benchmark's baseline, in the same run: a crash seen by the hold
+    // timer alone (BFD off on both sides).
+    let mut baselines: Vec<Outcome> = Vec::new();
+    if json.is_some() && names.iter().any(|n| n == "node_crash") {
+        step(
+            names.len() + 1,
+            names.len() + 1,
+            "baseline: node_crash without BFD",
+        );
+        let mut plain = topo.clone();
+        plain.timings.bfd_interval_ms = 0;
+        let mut o = scenarios::run("node_crash", &plain, &scale, &mut say)
+            .context("baseline node_crash without BFD")?;
+        o.name = "node_crash_no_bfd".into();
+        print!("{}", o.render());
+        baselines.push(o);
+    }
     println!(
-        "\n{:<16} {:>8} {:>8} {:>12} {:>8}",
+        "\n{:<18} {:>8} {:>8} {:>12} {:>8}",
         "scenario", "ok", "failed", "failover ms", "checks"
     );
-    for o in &outcomes {
+    for o in outcomes.iter().chain(&baselines) {
         println!(
-            "{:<16} {:>8} {:>8} {:>12} {:>8}",
+            "{:<18} {:>8} {:>8} {:>12} {:>8}",
             o.name,
             o.transfers_ok,
             o.transfers_failed,
@@ -341,7 +358,11 @@ fn run_scenarios(topo: &Topology, names: &[String], json: Option<&Path>) -> Resu
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d)?;
         }
-        let doc = serde_json::json!({ "topology": topo.name, "scenarios": outcomes });
+        let doc = serde_json::json!({
+            "topology": topo.name,
+            "scenarios": outcomes,
+            "baselines": baselines,
+        });
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
         println!("wrote {}", path.display());
     }
