@@ -485,7 +485,9 @@ impl Site {
         }
     }
 
-    /// Established TCP connections to the VIPs' port 80 on node `id`.
+    /// Established TCP connections of clients to the VIPs' port 80 on node
+    /// `id` (not the node's own health checks, which connect to its VIP
+    /// from the VIP).
     pub fn connections(&self, id: u16) -> Result<usize> {
         let out = run_checked(
             "ip",
@@ -500,7 +502,19 @@ impl Site {
                 "( sport = :80 )",
             ],
         )?;
-        Ok(out.lines().filter(|l| !l.trim().is_empty()).count())
+        let vips = [
+            self.topo.vips.ipv4.to_string(),
+            self.topo.vips.ipv6.to_string(),
+        ];
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split_whitespace().last())
+            .filter_map(|peer| {
+                peer.rsplit_once(':')
+                    .map(|(a, _)| a.trim_matches(['[', ']']))
+            })
+            .filter(|a| !vips.iter().any(|v| v == a))
+            .count())
     }
 
     /// Makes node `id` silent, the way a dead machine behind a switch is:
