@@ -236,7 +236,7 @@ fn demo(topo: Topology) -> Result<bool> {
     let probes = workload::probe(&site.clients[0], site.topo.vips.ipv4.into(), 90, 16)?;
     let new_on_k = probes.iter().filter(|n| **n == Some(k)).count();
     println!(
-        "  node {k} had {before} connections; route withdrawn after {} ms; {new_on_k} of 90 new connections went to it",
+        "  node {k} had {before} connections; out of the router's ECMP route after {} ms (GRACEFUL_SHUTDOWN, then withdrawn); {new_on_k} of 90 new connections went to it",
         withdrawn.as_millis()
     );
     show_routes(&site)?;
@@ -279,7 +279,7 @@ fn demo(topo: Topology) -> Result<bool> {
     }
     let failed: Vec<_> = transfers.iter().filter(|t| t.error.is_some()).collect();
     println!(
-        "  {} transfers, {} failed (every file checked with adler32 after its GET)\n  drain of node {k}: {before} transfers on it kept running, route withdrawn in {} ms, {new_on_k} new connections to it, {left_on_k} connections left after the drain wait\n  undrain: route back in {} ms\n  demo took {:.0} s",
+        "  {} transfers, {} failed (every file checked with adler32 after its GET)\n  drain of node {k}: {before} transfers on it kept running, out of the ECMP route in {} ms, {new_on_k} new connections to it, {left_on_k} connections left after the drain wait\n  undrain: route back in {} ms\n  demo took {:.0} s",
         transfers.len(),
         failed.len(),
         withdrawn.as_millis(),
