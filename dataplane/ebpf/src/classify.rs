@@ -152,7 +152,6 @@ fn copy4(dst: &mut [u8; 16], src: &[u8; 4]) {
 }
 
 #[inline(always)]
-#[inline(always)]
 fn vip_lookup(addr: &[u8; 16], port: [u8; 2], proto: u8, family: u8) -> Option<VipInfo> {
     let port_be = u16::from_ne_bytes(port);
     if family == FAMILY_V4 {
