@@ -173,9 +173,10 @@ fn vips(site: &Site) -> [IpAddr; 2] {
     [site.topo.vips.ipv4.into(), site.topo.vips.ipv6.into()]
 }
 
-/// Long paced transfers that stay in flight while the scenario acts.
-fn long_transfers(site: &Site, scale: &Scale, tag: &str, jobs: usize) -> Running {
-    workload::start(
+/// Long paced transfers that stay in flight while the scenario acts;
+/// returns once `scale.parallel` of them are running.
+fn long_transfers(site: &mut Site, scale: &Scale, tag: &str, jobs: usize) -> Result<Running> {
+    let w = workload::start(
         &site.clients,
         vips(site),
         Plan {
@@ -185,7 +186,9 @@ fn long_transfers(site: &Site, scale: &Scale, tag: &str, jobs: usize) -> Running
             parallel: scale.parallel,
             rate_mb_s: Some(scale.rate_mb_s),
         },
-    )
+    );
+    wait_in_flight(site, &w, scale.parallel as u64)?;
+    Ok(w)
 }
 
 /// A mixed stream of 1 MB to `long_mb` files at full speed.
@@ -306,8 +309,7 @@ fn drain(
     progress: &mut dyn FnMut(&str),
 ) -> Result<()> {
     let mut site = Site::build(topo.clone(), progress)?;
-    let w = long_transfers(&site, scale, "drain", scale.parallel);
-    wait_in_flight(&mut site, &w, scale.parallel as u64)?;
+    let w = long_transfers(&mut site, scale, "drain", scale.parallel)?;
     std::thread::sleep(Duration::from_secs(1));
     let (k, before) = busiest(&site)?;
     progress(&format!("draining node {k} with {before} transfers on it"));
@@ -360,8 +362,7 @@ fn join(
         bail!("join needs at least 2 nodes");
     }
     let mut site = Site::build_with(topo.clone(), progress, &[k])?;
-    let w = long_transfers(&site, scale, "join", scale.parallel);
-    wait_in_flight(&mut site, &w, scale.parallel as u64)?;
+    let w = long_transfers(&mut site, scale, "join", scale.parallel)?;
     std::thread::sleep(Duration::from_secs(1));
     progress(&format!("node {k} joins while transfers run"));
     site.start_lbd(k)?;
@@ -444,8 +445,7 @@ fn node_crash(
     progress: &mut dyn FnMut(&str),
 ) -> Result<()> {
     let mut site = Site::build(topo.clone(), progress)?;
-    let w = long_transfers(&site, scale, "crash", scale.parallel * 2);
-    wait_in_flight(&mut site, &w, scale.parallel as u64)?;
+    let w = long_transfers(&mut site, scale, "crash", scale.parallel * 2)?;
     std::thread::sleep(Duration::from_secs(1));
     let (k, on_k) = busiest(&site)?;
     progress(&format!(
@@ -506,8 +506,7 @@ fn rolling_restart(
     progress: &mut dyn FnMut(&str),
 ) -> Result<()> {
     let mut site = Site::build(topo.clone(), progress)?;
-    let w = long_transfers(&site, scale, "rolling", scale.parallel * 2);
-    wait_in_flight(&mut site, &w, scale.parallel as u64)?;
+    let w = long_transfers(&mut site, scale, "rolling", scale.parallel * 2)?;
     let mut lost_route = Vec::new();
     for id in all_ids(&site) {
         progress(&format!("restarting lbd on node {id}"));
@@ -554,8 +553,7 @@ fn router_restart(
     progress: &mut dyn FnMut(&str),
 ) -> Result<()> {
     let mut site = Site::build(topo.clone(), progress)?;
-    let w = long_transfers(&site, scale, "rrestart", scale.parallel);
-    wait_in_flight(&mut site, &w, scale.parallel as u64)?;
+    let w = long_transfers(&mut site, scale, "rrestart", scale.parallel)?;
     progress("killing the router's BGP daemon and starting it again");
     site.router.kill_bgp()?;
     std::thread::sleep(Duration::from_millis(500));
@@ -571,15 +569,10 @@ fn router_restart(
         format!("{} ms after bgpd started", t0.elapsed().as_millis()),
     );
     let ids = all_ids(&site);
-    let established = wait_until(
+    let established = site.wait_status(
         "every node's session Established",
         Duration::from_secs(10),
-        || {
-            ids.iter().all(|&id| {
-                site.status(id)
-                    .is_ok_and(|s| s.bgp.iter().all(|p| p.state == "Established"))
-            })
-        },
+        |s| s.bgp.iter().all(|p| p.state == "Established"),
     );
     let states: Vec<String> = ids
         .iter()

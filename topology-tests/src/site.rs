@@ -342,16 +342,10 @@ impl Site {
             // A session whose BFD is not Up yet would only be seen dead by
             // the hold timer.
             progress("waiting for BFD to come up on every session");
-            let s = &site;
-            wait_until(
+            site.wait_status(
                 "BFD Up on every node's session",
                 Duration::from_secs(20),
-                || {
-                    expect.iter().all(|&id| {
-                        s.status(id)
-                            .is_ok_and(|st| st.bgp.iter().all(|p| p.bfd.as_deref() == Some("Up")))
-                    })
-                },
+                |st| st.bgp.iter().all(|p| p.bfd.as_deref() == Some("Up")),
             )?;
         }
         Ok(site)
@@ -553,50 +547,49 @@ impl Site {
         ]
     }
 
-    /// Waits until every running node's lbd reports `state` for member `id`.
-    pub fn wait_member_state(&mut self, id: u16, state: &str, limit: Duration) -> Result<Duration> {
-        let others: Vec<u16> = self
-            .nodes
+    fn running_ids(&self) -> Vec<u16> {
+        self.nodes
             .iter()
             .filter(|n| n.lbd.is_some())
             .map(|n| n.id)
-            .collect();
-        let site = &*self;
-        wait_until(
+            .collect()
+    }
+
+    /// Waits until `pred` holds for `lbd status` of every running node.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&lbd::status::Status) -> bool,
+    ) -> Result<Duration> {
+        let ids = self.running_ids();
+        wait_until(what, limit, || {
+            ids.iter()
+                .all(|&id| self.status(id).is_ok_and(|s| pred(&s)))
+        })
+    }
+
+    /// Waits until every running node's lbd reports `state` for member `id`.
+    pub fn wait_member_state(&self, id: u16, state: &str, limit: Duration) -> Result<Duration> {
+        self.wait_status(
             &format!("every node to see member {id} {state}"),
             limit,
-            || {
-                others.iter().all(|&o| {
-                    site.status(o)
-                        .is_ok_and(|s| s.members.iter().any(|m| m.id == id && m.state == state))
-                })
-            },
+            |s| s.members.iter().any(|m| m.id == id && m.state == state),
         )
     }
 
     /// Waits until every running node's installed table of every VIP
     /// has exactly `first_hops` as first hops (all nodes agree).
-    pub fn wait_tables(&mut self, first_hops: &[u16], limit: Duration) -> Result<Duration> {
+    pub fn wait_tables(&self, first_hops: &[u16], limit: Duration) -> Result<Duration> {
         let mut want = first_hops.to_vec();
         want.sort();
-        let running: Vec<u16> = self
-            .nodes
-            .iter()
-            .filter(|n| n.lbd.is_some())
-            .map(|n| n.id)
-            .collect();
-        let site = &*self;
-        wait_until(
+        self.wait_status(
             &format!("every node's tables to have first hops {want:?}"),
             limit,
-            || {
-                running.iter().all(|&o| {
-                    site.status(o).is_ok_and(|s| {
-                        s.vips
-                            .iter()
-                            .all(|v| v.share.keys().copied().collect::<Vec<u16>>() == want)
-                    })
-                })
+            |s| {
+                s.vips
+                    .iter()
+                    .all(|v| v.share.keys().copied().collect::<Vec<u16>>() == want)
             },
         )
     }
