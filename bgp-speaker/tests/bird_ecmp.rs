@@ -5,7 +5,6 @@ mod common;
 
 use std::time::Duration;
 
-use bgp_speaker::RouteAttrs;
 use common::*;
 
 #[test]
@@ -34,43 +33,5 @@ fn bird_two_speakers_ecmp_v4_v6_announce_withdraw() {
     }
     let protos = bird.birdc("show protocols");
     assert_eq!(protos.matches("Established").count(), 4, "{protos}");
-    for sp in &s {
-        sp.speaker
-            .announce(VIP4.parse().unwrap(), RouteAttrs::default())
-            .unwrap();
-        sp.speaker
-            .announce(VIP6.parse().unwrap(), RouteAttrs::default())
-            .unwrap();
-    }
-    let both = |prefix: &str, a: &str, b: &str| {
-        let r = lab.router_route(prefix);
-        r.contains(&format!("via {a} ")) && r.contains(&format!("via {b} "))
-    };
-    wait_for("IPv4 ECMP route", Duration::from_secs(10), || {
-        both(VIP4, &speaker_v4(1), &speaker_v4(2))
-    });
-    wait_for("IPv6 ECMP route", Duration::from_secs(10), || {
-        both(VIP6, &speaker_v6(1), &speaker_v6(2))
-    });
-    s[0].speaker.withdraw(VIP4.parse().unwrap());
-    s[0].speaker.withdraw(VIP6.parse().unwrap());
-    let only = |prefix: &str, keep: &str, gone: &str| {
-        let r = lab.router_route(prefix);
-        r.contains(keep) && !r.contains(&format!("{gone} "))
-    };
-    wait_for(
-        "IPv4 route via speaker 2 only",
-        Duration::from_secs(10),
-        || only(VIP4, &speaker_v4(2), &speaker_v4(1)),
-    );
-    wait_for(
-        "IPv6 route via speaker 2 only",
-        Duration::from_secs(10),
-        || only(VIP6, &speaker_v6(2), &speaker_v6(1)),
-    );
-    s[1].speaker.withdraw(VIP4.parse().unwrap());
-    s[1].speaker.withdraw(VIP6.parse().unwrap());
-    wait_for("routes gone", Duration::from_secs(10), || {
-        lab.router_route(VIP4).trim().is_empty() && lab.router_route(VIP6).trim().is_empty()
-    });
+    announce_ecmp_then_withdraw_one_by_one(&lab, &s);
 }

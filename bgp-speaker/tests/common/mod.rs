@@ -12,7 +12,7 @@ use std::sync::mpsc as std_mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bgp_speaker::{PeerConfig, Speaker, SpeakerConfig};
+use bgp_speaker::{PeerConfig, RouteAttrs, Speaker, SpeakerConfig};
 
 pub const ROUTER_AS: u32 = 65000;
 pub const VIP4: &str = "198.51.100.10/32";
@@ -572,4 +572,49 @@ impl Drop for Daemon {
         let _ = sh(&format!("kill -9 {} 2>/dev/null", self.child.id()));
         let _ = self.child.wait();
     }
+}
+
+/// Both speakers announce the IPv4 and the IPv6 VIP: the router's kernel
+/// gets a 2-way ECMP route for each; speaker 1 withdraws: only speaker 2
+/// is left; speaker 2 withdraws: the routes are gone.
+pub fn announce_ecmp_then_withdraw_one_by_one(lab: &Lab, s: &[NsSpeaker]) {
+    for sp in s {
+        sp.speaker
+            .announce(VIP4.parse().unwrap(), RouteAttrs::default())
+            .unwrap();
+        sp.speaker
+            .announce(VIP6.parse().unwrap(), RouteAttrs::default())
+            .unwrap();
+    }
+    let both = |prefix: &str, a: &str, b: &str| {
+        let r = lab.router_route(prefix);
+        r.contains(&format!("via {a} ")) && r.contains(&format!("via {b} "))
+    };
+    wait_for("IPv4 ECMP route", Duration::from_secs(10), || {
+        both(VIP4, &speaker_v4(1), &speaker_v4(2))
+    });
+    wait_for("IPv6 ECMP route", Duration::from_secs(10), || {
+        both(VIP6, &speaker_v6(1), &speaker_v6(2))
+    });
+    s[0].speaker.withdraw(VIP4.parse().unwrap());
+    s[0].speaker.withdraw(VIP6.parse().unwrap());
+    let only = |prefix: &str, keep: &str, gone: &str| {
+        let r = lab.router_route(prefix);
+        r.contains(keep) && !r.contains(&format!("{gone} "))
+    };
+    wait_for(
+        "IPv4 route via speaker 2 only",
+        Duration::from_secs(10),
+        || only(VIP4, &speaker_v4(2), &speaker_v4(1)),
+    );
+    wait_for(
+        "IPv6 route via speaker 2 only",
+        Duration::from_secs(10),
+        || only(VIP6, &speaker_v6(2), &speaker_v6(1)),
+    );
+    s[1].speaker.withdraw(VIP4.parse().unwrap());
+    s[1].speaker.withdraw(VIP6.parse().unwrap());
+    wait_for("routes gone", Duration::from_secs(10), || {
+        lab.router_route(VIP4).trim().is_empty() && lab.router_route(VIP6).trim().is_empty()
+    });
 }
