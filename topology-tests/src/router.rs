@@ -41,54 +41,40 @@ impl Router {
         fs::write(d.join("bgpd.conf"), frr_bgpd_conf(topo))?;
         fs::write(d.join("bfdd.conf"), frr_bfdd_conf(topo))?;
         run_checked("chown", &["-R", "frr:frr", &d.display().to_string()])?;
-        let z = format!("{}/zserv.api", d.display());
-        let vty = d.display().to_string();
-        self.daemon(
-            "/usr/lib/frr/zebra",
-            &[
-                "-d",
-                "-f",
-                &self.file("zebra.conf"),
-                "-i",
-                &self.file("zebra.pid"),
-                "-z",
-                &z,
-                "--vty_socket",
-                &vty,
-                "-P",
-                "0",
-                "-s",
-                "90000000",
-            ],
-            "zebra.pid",
-        )?;
+        self.frr_daemon("zebra", &["-s", "90000000"])?;
+        let zserv = self.file("zserv.api");
         wait_until("zebra's zserv socket", Duration::from_secs(10), || {
-            Path::new(&z).exists()
+            Path::new(&zserv).exists()
         })?;
-        self.daemon(
-            "/usr/lib/frr/bfdd",
-            &[
-                "-d",
-                "-f",
-                &self.file("bfdd.conf"),
-                "-i",
-                &self.file("bfdd.pid"),
-                "-z",
-                &z,
-                "--vty_socket",
-                &vty,
-                "-P",
-                "0",
-                "--bfdctl",
-                &self.file("bfdd.sock"),
-            ],
-            "bfdd.pid",
-        )?;
+        self.frr_daemon("bfdd", &["--bfdctl", &self.file("bfdd.sock")])?;
         self.start_bgp().map(|_| ())
     }
 
     fn file(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
+    }
+
+    /// Starts FRR daemon `name` with its own config and pid file and the
+    /// lab's zserv and vty sockets (no TCP vty: `-P 0`), plus `extra`.
+    fn frr_daemon(&self, name: &str, extra: &[&str]) -> Result<u32> {
+        let (conf, pid) = (format!("{name}.conf"), format!("{name}.pid"));
+        let (conf_path, pid_path) = (self.file(&conf), self.file(&pid));
+        let (zserv, vty) = (self.file("zserv.api"), self.dir.display().to_string());
+        let mut args = vec![
+            "-d",
+            "-f",
+            &conf_path,
+            "-i",
+            &pid_path,
+            "-z",
+            &zserv,
+            "--vty_socket",
+            &vty,
+            "-P",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        self.daemon(&format!("/usr/lib/frr/{name}"), &args, &pid)
     }
 
     /// Starts a daemonizing router process and waits for its pid file.
@@ -107,23 +93,7 @@ impl Router {
     /// (Re)starts the BGP daemon: bgpd for FRR, bird for BIRD.
     pub fn start_bgp(&self) -> Result<u32> {
         match self.kind {
-            RouterKind::Frr => self.daemon(
-                "/usr/lib/frr/bgpd",
-                &[
-                    "-d",
-                    "-f",
-                    &self.file("bgpd.conf"),
-                    "-i",
-                    &self.file("bgpd.pid"),
-                    "-z",
-                    &self.file("zserv.api"),
-                    "--vty_socket",
-                    &self.dir.display().to_string(),
-                    "-P",
-                    "0",
-                ],
-                "bgpd.pid",
-            ),
+            RouterKind::Frr => self.frr_daemon("bgpd", &[]),
             RouterKind::Bird => self.daemon(
                 "/usr/sbin/bird",
                 &[

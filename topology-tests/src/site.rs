@@ -59,7 +59,7 @@ pub fn teardown(name: &str) -> Vec<String> {
     let dir = run_dir(name);
     let marker = dir.display().to_string();
     let mut pid_files = Vec::new();
-    collect_pid_files(&dir, &mut pid_files);
+    run_files(&dir, &["pid"], &mut pid_files);
     // lbd first (it withdraws), then backends and the router.
     pid_files.sort_by_key(|p| !p.ends_with("lbd.pid"));
     for f in pid_files {
@@ -94,7 +94,9 @@ pub fn teardown(name: &str) -> Vec<String> {
     removed
 }
 
-fn collect_pid_files(dir: &Path, out: &mut Vec<PathBuf>) {
+/// Files under a run directory with one of `extensions`, leaving out the
+/// shared storage (transferred data, never needed here).
+fn run_files(dir: &Path, extensions: &[&str], out: &mut Vec<PathBuf>) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
@@ -102,9 +104,12 @@ fn collect_pid_files(dir: &Path, out: &mut Vec<PathBuf>) {
         let p = e.path();
         if p.is_dir() {
             if !p.ends_with("storage") {
-                collect_pid_files(&p, out);
+                run_files(&p, extensions, out);
             }
-        } else if p.extension().is_some_and(|x| x == "pid") {
+        } else if p
+            .extension()
+            .is_some_and(|x| extensions.iter().any(|e| x == *e))
+        {
             out.push(p);
         }
     }
@@ -623,26 +628,18 @@ pub fn logs_dir(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Copies every small text file of the run directory (logs, configs; not
-/// the storage, sockets or pid files).
+/// Copies the logs and configs of the run directory (not the storage,
+/// sockets or pid files), keeping their relative paths.
 fn keep_logs(from: &Path, to: &Path) {
     let _ = fs::remove_dir_all(to);
-    let Ok(entries) = fs::read_dir(from) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        let dest = to.join(e.file_name());
-        if p.is_dir() {
-            if !p.ends_with("storage") {
-                keep_logs(&p, &dest);
+    let mut files = Vec::new();
+    run_files(from, &["log", "toml", "conf"], &mut files);
+    for f in files {
+        if let Ok(rel) = f.strip_prefix(from) {
+            let dest = to.join(rel);
+            if dest.parent().is_some_and(|d| fs::create_dir_all(d).is_ok()) {
+                let _ = fs::copy(&f, &dest);
             }
-        } else if p
-            .extension()
-            .is_some_and(|x| x == "log" || x == "toml" || x == "conf")
-            && fs::create_dir_all(to).is_ok()
-        {
-            let _ = fs::copy(&p, &dest);
         }
     }
 }

@@ -118,7 +118,7 @@ pub fn start(clients: &[String], vips: [IpAddr; 2], plan: Plan) -> Running {
             );
             std::thread::spawn(move || {
                 let go = || -> Result<()> {
-                    enter_netns(&ns)?;
+                    dataplane::lab::enter_named(&ns)?;
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?;
@@ -153,17 +153,6 @@ pub fn start(clients: &[String], vips: [IpAddr; 2], plan: Plan) -> Running {
         results,
         stop,
     }
-}
-
-fn enter_netns(ns: &str) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let f =
-        std::fs::File::open(format!("/run/netns/{ns}")).with_context(|| format!("netns {ns}"))?;
-    // SAFETY: setns moves only this worker thread.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!("setns {ns}: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// PUT, GET back and compare, DELETE. The GET only runs after a good PUT.
@@ -426,7 +415,7 @@ pub fn in_client<T: Send + 'static>(
 ) -> Result<T> {
     let ns = ns.to_string();
     std::thread::spawn(move || -> Result<T> {
-        enter_netns(&ns)?;
+        dataplane::lab::enter_named(&ns)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

@@ -20,7 +20,7 @@ use dataplane_common::{Bucket, Config, DEFAULT_GUE_PORT, ENCAP_GUE};
 
 pub use bed::Bed;
 pub use http::{connect, get, next_line, upload};
-pub use netns::{Netns, run, unique};
+pub use netns::{Netns, enter_named, run, unique};
 
 use crate::{
     loader::{Dataplane, Vip},

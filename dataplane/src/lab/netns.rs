@@ -38,6 +38,18 @@ pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Moves the calling thread (only it) into the namespace called `name`
+/// (one from `ip netns`, under /run/netns).
+pub fn enter_named(name: &str) -> Result<()> {
+    let f = File::open(format!("/run/netns/{name}"))
+        .with_context(|| format!("opening netns {name}"))?;
+    // SAFETY: setns(2) on a namespace fd; it moves only this thread.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns {name}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A network namespace, deleted on drop.
 pub struct Netns {
     pub name: String,
@@ -85,12 +97,7 @@ impl Netns {
 
     /// Moves the calling thread (only it) into this namespace.
     pub fn enter(&self) -> Result<()> {
-        let f = File::open(format!("/run/netns/{}", self.name))
-            .with_context(|| format!("opening netns {}", self.name))?;
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns {}: {}", self.name, std::io::Error::last_os_error());
-        }
-        Ok(())
+        enter_named(&self.name)
     }
 
     /// Runs `f` on a thread inside this namespace and waits for it.
@@ -110,12 +117,9 @@ impl Netns {
         &self,
         f: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> JoinHandle<Result<T>> {
-        let path = format!("/run/netns/{}", self.name);
+        let name = self.name.clone();
         std::thread::spawn(move || {
-            let file = File::open(&path)?;
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                bail!("setns {path}: {}", std::io::Error::last_os_error());
-            }
+            enter_named(&name)?;
             f()
         })
     }
