@@ -31,9 +31,10 @@ lint: $(STAMP)
 fmt:
 	$(CARGO) fmt --all
 
-# All tests run against the real kernel (root, netns, XDP, real routers).
+# All tests run against the real kernel (root, netns, XDP, real routers),
+# in a cgroup of their own: a process a test leaves running fails the run.
 test: $(STAMP)
-	$(CARGO) test $(PROFILE) --no-fail-fast
+	./scripts/no-leftovers.sh $(CARGO) test $(PROFILE) --no-fail-fast
 	$(MAKE) lint
 	$(MAKE) tracer-static
 
@@ -68,7 +69,7 @@ bench-flowmark: $(STAMP)
 	$(CARGO) run $(PROFILE) -p flowmark --bin flowmark-bench -- --out target/bench/flowmark.json
 
 bench-dataplane: $(STAMP)
-	$(CARGO) run $(PROFILE) -p dataplane --bin dataplane-bench -- --out target/bench/dataplane.json
+	$(CARGO) run $(PROFILE) -p lab --bin dataplane-bench -- --out target/bench/dataplane.json
 
 # The storage-site lab (topology-tests/): lbd-lab and the lbd it starts.
 SITE := configs/topology/site.toml
@@ -87,7 +88,7 @@ demo-clean: lab-bins
 
 # The dataplane alone (namespaces, Linux ECMP router, XDP, no daemon).
 demo-dataplane: $(STAMP)
-	$(CARGO) run $(PROFILE) -p dataplane --bin dataplane-demo
+	$(CARGO) run $(PROFILE) -p lab --bin dataplane-demo
 
 # The seven scenarios in a fresh lab each: target/bench/topology.json.
 bench-topology: lab-bins

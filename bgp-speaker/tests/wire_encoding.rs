@@ -70,15 +70,16 @@ fn ebgp_update_never_carries_local_pref_and_prepends() {
     )
     .unwrap();
     let u = decode_update(&m, true);
+    let mut as_path = None;
     for attr in u.path_attributes() {
         match attr.value() {
             PathAttributeValue::LocalPreference(_) => panic!("LOCAL_PREF on eBGP"),
-            PathAttributeValue::AsPath(p) => {
-                assert_eq!(Vec::<u32>::from(p.clone()), vec![65001, 65001, 65001]);
-            }
+            PathAttributeValue::AsPath(p) => as_path = Some(Vec::<u32>::from(p.clone())),
             _ => {}
         }
     }
+    // An UPDATE without AS_PATH must fail here, not pass the loop above.
+    assert_eq!(as_path, Some(vec![65001, 65001, 65001]));
 }
 
 #[test]

@@ -7,8 +7,13 @@
 //! - [`predict`]: the owner of a flow, computed with the kernel's own hash.
 //! - [`loader`]: loads, attaches and pins the XDP program and its maps, swaps
 //!   tables atomically and reads counters.
-pub mod lab;
+//! - [`mtu`]: the MSS clamp that keeps forwarded segments within the
+//!   underlay's MTU.
+//!
+//! The namespace lab, test bed, packet builders, benchmark and demo live in
+//! the dev-only `lab` crate, apart from this library.
 pub mod loader;
 pub mod maglev;
+pub mod mtu;
 pub mod predict;
 pub mod transition;

@@ -377,8 +377,10 @@ mod tests {
 
     #[test]
     fn maglev_bench_helper_reports_a_time() {
+        // Ten nodes into 4093 buckets takes microseconds to a few ms; a
+        // zero or an hour means the helper does not time the build.
         let ms = bench_build_ms(10, 4093, 3);
-        assert!(ms.is_finite() && ms >= 0.0);
+        assert!(ms > 0.0 && ms < 1000.0, "{ms} ms");
     }
 
     /// A prime table size above 100·n, as the operator guide recommends.

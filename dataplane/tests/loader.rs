@@ -6,11 +6,11 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Result, ensure};
 use dataplane::{
-    lab::{Netns, unique},
     loader::{Dataplane, Vip},
     maglev::{self, Member},
 };
 use dataplane_common::{Bucket, NO_HOP};
+use lab::{Netns, unique};
 
 fn vip() -> Vip {
     Vip {

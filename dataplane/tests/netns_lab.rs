@@ -8,8 +8,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use dataplane::lab::{self, Lab, LabOptions, VIP4, VIP6, clamped_mss};
+use dataplane::mtu::clamped_mss;
 use dataplane_common::{ENCAP_GUE, ENCAP_IPIP};
+use lab::{self, Lab, LabOptions, VIP4, VIP6};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -11,9 +11,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::Result;
-use dataplane::lab::{bed::*, packets::*};
 use dataplane_common::{ENCAP_GUE, ENCAP_IPIP, HOP_FIRST, HOP_SECOND, NO_HOP};
 use etherparse::PacketBuilder;
+use lab::{bed::*, packets::*};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;

@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -230,7 +231,10 @@ fn sleepers(marker: &str) -> usize {
         .count()
 }
 
-/// Real nginx with a self-signed certificate, killed by PID on drop.
+/// Real nginx with a self-signed certificate, in a process group of its
+/// own. On drop the master gets SIGQUIT and is waited for (it exits after
+/// its workers); if it hangs, the whole group gets SIGKILL, so no worker is
+/// ever orphaned on the host.
 struct Nginx {
     child: Child,
     dir: std::path::PathBuf,
@@ -238,7 +242,15 @@ struct Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let pid = self.child.id() as i32;
+        // SAFETY: plain kill(2) on the pid and process group we started.
+        unsafe { libc::kill(pid, libc::SIGQUIT) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: as above; the group id is the master's pid.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -285,6 +297,7 @@ fn start_nginx(port: u16) -> Nginx {
     );
     std::fs::write(dir.join("nginx.conf"), conf).expect("conf");
     let child = Command::new("nginx")
+        .process_group(0)
         .arg("-p")
         .arg(&dir)
         .arg("-c")

@@ -216,14 +216,13 @@ fn reload_applies_members_vips_peers_and_dataplane_live() {
     let t = Instant::now();
     let r = lab.reload(0);
     assert!(r.contains("bgp peer 192.0.2.20 added"), "{r}");
-    let b_up = wait_for("session B established", Duration::from_secs(15), || {
+    wait_for("session B established", Duration::from_secs(15), || {
         lab.frr_neighbor(b)["bgpState"] == "Established"
     });
     eprintln!(
         "reload adding a peer: SIGHUP to FRR Established {:?}",
         t.elapsed()
     );
-    assert!(b_up < Duration::from_secs(15));
     wait_for("route via session B too", Duration::from_secs(10), || {
         lab.vip_via().contains(&N1_B.to_string())
     });
@@ -248,7 +247,7 @@ fn reload_applies_members_vips_peers_and_dataplane_live() {
     let r = lab.reload(0);
     assert!(r.contains("bgp peer 192.0.2.20 removed"), "{r}");
     wait_for("session B down", Duration::from_secs(10), || {
-        lab.frr_neighbor(b)["bgpState"] != "Established"
+        lab.frr_state(b) != "Established"
     });
     wait_for("route without session B", Duration::from_secs(10), || {
         lab.vip_via() == via_all(&[1, 2, 3])

@@ -98,7 +98,10 @@ fn frr_bfd_drops_a_cut_node_in_under_a_second_and_sessions_use_md5_and_gtsm() {
                 .vtysh(&format!("show bfd peer {}", node_addr(1)))
                 .contains("Status: up")
     });
-    assert_eq!(lab.status(1)["bgp"][0]["bfd"], Value::Null);
+    // Node 2 has no BFD: its peer is there, its bfd field empty.
+    let s2 = lab.status_now(1);
+    assert!(s2["bgp"][0]["state"].is_string(), "{s2}");
+    assert_eq!(s2["bgp"][0]["bfd"], Value::Null, "{s2}");
     // GTSM: lbd sends its BGP packets with TTL 255 (node 1, without it,
     // with the default TTL 64).
     let pkt = bgp_packet_from(&lab, "r-n1", IpAddr::V4(node_addr(1)));
@@ -117,11 +120,9 @@ fn frr_bfd_drops_a_cut_node_in_under_a_second_and_sessions_use_md5_and_gtsm() {
         || lab.vip_via() == via_all(&[1]),
     );
     std::thread::sleep(Duration::from_secs(3));
-    assert_ne!(
-        lab.frr_neighbor(IpAddr::V4(node_addr(2)))["bgpState"],
-        "Established"
-    );
-    assert_ne!(lab.status(1)["bgp"][0]["state"], "Established");
+    assert_ne!(lab.frr_state(IpAddr::V4(node_addr(2))), "Established");
+    let state = lab.status_now(1)["bgp"][0]["state"].clone();
+    assert!(state.is_string() && state != "Established", "{state}");
     std::fs::write(&key, format!("{KEY}\n")).expect("key");
     lab.reload(1);
     wait_for(
@@ -146,7 +147,7 @@ fn frr_bfd_drops_a_cut_node_in_under_a_second_and_sessions_use_md5_and_gtsm() {
         !lab.vip_via().contains(&n)
     });
     let bfd_ms = cut.elapsed();
-    let hold = wait_for("node 2 out of the route", Duration::from_secs(15), || {
+    wait_for("node 2 out of the route", Duration::from_secs(15), || {
         lab.vip_via().is_empty()
     });
     let hold_ms = cut.elapsed();
@@ -157,7 +158,12 @@ fn frr_bfd_drops_a_cut_node_in_under_a_second_and_sessions_use_md5_and_gtsm() {
         bfd_ms < Duration::from_secs(1),
         "BFD failover took {bfd_ms:?}"
     );
-    assert!(hold_ms > 2 * bfd_ms && hold > Duration::ZERO);
+    // FRR's hold timer (9 s, keepalives every 3 s) expires 6-9 s after
+    // the last keepalive it got: well after BFD, never within BFD's time.
+    assert!(
+        hold_ms >= Duration::from_secs(5),
+        "node 2 left after {hold_ms:?}: faster than its hold timer allows"
+    );
     assert!(
         lab.vtysh(&format!("show bfd peer {}", node_addr(1)))
             .contains("Status: down"),

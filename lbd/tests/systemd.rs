@@ -23,7 +23,7 @@ fn unit() -> String {
 
 /// `systemd-analyze verify` of `text` saved as lbd.service: (success, stderr).
 fn verify(text: &str) -> (bool, String) {
-    let dir = std::env::temp_dir().join(dataplane::lab::unique("lbdt-unit-"));
+    let dir = std::env::temp_dir().join(lab::unique("lbdt-unit-"));
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("lbd.service");
     std::fs::write(&file, text.replace("/usr/local/bin/lbd", LBD)).expect("unit");

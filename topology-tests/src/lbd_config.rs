@@ -12,7 +12,7 @@ pub fn render(topo: &Topology, id: u16, iface: &str, pin_dir: &Path, socket: &Pa
     let mut s = format!(
         r#"# lbd on lab node {id} (written by lbd-lab from the topology file)
 node_id = {id}
-hash_seed = 0x1bd05eed
+hash_seed = {seed:#x}
 drain_period = "{drain}s"
 
 [dataplane]
@@ -27,6 +27,7 @@ timeout = "{lt}ms"
 rise = 1
 fall = {lf}
 "#,
+        seed = dataplane_common::DEFAULT_HASH_SEED,
         drain = t.drain_period_s,
         encap = topo.encapsulation,
         pins = pin_dir.display(),

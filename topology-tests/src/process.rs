@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-pub use dataplane::lab::run as run_checked;
+pub use lab::run as run_checked;
 
 /// Runs a command inside namespace `ns` and waits for it.
 pub fn nsenter(ns: &str, argv: &[&str]) -> Result<String> {

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::process::wait_until;
 use crate::site::Site;
 use crate::topology::Topology;
-use crate::workload::{self, Plan, Running, Transfer};
+use crate::workload::{self, Finished, Plan, Running, Transfer};
 
 pub const ALL: [&str; 7] = [
     "steady",
@@ -34,6 +34,8 @@ pub struct Check {
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
     pub name: String,
+    /// Jobs the workloads ran: each is a PUT and, after a good PUT, a GET.
+    pub jobs: usize,
     pub transfers_ok: usize,
     pub transfers_failed: usize,
     pub failover_ms: Option<u64>,
@@ -53,6 +55,7 @@ impl Outcome {
     fn new(name: &str) -> Outcome {
         Outcome {
             name: name.into(),
+            jobs: 0,
             transfers_ok: 0,
             transfers_failed: 0,
             failover_ms: None,
@@ -77,8 +80,23 @@ impl Outcome {
         self.checks.iter().all(|c| c.ok)
     }
 
-    fn count(&mut self, transfers: &[Transfer]) {
-        for t in transfers {
+    /// Every job of the workloads counted so far did its PUT and its GET:
+    /// nothing failed and nothing went missing.
+    fn check_every_job_done(&mut self, name: &str) {
+        let ok = self.jobs > 0 && self.transfers_failed == 0 && self.transfers_ok == 2 * self.jobs;
+        let detail = format!(
+            "{} ok, {} failed of {} jobs ({} transfers)",
+            self.transfers_ok,
+            self.transfers_failed,
+            self.jobs,
+            2 * self.jobs
+        );
+        self.check(name, ok, detail);
+    }
+
+    fn count(&mut self, finished: &Finished) {
+        self.jobs += finished.jobs;
+        for t in &finished.transfers {
             if let Some(e) = &t.error {
                 self.transfers_failed += 1;
                 if self.failures.len() < 8 {
@@ -265,18 +283,11 @@ fn steady(
     let mut site = Site::build(topo.clone(), progress)?;
     progress("mixed PUT/GET workload, 1 MB to the long size");
     let w = mixed_transfers(&site, scale, "steady", 15);
-    let transfers = w.wait();
-    out.count(&transfers);
-    out.check(
-        "every transfer succeeds",
-        out.transfers_failed == 0 && out.transfers_ok == 30,
-        format!(
-            "{} ok, {} failed of 30",
-            out.transfers_ok, out.transfers_failed
-        ),
-    );
+    let finished = w.wait()?;
+    out.count(&finished);
+    out.check_every_job_done("every transfer succeeds");
     let nodes_seen: std::collections::BTreeSet<u16> =
-        transfers.iter().filter_map(|t| t.node).collect();
+        finished.transfers.iter().filter_map(|t| t.node).collect();
     out.check(
         "transfers reach every node",
         nodes_seen.len() == usize::from(site.topo.nodes),
@@ -326,14 +337,14 @@ fn drain(
     site.wait_paths(&others, Duration::from_secs(15))
         .context("withdraw after drain")?;
     progress("waiting for the long transfers to finish");
-    let transfers = w.wait();
-    out.count(&transfers);
-    out.check(
-        "zero failed transfers",
-        out.transfers_failed == 0,
-        format!("{} ok, {} failed", out.transfers_ok, out.transfers_failed),
-    );
-    let on_k = transfers.iter().filter(|t| t.node == Some(k)).count();
+    let finished = w.wait()?;
+    out.count(&finished);
+    out.check_every_job_done("zero failed transfers");
+    let on_k = finished
+        .transfers
+        .iter()
+        .filter(|t| t.node == Some(k))
+        .count();
     out.check(
         "the drained node's transfers finished there",
         before > 0 && on_k > 0,
@@ -374,13 +385,8 @@ fn join(
         per[usize::from(k)] > 0 && failed == 0,
         format!("new connections per node {:?}, {failed} failed; route over all nodes {} ms after start", &per[1..], t.as_millis()),
     );
-    let transfers = w.wait();
-    out.count(&transfers);
-    out.check(
-        "zero failed transfers",
-        out.transfers_failed == 0,
-        format!("{} ok, {} failed", out.transfers_ok, out.transfers_failed),
-    );
+    out.count(&w.wait()?);
+    out.check_every_job_done("zero failed transfers");
     site.check_alive()
 }
 
@@ -415,16 +421,16 @@ fn backend_fail(
         ),
     );
     site.wait_member_state(k, "down", Duration::from_secs(10))?;
-    let transfers = w.wait();
+    let transfers = w.wait()?;
     let mut during = Outcome::new("during");
     during.count(&transfers);
     progress("new transfers after the failover");
-    let after = mixed_transfers(&site, scale, "bfail-after", 10).wait();
+    let after = mixed_transfers(&site, scale, "bfail-after", 10).wait()?;
     let mut a = Outcome::new("after");
     a.count(&after);
     out.check(
         "new transfers succeed after the failover",
-        a.transfers_failed == 0 && a.transfers_ok == 20,
+        a.jobs == 10 && a.transfers_failed == 0 && a.transfers_ok == 2 * a.jobs,
         format!(
             "{} ok, {} failed; while failing over {} ok, {} failed",
             a.transfers_ok, a.transfers_failed, during.transfers_ok, during.transfers_failed
@@ -474,9 +480,10 @@ fn node_crash(
             failover.as_millis()
         ));
     }
-    let transfers = w.wait();
-    out.count(&transfers);
-    let bad: Vec<&Transfer> = transfers
+    let finished = w.wait()?;
+    out.count(&finished);
+    let bad: Vec<&Transfer> = finished
+        .transfers
         .iter()
         .filter(|t| t.error.is_some() && t.node != Some(k))
         .collect();
@@ -528,13 +535,8 @@ fn rolling_restart(
         }
         site.wait_paths(&all_ids(&site), Duration::from_secs(15))?;
     }
-    let transfers = w.wait();
-    out.count(&transfers);
-    out.check(
-        "zero failed transfers",
-        out.transfers_failed == 0,
-        format!("{} ok, {} failed", out.transfers_ok, out.transfers_failed),
-    );
+    out.count(&w.wait()?);
+    out.check_every_job_done("zero failed transfers");
     // Not a goal (transfers are what must survive): whether the router
     // kept every path while each node restarted.
     if !lost_route.is_empty() {
@@ -593,21 +595,8 @@ fn router_restart(
         established.is_ok(),
         states.join("; "),
     );
-    let transfers = w.wait();
-    out.count(&transfers);
-    // Every job has its PUT recorded (a GET follows only a good PUT).
-    let puts = transfers
-        .iter()
-        .filter(|t| t.kind == workload::Kind::Put)
-        .count();
-    out.check(
-        "running transfers complete or are counted",
-        puts == scale.parallel,
-        format!(
-            "{} ok, {} failed, {puts} of {} jobs recorded",
-            out.transfers_ok, out.transfers_failed, scale.parallel
-        ),
-    );
+    out.count(&w.wait()?);
+    out.check_every_job_done("running transfers complete");
     restored.map(|_| ())?;
     site.check_alive()
 }

@@ -8,8 +8,8 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use dataplane::lab::Netns;
 use dataplane::loader::Dataplane;
+use lab::Netns;
 
 use crate::nginx::Nginx;
 use crate::process::{alive, belongs_to, read_pid, run_checked, spawn_in, stop_pid, wait_until};

@@ -72,7 +72,9 @@ pub struct Progress {
 }
 
 pub struct Running {
-    threads: Vec<JoinHandle<()>>,
+    threads: Vec<JoinHandle<Result<()>>>,
+    /// Jobs handed to a worker (each records a PUT, and a GET after a good PUT).
+    started: Arc<AtomicU64>,
     pub progress: Arc<Progress>,
     results: Arc<Mutex<Vec<Transfer>>>,
     stop: Arc<AtomicBool>,
@@ -88,14 +90,34 @@ impl Running {
         self.threads.iter().all(|t| t.is_finished())
     }
 
-    pub fn wait(self) -> Vec<Transfer> {
-        for t in self.threads {
-            let _ = t.join();
+    /// Waits for every worker; a worker that failed or panicked is an
+    /// error (its jobs were lost, not counted), never a quiet shortfall.
+    pub fn wait(self) -> Result<Finished> {
+        let mut errors = Vec::new();
+        for (w, t) in self.threads.into_iter().enumerate() {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => errors.push(format!("worker {w}: {e:#}")),
+                Err(_) => errors.push(format!("worker {w} panicked")),
+            }
         }
-        let mut v = std::mem::take(&mut *self.results.lock().expect("results"));
-        v.sort_by_key(|t| t.started);
-        v
+        if !errors.is_empty() {
+            bail!("the workload lost jobs: {}", errors.join("; "));
+        }
+        let mut transfers = std::mem::take(&mut *self.results.lock().expect("results"));
+        transfers.sort_by_key(|t| t.started);
+        Ok(Finished {
+            transfers,
+            jobs: self.started.load(Ordering::Relaxed) as usize,
+        })
     }
+}
+
+/// A finished workload: every transfer it recorded and how many jobs ran.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub transfers: Vec<Transfer>,
+    pub jobs: usize,
 }
 
 /// Starts the workload from the client namespaces (round robin), jobs
@@ -105,20 +127,22 @@ pub fn start(clients: &[String], vips: [IpAddr; 2], plan: Plan) -> Running {
     let progress = Arc::new(Progress::default());
     let results = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicU64::new(0));
     let plan = Arc::new(plan);
     let threads = (0..plan.parallel.max(1))
         .map(|w| {
             let ns = clients[w % clients.len()].clone();
-            let (next, progress, results, stop, plan) = (
+            let (next, started, progress, results, stop, plan) = (
                 next.clone(),
+                started.clone(),
                 progress.clone(),
                 results.clone(),
                 stop.clone(),
                 plan.clone(),
             );
-            std::thread::spawn(move || {
+            std::thread::spawn(move || -> Result<()> {
                 let go = || -> Result<()> {
-                    dataplane::lab::enter_named(&ns)?;
+                    lab::enter_named(&ns)?;
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?;
@@ -127,6 +151,7 @@ pub fn start(clients: &[String], vips: [IpAddr; 2], plan: Plan) -> Running {
                         if job >= plan.jobs || stop.load(Ordering::Relaxed) {
                             return Ok(());
                         }
+                        started.fetch_add(1, Ordering::Relaxed);
                         let vip = vips[job % 2];
                         let size = plan.sizes_mb[job % plan.sizes_mb.len()] * MB;
                         for t in rt.block_on(run_job(&plan, job, vip, size, &progress)) {
@@ -140,15 +165,16 @@ pub fn start(clients: &[String], vips: [IpAddr; 2], plan: Plan) -> Running {
                         }
                     }
                 };
-                if let Err(e) = go() {
-                    eprintln!("workload worker {w} in {ns}: {e:#}");
+                go().map_err(|e| {
                     progress.failed.fetch_add(1, Ordering::Relaxed);
-                }
+                    e.context(format!("in {ns}"))
+                })
             })
         })
         .collect();
     Running {
         threads,
+        started,
         progress,
         results,
         stop,
@@ -415,7 +441,7 @@ pub fn in_client<T: Send + 'static>(
 ) -> Result<T> {
     let ns = ns.to_string();
     std::thread::spawn(move || -> Result<T> {
-        dataplane::lab::enter_named(&ns)?;
+        lab::enter_named(&ns)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

@@ -32,6 +32,9 @@ pub const FAMILY_V6: u8 = 6;
 pub const ENCAP_GUE: u8 = 1;
 pub const ENCAP_IPIP: u8 = 2;
 pub const DEFAULT_GUE_PORT: u16 = 6080;
+/// The flow-hash seed when the config names none. Every node of a cluster
+/// must hash with the same seed; the default makes that true out of the box.
+pub const DEFAULT_HASH_SEED: u32 = 0x1bd0_5eed;
 
 /// Hop marker carried in the outer header of every packet we encapsulate.
 /// IPv4 outer: the IP identification field (the outer packet always has DF

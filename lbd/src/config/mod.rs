@@ -312,7 +312,7 @@ fn validate(v: &mut V, raw: Raw) -> Option<Config> {
     let node_id = node_id.and_then(|n| v.range("node_id", n, 1, 1023, "a node id 1-1023"));
     let hash_seed = match raw.hash_seed {
         Some(s) => v.range("hash_seed", s, 0, u32::MAX.into(), "0-4294967295"),
-        None => Some(0x1bd0_5eed),
+        None => Some(dataplane_common::DEFAULT_HASH_SEED.into()),
     };
     let drain_period = v.duration_or("drain_period", raw.drain_period, "30m");
     let dataplane = dataplane(v, raw.dataplane);
@@ -376,7 +376,11 @@ fn dataplane(v: &mut V, raw: Option<RawDataplane>) -> Option<DataplaneConfig> {
             None
         }
     };
-    let gue_port = v.port_or("dataplane.gue_port", raw.gue_port, 6080);
+    let gue_port = v.port_or(
+        "dataplane.gue_port",
+        raw.gue_port,
+        dataplane_common::DEFAULT_GUE_PORT,
+    );
     let pin_dir = match raw.pin_dir {
         None => Some(PathBuf::from(dataplane::loader::DEFAULT_PIN_DIR)),
         Some(p) if p.starts_with("/sys/fs/bpf/") && !p.contains("..") => Some(PathBuf::from(p)),

@@ -104,7 +104,7 @@ fn mss_clamp(cfg: &Config, vip: IpAddr) -> u16 {
     if !cfg.dataplane.mss_clamp {
         return 0;
     }
-    dataplane::lab::clamped_mss(
+    dataplane::mtu::clamped_mss(
         cfg.dataplane.underlay_mtu,
         cfg.me().address.is_ipv6(),
         cfg.dataplane.encap == Encap::Gue,

@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-pub use dataplane::lab::{Netns, run as cmd};
 use dataplane::loader::Dataplane;
+pub use lab::{Netns, run as cmd};
 pub use serde_json::Value;
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
@@ -243,7 +243,7 @@ impl Lab {
     /// daemon and no lbd yet (`start_frr` / `start_bird`, `write_config`,
     /// `start_lbd`).
     pub fn new(tag: &str, n: u16, v6_underlay: bool) -> Lab {
-        let dir = std::env::temp_dir().join(dataplane::lab::unique(&format!("lbdt-{tag}-")));
+        let dir = std::env::temp_dir().join(lab::unique(&format!("lbdt-{tag}-")));
         fs::create_dir_all(&dir).expect("dir");
         let client = Netns::new("lbdt-c").expect("client ns");
         let router = Netns::new("lbdt-r").expect("router ns");
@@ -271,8 +271,7 @@ impl Lab {
         ] {
             router.sysctl(k, v).expect("sysctl");
         }
-        let router_pins =
-            PathBuf::from(format!("/sys/fs/bpf/{}", dataplane::lab::unique("lbdt-r")));
+        let router_pins = PathBuf::from(format!("/sys/fs/bpf/{}", lab::unique("lbdt-r")));
         let mut router_dp = Dataplane::open(&router_pins).expect("router dataplane");
         let mut nodes = Vec::new();
         for id in 1..=n {
@@ -312,7 +311,7 @@ impl Lab {
                 .expect("lbd_pass");
             let pin_dir = PathBuf::from(format!(
                 "/sys/fs/bpf/{}",
-                dataplane::lab::unique(&format!("lbdt-n{id}-"))
+                lab::unique(&format!("lbdt-n{id}-"))
             ));
             let backend = Some(Backend::start(&ns, format!("node{id}")));
             nodes.push(Node {
@@ -518,6 +517,17 @@ metrics = "127.0.0.1:9181"
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// FRR's BGP state of a neighbor; panics when FRR does not answer for
+    /// it, so a negative check (`!= "Established"`) cannot pass on a
+    /// failed query.
+    pub fn frr_state(&self, addr: IpAddr) -> String {
+        let n = self.frr_neighbor(addr);
+        match n["bgpState"].as_str() {
+            Some(s) => s.to_string(),
+            None => panic!("FRR has no state for neighbor {addr}: {n}"),
+        }
+    }
+
     /// FRR's view of a neighbor: `show bgp neighbors ADDR json`.
     pub fn frr_neighbor(&self, addr: IpAddr) -> Value {
         let v: Value =
@@ -648,16 +658,29 @@ metrics = "127.0.0.1:9181"
         self.route_via(&format!("{VIP}/32"))
     }
 
+    /// `lbd status --json` of node `i`, or Null while it does not answer
+    /// (for polling); see `status_now` for checks.
     pub fn status(&self, i: usize) -> Value {
+        self.try_status(i).unwrap_or(Value::Null)
+    }
+
+    /// `lbd status --json` of node `i`; panics when the query fails, so a
+    /// check on its fields cannot pass on a failed query.
+    pub fn status_now(&self, i: usize) -> Value {
+        self.try_status(i)
+            .unwrap_or_else(|e| panic!("lbd status of node {}: {e}", i + 1))
+    }
+
+    fn try_status(&self, i: usize) -> Result<Value, String> {
         let out = Command::new(LBD)
             .args(["status", "--json", "-s"])
             .arg(&self.nodes[i].socket)
             .output()
             .expect("lbd status");
         if !out.status.success() {
-            return Value::Null;
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
         }
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("not JSON: {e}"))
     }
 
     pub fn ctl(&self, i: usize, what: &str) -> String {

@@ -258,7 +258,7 @@ fn demo(topo: Topology) -> Result<bool> {
 
     step(6, STEPS, "waiting for the workload to finish");
     watch(&w, "transfers", || false);
-    let transfers = w.wait();
+    let transfers = w.wait()?.transfers;
 
     step(7, STEPS, "report");
     let mut per_node = std::collections::BTreeMap::<String, (usize, usize, u64)>::new();

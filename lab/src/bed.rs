@@ -12,7 +12,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use dataplane_common::{Bucket, Config, DEFAULT_GUE_PORT};
 
 use super::{Netns, unique};
-use crate::loader::{Counters, Dataplane, Vip};
+use dataplane::loader::{Counters, Dataplane, Vip};
 
 pub const SEED: u32 = 0x5eed_1234;
 pub const TABLE: usize = 13;

@@ -1,10 +1,17 @@
-//! A dataplane lab in network namespaces: a client, a Linux router with an
+//! The dev-only lab every test tree shares (never shipped: `publish =
+//! false`, and no production crate depends on it; Katran keeps its testing
+//! framework apart from the library the same way).
+//!
+//! Today it holds the namespace helpers ([`Netns`], [`enter_named`],
+//! [`unique`]), the XDP test bed ([`Bed`]) and packet builders
+//! ([`packets`]), and the dataplane lab: a client, a Linux router with an
 //! ECMP route for the VIPs (L4 hashing), and N storage nodes, each with the
 //! XDP forwarder on its uplink, the MSS clamp on egress and a small HTTP
 //! server bound to the VIPs that says which node answered.
 //!
-//! Used by the netns tests, the benchmark and `make demo`. Everything it
-//! builds is removed on drop, also when a test fails.
+//! Used by the netns tests, the dataplane benchmark and demo, lbd's tests
+//! and the storage-site lab. Everything it builds is removed on drop, also
+//! when a test fails.
 pub mod bed;
 mod http;
 mod netns;
@@ -22,9 +29,10 @@ pub use bed::Bed;
 pub use http::{connect, get, next_line, upload};
 pub use netns::{Netns, enter_named, run, unique};
 
-use crate::{
+use dataplane::{
     loader::{Dataplane, Vip},
     maglev::{self, Member},
+    mtu::clamped_mss,
     predict::Flow,
     transition,
 };
@@ -35,13 +43,6 @@ pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x10)
 pub const CLIENT4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 2);
 pub const HTTP_PORT: u16 = 80;
-
-/// MSS that keeps an encapsulated full-size segment within `underlay_mtu`.
-pub fn clamped_mss(underlay_mtu: u16, underlay_v6: bool, gue: bool, vip_v6: bool) -> u16 {
-    let outer = if underlay_v6 { 40 } else { 20 } + if gue { 8 + 4 } else { 0 };
-    let inner = if vip_v6 { 40 } else { 20 };
-    underlay_mtu - outer - inner - 20
-}
 
 pub struct LabOptions {
     /// Nodes built (ids 1..=nodes); `active` of them start in the tables.
@@ -63,7 +64,7 @@ impl Default for LabOptions {
             active: 3,
             encap: ENCAP_GUE,
             clamp_mss: true,
-            seed: 0x1bd0_5eed,
+            seed: dataplane_common::DEFAULT_HASH_SEED,
             table_size: maglev::DEFAULT_TABLE_SIZE,
             mtu: 1500,
         }
@@ -325,7 +326,7 @@ impl Lab {
     }
 
     /// Counters of node `id` for the IPv4 VIP.
-    pub fn counters4(&self, id: u16) -> Result<crate::loader::Counters> {
+    pub fn counters4(&self, id: u16) -> Result<dataplane::loader::Counters> {
         let node = self.node(id).ok_or_else(|| anyhow!("no node {id}"))?;
         node.dp.counters(Some(&Self::vips()[0]))
     }

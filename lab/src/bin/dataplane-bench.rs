@@ -12,11 +12,9 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
-use dataplane::{
-    lab::{bed::*, packets::*},
-    maglev,
-};
+use dataplane::maglev;
 use dataplane_common::{ENCAP_GUE, ENCAP_IPIP, HOP_FIRST, NO_HOP};
+use lab::{bed::*, packets::*};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -149,16 +147,20 @@ fn main() -> Result<()> {
             "lbd_xdp",
             XDP_PASS,
         ),
+        // A non-SYN packet of a local bucket without a second hop: kept
+        // without a socket lookup (the steady state of a local flow).
         case(
-            "local_established",
+            "local_no_second_hop",
             ENCAP_GUE,
             (SELF, NO_HOP),
             &ack,
             "lbd_xdp",
             XDP_PASS,
         ),
+        // The bucket has a second hop, so the lookup runs and finds the
+        // real established socket above: the packet stays local.
         case(
-            "local_established_second_hop",
+            "local_established_socket",
             ENCAP_GUE,
             (SELF, N2),
             &established,

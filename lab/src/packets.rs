@@ -7,7 +7,7 @@ use etherparse::{
 };
 
 use super::bed::{MAC_ROUTER, MAC_SELF, SEED};
-use crate::predict::Flow;
+use dataplane::predict::Flow;
 use std::net::IpAddr;
 
 #[derive(Clone, Copy)]

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use dataplane::lab::{self, Lab, LabOptions, VIP4, VIP6};
+use lab::{self, Lab, LabOptions, VIP4, VIP6};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
