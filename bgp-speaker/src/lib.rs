@@ -29,6 +29,8 @@
 pub mod bfd;
 pub mod config;
 mod conn;
+pub mod iana;
+pub mod notification;
 pub mod raw_check;
 mod session;
 mod socket;

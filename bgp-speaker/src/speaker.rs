@@ -58,6 +58,14 @@ pub struct PeerStatus {
     pub last_error: Option<String>,
     pub bfd: Option<BfdState>,
     pub local_address: Option<IpAddr>,
+    /// UPDATEs handled as treat-as-withdraw (RFC 7606): their routes are
+    /// withdrawn, the session stays up.
+    pub treat_as_withdraw: u64,
+    /// Attributes dropped with attribute discard (RFC 7606).
+    pub attribute_discard: u64,
+    /// Errors handled without a session reset, per "approach/class"
+    /// (e.g. "treat-as-withdraw/origin").
+    pub update_errors: BTreeMap<String, u64>,
 }
 
 #[derive(Debug)]
@@ -304,6 +312,9 @@ impl Speaker {
                 last_error: None,
                 bfd: None,
                 local_address: None,
+                treat_as_withdraw: 0,
+                attribute_discard: 0,
+                update_errors: BTreeMap::new(),
             },
             since: None,
         }));
@@ -317,6 +328,7 @@ impl Speaker {
             incoming: rx,
             stop: stop_rx,
             bfd: inner.bfd.clone(),
+            error_log: HashMap::new(),
         };
         inner.peers.push(PeerHandle {
             addr,
