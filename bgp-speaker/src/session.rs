@@ -18,7 +18,8 @@ use crate::config::{GRACEFUL_SHUTDOWN, PeerConfig, RouteAttrs, SpeakerConfig};
 use crate::conn::{Conn, Read};
 use crate::iana::{cease, fsm};
 use crate::raw_check::{Action, ErrorClass, UpdateSummary};
-use crate::speaker::{PeerShared, Rib, SessionEvent, State, Stop};
+use crate::rib::{Rib, Stop};
+use crate::state::{PeerShared, SessionEvent, State};
 use crate::wire::{self, Incoming, Notification, PeerOpen};
 use crate::{jitter, socket};
 

@@ -153,7 +153,7 @@ impl Decoder {
                 .map_or(Incoming::Ignored, Incoming::RouteRefresh)),
             TYPE_OPEN => {
                 raw_check::check_open(frame)?;
-                let m = decode(frame, &mut self.ctx)?;
+                let m = decode_open(frame, &mut self.ctx)?;
                 if let Incoming::Open(o) = &m {
                     // We always advertise these: the peer's OPEN decides.
                     self.check.asn4 = self.ctx.asn4();
@@ -167,6 +167,34 @@ impl Decoder {
             }
             _ => decode(frame, &mut self.ctx),
         }
+    }
+}
+
+/// Where the BGP identifier sits in an OPEN.
+const BGP_ID_AT: usize = HEADER_LEN + 5;
+
+/// Decodes an OPEN. RFC 6286 allows any non-zero identifier, but netgauze
+/// refuses the ones that read as multicast or broadcast addresses: those
+/// are parsed with a stand-in and put back.
+fn decode_open(frame: &[u8], ctx: &mut BgpParsingContext) -> Result<Incoming, Notification> {
+    let id = frame
+        .get(BGP_ID_AT..BGP_ID_AT + 4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(Ipv4Addr::from)
+        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+    if id.is_unspecified() || !(id.is_multicast() || id.is_broadcast()) {
+        return decode(frame, ctx);
+    }
+    let mut stand_in = frame.to_vec();
+    stand_in[BGP_ID_AT..BGP_ID_AT + 4].copy_from_slice(&Ipv4Addr::new(192, 0, 2, 1).octets());
+    match decode(&stand_in, ctx)? {
+        Incoming::Open(o) => Ok(Incoming::Open(Box::new(BgpOpenMessage::new(
+            o.my_as(),
+            o.hold_time(),
+            id,
+            o.params().to_vec(),
+        )))),
+        other => Ok(other),
     }
 }
 
@@ -559,7 +587,7 @@ pub fn check_open(
     }
     let id = open.bgp_id();
     // RFC 6286: the identifier must differ from ours on iBGP sessions; the
-    // parser already rejected 0.0.0.0, multicast and broadcast.
+    // parser already rejected 0.0.0.0.
     if !ebgp && id == our_id {
         return Err(Notification::new(
             code::OPEN,

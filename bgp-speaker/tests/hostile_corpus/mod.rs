@@ -308,11 +308,15 @@ pub fn corpus() -> Vec<Case> {
             Reset(2, 3, vec![]),
         ),
         case(
-            "OPEN identifier multicast",
-            "4271 6.2, 6286",
+            "OPEN identifier 224.0.0.1 is valid",
+            "6286 2.1",
             OpenSent,
-            open_msg(4, PEER_AS, 9, [224, 0, 0, 1], &std_caps(false)),
-            Reset(2, 3, vec![]),
+            {
+                let mut m = open_msg(4, PEER_AS, 9, [224, 0, 0, 1], &std_caps(false));
+                m.extend_from_slice(&msg(4, &[]));
+                m
+            },
+            Kept,
         ),
         case(
             "OPEN unknown parameter type",
