@@ -3,10 +3,13 @@
 //! session, and the errors still classed as session reset carry the code,
 //! subcode and data of RFC 4271 section 6.3.
 
+mod common;
+
 use bgp_speaker::iana::{attr, code, update};
 use bgp_speaker::raw_check::{
     Action, CheckCtx, ErrorClass, UpdateSummary, check_route_refresh, check_update,
 };
+use common::raw::{attrs_with, msg, update_msg};
 
 const ORIGIN: [u8; 4] = [0x40, attr::ORIGIN, 1, 0];
 /// AS_SEQUENCE 65000, 4-octet.
@@ -24,33 +27,9 @@ fn ebgp() -> CheckCtx {
     }
 }
 
-fn msg(ty: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![0xff; 16];
-    m.extend_from_slice(&((19 + body.len()) as u16).to_be_bytes());
-    m.push(ty);
-    m.extend_from_slice(body);
-    m
-}
-
-fn update_msg(withdrawn: &[u8], attrs: &[u8], nlri: &[u8]) -> Vec<u8> {
-    let mut b = (withdrawn.len() as u16).to_be_bytes().to_vec();
-    b.extend_from_slice(withdrawn);
-    b.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
-    b.extend_from_slice(attrs);
-    b.extend_from_slice(nlri);
-    msg(2, &b)
-}
-
 /// ORIGIN, AS_PATH, NEXT_HOP with one attribute replaced or added.
 fn with(extra: &[u8], replace: Option<u8>) -> Vec<u8> {
-    let mut a = Vec::new();
-    for base in [&ORIGIN[..], &AS_PATH4[..], &NEXT_HOP[..]] {
-        if Some(base[1]) != replace {
-            a.extend_from_slice(base);
-        }
-    }
-    a.extend_from_slice(extra);
-    a
+    attrs_with(&[&ORIGIN, &AS_PATH4, &NEXT_HOP], replace, extra)
 }
 
 fn classify(attrs: &[u8], ctx: &CheckCtx) -> UpdateSummary {

@@ -8,7 +8,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::common::raw::{cap, caps_param, connect, msg, open_with_id};
+use crate::common::raw::{
+    attrs_with, cap, caps_param, connect, msg, open_with_id, read_msg as read_one,
+    update_msg as update,
+};
 
 /// The AS the hostile peer claims (both targets are configured with it).
 pub const PEER_AS: u16 = 65098;
@@ -81,15 +84,6 @@ pub fn good_open(enhanced_rr: bool) -> Vec<u8> {
     open_msg(4, PEER_AS, 9, PEER_ID, &std_caps(enhanced_rr))
 }
 
-fn update(withdrawn: &[u8], attrs: &[u8], nlri: &[u8]) -> Vec<u8> {
-    let mut b = (withdrawn.len() as u16).to_be_bytes().to_vec();
-    b.extend_from_slice(withdrawn);
-    b.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
-    b.extend_from_slice(attrs);
-    b.extend_from_slice(nlri);
-    msg(2, &b)
-}
-
 const ORIGIN: [u8; 4] = [0x40, 1, 1, 0];
 /// AS_SEQUENCE PEER_AS, 4-octet (both targets negotiate 4-octet AS).
 const AS_PATH: [u8; 9] = [0x40, 2, 6, 2, 1, 0, 0, 0xfe, 0x4a];
@@ -98,13 +92,7 @@ const NLRI: [u8; 4] = [24, 203, 0, 113];
 
 /// ORIGIN, AS_PATH, NEXT_HOP (minus `drop`) plus `extra`, one /24.
 fn route_with(extra: &[u8], drop: Option<u8>) -> Vec<u8> {
-    let mut a = Vec::new();
-    for base in [&ORIGIN[..], &AS_PATH[..], &NEXT_HOP[..]] {
-        if Some(base[1]) != drop {
-            a.extend_from_slice(base);
-        }
-    }
-    a.extend_from_slice(extra);
+    let a = attrs_with(&[&ORIGIN, &AS_PATH, &NEXT_HOP], drop, extra);
     update(&[], &a, &NLRI)
 }
 
@@ -807,16 +795,6 @@ pub fn corpus() -> Vec<Case> {
         });
     }
     v
-}
-
-/// Reads one message: (type, body).
-fn read_one(s: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
-    let mut h = [0u8; 19];
-    s.read_exact(&mut h)?;
-    let len = usize::from(u16::from_be_bytes([h[16], h[17]]));
-    let mut body = vec![0u8; len.saturating_sub(19)];
-    s.read_exact(&mut body)?;
-    Ok((h[18], body))
 }
 
 /// Reads until an OPEN and a KEEPALIVE arrived; Err on NOTIFICATION or
