@@ -10,8 +10,8 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
+use crate::socket;
 use crate::wire::{self, HEADER_LEN, Incoming, Notification};
-use crate::{raw_check, socket};
 
 /// Events from the reader task of one connection.
 pub(crate) enum Read {
@@ -35,8 +35,8 @@ impl Drop for Conn {
     }
 }
 
-async fn reader(mut rd: OwnedReadHalf, tx: mpsc::Sender<Read>) {
-    let mut ctx = wire::new_context();
+async fn reader(mut rd: OwnedReadHalf, tx: mpsc::Sender<Read>, ebgp: bool) {
+    let mut decoder = wire::Decoder::new(ebgp);
     loop {
         let mut hdr = [0u8; HEADER_LEN];
         if let Err(e) = rd.read_exact(&mut hdr).await {
@@ -60,16 +60,7 @@ async fn reader(mut rd: OwnedReadHalf, tx: mpsc::Sender<Read>) {
                 .await;
             return;
         }
-        let structure = match hdr[18] {
-            wire::TYPE_UPDATE => raw_check::check_update(&frame),
-            wire::TYPE_OPEN => raw_check::check_open(&frame),
-            _ => Ok(()),
-        };
-        if let Err(n) = structure {
-            let _ = tx.send(Read::Bad(n)).await;
-            return;
-        }
-        match wire::decode(&frame, &mut ctx) {
+        match decoder.decode(&frame) {
             Ok(m) => {
                 if tx.send(Read::Msg(m)).await.is_err() {
                     return;
@@ -85,8 +76,14 @@ async fn reader(mut rd: OwnedReadHalf, tx: mpsc::Sender<Read>) {
 
 impl Conn {
     /// Splits the stream and starts its reader. `gtsm`: the peer whose
-    /// accepted connection still needs TTL security.
-    pub fn open(stream: TcpStream, outbound: bool, gtsm: Option<IpAddr>) -> Result<Conn, String> {
+    /// accepted connection still needs TTL security; `ebgp`: the peer is in
+    /// another AS.
+    pub fn open(
+        stream: TcpStream,
+        outbound: bool,
+        gtsm: Option<IpAddr>,
+        ebgp: bool,
+    ) -> Result<Conn, String> {
         let local = stream
             .local_addr()
             .map_err(|e| format!("local address: {e}"))?
@@ -97,7 +94,7 @@ impl Conn {
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::channel(64);
-        let reader = tokio::spawn(reader(rd, tx));
+        let reader = tokio::spawn(reader(rd, tx, ebgp));
         Ok(Conn {
             wr,
             rd: rx,

@@ -29,10 +29,14 @@
 pub mod bfd;
 pub mod config;
 mod conn;
+pub mod iana;
+pub mod notification;
 pub mod raw_check;
+mod rib;
 mod session;
 mod socket;
 mod speaker;
+mod state;
 pub mod wire;
 
 pub use bfd::BfdState;
@@ -40,7 +44,8 @@ pub use config::{
     BfdConfig, GRACEFUL_SHUTDOWN, GracefulRestart, Origin, PeerConfig, RouteAttrs, SpeakerConfig,
 };
 pub use ipnet::IpNet;
-pub use speaker::{PeerStatus, RouteError, SessionEvent, Speaker, StartError, State};
+pub use speaker::{RouteError, Speaker, StartError};
+pub use state::{PeerStatus, SessionEvent, State};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -2,7 +2,7 @@
 //! OPEN exchange, collision detection, keepalives, hold timer, sending the
 //! routes, and restart with exponential backoff after every failure.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +16,10 @@ use tokio::time::{Instant as TInstant, sleep_until, timeout};
 use crate::bfd::{self, BfdHub, BfdState};
 use crate::config::{GRACEFUL_SHUTDOWN, PeerConfig, RouteAttrs, SpeakerConfig};
 use crate::conn::{Conn, Read};
-use crate::speaker::{PeerShared, Rib, SessionEvent, State, Stop};
+use crate::iana::{cease, fsm};
+use crate::raw_check::{Action, ErrorClass, UpdateSummary};
+use crate::rib::{Rib, Stop};
+use crate::state::{PeerShared, SessionEvent, State};
 use crate::wire::{self, Incoming, Notification, PeerOpen};
 use crate::{jitter, socket};
 
@@ -28,6 +31,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a restarting speaker holds End-of-RIB for its owner's first
 /// routes at most (the router's stale timer runs meanwhile).
 pub(crate) const EOR_HOLD_LIMIT: Duration = Duration::from_secs(30);
+/// A connection from the peer while one is up is judged after this long:
+/// a peer that closed its connection (Cease or FIN) and reconnected at once
+/// has its close read by then, and gets an OPEN instead of a collision.
+const LIVENESS_GRACE: Duration = Duration::from_millis(250);
+/// An UPDATE error class of a peer is logged at most once per interval.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 pub(crate) struct PeerTask {
     pub cfg: Arc<PeerConfig>,
@@ -38,12 +47,19 @@ pub(crate) struct PeerTask {
     pub incoming: mpsc::Receiver<TcpStream>,
     pub stop: watch::Receiver<Stop>,
     pub bfd: Option<Arc<BfdHub>>,
+    /// Per error class: when it was last logged and how many since.
+    pub error_log: HashMap<(Action, ErrorClass), (Instant, u64)>,
 }
 
 /// How one connection ended.
 enum End {
-    /// Closed; `reason` goes to `last_error`.
-    Closed { reason: String, established: bool },
+    /// Closed; `reason` goes to `last_error`. `next`: a connection from
+    /// the peer that arrived while this one was ending, to run at once.
+    Closed {
+        reason: String,
+        established: bool,
+        next: Option<TcpStream>,
+    },
     /// The speaker is stopping.
     Stopped,
     /// Collision resolution picked the other connection.
@@ -137,10 +153,17 @@ impl PeerTask {
                         End::Closed {
                             reason,
                             established,
+                            next,
                         } => {
-                            ended_established = established;
+                            ended_established |= established;
                             self.set_state(State::Idle, Some(reason));
-                            break;
+                            match next {
+                                Some(s) => {
+                                    stream = s;
+                                    outbound = false;
+                                }
+                                None => break,
+                            }
                         }
                     }
                 }
@@ -180,14 +203,9 @@ impl PeerTask {
 
     async fn run_connection(&mut self, stream: TcpStream, outbound: bool) -> End {
         let gtsm = (!outbound && self.cfg.ttl_security).then_some(self.cfg.address);
-        let mut c = match Conn::open(stream, outbound, gtsm) {
+        let mut c = match Conn::open(stream, outbound, gtsm, self.ebgp()) {
             Ok(c) => c,
-            Err(reason) => {
-                return End::Closed {
-                    reason,
-                    established: false,
-                };
-            }
+            Err(reason) => return closed(reason),
         };
         self.with(|s| s.status.local_address = Some(c.local));
         let gr = self
@@ -217,8 +235,8 @@ impl PeerTask {
                             Err(n) => return closed(self.notify(&mut c, &n).await),
                         }
                     }
-                    Ok(_) => {
-                        let n = Notification::new(5, 1, Vec::new());
+                    Ok(m) => {
+                        let n = Notification::unexpected(fsm::UNEXPECTED_IN_OPEN_SENT, m.msg_type());
                         return closed(self.notify(&mut c, &n).await);
                     }
                     // The peer gave up this connection for its other one.
@@ -228,7 +246,7 @@ impl PeerTask {
                     if let Some(s) = s { pending = Some(s); }
                 }
                 _ = sleep_until(deadline) => {
-                    let n = Notification::new(4, 0, Vec::new());
+                    let n = Notification::hold_timer_expired();
                     return closed(self.notify(&mut c, &n).await);
                 }
                 _ = self.stop.changed() => return self.stop_conn(&mut c).await,
@@ -245,33 +263,58 @@ impl PeerTask {
         }
         self.set_state(State::OpenConfirm, None);
 
-        // OpenConfirm: wait for KEEPALIVE.
+        // OpenConfirm: wait for KEEPALIVE. A connection from the peer is
+        // held for LIVENESS_GRACE: if this one ends meanwhile it simply
+        // takes over, otherwise the collision is resolved.
         let deadline = TInstant::now() + if hold.is_zero() { OPEN_HOLD } else { hold };
+        let mut pending: Option<(TcpStream, TInstant)> = None;
         loop {
+            let judge_at = pending.as_ref().map(|(_, t)| *t);
             tokio::select! {
                 m = c.rd.recv() => match self.handshake_read(&mut c, m).await {
                     Ok(Incoming::KeepAlive) => break,
-                    Ok(_) => {
-                        let n = Notification::new(5, 2, Vec::new());
-                        return closed(self.notify(&mut c, &n).await);
+                    Ok(m) => {
+                        let n = Notification::unexpected(fsm::UNEXPECTED_IN_OPEN_CONFIRM, m.msg_type());
+                        return closed_then(self.notify(&mut c, &n).await, false, pending);
                     }
-                    Err(r) => return closed(r),
+                    Err(r) => return closed_then(r, false, pending),
                 },
                 s = self.incoming.recv() => {
-                    if let Some(other) = s
+                    if let Some(other) = s {
+                        hold_for_judgement(&mut pending, other).await;
+                    }
+                }
+                _ = sleep_until(judge_at.unwrap_or(deadline)), if judge_at.is_some() => {
+                    if let Some((other, _)) = pending.take()
                         && let Some(end) = self.collide(&mut c, other, &peer).await
                     {
                         return end;
                     }
                 }
                 _ = sleep_until(deadline) => {
-                    let n = Notification::new(4, 0, Vec::new());
-                    return closed(self.notify(&mut c, &n).await);
+                    let n = Notification::hold_timer_expired();
+                    return closed_then(self.notify(&mut c, &n).await, false, pending);
                 }
                 _ = self.stop.changed() => return self.stop_conn(&mut c).await,
             }
         }
-        self.established(c, peer, hold).await
+        let mut pending = pending;
+        let end = self.established(c, peer, hold, &mut pending).await;
+        match (end, pending) {
+            (
+                End::Closed {
+                    reason,
+                    established,
+                    next: None,
+                },
+                Some((s, _)),
+            ) => End::Closed {
+                reason,
+                established,
+                next: Some(s),
+            },
+            (end, _) => end,
+        }
     }
 
     /// A read during the OPEN exchange: the message, or why the connection
@@ -300,7 +343,7 @@ impl PeerTask {
             reject_collision(other).await;
             None
         } else {
-            let n = Notification::new(6, 7, Vec::new());
+            let n = Notification::cease(cease::CONNECTION_COLLISION);
             self.notify(c, &n).await;
             Some(End::Switch(other))
         }
@@ -308,7 +351,7 @@ impl PeerTask {
 
     async fn stop_conn(&self, c: &mut Conn) -> End {
         if *self.stop.borrow() == Stop::Shutdown {
-            let n = Notification::new(6, 2, Vec::new());
+            let n = Notification::cease(cease::ADMINISTRATIVE_SHUTDOWN);
             self.notify(c, &n).await;
         }
         End::Stopped
@@ -324,7 +367,16 @@ impl PeerTask {
         Ok(())
     }
 
-    async fn established(&mut self, mut c: Conn, peer: PeerOpen, hold: Duration) -> End {
+    /// Established until the connection ends. `pending`: a connection from
+    /// the peer that arrived meanwhile and is not judged yet (it is the
+    /// next session's if this one ends first).
+    async fn established(
+        &mut self,
+        mut c: Conn,
+        peer: PeerOpen,
+        hold: Duration,
+        pending: &mut Option<(TcpStream, TInstant)>,
+    ) -> End {
         self.set_state(State::Established, None);
         let (nh4, nh6) = wire::next_hops(c.local, self.cfg.next_hop_v4, self.cfg.next_hop_v6);
         let uctx = wire::UpdateCtx {
@@ -372,19 +424,12 @@ impl PeerTask {
                         if !hold.is_zero() { hold_deadline = TInstant::now() + hold; }
                         self.with(|s| s.status.messages_in += 1);
                         match msg {
-                            Incoming::KeepAlive => {}
-                            Incoming::Update(u) => {
-                                // Routers send routes; we count them and let
-                                // them go.
-                                let (ann, _) = wire::update_prefix_counts(&u);
-                                self.with(|s| {
-                                    s.status.updates_in += 1;
-                                    s.status.prefixes_received += ann as u64;
-                                });
-                            }
-                            Incoming::RouteRefresh => {
-                                sent.clear();
-                                if let Err(reason) = self.sync_routes(&mut c, &uctx, &mut sent).await {
+                            Incoming::KeepAlive | Incoming::Ignored => {}
+                            // Routers send routes; we classify, count and
+                            // let them go.
+                            Incoming::Update(u) => self.count_update(&u),
+                            Incoming::RouteRefresh(req) => {
+                                if let Err(reason) = self.refresh(&mut c, &uctx, &mut sent, req.ipv6, peer.enhanced_route_refresh).await {
                                     return closed_est(reason);
                                 }
                             }
@@ -392,7 +437,7 @@ impl PeerTask {
                                 return closed_est(format!("received NOTIFICATION {}", n.describe()));
                             }
                             Incoming::Open(_) => {
-                                let n = Notification::new(5, 3, Vec::new());
+                                let n = Notification::unexpected(fsm::UNEXPECTED_IN_ESTABLISHED, wire::TYPE_OPEN);
                                 return closed_est(self.notify(&mut c, &n).await);
                             }
                         }
@@ -408,7 +453,7 @@ impl PeerTask {
                     }
                 }
                 _ = sleep_until(hold_deadline), if !hold.is_zero() => {
-                    let n = Notification::new(4, 0, Vec::new());
+                    let n = Notification::hold_timer_expired();
                     return closed_est(self.notify(&mut c, &n).await);
                 }
                 r = self.rib.changed() => {
@@ -429,8 +474,17 @@ impl PeerTask {
                         return closed_est(reason);
                     }
                 }
+                // RFC 4271 section 6.8: a new connection loses against an
+                // Established one, once this one is seen to be still alive.
                 s = self.incoming.recv() => {
-                    if let Some(other) = s { reject_collision(other).await; }
+                    if let Some(other) = s {
+                        hold_for_judgement(pending, other).await;
+                    }
+                }
+                _ = sleep_until(pending.as_ref().map_or(hold_deadline, |(_, t)| *t)), if pending.is_some() => {
+                    if let Some((other, _)) = pending.take() {
+                        reject_collision(other).await;
+                    }
                 }
                 r = async { match bfd_state.as_mut() { Some(w) => w.changed().await, None => std::future::pending().await } } => {
                     let st = match (&r, bfd_state.as_ref()) {
@@ -441,7 +495,7 @@ impl PeerTask {
                     if st == BfdState::Up {
                         bfd_was_up = true;
                     } else if bfd_was_up {
-                        let n = Notification::new(6, 10, Vec::new());
+                        let n = Notification::cease(cease::BFD_DOWN);
                         let reason = self.notify(&mut c, &n).await;
                         return closed_est(format!("BFD down; {reason}"));
                     }
@@ -449,6 +503,70 @@ impl PeerTask {
                 _ = self.stop.changed() => return self.stop_conn(&mut c).await,
             }
         }
+    }
+
+    /// Counts a received UPDATE and logs its RFC 7606 errors, each class at
+    /// most once per ERROR_LOG_INTERVAL.
+    fn count_update(&mut self, u: &UpdateSummary) {
+        self.with(|s| {
+            let st = &mut s.status;
+            st.updates_in += 1;
+            st.prefixes_received += u.announced as u64;
+            if u.treated_as_withdraw() {
+                st.treat_as_withdraw += 1;
+            }
+            for e in &u.errors {
+                if e.action == Action::AttributeDiscard {
+                    st.attribute_discard += 1;
+                }
+                let key = format!("{}/{}", e.action.as_str(), e.class.as_str());
+                *st.update_errors.entry(key).or_default() += 1;
+            }
+        });
+        let now = Instant::now();
+        for e in &u.errors {
+            let entry = self
+                .error_log
+                .entry((e.action, e.class))
+                .or_insert((now - ERROR_LOG_INTERVAL * 2, 0));
+            if now.duration_since(entry.0) < ERROR_LOG_INTERVAL {
+                entry.1 += 1;
+                continue;
+            }
+            let hex: String = e.excerpt.iter().map(|b| format!("{b:02x}")).collect();
+            tracing::warn!(
+                peer = %self.cfg.address,
+                action = e.action.as_str(),
+                class = e.class.as_str(),
+                attr_type = e.attr_type,
+                bytes = %hex,
+                suppressed = entry.1,
+                "malformed UPDATE from peer handled without a session reset (RFC 7606)"
+            );
+            *entry = (now, 0);
+        }
+    }
+
+    /// Answers a ROUTE-REFRESH request: every route of the family again,
+    /// between Beginning- and End-of-RIB markers when enhanced route
+    /// refresh (RFC 7313) was negotiated.
+    async fn refresh(
+        &mut self,
+        c: &mut Conn,
+        uctx: &wire::UpdateCtx,
+        sent: &mut BTreeMap<IpNet, RouteAttrs>,
+        ipv6: bool,
+        enhanced: bool,
+    ) -> Result<(), String> {
+        if enhanced {
+            self.send(c, &wire::refresh_marker(ipv6, true)).await?;
+        }
+        sent.retain(|p, _| matches!(p, IpNet::V6(_)) != ipv6);
+        self.sync_routes(c, uctx, sent).await?;
+        if enhanced {
+            self.send(c, &wire::refresh_marker(ipv6, false)).await?;
+        }
+        Ok(())
     }
 
     /// Sends what changed between `sent` and the RIB.
@@ -529,23 +647,34 @@ impl Drop for AbortOnDrop {
 }
 
 fn closed(reason: String) -> End {
-    End::Closed {
-        reason,
-        established: false,
-    }
+    closed_then(reason, false, None)
 }
 
 fn closed_est(reason: String) -> End {
+    closed_then(reason, true, None)
+}
+
+/// Closed, with the peer's held connection (if any) to run next.
+fn closed_then(reason: String, established: bool, pending: Option<(TcpStream, TInstant)>) -> End {
     End::Closed {
         reason,
-        established: true,
+        established,
+        next: pending.map(|(s, _)| s),
+    }
+}
+
+/// Holds a connection from the peer for LIVENESS_GRACE before it is
+/// judged; one held already loses to it.
+async fn hold_for_judgement(pending: &mut Option<(TcpStream, TInstant)>, other: TcpStream) {
+    if let Some((old, _)) = pending.replace((other, TInstant::now() + LIVENESS_GRACE)) {
+        reject_collision(old).await;
     }
 }
 
 /// Closes the losing connection of a collision with Cease / Connection
 /// Collision Resolution.
 async fn reject_collision(mut s: TcpStream) {
-    let n = Notification::new(6, 7, Vec::new());
+    let n = Notification::cease(cease::CONNECTION_COLLISION);
     let _ = timeout(Duration::from_secs(1), s.write_all(&n.encode())).await;
     let _ = s.shutdown().await;
 }

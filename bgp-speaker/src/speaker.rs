@@ -4,90 +4,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ipnet::IpNet;
-use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::bfd::{BfdHub, BfdState};
+use crate::bfd::BfdHub;
 use crate::config::{PeerConfig, RouteAttrs, SpeakerConfig};
+use crate::rib::{Rib, Stop};
 use crate::session::PeerTask;
 use crate::socket;
-
-/// RFC 4271 section 8.2.2 session states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum State {
-    Idle,
-    Connect,
-    Active,
-    OpenSent,
-    OpenConfirm,
-    Established,
-}
-
-/// A session changed state.
-#[derive(Debug, Clone, Serialize)]
-pub struct SessionEvent {
-    pub peer: IpAddr,
-    pub from: State,
-    pub to: State,
-    /// Why it left Established or failed to get there.
-    pub reason: Option<String>,
-}
-
-/// Per-peer counters, a snapshot.
-#[derive(Debug, Clone, Serialize)]
-pub struct PeerStatus {
-    pub peer: IpAddr,
-    pub state: State,
-    /// Time in Established, if there.
-    pub uptime: Option<Duration>,
-    pub messages_in: u64,
-    pub messages_out: u64,
-    pub updates_in: u64,
-    pub updates_out: u64,
-    /// Prefixes the peer announced to us (counted and ignored).
-    pub prefixes_received: u64,
-    /// Prefixes currently announced on this session.
-    pub prefixes_sent: u64,
-    /// Times the session reached Established.
-    pub established_count: u64,
-    pub last_error: Option<String>,
-    pub bfd: Option<BfdState>,
-    pub local_address: Option<IpAddr>,
-}
-
-#[derive(Debug)]
-pub(crate) struct PeerShared {
-    pub status: PeerStatus,
-    pub since: Option<Instant>,
-}
-
-/// The routes we announce; `draining` adds GRACEFUL_SHUTDOWN to all of them.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Rib {
-    pub routes: BTreeMap<IpNet, RouteAttrs>,
-    pub draining: bool,
-    /// A restarting speaker holds End-of-RIB until its owner has decided
-    /// its first routes ([`Speaker::release_end_of_rib`]): the router ends
-    /// its stale timer at End-of-RIB, and a route sent after that would
-    /// leave a gap.
-    pub eor_held: bool,
-}
-
-/// How a session ends when the speaker stops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stop {
-    Running,
-    /// Cease / Administrative Shutdown: the router withdraws at once.
-    Shutdown,
-    /// Close TCP without NOTIFICATION: a graceful-restart helper keeps our
-    /// routes for the restart time.
-    ForRestart,
-}
+use crate::state::{PeerShared, PeerStatus, SessionEvent, State};
 
 /// A route the speaker cannot announce.
 #[derive(Debug, thiserror::Error)]
@@ -304,6 +233,9 @@ impl Speaker {
                 last_error: None,
                 bfd: None,
                 local_address: None,
+                treat_as_withdraw: 0,
+                attribute_discard: 0,
+                update_errors: BTreeMap::new(),
             },
             since: None,
         }));
@@ -317,6 +249,7 @@ impl Speaker {
             incoming: rx,
             stop: stop_rx,
             bfd: inner.bfd.clone(),
+            error_log: HashMap::new(),
         };
         inner.peers.push(PeerHandle {
             addr,

@@ -28,133 +28,74 @@ use netgauze_iana::address_family::AddressType;
 use netgauze_parse_utils::WritablePdu;
 use netgauze_parse_utils::reader::SliceReader;
 use netgauze_parse_utils::traits::ParseFromWithOneInput;
-use serde::Serialize;
 
 use crate::config::{Origin, RouteAttrs};
+use crate::iana::{
+    BGP_VERSION, UNSPECIFIC, afi, capability, code, header, msg, open as open_err, refresh_subtype,
+    safi,
+};
+use crate::notification::header_bytes;
+use crate::raw_check::{self, CheckCtx, RefreshRequest, UpdateSummary};
 
-pub const HEADER_LEN: usize = 19;
-/// We do not advertise RFC 8654 extended messages, so 4096 is the limit for
-/// every type.
-pub const MAX_LEN: usize = 4096;
-pub const AS_TRANS: u16 = 23456;
+pub use crate::iana::AS_TRANS;
+pub use crate::notification::{HEADER_LEN, MAX_LEN, Notification};
 
-pub const TYPE_OPEN: u8 = 1;
-pub const TYPE_UPDATE: u8 = 2;
-pub const TYPE_NOTIFICATION: u8 = 3;
-pub const TYPE_KEEPALIVE: u8 = 4;
-pub const TYPE_ROUTE_REFRESH: u8 = 5;
+pub const TYPE_OPEN: u8 = msg::OPEN;
+pub const TYPE_UPDATE: u8 = msg::UPDATE;
+pub const TYPE_NOTIFICATION: u8 = msg::NOTIFICATION;
+pub const TYPE_KEEPALIVE: u8 = msg::KEEPALIVE;
+pub const TYPE_ROUTE_REFRESH: u8 = msg::ROUTE_REFRESH;
 
-/// A NOTIFICATION as code, subcode and data (RFC 4271 section 4.5).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Notification {
-    pub code: u8,
-    pub subcode: u8,
-    pub data: Vec<u8>,
-}
-
-impl Notification {
-    pub fn new(code: u8, subcode: u8, data: impl Into<Vec<u8>>) -> Self {
-        Self {
-            code,
-            subcode,
-            data: data.into(),
-        }
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        // Data is truncated so the message never exceeds 4096 bytes.
-        let data = &self.data[..self.data.len().min(MAX_LEN - HEADER_LEN - 2)];
-        let mut out = header(TYPE_NOTIFICATION, HEADER_LEN + 2 + data.len());
-        out.push(self.code);
-        out.push(self.subcode);
-        out.extend_from_slice(data);
-        out
-    }
-
-    /// Short operator-facing name, e.g. "3/4 UPDATE: attribute flags error".
-    pub fn describe(&self) -> String {
-        let name = match (self.code, self.subcode) {
-            (1, 1) => "header: connection not synchronized",
-            (1, 2) => "header: bad message length",
-            (1, 3) => "header: bad message type",
-            (1, _) => "header error",
-            (2, 1) => "OPEN: unsupported version",
-            (2, 2) => "OPEN: bad peer AS",
-            (2, 3) => "OPEN: bad BGP identifier",
-            (2, 4) => "OPEN: unsupported optional parameter",
-            (2, 6) => "OPEN: unacceptable hold time",
-            (2, 7) => "OPEN: unsupported capability",
-            (2, _) => "OPEN error",
-            (3, 1) => "UPDATE: malformed attribute list",
-            (3, 2) => "UPDATE: unrecognized well-known attribute",
-            (3, 3) => "UPDATE: missing well-known attribute",
-            (3, 4) => "UPDATE: attribute flags error",
-            (3, 5) => "UPDATE: attribute length error",
-            (3, 6) => "UPDATE: invalid ORIGIN",
-            (3, 8) => "UPDATE: invalid NEXT_HOP",
-            (3, 9) => "UPDATE: optional attribute error",
-            (3, 10) => "UPDATE: invalid network field",
-            (3, 11) => "UPDATE: malformed AS_PATH",
-            (3, _) => "UPDATE error",
-            (4, _) => "hold timer expired",
-            (5, _) => "finite state machine error",
-            (6, 2) => "cease: administrative shutdown",
-            (6, 3) => "cease: peer de-configured",
-            (6, 4) => "cease: administrative reset",
-            (6, 5) => "cease: connection rejected",
-            (6, 7) => "cease: connection collision resolution",
-            (6, 10) => "cease: BFD down",
-            (6, _) => "cease",
-            (7, _) => "ROUTE-REFRESH error",
-            _ => "unknown error code",
-        };
-        format!("{}/{} {}", self.code, self.subcode, name)
-    }
-}
+/// Smallest OPEN: version, AS, hold time, identifier, parameters length.
+const MIN_OPEN_LEN: usize = HEADER_LEN + 10;
+/// Smallest UPDATE: the two length fields.
+const MIN_UPDATE_LEN: usize = HEADER_LEN + 4;
+/// Smallest NOTIFICATION: code and subcode.
+const MIN_NOTIFICATION_LEN: usize = HEADER_LEN + 2;
 
 impl From<BgpNotificationMessage> for Notification {
-    fn from(msg: BgpNotificationMessage) -> Self {
+    fn from(m: BgpNotificationMessage) -> Self {
         // netgauze knows the RFC mapping; we only need its code and subcode,
         // which are the two bytes after the header once it is written.
         let mut buf = Vec::new();
-        match BgpMessage::Notification(msg).write(&mut buf) {
-            Ok(()) if buf.len() >= HEADER_LEN + 2 => Notification::new(
+        match BgpMessage::Notification(m).write(&mut buf) {
+            Ok(()) if buf.len() >= MIN_NOTIFICATION_LEN => Notification::new(
                 buf[HEADER_LEN],
                 buf[HEADER_LEN + 1],
-                buf[HEADER_LEN + 2..].to_vec(),
+                buf[MIN_NOTIFICATION_LEN..].to_vec(),
             ),
-            _ => Notification::new(1, 0, Vec::new()),
+            _ => Notification::new(code::HEADER, UNSPECIFIC, Vec::new()),
         }
     }
 }
 
-fn header(ty: u8, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(&[0xff; 16]);
-    out.extend_from_slice(&(len as u16).to_be_bytes());
-    out.push(ty);
-    out
-}
-
-/// Validates a 19-byte header; returns the total message length.
+/// Validates a 19-byte header (RFC 4271 section 6.1); returns the total
+/// message length.
 pub fn check_header(h: &[u8; HEADER_LEN]) -> Result<usize, Notification> {
     if h[..16].iter().any(|b| *b != 0xff) {
-        return Err(Notification::new(1, 1, Vec::new()));
+        return Err(Notification::new(
+            code::HEADER,
+            header::NOT_SYNCHRONIZED,
+            Vec::new(),
+        ));
     }
     let len = u16::from_be_bytes([h[16], h[17]]);
     let ty = h[18];
-    let bad_len = || Notification::new(1, 2, len.to_be_bytes().to_vec());
+    let bad_len =
+        || Notification::new(code::HEADER, header::BAD_LENGTH, len.to_be_bytes().to_vec());
     let len_usize = usize::from(len);
     if !(HEADER_LEN..=MAX_LEN).contains(&len_usize) {
         return Err(bad_len());
     }
     let ok = match ty {
-        TYPE_OPEN => len_usize >= 29,
-        TYPE_UPDATE => len_usize >= 23,
-        TYPE_NOTIFICATION => len_usize >= 21,
+        TYPE_OPEN => len_usize >= MIN_OPEN_LEN,
+        TYPE_UPDATE => len_usize >= MIN_UPDATE_LEN,
+        TYPE_NOTIFICATION => len_usize >= MIN_NOTIFICATION_LEN,
         TYPE_KEEPALIVE => len_usize == HEADER_LEN,
-        TYPE_ROUTE_REFRESH => len_usize == 23,
-        _ => return Err(Notification::new(1, 3, vec![ty])),
+        // Judged with the negotiated capabilities: RFC 7313 has its own
+        // error for a bad length (`raw_check::check_route_refresh`).
+        TYPE_ROUTE_REFRESH => true,
+        _ => return Err(Notification::new(code::HEADER, header::BAD_TYPE, vec![ty])),
     };
     if ok { Ok(len_usize) } else { Err(bad_len()) }
 }
@@ -163,13 +104,122 @@ pub fn check_header(h: &[u8; HEADER_LEN]) -> Result<usize, Notification> {
 #[derive(Debug)]
 pub enum Incoming {
     Open(Box<BgpOpenMessage>),
-    Update(Box<BgpUpdateMessage>),
+    Update(UpdateSummary),
     Notification(Notification),
     KeepAlive,
-    RouteRefresh,
+    /// A ROUTE-REFRESH request for a family of the session.
+    RouteRefresh(RefreshRequest),
+    /// A ROUTE-REFRESH to ignore (RFC 7313 section 5, RFC 2918 section 4).
+    Ignored,
 }
 
-/// Decodes one complete message (header already checked by `check_header`).
+impl Incoming {
+    /// The message type, for FSM errors (RFC 6608 data).
+    pub fn msg_type(&self) -> u8 {
+        match self {
+            Incoming::Open(_) => TYPE_OPEN,
+            Incoming::Update(_) => TYPE_UPDATE,
+            Incoming::Notification(_) => TYPE_NOTIFICATION,
+            Incoming::KeepAlive => TYPE_KEEPALIVE,
+            Incoming::RouteRefresh(_) | Incoming::Ignored => TYPE_ROUTE_REFRESH,
+        }
+    }
+}
+
+/// Everything one connection needs to decode what its peer sends.
+pub struct Decoder {
+    ctx: BgpParsingContext,
+    pub check: CheckCtx,
+}
+
+impl Decoder {
+    /// A fresh connection to a peer inside (`ebgp` false) or outside our AS.
+    pub fn new(ebgp: bool) -> Self {
+        Decoder {
+            ctx: new_context(),
+            check: CheckCtx {
+                ebgp,
+                ..CheckCtx::default()
+            },
+        }
+    }
+
+    /// Checks and decodes one complete message whose header passed
+    /// [`check_header`].
+    pub fn decode(&mut self, frame: &[u8]) -> Result<Incoming, Notification> {
+        match frame.get(18).copied().unwrap_or(0) {
+            TYPE_UPDATE => raw_check::check_update(frame, &self.check).map(Incoming::Update),
+            TYPE_ROUTE_REFRESH => Ok(raw_check::check_route_refresh(frame, &self.check)?
+                .map_or(Incoming::Ignored, Incoming::RouteRefresh)),
+            TYPE_OPEN => {
+                raw_check::check_open(frame)?;
+                let m = decode_open(frame, &mut self.ctx)?;
+                if let Incoming::Open(o) = &m {
+                    // We always advertise these: the peer's OPEN decides.
+                    self.check.asn4 = self.ctx.asn4();
+                    self.check.enhanced_route_refresh =
+                        raw_check::open_has_capability(frame, capability::ENHANCED_ROUTE_REFRESH);
+                    let (v4, v6) = families(o);
+                    self.check.ipv4 = v4;
+                    self.check.ipv6 = v6;
+                }
+                Ok(m)
+            }
+            _ => decode(frame, &mut self.ctx),
+        }
+    }
+}
+
+/// Where the BGP identifier sits in an OPEN.
+const BGP_ID_AT: usize = HEADER_LEN + 5;
+
+/// Decodes an OPEN. RFC 6286 allows any non-zero identifier, but netgauze
+/// refuses the ones that read as multicast or broadcast addresses: those
+/// are parsed with a stand-in and put back.
+fn decode_open(frame: &[u8], ctx: &mut BgpParsingContext) -> Result<Incoming, Notification> {
+    let id = frame
+        .get(BGP_ID_AT..BGP_ID_AT + 4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(Ipv4Addr::from)
+        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+    if id.is_unspecified() || !(id.is_multicast() || id.is_broadcast()) {
+        return decode(frame, ctx);
+    }
+    let mut stand_in = frame.to_vec();
+    stand_in[BGP_ID_AT..BGP_ID_AT + 4].copy_from_slice(&Ipv4Addr::new(192, 0, 2, 1).octets());
+    match decode(&stand_in, ctx)? {
+        Incoming::Open(o) => Ok(Incoming::Open(Box::new(BgpOpenMessage::new(
+            o.my_as(),
+            o.hold_time(),
+            id,
+            o.params().to_vec(),
+        )))),
+        other => Ok(other),
+    }
+}
+
+/// The unicast families of a peer's OPEN (IPv4 alone without MP capability,
+/// RFC 4760).
+fn families(open: &BgpOpenMessage) -> (bool, bool) {
+    let mut ipv4 = false;
+    let mut ipv6 = false;
+    let mut any_mp = false;
+    for c in open.capabilities() {
+        if let BgpCapability::MultiProtocolExtensions(mp) = c {
+            any_mp = true;
+            match mp.address_type() {
+                AddressType::Ipv4Unicast => ipv4 = true,
+                AddressType::Ipv6Unicast => ipv6 = true,
+                _ => {}
+            }
+        }
+    }
+    (ipv4 || !any_mp, ipv6)
+}
+
+/// Decodes one complete OPEN, NOTIFICATION or KEEPALIVE with netgauze
+/// (header already checked by `check_header`). UPDATE and ROUTE-REFRESH
+/// go through [`Decoder`], which checks them by hand (see `raw_check`).
 pub fn decode(frame: &[u8], ctx: &mut BgpParsingContext) -> Result<Incoming, Notification> {
     let ty = frame.get(18).copied().unwrap_or(0);
     match ty {
@@ -179,12 +229,15 @@ pub fn decode(frame: &[u8], ctx: &mut BgpParsingContext) -> Result<Incoming, Not
             // session cleanly instead of becoming a parse error of our own.
             let code = frame.get(HEADER_LEN).copied().unwrap_or(0);
             let subcode = frame.get(HEADER_LEN + 1).copied().unwrap_or(0);
-            let data = frame.get(HEADER_LEN + 2..).unwrap_or(&[]).to_vec();
+            let data = frame.get(MIN_NOTIFICATION_LEN..).unwrap_or(&[]).to_vec();
             return Ok(Incoming::Notification(Notification::new(
                 code, subcode, data,
             )));
         }
-        _ => {}
+        TYPE_OPEN => {}
+        _ => {
+            return Err(Notification::new(code::HEADER, header::BAD_TYPE, vec![ty]));
+        }
     }
     let mut reader = SliceReader::new(frame);
     match BgpMessage::parse(&mut reader, ctx) {
@@ -200,12 +253,23 @@ pub fn decode(frame: &[u8], ctx: &mut BgpParsingContext) -> Result<Incoming, Not
             }
             Ok(Incoming::Open(Box::new(open)))
         }
-        Ok(BgpMessage::Update(u)) => Ok(Incoming::Update(Box::new(u))),
-        Ok(BgpMessage::RouteRefresh(_)) => Ok(Incoming::RouteRefresh),
-        Ok(BgpMessage::KeepAlive) => Ok(Incoming::KeepAlive),
-        Ok(BgpMessage::Notification(n)) => Ok(Incoming::Notification(n.into())),
-        Err(e) => Err(BgpNotificationMessage::from(e).into()),
+        Ok(_) => Err(Notification::new(code::HEADER, header::BAD_TYPE, vec![ty])),
+        Err(e) => Err(open_error(BgpNotificationMessage::from(e).into())),
     }
+}
+
+/// RFC 4271 section 6.2 asks for data only with an unsupported version (the
+/// version we speak) and RFC 5492 with an unsupported capability; netgauze
+/// adds the offending field to the others, which we drop.
+fn open_error(mut n: Notification) -> Notification {
+    match (n.code, n.subcode) {
+        (code::OPEN, open_err::UNSUPPORTED_VERSION) => {
+            n.data = u16::from(BGP_VERSION).to_be_bytes().to_vec();
+        }
+        (code::OPEN, open_err::UNSUPPORTED_CAPABILITY) => {}
+        _ => n.data.clear(),
+    }
+    n
 }
 
 /// A parsing context for a fresh connection: 2-octet AS until the peer's
@@ -239,7 +303,7 @@ fn write(msg: BgpMessage) -> Vec<u8> {
 }
 
 pub fn keepalive() -> Vec<u8> {
-    header(TYPE_KEEPALIVE, HEADER_LEN)
+    header_bytes(TYPE_KEEPALIVE, HEADER_LEN)
 }
 
 /// What we put in our OPEN.
@@ -260,6 +324,7 @@ pub fn open(p: &OpenParams) -> Vec<u8> {
             AddressType::Ipv6Unicast,
         )),
         BgpCapability::RouteRefresh,
+        BgpCapability::EnhancedRouteRefresh,
         BgpCapability::FourOctetAs(FourOctetAsCapability::new(p.local_as)),
     ];
     if let Some((time, restarting)) = p.graceful_restart {
@@ -448,6 +513,20 @@ pub fn withdraw(prefix: IpNet) -> Option<Vec<u8>> {
     }
 }
 
+/// RFC 7313 Beginning-of-RIB (`begin`) or End-of-RIB marker around the
+/// answer to a ROUTE-REFRESH request.
+pub fn refresh_marker(v6: bool, begin: bool) -> Vec<u8> {
+    let mut out = header_bytes(TYPE_ROUTE_REFRESH, HEADER_LEN + 4);
+    out.extend_from_slice(&(if v6 { afi::IPV6 } else { afi::IPV4 }).to_be_bytes());
+    out.push(if begin {
+        refresh_subtype::BEGIN
+    } else {
+        refresh_subtype::END
+    });
+    out.push(safi::UNICAST);
+    out
+}
+
 /// RFC 4724 End-of-RIB marker for one family.
 pub fn end_of_rib(v6: bool) -> Vec<u8> {
     if v6 {
@@ -470,22 +549,6 @@ pub fn end_of_rib(v6: bool) -> Vec<u8> {
     }
 }
 
-/// Number of prefixes an UPDATE announces and withdraws (for counters).
-pub fn update_prefix_counts(u: &BgpUpdateMessage) -> (usize, usize) {
-    let mut ann = u.nlri().len();
-    let mut wd = u.withdraw_routes().len();
-    for a in u.path_attributes() {
-        match a.value() {
-            PathAttributeValue::MpReach(MpReach::Ipv6Unicast { nlri, .. }) => ann += nlri.len(),
-            PathAttributeValue::MpReach(MpReach::Ipv4Unicast { nlri, .. }) => ann += nlri.len(),
-            PathAttributeValue::MpUnreach(MpUnreach::Ipv6Unicast { nlri }) => wd += nlri.len(),
-            PathAttributeValue::MpUnreach(MpUnreach::Ipv4Unicast { nlri }) => wd += nlri.len(),
-            _ => {}
-        }
-    }
-    (ann, wd)
-}
-
 /// What we learned from the peer's OPEN.
 #[derive(Debug, Clone)]
 pub struct PeerOpen {
@@ -496,6 +559,8 @@ pub struct PeerOpen {
     pub ipv6: bool,
     pub asn4: bool,
     pub route_refresh: bool,
+    /// RFC 7313: we advertise it, so the peer's OPEN decides.
+    pub enhanced_route_refresh: bool,
     pub graceful_restart: bool,
 }
 
@@ -513,31 +578,24 @@ pub fn check_open(
     let asn = open.my_asn4();
     let two_octet_ok = u32::from(open.my_as()) == asn || (asn > 0xffff && open.my_as() == AS_TRANS);
     if asn != expected_as || !two_octet_ok {
-        return Err(Notification::new(2, 2, open.my_as().to_be_bytes().to_vec()));
+        // RFC 4271 section 6.2 names no data for this error.
+        return Err(Notification::new(
+            code::OPEN,
+            open_err::BAD_PEER_AS,
+            Vec::new(),
+        ));
     }
     let id = open.bgp_id();
     // RFC 6286: the identifier must differ from ours on iBGP sessions; the
-    // parser already rejected 0.0.0.0, multicast and broadcast.
+    // parser already rejected 0.0.0.0.
     if !ebgp && id == our_id {
-        return Err(Notification::new(2, 3, id.octets().to_vec()));
+        return Err(Notification::new(
+            code::OPEN,
+            open_err::BAD_BGP_ID,
+            Vec::new(),
+        ));
     }
-    let mut ipv4 = false;
-    let mut ipv6 = false;
-    let mut any_mp = false;
-    for c in &caps {
-        if let BgpCapability::MultiProtocolExtensions(mp) = c {
-            any_mp = true;
-            match mp.address_type() {
-                AddressType::Ipv4Unicast => ipv4 = true,
-                AddressType::Ipv6Unicast => ipv6 = true,
-                _ => {}
-            }
-        }
-    }
-    if !any_mp {
-        // RFC 4760: a peer without the capability speaks IPv4 unicast only.
-        ipv4 = true;
-    }
+    let (ipv4, ipv6) = families(open);
     Ok(PeerOpen {
         asn,
         hold_time: open.hold_time(),
@@ -548,6 +606,9 @@ pub fn check_open(
         route_refresh: caps
             .iter()
             .any(|c| matches!(c, BgpCapability::RouteRefresh)),
+        enhanced_route_refresh: caps
+            .iter()
+            .any(|c| matches!(c, BgpCapability::EnhancedRouteRefresh)),
         graceful_restart: caps
             .iter()
             .any(|c| matches!(c, BgpCapability::GracefulRestartCapability(_))),

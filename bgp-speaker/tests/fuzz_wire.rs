@@ -6,14 +6,15 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use bgp_speaker::bfd::Packet;
-use bgp_speaker::raw_check::{check_open, check_update};
+use bgp_speaker::iana::attr;
+use bgp_speaker::raw_check::{CheckCtx, check_update};
 use bgp_speaker::wire::{self, HEADER_LEN, Incoming};
 use bgp_speaker::{IpNet, Origin, RouteAttrs};
 use proptest::prelude::*;
 
 /// The reader task's pipeline on one buffer.
 fn parse_like_reader(buf: &[u8]) {
-    let mut ctx = wire::new_context();
+    let mut decoder = wire::Decoder::new(true);
     let Some(h) = buf.get(..HEADER_LEN) else {
         return;
     };
@@ -23,13 +24,7 @@ fn parse_like_reader(buf: &[u8]) {
         return;
     };
     let Some(frame) = buf.get(..len) else { return };
-    if hdr[18] == wire::TYPE_UPDATE && check_update(frame).is_err() {
-        return;
-    }
-    if hdr[18] == wire::TYPE_OPEN && check_open(frame).is_err() {
-        return;
-    }
-    let _ = wire::decode(frame, &mut ctx);
+    let _ = decoder.decode(frame);
 }
 
 fn attrs() -> impl Strategy<Value = RouteAttrs> {
@@ -139,18 +134,69 @@ proptest! {
                 continue;
             }
             let m = wire::announce(&ctx, p, &a).expect("encodes");
-            prop_assert!(check_update(&m).is_ok());
-            let mut dctx = wire::new_context();
-            dctx.set_asn4(asn4);
-            match wire::decode(&m, &mut dctx) {
-                Ok(Incoming::Update(u)) => prop_assert_eq!(wire::update_prefix_counts(&u), (1, 0)),
+            let mut d = wire::Decoder::new(true);
+            d.check.asn4 = asn4;
+            match d.decode(&m) {
+                Ok(Incoming::Update(u)) => {
+                    prop_assert_eq!((u.announced, u.withdrawn), (1, 0));
+                    prop_assert!(u.errors.is_empty(), "{:?}", u);
+                }
                 other => prop_assert!(false, "decoded as {:?}", other),
             }
             let w = wire::withdraw(p).expect("encodes");
-            match wire::decode(&w, &mut dctx) {
-                Ok(Incoming::Update(u)) => prop_assert_eq!(wire::update_prefix_counts(&u), (0, 1)),
+            match d.decode(&w) {
+                Ok(Incoming::Update(u)) => prop_assert_eq!((u.announced, u.withdrawn, u.errors.len()), (0, 1, 0)),
                 other => prop_assert!(false, "decoded as {:?}", other),
             }
+        }
+    }
+
+    /// RFC 7606 over the attribute parser: framing intact, attributes of
+    /// the classes handled by treat-as-withdraw or attribute discard with
+    /// random flags, lengths and values, in any order and number, possibly
+    /// cut short at the end of the list. Never a session reset, and every
+    /// error is counted with its class.
+    #[test]
+    fn malformed_attributes_never_reset_the_session(
+        list in proptest::collection::vec((prop_oneof![
+            Just(attr::ORIGIN), Just(attr::AS_PATH), Just(attr::NEXT_HOP),
+            Just(attr::MULTI_EXIT_DISC), Just(attr::LOCAL_PREF),
+            Just(attr::ATOMIC_AGGREGATE), Just(attr::AGGREGATOR),
+            Just(attr::COMMUNITIES), Just(attr::ORIGINATOR_ID),
+            Just(attr::CLUSTER_LIST), Just(attr::EXTENDED_COMMUNITIES),
+            Just(attr::AS4_PATH), Just(attr::AS4_AGGREGATOR),
+            Just(attr::IPV6_EXTENDED_COMMUNITIES), Just(attr::LARGE_COMMUNITIES),
+            Just(attr::ONLY_TO_CUSTOMER), 100u8..=254,
+        ], any::<u8>(), proptest::collection::vec(any::<u8>(), 0..40)), 0..8),
+        cut in 0usize..4,
+        ctx in (any::<bool>(), any::<bool>()),
+    ) {
+        let mut attrs = Vec::new();
+        for (ty, flags, value) in &list {
+            // Unrecognized types stay optional (a well-known one resets).
+            let flags = if *ty >= 100 { flags | 0x80 } else { *flags };
+            attrs.push(flags);
+            attrs.push(*ty);
+            if flags & 0x10 != 0 {
+                attrs.extend_from_slice(&(value.len() as u16).to_be_bytes());
+            } else {
+                attrs.push(value.len() as u8);
+            }
+            attrs.extend_from_slice(value);
+        }
+        attrs.truncate(attrs.len().saturating_sub(cut));
+        let mut body = vec![0, 0];
+        body.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+        body.extend_from_slice(&attrs);
+        body.extend_from_slice(&[32, 198, 51, 100, 1]);
+        let mut m = vec![0xff; 16];
+        m.extend_from_slice(&((HEADER_LEN + body.len()) as u16).to_be_bytes());
+        m.push(wire::TYPE_UPDATE);
+        m.extend_from_slice(&body);
+        let check = CheckCtx { ebgp: ctx.0, asn4: ctx.1, ..CheckCtx::default() };
+        match check_update(&m, &check) {
+            Ok(s) => prop_assert_eq!(s.announced + s.withdrawn, 1, "{:?}", s),
+            Err(n) => prop_assert!(false, "session reset {:?} for {:02x?}", n, attrs),
         }
     }
 }

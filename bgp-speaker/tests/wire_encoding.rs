@@ -6,13 +6,25 @@ use std::net::Ipv4Addr;
 
 use bgp_speaker::wire::{self, Incoming, Notification};
 use bgp_speaker::{Origin, RouteAttrs};
+use netgauze_bgp_pkt::BgpMessage;
 use netgauze_bgp_pkt::path_attribute::{AsPath, PathAttributeValue};
+use netgauze_parse_utils::reader::SliceReader;
+use netgauze_parse_utils::traits::ParseFromWithOneInput;
 
+/// Our UPDATE as a peer's classifier sees it (no RFC 7606 error) and as
+/// netgauze decodes it (for the attribute values).
 fn decode_update(m: &[u8], asn4: bool) -> netgauze_bgp_pkt::update::BgpUpdateMessage {
+    let mut d = wire::Decoder::new(false);
+    d.check.asn4 = asn4;
+    match d.decode(m) {
+        Ok(Incoming::Update(u)) => assert!(u.errors.is_empty(), "{u:?}"),
+        other => panic!("not an UPDATE: {other:?}"),
+    }
     let mut ctx = wire::new_context();
     ctx.set_asn4(asn4);
-    match wire::decode(m, &mut ctx) {
-        Ok(Incoming::Update(u)) => *u,
+    let mut reader = SliceReader::new(m);
+    match BgpMessage::parse(&mut reader, &mut ctx) {
+        Ok(BgpMessage::Update(u)) => u,
         other => panic!("not an UPDATE: {other:?}"),
     }
 }

@@ -1,7 +1,7 @@
 //! Prometheus metrics: the figures of `lbd status`, refreshed every second,
 //! with labels per VIP, check, peer and member.
 
-use metrics::gauge;
+use metrics::{counter, gauge};
 
 use crate::status::Status;
 
@@ -37,7 +37,18 @@ pub fn export(s: &Status) {
         gauge!("lbd_bgp_established", "peer" => peer.clone())
             .set(f64::from(u8::from(p.state == "Established")));
         gauge!("lbd_bgp_prefixes_sent", "peer" => peer.clone()).set(p.prefixes_sent as f64);
-        gauge!("lbd_bgp_uptime_seconds", "peer" => peer).set(p.uptime_s.unwrap_or(0) as f64);
+        gauge!("lbd_bgp_uptime_seconds", "peer" => peer.clone())
+            .set(p.uptime_s.unwrap_or(0) as f64);
+        for (key, n) in &p.update_errors {
+            // "approach/class": one series per RFC 7606 approach and class.
+            let (approach, class) = key.split_once('/').unwrap_or(("", key));
+            let labels = [
+                ("peer", peer.clone()),
+                ("approach", approach.to_string()),
+                ("class", class.to_string()),
+            ];
+            counter!("lbd_bgp_update_errors_total", &labels).absolute(*n);
+        }
     }
     for m in &s.members {
         let id = m.id.to_string();

@@ -65,6 +65,10 @@ pub struct PeerLine {
     pub prefixes_received: u64,
     pub bfd: Option<String>,
     pub last_error: Option<String>,
+    /// Malformed UPDATEs handled without a session reset (RFC 7606), per
+    /// "approach/class", e.g. "treat-as-withdraw/origin".
+    #[serde(default)]
+    pub update_errors: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -187,6 +191,14 @@ pub fn render(s: &Status, now_unix: u64) -> String {
             p.bfd.as_deref().unwrap_or("-"),
             p.last_error.as_deref().unwrap_or("")
         );
+        if !p.update_errors.is_empty() {
+            let list: Vec<String> = p
+                .update_errors
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            let _ = writeln!(o, "  RFC 7606, session kept: {}", list.join(", "));
+        }
     }
     let _ = writeln!(
         o,
@@ -274,6 +286,7 @@ mod tests {
                 prefixes_received: 0,
                 bfd: None,
                 last_error: Some("connect: Connection refused".into()),
+                update_errors: BTreeMap::from([("treat-as-withdraw/origin".into(), 2)]),
             }],
             members: vec![MemberLine {
                 id: 2,
@@ -302,6 +315,7 @@ mod tests {
             "status 503, expected 200",
             "1.2ms",
             "connect: Connection refused",
+            "RFC 7606, session kept: treat-as-withdraw/origin 2",
             "GENERATION DIFFERS",
             "5s",
         ] {

@@ -58,6 +58,28 @@ pub fn keepalive() -> Vec<u8> {
     msg(4, &[])
 }
 
+/// UPDATE from raw withdrawn routes, attributes and NLRI.
+pub fn update_msg(withdrawn: &[u8], attrs: &[u8], nlri: &[u8]) -> Vec<u8> {
+    let mut b = (withdrawn.len() as u16).to_be_bytes().to_vec();
+    b.extend_from_slice(withdrawn);
+    b.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    b.extend_from_slice(attrs);
+    b.extend_from_slice(nlri);
+    msg(2, &b)
+}
+
+/// The attributes `base` without the one of type `drop`, then `extra`.
+pub fn attrs_with(base: &[&[u8]], drop: Option<u8>, extra: &[u8]) -> Vec<u8> {
+    let mut a = Vec::new();
+    for attr in base {
+        if Some(attr[1]) != drop {
+            a.extend_from_slice(attr);
+        }
+    }
+    a.extend_from_slice(extra);
+    a
+}
+
 /// UPDATE from raw withdrawn, attributes and NLRI.
 pub fn update(attrs: &[u8], nlri: &[u8]) -> Vec<u8> {
     let mut b = vec![0, 0];

@@ -701,6 +701,7 @@ impl Daemon {
                 prefixes_received: p.prefixes_received,
                 bfd: p.bfd.map(|b| format!("{b:?}")),
                 last_error: p.last_error,
+                update_errors: p.update_errors,
             })
             .collect();
         let others = liveness::lock(&self.members).clone();

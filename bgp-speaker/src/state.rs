@@ -1,0 +1,68 @@
+//! What a session is and how it went: its FSM state, the events it reports
+//! and its counters. A leaf module: the session writes these, the speaker
+//! hands out snapshots.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::bfd::BfdState;
+
+/// RFC 4271 section 8.2.2 session states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum State {
+    Idle,
+    Connect,
+    Active,
+    OpenSent,
+    OpenConfirm,
+    Established,
+}
+
+/// A session changed state.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionEvent {
+    pub peer: IpAddr,
+    pub from: State,
+    pub to: State,
+    /// Why it left Established or failed to get there.
+    pub reason: Option<String>,
+}
+
+/// Per-peer counters, a snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerStatus {
+    pub peer: IpAddr,
+    pub state: State,
+    /// Time in Established, if there.
+    pub uptime: Option<Duration>,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub updates_in: u64,
+    pub updates_out: u64,
+    /// Prefixes the peer announced to us (counted and ignored).
+    pub prefixes_received: u64,
+    /// Prefixes currently announced on this session.
+    pub prefixes_sent: u64,
+    /// Times the session reached Established.
+    pub established_count: u64,
+    pub last_error: Option<String>,
+    pub bfd: Option<BfdState>,
+    pub local_address: Option<IpAddr>,
+    /// UPDATEs handled as treat-as-withdraw (RFC 7606): their routes are
+    /// withdrawn, the session stays up.
+    pub treat_as_withdraw: u64,
+    /// Attributes dropped with attribute discard (RFC 7606).
+    pub attribute_discard: u64,
+    /// Errors handled without a session reset, per "approach/class"
+    /// (e.g. "treat-as-withdraw/origin").
+    pub update_errors: BTreeMap<String, u64>,
+}
+
+#[derive(Debug)]
+pub(crate) struct PeerShared {
+    pub status: PeerStatus,
+    pub since: Option<Instant>,
+}
