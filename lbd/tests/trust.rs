@@ -240,15 +240,16 @@ fn liveness_and_daemon_hold_against_strangers_forgeries_and_operator_mistakes() 
     wait_for(
         &format!("{connected} refused BGP connections counted"),
         Duration::from_secs(5),
-        || c.status(0)["bgp_refused_unknown"].as_u64().unwrap_or(0) >= 200,
+        || c.status(0)["bgp_refused_unknown"].as_u64().unwrap_or(0) >= connected,
     );
+    assert!(connected >= 150, "only {connected} of 200 connections to port 179");
     let lines = c
         .log(0)
         .matches("connections from unconfigured addresses refused")
         .count();
     assert!(
         (1..=2).contains(&lines),
-        "{lines} log lines for 200 refused connections"
+        "{lines} log lines for {connected} refused connections"
     );
     assert!(converged(&c));
 
