@@ -57,7 +57,13 @@ pub struct Speaker {
     /// whether inbound connections from it are refused (GTSM, see `add`).
     inboxes: Inboxes,
     inner: Arc<Mutex<Inner>>,
+    /// Inbound connections from addresses that are not peers.
+    refused_unknown: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// Refused connections are logged at most this often (with the count since
+/// the last line): a SYN flood to port 179 must not flood the journal.
+const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
 
 struct PeerHandle {
     addr: IpAddr,
@@ -129,6 +135,7 @@ impl Speaker {
                 bfd,
                 ..Default::default()
             })),
+            refused_unknown: Default::default(),
         };
         for pc in peers {
             sp.add(pc)?;
@@ -136,6 +143,8 @@ impl Speaker {
         if let Some(listener) = sp.listener.clone() {
             let mut stop_rx = sp.stop.subscribe();
             let inboxes = sp.inboxes.clone();
+            let refused = sp.refused_unknown.clone();
+            let mut last_log: Option<(Instant, u64)> = None;
             sp.lock().listener_task = Some(tokio::spawn(async move {
                 loop {
                     tokio::select! {
@@ -148,7 +157,14 @@ impl Speaker {
                                     // A full inbox means the session is busy
                                     // with several connections already.
                                     Some((tx, false)) => { let _ = tx.try_send(stream); }
-                                    None => tracing::info!(peer = %ip, "connection from unconfigured peer refused"),
+                                    None => {
+                                        let n = refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                                        if last_log.is_none_or(|(t, _)| t.elapsed() >= REFUSED_LOG_EVERY) {
+                                            let since = n - last_log.map_or(0, |(_, c)| c);
+                                            tracing::warn!(peer = %ip, refused_since_last_line = since, total = n, "connections from unconfigured addresses refused (logged at most every 10s)");
+                                            last_log = Some((Instant::now(), n));
+                                        }
+                                    }
                                 }
                             }
                             Err(e) => {
@@ -338,6 +354,12 @@ impl Speaker {
     pub fn undrain(&self) {
         self.rib
             .send_if_modified(|r| std::mem::replace(&mut r.draining, false));
+    }
+
+    /// Inbound connections refused because their source is not a peer.
+    pub fn refused_unknown(&self) -> u64 {
+        self.refused_unknown
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The prefixes currently announced.

@@ -66,16 +66,28 @@ impl Check {
     /// Starts probing on the current tokio runtime: first probe at once,
     /// then every `interval` (a probe never overlaps the next one).
     pub fn spawn(spec: CheckSpec) -> Check {
+        Self::spawn_as(spec, false)
+    }
+
+    /// Like `spawn`, but starting up or down as given: a check edited by a
+    /// reload takes over the state of the checks it replaces, so editing
+    /// the checks of a serving VIP does not withdraw it while the new
+    /// check proves itself (it goes down after `fall` failures as usual).
+    pub fn spawn_as(spec: CheckSpec, up: bool) -> Check {
         let (tx, rx) = watch::channel(CheckStatus {
             name: spec.name.clone(),
-            up: false,
+            up,
             probes: 0,
-            last_result: "not probed yet".into(),
+            last_result: if up {
+                "not probed yet (up: carried over from the previous config)".into()
+            } else {
+                "not probed yet".into()
+            },
             last_latency_ms: None,
             last_probe_unix: None,
             since_unix: None,
         });
-        let task = tokio::spawn(run(spec, tx));
+        let task = tokio::spawn(run(spec, up, tx));
         Check { status: rx, task }
     }
 
@@ -104,8 +116,8 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-async fn run(spec: CheckSpec, tx: watch::Sender<CheckStatus>) {
-    let mut rf = RiseFall::new(spec.rise, spec.fall);
+async fn run(spec: CheckSpec, up: bool, tx: watch::Sender<CheckStatus>) {
+    let mut rf = RiseFall::starting(spec.rise, spec.fall, up);
     let mut ticker = tokio::time::interval(spec.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let client = ClientPair::default();

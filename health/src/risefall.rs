@@ -22,6 +22,15 @@ impl RiseFall {
         }
     }
 
+    /// Starts in the state given: a check that replaces one which was up
+    /// stays up until `fall` failures say otherwise.
+    pub fn starting(rise: u32, fall: u32, up: bool) -> Self {
+        Self {
+            up,
+            ..Self::new(rise, fall)
+        }
+    }
+
     pub fn up(&self) -> bool {
         self.up
     }

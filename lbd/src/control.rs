@@ -62,41 +62,67 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     Ok(l)
 }
 
+/// A request is a short line: never buffer more than this of one.
+pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+/// Clients served at once; more wait in the kernel's backlog.
+pub const MAX_CLIENTS: usize = 16;
+/// From accept to the answer written: a client that stalls (reading or
+/// writing) loses its connection, whatever it does.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+const READ_DEADLINE: Duration = Duration::from_secs(5);
+
+/// One request line as a client sent it (anything at all).
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    serde_json::from_str::<Request>(line.trim()).map_err(|e| {
+        format!(
+            "bad request: {}",
+            crate::liveness::printable(&e.to_string())
+        )
+    })
+}
+
 /// Accepts operator connections and hands each request to the daemon.
 pub async fn serve(listener: UnixListener, inbox: Inbox) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let inbox = inbox.clone();
         tokio::spawn(async move {
-            let (r, mut w) = stream.into_split();
-            let mut line = String::new();
-            // A request is a short line: never buffer more than 64 KiB of one.
-            let mut r = tokio::io::AsyncReadExt::take(BufReader::new(r), 64 * 1024);
-            let resp =
-                match tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line)).await {
-                    Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
-                        Ok(req) => {
-                            let (tx, rx) = oneshot::channel();
-                            if inbox.send((req, tx)).await.is_err() {
-                                Response::err("daemon is stopping")
-                            } else {
-                                rx.await
-                                    .unwrap_or_else(|_| Response::err("daemon is stopping"))
-                            }
-                        }
-                        Err(e) => Response::err(format!("bad request: {e}")),
-                    },
-                    Ok(Err(e)) => Response::err(format!("bad request: {e}")),
-                    Err(_) => Response::err("no request line within 5s"),
-                };
-            let mut out = serde_json::to_vec(&resp).unwrap_or_default();
-            out.push(b'\n');
-            let _ = w.write_all(&out).await;
+            let _slot = slot;
+            let _ = tokio::time::timeout(REQUEST_DEADLINE, answer(stream, inbox)).await;
         });
     }
+}
+
+async fn answer(stream: UnixStream, inbox: Inbox) {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    let mut r = tokio::io::AsyncReadExt::take(BufReader::new(r), MAX_REQUEST_BYTES);
+    let resp = match tokio::time::timeout(READ_DEADLINE, r.read_line(&mut line)).await {
+        Ok(Ok(_)) => match parse_request(&line) {
+            Ok(req) => {
+                let (tx, rx) = oneshot::channel();
+                if inbox.send((req, tx)).await.is_err() {
+                    Response::err("daemon is stopping")
+                } else {
+                    rx.await
+                        .unwrap_or_else(|_| Response::err("daemon is stopping"))
+                }
+            }
+            Err(e) => Response::err(e),
+        },
+        Ok(Err(e)) => Response::err(format!("bad request: {e}")),
+        Err(_) => Response::err("no request line within 5s"),
+    };
+    let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+    out.push(b'\n');
+    let _ = w.write_all(&out).await;
 }
 
 /// The client side, for the CLI.

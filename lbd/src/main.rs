@@ -133,15 +133,27 @@ fn run(config: &std::path::Path) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lbd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Signal handlers first: a SIGHUP while starting must not kill lbd.
+    let signals = match rt.block_on(async { lbd::daemon::Signals::install() }) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("lbd: installing signal handlers: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     // A bad config is exit 2, like check-config; anything else is 1.
     if let Err(e) = Config::load(config) {
         eprintln!("{e}");
         return ExitCode::from(2);
     }
-    let result = match runtime() {
-        Ok(rt) => rt.block_on(lbd::daemon::run(config)),
-        Err(e) => Err(e.into()),
-    };
+    let result = rt.block_on(lbd::daemon::run(config, signals));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,9 +1,14 @@
 //! Prometheus metrics: the figures of `lbd status`, refreshed every second,
-//! with labels per VIP, check, peer and member.
+//! with labels per VIP, check, peer and member. A series that is not
+//! refreshed for [`IDLE_TIMEOUT`] (its VIP, peer or member was removed by a
+//! reload) is dropped by the exporter.
 
 use metrics::{counter, gauge};
 
 use crate::status::Status;
+
+/// Several export rounds: only a series nobody refreshes any more goes.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub fn export(s: &Status) {
     for st in ["active", "draining", "down"] {
@@ -49,6 +54,10 @@ pub fn export(s: &Status) {
             ];
             counter!("lbd_bgp_update_errors_total", &labels).absolute(*n);
         }
+    }
+    gauge!("lbd_bgp_refused_unknown_connections").set(s.bgp_refused_unknown as f64);
+    for (outcome, n) in &s.liveness {
+        gauge!("lbd_liveness_connections", "outcome" => outcome.clone()).set(*n as f64);
     }
     for m in &s.members {
         let id = m.id.to_string();

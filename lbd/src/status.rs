@@ -7,12 +7,22 @@ use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
+use crate::liveness::printable;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub node: NodeStatus,
     pub vips: Vec<VipStatus>,
     pub bgp: Vec<PeerLine>,
     pub members: Vec<MemberLine>,
+    /// The liveness endpoint's connections by outcome (`served`,
+    /// `refused_not_member`, `refused_too_many`, `deadline_exceeded`,
+    /// `bad_request`).
+    #[serde(default)]
+    pub liveness: BTreeMap<String, u64>,
+    /// BGP connections refused because their source is not a peer.
+    #[serde(default)]
+    pub bgp_refused_unknown: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,6 +95,12 @@ pub struct MemberLine {
     pub last_error: Option<String>,
 }
 
+/// The first 8 characters of a generation, escaped (a member's report
+/// could carry anything; slicing bytes would panic on non-ASCII).
+fn short_generation(g: &str) -> String {
+    printable(&g.chars().take(8).collect::<String>())
+}
+
 fn ago(now: u64, t: Option<u64>) -> String {
     match t {
         Some(t) => format!("{}s", now.saturating_sub(t)),
@@ -110,7 +126,7 @@ pub fn render(s: &Status, now_unix: u64) -> String {
         n.id,
         n.state.to_uppercase(),
         n.reason,
-        &n.generation[..n.generation.len().min(8)],
+        short_generation(&n.generation),
         dur(Some(n.uptime_s)),
         n.config
     );
@@ -171,7 +187,7 @@ pub fn render(s: &Status, now_unix: u64) -> String {
                 ch.name,
                 if ch.up { "up" } else { "DOWN" },
                 lat,
-                ch.last_result
+                printable(&ch.last_result)
             );
         }
     }
@@ -189,7 +205,14 @@ pub fn render(s: &Status, now_unix: u64) -> String {
             p.prefixes_sent,
             p.prefixes_received,
             p.bfd.as_deref().unwrap_or("-"),
-            p.last_error.as_deref().unwrap_or("")
+            printable(p.last_error.as_deref().unwrap_or(""))
+        );
+    }
+    if s.bgp_refused_unknown > 0 {
+        let _ = writeln!(
+            o,
+            "BGP connections from unconfigured addresses refused: {}",
+            s.bgp_refused_unknown
         );
         if !p.update_errors.is_empty() {
             let list: Vec<String> = p
@@ -208,9 +231,11 @@ pub fn render(s: &Status, now_unix: u64) -> String {
         let gen_text = m
             .generation
             .as_deref()
-            .map(|g| &g[..g.len().min(8)])
-            .unwrap_or("-");
-        let mut note = m.last_error.clone().unwrap_or_default();
+            .map(short_generation)
+            .unwrap_or_else(|| "-".into());
+        // What a member reported (or what failed about it) is its text,
+        // not ours: escaped before it reaches the terminal.
+        let mut note = printable(m.last_error.as_deref().unwrap_or_default());
         if m.generation.is_some() && !m.generation_matches {
             note = format!("GENERATION DIFFERS {note}");
         }
@@ -222,9 +247,9 @@ pub fn render(s: &Status, now_unix: u64) -> String {
             } else {
                 m.id.to_string()
             },
-            m.address,
+            printable(&m.address),
             if m.up { "up" } else { "DOWN" },
-            m.state,
+            printable(&m.state),
             gen_text,
             if m.local {
                 "-".into()
@@ -233,6 +258,10 @@ pub fn render(s: &Status, now_unix: u64) -> String {
             },
             note.trim()
         );
+    }
+    if !s.liveness.is_empty() {
+        let counts: Vec<String> = s.liveness.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let _ = writeln!(o, "\nliveness endpoint: {}", counts.join(", "));
     }
     o
 }
@@ -299,7 +328,31 @@ mod tests {
                 last_seen_unix: Some(95),
                 last_error: None,
             }],
+            liveness: BTreeMap::from([("served".into(), 12), ("refused_not_member".into(), 3)]),
+            bgp_refused_unknown: 0,
         }
+    }
+
+    #[test]
+    fn member_text_is_escaped_and_never_panics() {
+        let mut s = status();
+        // What an old or hostile member could have made us store: a
+        // multi-byte generation (byte slicing at 8 used to panic) and
+        // terminal escapes in an error.
+        s.members[0].generation = Some("ééééééééé".into());
+        s.members[0].last_error = Some("bad \u{1b}[2J\u{202e}".into());
+        s.node.generation = "\u{1b}[31mgéné".into();
+        let text = render(&s, 100);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{202e}'),
+            "{text:?}"
+        );
+        assert!(text.contains("\\u{e9}\\u{e9}"), "{text}");
+        assert!(text.contains("bad \\u{1b}[2J\\u{202e}"), "{text}");
+        assert!(
+            text.contains("liveness endpoint: refused_not_member 3, served 12"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -257,6 +257,14 @@ fn bad_files_name_file_key_and_expectation() {
             format!("{BASE}[api]\nsocket = \"lbd.sock\"\n"),
             "lbd.toml: api.socket: \"lbd.sock\" is not an absolute path",
         ),
+        (
+            edit("address = \"192.0.2.12\"", "address = \"2001:db8::12\""),
+            "lbd.toml: members[1].address: 2001:db8::12 is IPv6 but this node's underlay (192.0.2.11, node 1) is IPv4: every member must be in the same family",
+        ),
+        (
+            format!("{BASE}[liveness]\nsecret_file = \"liveness.secret\"\n"),
+            "lbd.toml: liveness.secret_file: \"liveness.secret\" is not an absolute path",
+        ),
     ];
     let mut failures = Vec::new();
     for (text, want) in &cases {

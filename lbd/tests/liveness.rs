@@ -35,8 +35,7 @@ async fn polling_marks_up_records_state_and_generation_then_down_after_fall() {
     let port = std.local_addr().expect("addr").port();
     std.set_nonblocking(true).expect("nonblocking");
     let listener = tokio::net::TcpListener::from_std(std).expect("listener");
-    let (tx, rx) = watch::channel(report(2, "other-generation"));
-    let server = tokio::spawn(liveness::serve(listener, rx));
+    let (tx, rx) = watch::channel(report(2, "0123456789abcdef"));
 
     let cfg = Liveness {
         port,
@@ -44,6 +43,7 @@ async fn polling_marks_up_records_state_and_generation_then_down_after_fall() {
         timeout: Duration::from_millis(40),
         rise: 1,
         fall: 3,
+        secret_file: None,
     };
     let all = [
         Member {
@@ -57,6 +57,16 @@ async fn polling_marks_up_records_state_and_generation_then_down_after_fall() {
             weight: 1,
         },
     ];
+    let server = tokio::spawn(liveness::serve(
+        listener,
+        liveness::Endpoint {
+            report: rx,
+            members: liveness::members(&all, 2, &cfg),
+            keys: watch::channel(None).1,
+            deadline: Duration::from_secs(1),
+            counters: Default::default(),
+        },
+    ));
     let members = liveness::members(&all, 1, &cfg);
     assert_eq!(
         liveness::lock(&members).len(),
@@ -65,8 +75,12 @@ async fn polling_marks_up_records_state_and_generation_then_down_after_fall() {
     );
     let poller = tokio::spawn(liveness::poll(
         members.clone(),
-        cfg,
-        watch::channel("our-generation".to_string()).1,
+        liveness::Poller {
+            cfg,
+            generation: watch::channel("fedcba9876543210".to_string()).1,
+            local_address: Some(all[0].address),
+            keys: watch::channel(None).1,
+        },
     ));
 
     wait(Duration::from_secs(5), || {
@@ -77,12 +91,12 @@ async fn polling_marks_up_records_state_and_generation_then_down_after_fall() {
         let m = liveness::lock(&members);
         let r = m.get(&2).and_then(|m| m.report.clone()).expect("report");
         assert_eq!(r.state, NodeState::Draining);
-        assert_eq!(r.generation, "other-generation");
+        assert_eq!(r.generation, "0123456789abcdef");
         assert_eq!(r.vips.get("198.51.100.10"), Some(&true));
     }
 
     // A node answering with another id is not the member we poll.
-    tx.send_replace(report(3, "our-generation"));
+    tx.send_replace(report(3, "fedcba9876543210"));
     wait(Duration::from_secs(5), || {
         !liveness::lock(&members).get(&2).is_some_and(|m| m.up)
     })
@@ -92,7 +106,7 @@ async fn polling_marks_up_records_state_and_generation_then_down_after_fall() {
         .and_then(|m| m.last_error.clone());
     assert_eq!(err.as_deref(), Some("answered as node 3, expected 2"));
 
-    tx.send_replace(report(2, "our-generation"));
+    tx.send_replace(report(2, "fedcba9876543210"));
     wait(Duration::from_secs(5), || {
         liveness::lock(&members).get(&2).is_some_and(|m| m.up)
     })

@@ -96,6 +96,10 @@ pub struct Liveness {
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,
+    /// The cluster secret that authenticates reports (see
+    /// `liveness::Keys`); read when the daemon starts and at every reload,
+    /// not by check-config. None: reports are not authenticated.
+    pub secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -329,6 +333,9 @@ fn validate(v: &mut V, raw: Raw) -> Option<Config> {
             ),
         );
     }
+    if let (Some(id), Some(ms)) = (node_id, &members) {
+        one_underlay_family(v, id, ms);
+    }
     let liveness = liveness(v, raw.liveness);
     let vips = vips(v, raw.vips);
     let bgp = bgp::bgp(v, raw.bgp);
@@ -483,6 +490,31 @@ fn members(v: &mut V, raw: Option<Vec<RawMember>>) -> Option<Vec<Member>> {
     ok.then_some(out)
 }
 
+/// Members are reached over this node's underlay: the dataplane has one
+/// self address, in one family, to encapsulate from, and a member of the
+/// other family could be neither polled nor forwarded to.
+fn one_underlay_family(v: &mut V, node_id: i64, ms: &[Member]) {
+    let Some(me) = ms.iter().find(|m| i64::from(m.id) == node_id) else {
+        return;
+    };
+    let family = |a: IpAddr| if a.is_ipv4() { "IPv4" } else { "IPv6" };
+    for (i, m) in ms.iter().enumerate() {
+        if m.address.is_ipv4() != me.address.is_ipv4() {
+            v.err(
+                &format!("members[{i}].address"),
+                format!(
+                    "{} is {} but this node's underlay ({}, node {}) is {}: every member must be in the same family",
+                    m.address,
+                    family(m.address),
+                    me.address,
+                    me.id,
+                    family(me.address)
+                ),
+            );
+        }
+    }
+}
+
 fn liveness(v: &mut V, raw: Option<RawLiveness>) -> Option<Liveness> {
     let raw = raw.unwrap_or_default();
     let port = v.port_or("liveness.port", raw.port, 9180);
@@ -490,6 +522,17 @@ fn liveness(v: &mut V, raw: Option<RawLiveness>) -> Option<Liveness> {
     let timeout = v.duration_or("liveness.timeout", raw.timeout, "500ms");
     let rise = v.count_or("liveness.rise", raw.rise, 1);
     let fall = v.count_or("liveness.fall", raw.fall, 3);
+    let secret_file = match raw.secret_file {
+        None => Some(None),
+        Some(f) if f.starts_with('/') => Some(Some(PathBuf::from(f))),
+        Some(f) => {
+            v.err(
+                "liveness.secret_file",
+                format!("{f:?} is not an absolute path"),
+            );
+            None
+        }
+    };
     if let (Some(i), Some(t)) = (interval, timeout)
         && t > i
     {
@@ -509,6 +552,7 @@ fn liveness(v: &mut V, raw: Option<RawLiveness>) -> Option<Liveness> {
         timeout: timeout?,
         rise: rise?,
         fall: fall?,
+        secret_file: secret_file?,
     })
 }
 

@@ -47,6 +47,7 @@ pub struct RawLiveness {
     pub timeout: Option<String>,
     pub rise: Option<i64>,
     pub fall: Option<i64>,
+    pub secret_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

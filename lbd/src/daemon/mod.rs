@@ -28,16 +28,19 @@ use bgp_speaker::{
 use dataplane::loader::{Dataplane, Vip};
 use dataplane_common::{ENCAP_GUE, ENCAP_IPIP};
 use health::Check;
-use tokio::signal::unix::{SignalKind, signal};
+use std::sync::Arc;
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, Encap};
 use crate::control::{self, Request, Response};
-use crate::liveness::{self, Members, NodeState, Report};
+use crate::liveness::{self, Keys, Members, NodeState, Report};
 use crate::status::{CheckLine, MemberLine, NodeStatus, PeerLine, Status, VipStatus};
 use crate::tables::{Change, MemberView, VipTable};
 
+mod lock;
 mod reload;
 
 const TICK: Duration = Duration::from_millis(100);
@@ -68,15 +71,71 @@ pub struct Daemon {
     /// Members a reload removed, still in the dataplane's node list until
     /// no table names them.
     gone_members: Vec<u16>,
+    /// The liveness secrets (re-read at every reload).
+    keys: watch::Sender<Option<Arc<Keys>>>,
+    liveness_counters: Arc<liveness::Counters>,
+    _lock: lock::InstanceLock,
+}
+
+/// The signals the daemon handles, installed before anything else so that
+/// a SIGHUP while starting is queued for the loop instead of killing lbd
+/// (its default action).
+pub struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    /// Call on the thread that runs the daemon's loop (`block_on`), after
+    /// the runtime's workers exist. The signals are also blocked on this
+    /// thread: they reach the handlers through a worker, and never
+    /// interrupt a BPF program load here (the verifier gives up with
+    /// EAGAIN when a signal is pending: a SIGHUP during start used to make
+    /// the XDP attach fail).
+    pub fn install() -> Result<Signals> {
+        block_on_this_thread(&[libc::SIGHUP, libc::SIGINT, libc::SIGTERM])?;
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+fn block_on_this_thread(signals: &[libc::c_int]) -> Result<()> {
+    // SAFETY: sigset operations on a local set, then pthread_sigmask for
+    // the calling thread only.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc)).context("pthread_sigmask");
+    }
+    Ok(())
+}
+
+/// The liveness secret file's keys, if one is configured.
+fn load_keys(cfg: &Config) -> Result<Option<Arc<Keys>>, liveness::SecretError> {
+    cfg.liveness
+        .secret_file
+        .as_deref()
+        .map(|f| Keys::load(f).map(Arc::new))
+        .transpose()
 }
 
 /// Loads the config and runs the daemon until SIGTERM/SIGINT.
-pub async fn run(path: &Path) -> Result<()> {
+pub async fn run(path: &Path, signals: Signals) -> Result<()> {
     let mut cfg = Config::load(path).map_err(|e| anyhow!("{e}"))?;
     cfg.file = path.to_path_buf();
     let (inbox_tx, inbox) = mpsc::channel(16);
     let mut d = Daemon::start(cfg, inbox_tx).await?;
-    let result = d.main_loop(inbox).await;
+    let result = d.main_loop(inbox, signals).await;
     d.stop().await;
     result
 }
@@ -195,6 +254,15 @@ fn host_prefix(a: IpAddr) -> IpNet {
 impl Daemon {
     async fn start(cfg: Config, inbox: control::Inbox) -> Result<Self> {
         let pin_dir = &cfg.dataplane.pin_dir;
+        // Before any map, pin or socket is touched.
+        let instance = lock::acquire(pin_dir, &cfg.api.socket)?;
+        let keys = load_keys(&cfg)?;
+        if keys.is_none() {
+            warn!(
+                "liveness.secret_file is not set: member reports are not authenticated; anyone who can answer for a member's address decides the tables (see docs/threat-model.md)"
+            );
+        }
+        let (keys, keys_rx) = watch::channel(keys);
         let restarting = std::fs::read_dir(pin_dir)
             .map(|mut d| d.next().is_some())
             .unwrap_or(false);
@@ -255,12 +323,28 @@ impl Daemon {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("liveness endpoint: binding {listen}"))?;
-        tasks.push(tokio::spawn(liveness::serve(listener, report_rx)));
+        let liveness_counters = Arc::new(liveness::Counters::default());
+        tasks.push(tokio::spawn(liveness::serve(
+            listener,
+            liveness::Endpoint {
+                report: report_rx,
+                members: members.clone(),
+                keys: keys_rx.clone(),
+                // A poller waits `timeout` for the answer: a connection
+                // older than that serves nobody.
+                deadline: cfg.liveness.timeout.max(Duration::from_secs(1)),
+                counters: liveness_counters.clone(),
+            },
+        )));
         let (generation, generation_rx) = watch::channel(cfg.generation());
         tasks.push(tokio::spawn(liveness::poll(
             members.clone(),
-            cfg.liveness.clone(),
-            generation_rx,
+            liveness::Poller {
+                cfg: cfg.liveness.clone(),
+                generation: generation_rx,
+                local_address: Some(cfg.me().address),
+                keys: keys_rx,
+            },
         )));
         let speaker_cfg = speaker_config(&cfg, restarting)?;
         let peers = speaker_cfg.peers.clone();
@@ -272,6 +356,12 @@ impl Daemon {
         if let Some(addr) = cfg.api.metrics {
             metrics_exporter_prometheus::PrometheusBuilder::new()
                 .with_http_listener(addr)
+                // Series are refreshed every second; those of VIPs, peers
+                // and members a reload removed stop being refreshed and go.
+                .idle_timeout(
+                    metrics_util::MetricKindMask::ALL,
+                    Some(crate::metrics::IDLE_TIMEOUT),
+                )
                 .install()
                 .with_context(|| format!("metrics: listening on {addr}"))?;
         }
@@ -304,16 +394,22 @@ impl Daemon {
             generation,
             peers,
             gone_members: Vec::new(),
+            keys,
+            liveness_counters,
+            _lock: instance,
         })
     }
 
     async fn main_loop(
         &mut self,
         mut inbox: mpsc::Receiver<(Request, oneshot::Sender<Response>)>,
+        signals: Signals,
     ) -> Result<()> {
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
+        let Signals {
+            mut term,
+            mut int,
+            mut hup,
+        } = signals;
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -754,6 +850,13 @@ impl Daemon {
             vips,
             bgp,
             members,
+            liveness: self
+                .liveness_counters
+                .snapshot()
+                .into_iter()
+                .map(|(k, n)| (k.to_string(), n))
+                .collect(),
+            bgp_refused_unknown: self.speaker.refused_unknown(),
         }
     }
 }

@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use health::Check;
+use health::{Check, CheckSpec};
 use tracing::{error, info, warn};
 
 use super::{Daemon, dataplane_config, host_prefix, mss_clamp, peer_config, route_attrs};
@@ -62,8 +62,15 @@ fn live_part(cur: &Config, new: &Config) -> (Config, Vec<&'static str>) {
     if keep(new.hash_seed != cur.hash_seed, "hash_seed") {
         next.hash_seed = cur.hash_seed;
     }
-    if keep(new.liveness != cur.liveness, "liveness") {
+    // The secret file is re-read live (`reload_secret`); the rest of
+    // [liveness] runs in the poller and the endpoint as started.
+    let mut liveness = new.liveness.clone();
+    liveness.secret_file.clone_from(&cur.liveness.secret_file);
+    if keep(liveness != cur.liveness, "liveness") {
         next.liveness = cur.liveness.clone();
+        next.liveness
+            .secret_file
+            .clone_from(&new.liveness.secret_file);
     }
     if keep(new.api != cur.api, "api") {
         next.api = cur.api.clone();
@@ -84,7 +91,44 @@ fn live_part(cur: &Config, new: &Config) -> (Config, Vec<&'static str>) {
     (next, restart)
 }
 
+/// The checks of a VIP whose check list a reload edited: a check whose
+/// spec did not change keeps running with its state; a new or edited one
+/// starts in the state the VIP had (up if all its old checks were up), so
+/// the VIP is not withdrawn while the new check proves itself.
+fn carry_checks(old_specs: &[CheckSpec], old: Vec<Check>, new_specs: &[CheckSpec]) -> Vec<Check> {
+    let was_up = !old.is_empty() && old.iter().all(|c| c.status().up);
+    let mut old: Vec<(&CheckSpec, Check)> = old_specs.iter().zip(old).collect();
+    new_specs
+        .iter()
+        .map(|spec| match old.iter().position(|(s, _)| *s == spec) {
+            Some(j) => old.swap_remove(j).1,
+            None => Check::spawn_as(spec.clone(), was_up),
+        })
+        .collect()
+}
+
 impl Daemon {
+    /// The liveness secret file is re-read at every reload (a new secret,
+    /// a rotation); if it cannot be read the running secrets stay.
+    fn reload_secret(&mut self, next: &Config, out: &mut Outcome) {
+        let changed = next.liveness.secret_file != self.cfg.liveness.secret_file;
+        match super::load_keys(next) {
+            Ok(keys) => {
+                if keys.is_none() && self.keys.borrow().is_some() {
+                    warn!(
+                        "reload: liveness.secret_file removed: member reports are no longer authenticated"
+                    );
+                }
+                self.keys.send_replace(keys);
+                if changed {
+                    out.applied.push("liveness.secret_file".into());
+                }
+                info!("reload: liveness secret re-read");
+            }
+            Err(e) => out.fail(format!("{e} (the running secret stays)")),
+        }
+    }
+
     /// SIGHUP: validate the file first; an invalid one changes nothing.
     pub(crate) async fn reload(&mut self) {
         let path: PathBuf = self.cfg.file.clone();
@@ -109,6 +153,7 @@ impl Daemon {
             restart,
             ..Default::default()
         };
+        self.reload_secret(&next, &mut out);
         let removed_members = self.reload_members(&next, &mut out);
         self.reload_vips(&next, &mut out);
         self.reload_dataplane(&next, &mut out);
@@ -221,7 +266,11 @@ impl Daemon {
             let old = &cur[i];
             if v.checks != old.checks {
                 out.applied.push(format!("checks of {}", v.address));
-                checks.push(v.checks.iter().cloned().map(Check::spawn).collect());
+                checks.push(carry_checks(
+                    &old.checks,
+                    std::mem::take(&mut self.checks[i]),
+                    &v.checks,
+                ));
             } else {
                 checks.push(std::mem::take(&mut self.checks[i]));
             }

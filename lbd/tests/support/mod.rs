@@ -61,6 +61,21 @@ pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Dur
     }
 }
 
+/// Raises the open-file limit to its hard limit (tests that open 2,000
+/// connections need more than the usual 1,024).
+pub fn raise_nofile() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+        l.rlim_cur = l.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+    }
+}
+
 pub fn signal(pid: u32, sig: i32) {
     // SAFETY: plain kill(2) on a pid we started.
     unsafe {
