@@ -248,8 +248,16 @@ fn label_values(text: &str, label: &str) -> Vec<String> {
     out
 }
 
+/// 300 cases per fuzz target in `make test`; PROPTEST_CASES=N for more.
+fn fuzz_cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: fuzz_cases(), ..ProptestConfig::default() })]
 
     /// Any valid firefly, and any small corruption of one, through the
     /// parser and then the collector: no panic, and every label value the
