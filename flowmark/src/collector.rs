@@ -1,9 +1,18 @@
 //! `flowmark collect`: receives fireflies on UDP, validates them against
 //! the published schema, and aggregates them per experiment and activity
 //! (registry names) into Prometheus metrics.
+//!
+//! Anyone can send a datagram to UDP 10514, so nothing a sender writes
+//! becomes a label as it is: ids are range-checked, ids outside the
+//! registry share one "unknown" series, the number of label sets is capped
+//! (later ones share "other"), and `--allow-from` can restrict the senders.
 
-use std::net::SocketAddr;
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+};
 
+use ipnet::IpNet;
 use serde_json::Value;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio::net::UdpSocket;
@@ -21,8 +30,174 @@ pub const DURATION_BUCKETS: &[f64] = &[
     4.0 * 3600.0,
     24.0 * 3600.0,
 ];
+/// Distinct (experiment, activity) label sets by default: several times the
+/// published registry's pairs, far below what hurts a Prometheus server.
+pub const DEFAULT_MAX_SERIES: usize = 1000;
+/// The label value of ids the registry does not list.
+pub const UNKNOWN: &str = "unknown";
+/// The label value of label sets past the cap.
+pub const OTHER: &str = "other";
 
-pub async fn serve(sock: UdpSocket, registry: Registry) {
+/// What the collector accepts, from the command line.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Distinct (experiment, activity) label sets; later ones are counted
+    /// under [`OTHER`].
+    pub max_series: usize,
+    /// Accept datagrams only from these networks; empty: from anywhere.
+    pub allow_from: Vec<IpNet>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_series: DEFAULT_MAX_SERIES,
+            allow_from: vec![],
+        }
+    }
+}
+
+/// The labels of one firefly's aggregates.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Labels {
+    experiment: String,
+    activity: String,
+    experiment_id: String,
+    activity_id: String,
+}
+
+impl Labels {
+    fn same(v: &str) -> Labels {
+        Labels {
+            experiment: v.into(),
+            activity: v.into(),
+            experiment_id: v.into(),
+            activity_id: v.into(),
+        }
+    }
+
+    fn pairs(&self) -> [(&'static str, String); 4] {
+        [
+            ("experiment", self.experiment.clone()),
+            ("activity", self.activity.clone()),
+            ("experiment_id", self.experiment_id.clone()),
+            ("activity_id", self.activity_id.clone()),
+        ]
+    }
+}
+
+/// The aggregation state: the registry, the limits and the label sets
+/// handed out so far.
+pub struct Collector {
+    registry: Registry,
+    limits: Limits,
+    series: HashSet<Labels>,
+}
+
+impl Collector {
+    pub fn new(registry: Registry, limits: Limits) -> Collector {
+        Collector {
+            registry,
+            limits,
+            series: HashSet::new(),
+        }
+    }
+
+    /// Whether datagrams from `ip` are accepted (an IPv4 sender seen on a
+    /// dual-stack socket arrives as `::ffff:a.b.c.d`).
+    pub fn allowed(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.limits.allow_from.is_empty() || self.limits.allow_from.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The labels of a firefly's context, or `None` if its ids are out of
+    /// range (experiment 0..=511: what an IPv6 flow label can carry,
+    /// activity 0..=63).
+    fn labels(&mut self, v: &Value) -> Option<Labels> {
+        let exp = v["context"]["experiment-id"].as_i64()?;
+        let act = v["context"]["activity-id"].as_i64()?;
+        let exp = u16::try_from(exp)
+            .ok()
+            .filter(|e| *e <= flowmark_common::MAX_LABEL_EXPERIMENT)?;
+        let act = u8::try_from(act)
+            .ok()
+            .filter(|a| *a <= flowmark_common::MAX_ACTIVITY)?;
+        let (experiment, experiment_id) = match self.registry.experiment_name(exp) {
+            Some(name) => (name.to_string(), exp.to_string()),
+            None => (UNKNOWN.to_string(), UNKNOWN.to_string()),
+        };
+        let (activity, activity_id) = match self.registry.activity_name(exp, act) {
+            Some(name) => (name.to_string(), act.to_string()),
+            None => (UNKNOWN.to_string(), UNKNOWN.to_string()),
+        };
+        let labels = Labels {
+            experiment,
+            activity,
+            experiment_id,
+            activity_id,
+        };
+        if self.series.contains(&labels) {
+            return Some(labels);
+        }
+        if self.series.len() >= self.limits.max_series {
+            metrics::counter!("flowmark_collector_series_capped_total").increment(1);
+            return Some(Labels::same(OTHER));
+        }
+        self.series.insert(labels.clone());
+        Some(labels)
+    }
+
+    /// Adds one schema-valid firefly to the aggregates; `Err` names why it
+    /// was not counted (the `rejected_total` reason).
+    pub fn record(&mut self, v: &Value) -> Result<(), &'static str> {
+        let labels = self.labels(v).ok_or("out_of_range")?;
+        // The schema limits the state to start | ongoing | end.
+        let state = match v["flow-lifecycle"]["state"].as_str() {
+            Some(s @ ("start" | "ongoing" | "end")) => s,
+            _ => return Err("schema"),
+        };
+        let labels = labels.pairs();
+        let mut with_state = labels.to_vec();
+        with_state.push(("state", state.to_string()));
+        metrics::counter!("flowmark_collector_fireflies_total", &with_state).increment(1);
+        match state {
+            "start" => {
+                metrics::counter!("flowmark_collector_flows_started_total", &labels).increment(1)
+            }
+            "end" => {
+                metrics::counter!("flowmark_collector_flows_ended_total", &labels).increment(1);
+                if let Some(sent) = v["usage"]["sent"].as_u64() {
+                    metrics::counter!("flowmark_collector_bytes_sent_total", &labels)
+                        .increment(sent);
+                }
+                if let Some(recv) = v["usage"]["received"].as_u64() {
+                    metrics::counter!("flowmark_collector_bytes_received_total", &labels)
+                        .increment(recv);
+                }
+                let t = |k: &str| {
+                    v["flow-lifecycle"][k]
+                        .as_str()
+                        .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
+                };
+                if let (Some(a), Some(b)) = (t("start-time"), t("end-time")) {
+                    let secs = (b - a).as_seconds_f64();
+                    if secs >= 0.0 {
+                        metrics::histogram!(DURATION_METRIC, &labels).record(secs);
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Label sets handed out so far (at most `max_series`).
+    pub fn series(&self) -> usize {
+        self.series.len()
+    }
+}
+
+pub async fn serve(sock: UdpSocket, mut collector: Collector) {
     let mut buf = vec![0u8; firefly::MAX_DATAGRAM + 1];
     loop {
         let (n, from) = match sock.recv_from(&mut buf).await {
@@ -32,12 +207,26 @@ pub async fn serve(sock: UdpSocket, registry: Registry) {
                 continue;
             }
         };
+        if !collector.allowed(from.ip()) {
+            reject("source", "datagram from outside --allow-from", from, &[]);
+            continue;
+        }
         if n > firefly::MAX_DATAGRAM {
             reject("too_large", "datagram larger than 8 KiB", from, &buf[..64]);
             continue;
         }
         match firefly::parse(&buf[..n]) {
-            Ok(v) => record(&v, &registry),
+            Ok(v) => {
+                if let Err(reason) = collector.record(&v) {
+                    let detail = match reason {
+                        "out_of_range" => {
+                            "firefly experiment or activity id out of range (0..=511, 0..=63)"
+                        }
+                        _ => "firefly with an unknown state",
+                    };
+                    reject(reason, detail, from, &buf[..n]);
+                }
+            }
             Err(r) => {
                 let detail = match &r {
                     firefly::Reject::NotJson(e) => format!("firefly is not JSON: {e}"),
@@ -57,6 +246,8 @@ fn reject(reason: &'static str, detail: &str, from: SocketAddr, data: &[u8]) {
         "bad_syslog_header" => "firefly_bad_syslog_header",
         "not_json" => "firefly_not_json",
         "schema" => "firefly_schema",
+        "out_of_range" => "firefly_out_of_range",
+        "source" => "firefly_source",
         _ => "firefly_too_large",
     };
     bad::report(
@@ -64,60 +255,4 @@ fn reject(reason: &'static str, detail: &str, from: SocketAddr, data: &[u8]) {
         &format!("{detail} (from {from})"),
         &String::from_utf8_lossy(data),
     );
-}
-
-/// Adds one valid firefly to the aggregates.
-pub fn record(v: &Value, registry: &Registry) {
-    let state = v["flow-lifecycle"]["state"]
-        .as_str()
-        .unwrap_or("unknown")
-        .to_string();
-    let exp_id = v["context"]["experiment-id"].as_i64().unwrap_or(0);
-    let act_id = v["context"]["activity-id"].as_i64().unwrap_or(0);
-    let (exp_name, act_name) = match (u16::try_from(exp_id), u8::try_from(act_id)) {
-        (Ok(e), Ok(a)) => (
-            registry.experiment_name(e).unwrap_or("unknown").to_string(),
-            registry
-                .activity_name(e, a)
-                .unwrap_or("unknown")
-                .to_string(),
-        ),
-        _ => ("unknown".to_string(), "unknown".to_string()),
-    };
-    let labels = [
-        ("experiment", exp_name),
-        ("activity", act_name),
-        ("experiment_id", exp_id.to_string()),
-        ("activity_id", act_id.to_string()),
-    ];
-    let mut with_state = labels.to_vec();
-    with_state.push(("state", state.clone()));
-    metrics::counter!("flowmark_collector_fireflies_total", &with_state).increment(1);
-    match state.as_str() {
-        "start" => {
-            metrics::counter!("flowmark_collector_flows_started_total", &labels).increment(1)
-        }
-        "end" => {
-            metrics::counter!("flowmark_collector_flows_ended_total", &labels).increment(1);
-            if let Some(sent) = v["usage"]["sent"].as_u64() {
-                metrics::counter!("flowmark_collector_bytes_sent_total", &labels).increment(sent);
-            }
-            if let Some(recv) = v["usage"]["received"].as_u64() {
-                metrics::counter!("flowmark_collector_bytes_received_total", &labels)
-                    .increment(recv);
-            }
-            let t = |k: &str| {
-                v["flow-lifecycle"][k]
-                    .as_str()
-                    .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
-            };
-            if let (Some(a), Some(b)) = (t("start-time"), t("end-time")) {
-                let secs = (b - a).as_seconds_f64();
-                if secs >= 0.0 {
-                    metrics::histogram!(DURATION_METRIC, &labels).record(secs);
-                }
-            }
-        }
-        _ => {}
-    }
 }

@@ -3,7 +3,7 @@
 //! A single owner keeps start/end ordering simple and the maps consistent.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     net::SocketAddr,
     path::PathBuf,
     time::{Duration, SystemTime},
@@ -46,6 +46,34 @@ pub struct Config {
     pub application: String,
     pub port_rules: Vec<(u16, SciTag)>,
     pub cgroup_rules: Vec<(PathBuf, SciTag)>,
+    /// Most flows in the table; a start beyond it evicts the oldest flow.
+    pub max_flows: usize,
+    /// A flow never ended is dropped this long after its start; zero: kept.
+    pub max_age: Duration,
+}
+
+/// The kernel flow map's size: more flows than this cannot all be marked.
+pub const DEFAULT_MAX_FLOWS: usize = flowmark_common::MAX_FLOWS as usize;
+/// Longer than any WLCG transfer; a flow still registered after this was
+/// never ended (its producer crashed or lost the end line).
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// Why a flow left the table without an end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Eviction {
+    /// The table was full when another flow started.
+    TableFull,
+    /// Older than `max_age`.
+    Aged,
+}
+
+impl Eviction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Eviction::TableFull => "table_full",
+            Eviction::Aged => "aged",
+        }
+    }
 }
 
 /// A flow registration or end, from any source.
@@ -77,6 +105,10 @@ struct Flow {
     tag: SciTag,
     application: String,
     start: SystemTime,
+    /// When it was registered (monotonic, for ageing), and its key in
+    /// `Daemon::order`.
+    since: tokio::time::Instant,
+    seq: u64,
     /// The label written to the kernel map, if the flow is marked.
     label: Option<u32>,
 }
@@ -182,6 +214,11 @@ pub struct Daemon {
     cfg: Config,
     marker: Option<Marker>,
     flows: HashMap<FlowId, Flow>,
+    /// The flows by registration order: the oldest goes first, whether the
+    /// table is full or it is too old.
+    order: BTreeMap<u64, FlowId>,
+    next_seq: u64,
+    evicted: BTreeMap<Eviction, u64>,
     fireflies: Fireflies,
     /// Ended flows whose kernel entry goes at the deadline (in order: the
     /// linger is constant).
@@ -211,6 +248,9 @@ impl Daemon {
             cfg,
             marker,
             flows: HashMap::new(),
+            order: BTreeMap::new(),
+            next_seq: 0,
+            evicted: BTreeMap::new(),
             fireflies,
             lingering: VecDeque::new(),
         })
@@ -234,6 +274,11 @@ impl Daemon {
                 _ = tokio::time::sleep_until(self.lingering.front().map(|l| l.0).unwrap_or_else(tokio::time::Instant::now)),
                     if !self.lingering.is_empty() => {
                     self.expire_lingering();
+                    continue;
+                }
+                _ = tokio::time::sleep_until(self.oldest_deadline().unwrap_or_else(tokio::time::Instant::now)),
+                    if self.oldest_deadline().is_some() => {
+                    self.expire_aged();
                     continue;
                 }
             };
@@ -300,15 +345,27 @@ impl Daemon {
         let application = application.unwrap_or_else(|| self.cfg.application.clone());
         let msg = firefly::message(State::Start, &flow, tag, &application, now, now, None);
         self.fireflies.send(&flow, &msg).await;
+        if !self.flows.contains_key(&flow)
+            && self.flows.len() >= self.cfg.max_flows.max(1)
+            && let Some((_, &oldest)) = self.order.first_key_value()
+        {
+            self.evict(oldest, Eviction::TableFull);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.order.insert(seq, flow);
         if let Some(old) = self.flows.insert(
             flow,
             Flow {
                 tag,
                 application,
                 start: now,
+                since: tokio::time::Instant::now(),
+                seq,
                 label,
             },
         ) {
+            self.order.remove(&old.seq);
             tracing::debug!(%flow, old = %old.tag, "flow restarted (a new request on a kept-alive connection)");
         }
         metrics::counter!("flowmark_flows_started_total").increment(1);
@@ -327,6 +384,7 @@ impl Daemon {
             );
             return json!({ "ok": false, "error": format!("no such flow: {flow}") });
         };
+        self.order.remove(&f.seq);
         if let Some((e, a)) = hint {
             let (e0, a0) = (f.tag.experiment as u32, f.tag.activity as u32);
             if (e, a) == (a0, e0) && e != a {
@@ -392,6 +450,47 @@ impl Daemon {
         }
     }
 
+    /// When the oldest flow gets too old, if ageing is on.
+    fn oldest_deadline(&self) -> Option<tokio::time::Instant> {
+        if self.cfg.max_age.is_zero() {
+            return None;
+        }
+        let (_, oldest) = self.order.first_key_value()?;
+        Some(self.flows.get(oldest)?.since + self.cfg.max_age)
+    }
+
+    fn expire_aged(&mut self) {
+        let now = tokio::time::Instant::now();
+        while let Some(deadline) = self.oldest_deadline() {
+            if deadline > now {
+                break;
+            }
+            let (_, &oldest) = self.order.first_key_value().expect("a deadline has a flow");
+            self.evict(oldest, Eviction::Aged);
+        }
+    }
+
+    /// Drops a flow that was never ended: its kernel entry goes at once (no
+    /// linger: nothing says it is still sending), no end firefly is sent
+    /// (nothing says it ended), and the eviction is counted.
+    fn evict(&mut self, flow: FlowId, why: Eviction) {
+        let Some(f) = self.flows.remove(&flow) else {
+            return;
+        };
+        self.order.remove(&f.seq);
+        if let (Some(m), Some(key)) = (self.marker.as_mut(), flow.key()) {
+            m.remove_flow(&key);
+        }
+        let n = self.evicted.entry(why).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            tracing::warn!(%flow, reason = why.name(), max_flows = self.cfg.max_flows,
+                max_age = ?self.cfg.max_age, "flow evicted without an end (further evictions are only counted)");
+        }
+        metrics::counter!("flowmark_flows_evicted_total", "reason" => why.name()).increment(1);
+        metrics::gauge!("flowmark_flows_active").set(self.flows.len() as f64);
+    }
+
     async fn ongoing(&mut self) {
         let now = SystemTime::now();
         for (flow, f) in &self.flows {
@@ -425,6 +524,12 @@ impl Daemon {
                     .collect()
             })
             .unwrap_or_default();
-        json!({ "ok": true, "flows": flows, "kernel": kernel, "bad_input": bad::counts() })
+        let evicted: serde_json::Map<String, Value> = self
+            .evicted
+            .iter()
+            .map(|(k, v)| (k.name().to_string(), json!(v)))
+            .collect();
+        json!({ "ok": true, "flows": flows, "kernel": kernel, "bad_input": bad::counts(),
+                "evicted": evicted })
     }
 }

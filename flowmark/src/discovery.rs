@@ -87,6 +87,9 @@ pub async fn serve(rules: Rules, interval: Duration, tx: mpsc::Sender<Request>) 
             Err(_) => continue,
         };
         tracing::trace!(matched = found.len(), "discovery scan");
+        // Lets a reader know a scan happened after some event (tests wait
+        // for it instead of sleeping).
+        metrics::counter!("flowmark_discovery_scans_total").increment(1);
         for (flow, (tag, _)) in &found {
             if !known.contains_key(flow) {
                 let req = Request::Start {

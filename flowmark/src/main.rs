@@ -104,6 +104,12 @@ struct RunArgs {
     /// Serve Prometheus metrics on this address.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<SocketAddr>,
+    /// Most registered flows; a start beyond it evicts the oldest flow.
+    #[arg(long, default_value_t = flowmark::daemon::DEFAULT_MAX_FLOWS)]
+    max_flows: usize,
+    /// Seconds after its start a flow never ended is dropped; 0: never.
+    #[arg(long, default_value_t = flowmark::daemon::DEFAULT_MAX_AGE.as_secs())]
+    max_flow_age: u64,
 }
 
 #[derive(Args)]
@@ -114,6 +120,14 @@ struct CollectArgs {
     /// Serve Prometheus metrics on this address.
     #[arg(long, default_value = "[::]:9814")]
     metrics: SocketAddr,
+    /// Most distinct (experiment, activity) label sets; fireflies of later
+    /// ones are counted under "other".
+    #[arg(long, default_value_t = collector::DEFAULT_MAX_SERIES)]
+    max_series: usize,
+    /// Accept fireflies only from this network (CIDR, repeatable); default:
+    /// from anywhere.
+    #[arg(long = "allow-from", value_name = "CIDR")]
+    allow_from: Vec<ipnet::IpNet>,
 }
 
 #[derive(Subcommand)]
@@ -259,6 +273,8 @@ async fn run_daemon(args: RunArgs, registry: Registry) -> anyhow::Result<ExitCod
         application: format!("flowmark {}", env!("CARGO_PKG_VERSION")),
         port_rules,
         cgroup_rules,
+        max_flows: args.max_flows,
+        max_age: Duration::from_secs(args.max_flow_age),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
     let pipe_rx = cfg.pipe.as_deref().map(pipe::open).transpose()?;
@@ -306,11 +322,15 @@ async fn collect(args: CollectArgs, registry: Registry) -> anyhow::Result<ExitCo
     let sock = tokio::net::UdpSocket::bind(args.listen)
         .await
         .with_context(|| format!("binding UDP {}", args.listen))?;
-    tracing::info!(listen = %args.listen, metrics = %args.metrics, "collecting fireflies");
+    let limits = collector::Limits {
+        max_series: args.max_series,
+        allow_from: args.allow_from,
+    };
+    tracing::info!(listen = %args.listen, metrics = %args.metrics, ?limits, "collecting fireflies");
     println!("flowmark: ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = collector::serve(sock, registry) => {}
+        _ = collector::serve(sock, collector::Collector::new(registry, limits)) => {}
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }

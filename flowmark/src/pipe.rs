@@ -5,7 +5,11 @@
 //! when a writer closes and never blocks the writers' open(2); bad lines
 //! are counted and skipped, and the reader never stops on them.
 
-use std::{ffi::CString, os::unix::ffi::OsStrExt, os::unix::fs::FileTypeExt, path::Path};
+use std::{
+    ffi::CString,
+    os::{fd::AsRawFd, unix::ffi::OsStrExt, unix::fs::FileTypeExt},
+    path::Path,
+};
 
 use anyhow::{Context, bail};
 use tokio::{io::AsyncRead, net::unix::pipe, sync::mpsc};
@@ -21,8 +25,13 @@ use crate::{
 /// flowd lines are ~100 bytes; anything past this is not a flowd line.
 pub const MAX_LINE: usize = 1024;
 
-/// Creates the FIFO if absent (mode 0622: any local service may register
-/// flows, as with flowd) and opens it for reading.
+/// Any local service may register flows, as with flowd; only we read.
+pub const MODE: u32 = 0o622;
+
+/// Creates the FIFO if absent and opens it for reading. Its mode is then
+/// set to [`MODE`] on the open descriptor: mkfifo's mode is cut by the
+/// umask (systemd's UMask=0077 would leave 0600, and StoRM-WebDAV could
+/// not write), and a FIFO left by an earlier run gets the same mode.
 pub fn open(path: &Path) -> anyhow::Result<pipe::Receiver> {
     match std::fs::metadata(path) {
         Ok(m) if m.file_type().is_fifo() => {}
@@ -30,16 +39,22 @@ pub fn open(path: &Path) -> anyhow::Result<pipe::Receiver> {
         Err(_) => {
             let c = CString::new(path.as_os_str().as_bytes()).context("pipe path")?;
             // SAFETY: a valid NUL-terminated path; mkfifo has no other inputs.
-            if unsafe { libc::mkfifo(c.as_ptr(), 0o622) } != 0 {
+            if unsafe { libc::mkfifo(c.as_ptr(), MODE) } != 0 {
                 let e = std::io::Error::last_os_error();
                 return Err(e).with_context(|| format!("mkfifo {}", path.display()));
             }
         }
     }
-    pipe::OpenOptions::new()
+    let rx = pipe::OpenOptions::new()
         .read_write(true)
         .open_receiver(path)
-        .with_context(|| format!("opening {}", path.display()))
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: fchmod on a descriptor we own and keep open.
+    if unsafe { libc::fchmod(rx.as_raw_fd(), MODE) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(e).with_context(|| format!("chmod {MODE:o} {}", path.display()));
+    }
+    Ok(rx)
 }
 
 /// Reads lines until the input ends (a FIFO opened read-write never does).

@@ -40,6 +40,8 @@ fn start_ongoing_end_fireflies_reach_a_collector() {
         application: "test".into(),
         port_rules: vec![],
         cgroup_rules: vec![],
+        max_flows: flowmark::daemon::DEFAULT_MAX_FLOWS,
+        max_age: flowmark::daemon::DEFAULT_MAX_AGE,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -27,14 +27,17 @@ fn port_rule_marks_from_first_packet_and_discovery_sends_fireflies() {
             "8080=default:perfSONAR",
             "--discover-interval-ms",
             "100",
+            "--metrics",
+            "127.0.0.1:9815",
         ],
     );
-    let cli = lab.cli.clone();
+    let (srv, cli) = (lab.srv.clone(), lab.cli.clone());
     let cap = Capture::start(&cli, "veth1");
-    // Fetch the file, then hold the kept-alive connection for 1 s: long
-    // enough for 100 ms polls to see it, and all data is acked by then.
+    // Fetch the file, then hold the kept-alive connection until the test
+    // says go: after discovery has seen it with all its data acked.
+    let go = lab.path("go");
     let script = format!(
-        "import socket,time\n\
+        "import os,socket,time\n\
          s=socket.socket(socket.AF_INET6)\n\
          s.bind(('{CLI6}',43000))\n\
          s.connect(('{SRV6}',8080))\n\
@@ -42,11 +45,37 @@ fn port_rule_marks_from_first_packet_and_discovery_sends_fireflies() {
          n=0\n\
          while n<{FILE_LEN}:\n\
          \x20n+=len(s.recv(1<<20))\n\
-         time.sleep(1)\n\
+         while not os.path.exists('{go}'):\n\
+         \x20time.sleep(0.02)\n\
          s.close()\n"
     );
-    let o = lab.exec(&cli, &["timeout", "20", "python3", "-c", &script]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    lab.spawn("client", &cli, &["timeout", "20", "python3", "-c", &script]);
+    wait_for("the server's data acked", Duration::from_secs(10), || {
+        let o = lab.exec(
+            &srv,
+            &["ss", "-Htin", "sport", "=", ":8080", "dport", "=", ":43000"],
+        );
+        let ss = String::from_utf8_lossy(&o.stdout).into_owned();
+        let acked = ss
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("bytes_acked:")?.parse::<usize>().ok());
+        (acked? > FILE_LEN).then_some(())
+    });
+    // Then one whole scan after that, which saw the final usage.
+    let scans = || {
+        metric_sum(
+            &metrics(&lab, &srv, 9815),
+            "flowmark_discovery_scans_total",
+            &[],
+        )
+    };
+    let seen = scans();
+    wait_for("two more discovery scans", Duration::from_secs(10), || {
+        (scans() >= seen + 2.0).then_some(())
+    });
+    std::fs::write(&go, "").unwrap();
+    let st = lab.wait_exit("client", Duration::from_secs(20));
+    assert!(st.success(), "client: {}", lab.log("client"));
     let m = wait_for("discovered flow ended", Duration::from_secs(10), || {
         let m = metrics(&lab, &cli, 9814);
         (metric_sum(&m, "flowmark_collector_flows_ended_total", &[]) >= 1.0).then_some(m)
@@ -177,7 +206,10 @@ fn cgroup_rule_marks_only_the_cgroups_flows() {
     let cap = Capture::start(&cli, "veth1");
     send_from(&lab, Some(&dir), 44000);
     send_from(&lab, None, 44001);
-    std::thread::sleep(Duration::from_millis(100));
+    // Until the last packet of both connections has crossed the link.
+    cap.wait("both connections closed", Duration::from_secs(10), |p| {
+        tcp_closed(p, 44000, 7000) && tcp_closed(p, 44001, 7000)
+    });
     let packets = cap.finish();
 
     let marked = flow_packets(&packets, 44000, 7000);

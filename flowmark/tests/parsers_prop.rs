@@ -112,22 +112,8 @@ fn api_handler_answers_any_line() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Request>(16);
-        tokio::spawn(async move {
-            while let Some(r) = rx.recv().await {
-                let ok = serde_json::json!({"ok": true});
-                match r {
-                    Request::Start { reply, .. } | Request::End { reply, .. } => {
-                        if let Some(r) = reply {
-                            let _ = r.send(ok);
-                        }
-                    }
-                    Request::Status { reply } => {
-                        let _ = reply.send(ok);
-                    }
-                }
-            }
-        });
+        let (tx, rx) = tokio::sync::mpsc::channel::<Request>(16);
+        tokio::spawn(stand_in_daemon(rx));
         let registry = Registry::builtin();
         let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 1000, ..Default::default() });
         use proptest::{strategy::ValueTree, string::string_regex};
@@ -150,4 +136,288 @@ fn api_handler_answers_any_line() {
         let unmarked = r#"{"op":"start","src":"2001:db8::1","sport":443,"dst":"2001:db8::2","dport":5000,"headers":{"SciTag":"9"}}"#;
         assert_eq!(handle(unmarked, &registry, &tx).await["marked"], false);
     });
+}
+
+// Fuzzing (issue 12): structure-aware inputs for the network and local
+// parsers, a bounded number of cases each (a few seconds in all), run by
+// `make test`. PROPTEST_CASES raises the count for a longer session.
+
+/// Any JSON value, nested a few levels, with awkward numbers and strings.
+fn any_json() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::{Value, json};
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<u64>().prop_map(|n| json!(n)),
+        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f)
+            .map(Value::Number)
+            .unwrap_or(Value::Null)),
+        ".{0,40}".prop_map(Value::String),
+        "[0-9a-f:.\\[\\]]{0,45}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+            proptest::collection::btree_map("[a-z-]{1,12}", inner, 0..5)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// A valid firefly (framed or bare) with any context ids and state.
+fn valid_firefly() -> impl Strategy<Value = (Vec<u8>, i64, i64)> {
+    (
+        prop_oneof![0i64..520, any::<i64>()],
+        prop_oneof![0i64..70, any::<i64>()],
+        0usize..3,
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(exp, act, state, framed, v6)| {
+            let flow = if v6 {
+                flowmark::flow::FlowId::parse("udp", "2001:db8::1", "1", "2001:db8::2", "2")
+            } else {
+                flowmark::flow::FlowId::parse("tcp", "192.0.2.1", "443", "192.0.2.2", "4000")
+            }
+            .unwrap();
+            let state = [
+                firefly::State::Start,
+                firefly::State::Ongoing,
+                firefly::State::End,
+            ][state];
+            let now = std::time::SystemTime::now();
+            let usage = Some(firefly::Usage {
+                sent: Some(5),
+                received: None,
+            });
+            let mut msg = firefly::message(
+                state,
+                &flow,
+                SciTag::new(1, 2).unwrap(),
+                "f",
+                now,
+                now,
+                usage,
+            );
+            msg["context"]["experiment-id"] = serde_json::json!(exp);
+            msg["context"]["activity-id"] = serde_json::json!(act);
+            let bytes = if framed {
+                firefly::frame(&msg, "h", "a", now).into_bytes()
+            } else {
+                msg.to_string().into_bytes()
+            };
+            (bytes, exp, act)
+        })
+}
+
+/// A byte string with a few random edits (flip, insert, delete).
+fn mutated(base: Vec<u8>, edits: Vec<(usize, u8, u8)>) -> Vec<u8> {
+    let mut d = base;
+    for (at, byte, op) in edits {
+        if d.is_empty() {
+            d.push(byte);
+            continue;
+        }
+        let at = at % d.len();
+        match op % 3 {
+            0 => d[at] ^= byte | 1,
+            1 => d.insert(at, byte),
+            _ => {
+                d.remove(at);
+            }
+        }
+    }
+    d
+}
+
+/// The label values of every series in a Prometheus text rendering.
+fn label_values(text: &str, label: &str) -> Vec<String> {
+    let key = format!("{label}=\"");
+    let mut out = vec![];
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        for (i, _) in l.match_indices(key.as_str()) {
+            // Only a whole label name: preceded by `{` or `,`.
+            if i > 0 && !l[..i].ends_with(['{', ',']) {
+                continue;
+            }
+            let rest = &l[i + key.len()..];
+            out.push(rest[..rest.find('"').unwrap_or(rest.len())].to_string());
+        }
+    }
+    out
+}
+
+/// 300 cases per fuzz target in `make test`; PROPTEST_CASES=N for more.
+fn fuzz_cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: fuzz_cases(), ..ProptestConfig::default() })]
+
+    /// Any valid firefly, and any small corruption of one, through the
+    /// parser and then the collector: no panic, and every label value the
+    /// collector emits is a registry name or id, "unknown" or "other",
+    /// with at most `max_series` label sets (plus "other").
+    #[test]
+    fn collector_labels_stay_in_the_registry(
+        fireflies in proptest::collection::vec((valid_firefly(), proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 0..3)), 1..40),
+        max_series in 1usize..8,
+    ) {
+        use flowmark::collector::{Collector, Limits};
+        let registry = Registry::builtin();
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let mut c = Collector::new(registry.clone(), Limits { max_series, allow_from: vec![] });
+        metrics::with_local_recorder(&recorder, || {
+            for ((bytes, exp, act), edits) in &fireflies {
+                let clean = edits.is_empty();
+                let d = mutated(bytes.clone(), edits.clone());
+                if let Ok(v) = firefly::parse(&d) {
+                    let r = c.record(&v);
+                    if clean {
+                        let ok = (0..=511).contains(exp) && (0..=63).contains(act);
+                        assert_eq!(r.is_ok(), ok, "{exp} {act}: {r:?}");
+                    }
+                }
+            }
+        });
+        prop_assert!(c.series() <= max_series);
+        let text = handle.render();
+        let mut allowed: std::collections::BTreeSet<String> =
+            ["unknown", "other"].iter().map(|s| s.to_string()).collect();
+        for (id, e) in &registry.experiments {
+            allowed.insert(id.to_string());
+            allowed.insert(e.name.clone());
+            for (a, name) in &e.activities {
+                allowed.insert(a.to_string());
+                allowed.insert(name.clone());
+            }
+        }
+        for label in ["experiment", "activity", "experiment_id", "activity_id"] {
+            for v in label_values(&text, label) {
+                prop_assert!(allowed.contains(&v), "{label}={v:?}\n{text}");
+            }
+        }
+        let sets: std::collections::BTreeSet<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("flowmark_collector_fireflies_total{"))
+            .map(|l| l.split(",state=").next().unwrap_or(l).to_string())
+            .collect();
+        prop_assert!(sets.len() <= max_series + 1, "{sets:?}");
+    }
+
+    /// Corrupted fireflies: the parser answers, never panics.
+    #[test]
+    fn firefly_parser_survives_corruption(
+        (bytes, _, _) in valid_firefly(),
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..8),
+    ) {
+        let _ = firefly::parse(&mutated(bytes, edits));
+    }
+
+    /// The API handler with any JSON object (known keys with values of any
+    /// type, unknown keys, nesting) answers one object with a boolean "ok".
+    #[test]
+    fn api_handler_answers_any_json(
+        op in prop_oneof![
+            Just("start".to_string()),
+            Just("end".to_string()),
+            Just("status".to_string()),
+            ".{0,8}",
+        ],
+        fields in proptest::collection::btree_map(
+            prop_oneof![
+                Just("proto"), Just("src"), Just("sport"), Just("dst"), Just("dport"),
+                Just("scitag"), Just("experiment"), Just("activity"), Just("headers"),
+                Just("query"), Just("application"), Just("sent"), Just("received"), Just("zz"),
+            ],
+            any_json(),
+            0..8,
+        ),
+    ) {
+        let mut req = serde_json::Map::new();
+        req.insert("op".into(), serde_json::json!(op));
+        for (k, v) in fields {
+            req.insert(k.into(), v);
+        }
+        let line = serde_json::Value::Object(req).to_string();
+        let reply = api_reply(&line);
+        prop_assert!(reply["ok"].is_boolean(), "{line} -> {reply}");
+    }
+
+    /// The pipe reader over any byte stream (lines of any length, any
+    /// bytes, valid lines among them): it reads to the end, never panics,
+    /// and registers exactly the valid start lines.
+    #[test]
+    fn pipe_reader_survives_any_stream(
+        chunks in proptest::collection::vec(
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..300),
+                (1u16..65535, 1u32..600, 0u32..80).prop_map(|(p, e, a)|
+                    format!("start tcp 2001:db8::1 {p} 2001:db8::2 80 {e} {a}\n").into_bytes()),
+                Just(vec![b'x'; 3000]),
+                Just(b"\n".to_vec()),
+            ],
+            0..20,
+        ),
+    ) {
+        let input: Vec<u8> = chunks.concat();
+        let registry = Registry::builtin();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let starts = rt.block_on(async {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(100_000);
+            flowmark::pipe::serve(&input[..], registry.clone(), tx).await;
+            let mut n = 0;
+            while let Ok(r) = rx.try_recv() {
+                if let flowmark::daemon::Request::Start { flow, tag, .. } = r {
+                    prop_assert!(registry.experiment_name(tag.experiment).is_some());
+                    prop_assert!(flow.src.port() != 0);
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })?;
+        // No more starts than lines.
+        prop_assert!(starts <= input.iter().filter(|b| **b == b'\n').count() + 1);
+    }
+}
+
+/// Answers every request `{"ok":true}` until the senders are gone.
+async fn stand_in_daemon(mut rx: tokio::sync::mpsc::Receiver<flowmark::daemon::Request>) {
+    use flowmark::daemon::Request;
+    while let Some(r) = rx.recv().await {
+        let ok = serde_json::json!({"ok": true});
+        match r {
+            Request::Start { reply, .. } | Request::End { reply, .. } => {
+                if let Some(r) = reply {
+                    let _ = r.send(ok);
+                }
+            }
+            Request::Status { reply } => {
+                let _ = reply.send(ok);
+            }
+        }
+    }
+}
+
+/// One API request line to its reply, with a stand-in daemon task.
+fn api_reply(line: &str) -> serde_json::Value {
+    use flowmark::daemon::Request;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Request>(1);
+        let daemon = tokio::spawn(stand_in_daemon(rx));
+        let reply = flowmark::api::handle(line, &Registry::builtin(), &tx).await;
+        drop(tx);
+        let _ = daemon.await;
+        reply
+    })
 }

@@ -218,8 +218,29 @@ impl Lab {
                     .spawn()?,
             );
         }
-        std::thread::sleep(Duration::from_millis(300));
+        for (_, cli) in &lab.pairs {
+            wait_listening(cli, 5201)?;
+        }
         Ok(lab)
+    }
+}
+
+/// Waits until a TCP socket listens on `port` in namespace `ns` (the
+/// iperf3 server is up), polling `ss`; 10 s at most.
+fn wait_listening(ns: &str, port: u16) -> anyhow::Result<()> {
+    let filter = format!("sport = :{port}");
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = Command::new("ip")
+            .args(["netns", "exec", ns, "ss", "-Hltn", &filter])
+            .output()?;
+        if !o.stdout.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > end {
+            bail!("nothing listens on port {port} in {ns}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

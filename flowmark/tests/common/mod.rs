@@ -163,6 +163,20 @@ impl Lab {
         }
     }
 
+    /// Waits (bounded) for a process started with `spawn` to exit by itself.
+    pub fn wait_exit(&mut self, name: &str, timeout: Duration) -> std::process::ExitStatus {
+        let i = self
+            .children
+            .iter()
+            .position(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no process {name}"));
+        let st = wait_for(&format!("{name} to exit"), timeout, || {
+            self.children[i].1.try_wait().ok().flatten()
+        });
+        self.children.remove(i);
+        st
+    }
+
     /// SIGTERM to one process by PID, then wait for it (bounded).
     pub fn stop(&mut self, name: &str) {
         if let Some(i) = self.children.iter().position(|(n, _)| n == name) {
@@ -223,19 +237,32 @@ pub struct Packet {
     pub sport: u16,
     pub dport: u16,
     pub label: u32,
+    /// TCP flags (0 for UDP).
+    pub flags: u8,
 }
+
+pub const TCP_FIN: u8 = 0x01;
+
+type Frames = Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
 
 /// An AF_PACKET capture on `iface` inside `ns`, in a thread of its own.
 pub struct Capture {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Vec<Vec<u8>>>>,
+    frames: Frames,
+    thread: Option<JoinHandle<u32>>,
 }
 
 impl Capture {
     pub fn start(ns: &str, iface: &str) -> Capture {
         let stop = Arc::new(AtomicBool::new(false));
+        let frames: Frames = Default::default();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (ns, iface, stop2) = (ns.to_string(), iface.to_string(), stop.clone());
+        let (ns, iface, stop2, out) = (
+            ns.to_string(),
+            iface.to_string(),
+            stop.clone(),
+            frames.clone(),
+        );
         let thread = std::thread::spawn(move || {
             let nsf = File::open(format!("/var/run/netns/{ns}")).expect("netns file");
             unsafe {
@@ -271,39 +298,55 @@ impl Capture {
                     &tv as *const _ as *const _,
                     16,
                 );
-                let big: i32 = 8 << 20;
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVBUF,
-                    &big as *const _ as *const _,
-                    4,
-                );
-                ready_tx.send(()).unwrap();
-                let mut frames = vec![];
-                let mut buf = vec![0u8; 65536 + 128];
-                // Only headers are needed: keep the first 128 bytes.
-                while !stop2.load(Ordering::SeqCst) {
-                    let n = libc::recv(fd, buf.as_mut_ptr() as *mut _, buf.len(), 0);
-                    if n > 0 {
-                        frames.push(buf[..(n as usize).min(128)].to_vec());
-                    }
-                }
-                // Drain what is already queued.
-                loop {
-                    let n = libc::recv(
+                // FORCE: past net.core.rmem_max (208 KiB, three GSO
+                // frames), so a busy machine does not make the capture
+                // lose packets; losses are counted and fail the test.
+                let big: i32 = 64 << 20;
+                assert_eq!(
+                    libc::setsockopt(
                         fd,
-                        buf.as_mut_ptr() as *mut _,
-                        buf.len(),
-                        libc::MSG_DONTWAIT,
+                        libc::SOL_SOCKET,
+                        libc::SO_RCVBUFFORCE,
+                        &big as *const _ as *const _,
+                        4,
+                    ),
+                    0,
+                    "SO_RCVBUFFORCE"
+                );
+                // tpacket_stats {packets, drops}; reading resets them, so
+                // the first read starts the count here.
+                let drops = || {
+                    let mut stats = [0u32; 2];
+                    let mut len = 8u32;
+                    libc::getsockopt(
+                        fd,
+                        libc::SOL_PACKET,
+                        libc::PACKET_STATISTICS,
+                        stats.as_mut_ptr() as *mut _,
+                        &mut len,
                     );
-                    if n <= 0 {
+                    stats[1]
+                };
+                drops();
+                ready_tx.send(()).unwrap();
+                let mut buf = vec![0u8; 65536 + 128];
+                loop {
+                    // Once stopped, drain what is already queued.
+                    let stopping = stop2.load(Ordering::SeqCst);
+                    let flags = if stopping { libc::MSG_DONTWAIT } else { 0 };
+                    let n = libc::recv(fd, buf.as_mut_ptr() as *mut _, buf.len(), flags);
+                    if n > 0 {
+                        // Only headers are needed: keep the first 128 bytes.
+                        out.lock()
+                            .unwrap()
+                            .push(buf[..(n as usize).min(128)].to_vec());
+                    } else if stopping {
                         break;
                     }
-                    frames.push(buf[..(n as usize).min(128)].to_vec());
                 }
+                let lost = drops();
                 libc::close(fd);
-                frames
+                lost
             }
         });
         ready_rx
@@ -311,14 +354,28 @@ impl Capture {
             .expect("capture ready");
         Capture {
             stop,
+            frames,
             thread: Some(thread),
         }
     }
 
+    /// The packets captured so far.
+    pub fn packets(&self) -> Vec<Packet> {
+        let frames = self.frames.lock().unwrap();
+        frames.iter().filter_map(|f| parse_frame(f)).collect()
+    }
+
+    /// Waits until the packets captured so far satisfy `done`.
+    pub fn wait(&self, what: &str, timeout: Duration, done: impl Fn(&[Packet]) -> bool) {
+        wait_for(what, timeout, || done(&self.packets()).then_some(()));
+    }
+
+    /// Stops the capture; every packet it saw (it fails if it lost any).
     pub fn finish(mut self) -> Vec<Packet> {
         self.stop.store(true, Ordering::SeqCst);
-        let frames = self.thread.take().unwrap().join().unwrap();
-        frames.iter().filter_map(|f| parse_frame(f)).collect()
+        let drops = self.thread.take().unwrap().join().unwrap();
+        assert_eq!(drops, 0, "the capture lost {drops} packets");
+        self.packets()
     }
 }
 
@@ -338,13 +395,49 @@ fn parse_frame(f: &[u8]) -> Option<Packet> {
     let ip = &f[14..];
     let first = u32::from_be_bytes([ip[0], ip[1], ip[2], ip[3]]);
     let addr = |o: usize| std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&ip[o..o + 16]).unwrap());
+    let tcp = f[20] == 6 && ip.len() > 40 + 13;
     Some(Packet {
         src: addr(8),
         dst: addr(24),
         sport: u16::from_be_bytes([ip[40], ip[41]]),
         dport: u16::from_be_bytes([ip[42], ip[43]]),
         label: first & 0xFFFFF,
+        flags: if tcp { ip[40 + 13] } else { 0 },
     })
+}
+
+/// The TCP connection between ports `a` and `b` is closed in the capture:
+/// both sides sent their FIN and the last FIN was acknowledged, so neither
+/// side sends another packet of it.
+pub fn tcp_closed(packets: &[Packet], a: u16, b: u16) -> bool {
+    let of_flow = |p: &&Packet| (p.sport, p.dport) == (a, b) || (p.sport, p.dport) == (b, a);
+    let flow: Vec<&Packet> = packets.iter().filter(of_flow).collect();
+    let fin_from = |port: u16| {
+        flow.iter()
+            .position(|p| p.sport == port && p.flags & TCP_FIN != 0)
+    };
+    let (Some(fa), Some(fb)) = (fin_from(a), fin_from(b)) else {
+        return false;
+    };
+    let last_fin = fa.max(fb);
+    let acker = flow[last_fin].dport;
+    flow[last_fin + 1..].iter().any(|p| p.sport == acker)
+}
+
+/// Runs `f` in a thread that entered network namespace `ns`.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let nsf = File::open(format!("/var/run/netns/{ns}")).expect("netns file");
+    std::thread::spawn(move || {
+        // SAFETY: setns on a valid namespace fd, for this thread only.
+        assert_eq!(
+            unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) },
+            0,
+            "setns"
+        );
+        f()
+    })
+    .join()
+    .expect("netns thread")
 }
 
 /// The captured packets of one flow, by its ports as it leaves the node.
@@ -465,6 +558,9 @@ pub fn nginx_conf(lab: &Lab, main_extra: &str, http_extra: &str, extra: &str) ->
     let d = lab.dir.to_str().unwrap();
     std::fs::create_dir_all(lab.dir.join("www")).unwrap();
     std::fs::create_dir_all(lab.dir.join("tmp")).unwrap();
+    // What start_node polls: a file, so the poll leaves no [error] line
+    // (403 for the directory index, 404) in nginx's error log.
+    std::fs::write(lab.dir.join("www/ready"), "").unwrap();
     let conf = format!(
         r#"{main_extra}
 worker_processes 1;
@@ -493,24 +589,29 @@ http {{
     path.to_str().unwrap().to_string()
 }
 
+/// `flowmark collect --listen [::]:10514 --metrics 127.0.0.1:9814 ARGS` in
+/// the client namespace, as process "collector" (not waited for).
+pub fn spawn_collector(lab: &mut Lab, extra: &[&str]) {
+    let cli = lab.cli.clone();
+    let mut args = vec![
+        flowmark_bin(),
+        "collect",
+        "--listen",
+        "[::]:10514",
+        "--metrics",
+        "127.0.0.1:9814",
+    ];
+    args.extend_from_slice(extra);
+    lab.spawn("collector", &cli, &args);
+}
+
 /// The storage node and its peer: the peer's collector (UDP 10514, metrics
 /// on 127.0.0.1:9814 in the client namespace), `flowmark run --iface veth0
 /// --ongoing-interval 0 ARGS` and nginx with `conf` in the server
 /// namespace; returns when all three answer.
 pub fn start_node(lab: &mut Lab, conf: &str, flowmark_args: &[&str]) {
     let (srv, cli) = (lab.srv.clone(), lab.cli.clone());
-    lab.spawn(
-        "collector",
-        &cli,
-        &[
-            flowmark_bin(),
-            "collect",
-            "--listen",
-            "[::]:10514",
-            "--metrics",
-            "127.0.0.1:9814",
-        ],
-    );
+    spawn_collector(lab, &[]);
     let mut args = vec![
         flowmark_bin(),
         "run",
@@ -524,7 +625,7 @@ pub fn start_node(lab: &mut Lab, conf: &str, flowmark_args: &[&str]) {
     lab.wait_log("flowmark", "flowmark: ready");
     lab.wait_log("collector", "flowmark: ready");
     lab.spawn("nginx", &srv, &["nginx", "-c", conf, "-g", "daemon off;"]);
-    let root = format!("http://[{SRV6}]:8080/");
+    let root = format!("http://[{SRV6}]:8080/ready");
     wait_for("nginx", Duration::from_secs(10), || {
         // Any HTTP answer will do; 7 is curl's "connection refused".
         let o = lab.exec(&cli, &["curl", "-s", "-o", "/dev/null", "-g", &root]);
