@@ -207,13 +207,6 @@ pub fn render(s: &Status, now_unix: u64) -> String {
             p.bfd.as_deref().unwrap_or("-"),
             printable(p.last_error.as_deref().unwrap_or(""))
         );
-    }
-    if s.bgp_refused_unknown > 0 {
-        let _ = writeln!(
-            o,
-            "BGP connections from unconfigured addresses refused: {}",
-            s.bgp_refused_unknown
-        );
         if !p.update_errors.is_empty() {
             let list: Vec<String> = p
                 .update_errors
@@ -222,6 +215,13 @@ pub fn render(s: &Status, now_unix: u64) -> String {
                 .collect();
             let _ = writeln!(o, "  RFC 7606, session kept: {}", list.join(", "));
         }
+    }
+    if s.bgp_refused_unknown > 0 {
+        let _ = writeln!(
+            o,
+            "BGP connections from unconfigured addresses refused: {}",
+            s.bgp_refused_unknown
+        );
     }
     let _ = writeln!(
         o,
