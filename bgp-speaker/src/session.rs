@@ -47,8 +47,8 @@ pub(crate) struct PeerTask {
     pub incoming: mpsc::Receiver<TcpStream>,
     pub stop: watch::Receiver<Stop>,
     pub bfd: Option<Arc<BfdHub>>,
-    /// Per error class: when it was last logged and how many since.
-    pub error_log: HashMap<(Action, ErrorClass), (Instant, u64)>,
+    /// When each UPDATE error class was last logged.
+    pub error_log: LogLimiter<(Action, ErrorClass)>,
 }
 
 /// How one connection ended.
@@ -525,14 +525,9 @@ impl PeerTask {
         });
         let now = Instant::now();
         for e in &u.errors {
-            let entry = self
-                .error_log
-                .entry((e.action, e.class))
-                .or_insert((now - ERROR_LOG_INTERVAL * 2, 0));
-            if now.duration_since(entry.0) < ERROR_LOG_INTERVAL {
-                entry.1 += 1;
+            let Some(suppressed) = self.error_log.admit((e.action, e.class), now) else {
                 continue;
-            }
+            };
             let hex: String = e.excerpt.iter().map(|b| format!("{b:02x}")).collect();
             tracing::warn!(
                 peer = %self.cfg.address,
@@ -540,10 +535,9 @@ impl PeerTask {
                 class = e.class.as_str(),
                 attr_type = e.attr_type,
                 bytes = %hex,
-                suppressed = entry.1,
+                suppressed,
                 "malformed UPDATE from peer handled without a session reset (RFC 7606)"
             );
-            *entry = (now, 0);
         }
     }
 
@@ -621,6 +615,36 @@ impl PeerTask {
     }
 }
 
+/// One log line per key and ERROR_LOG_INTERVAL.
+pub(crate) struct LogLimiter<K> {
+    /// Per key: when it was last logged, how many were held back since.
+    last: HashMap<K, (Instant, u64)>,
+}
+
+impl<K: std::hash::Hash + Eq> LogLimiter<K> {
+    pub fn new() -> Self {
+        LogLimiter {
+            last: HashMap::new(),
+        }
+    }
+
+    /// Whether to log `key` now: `Some(held back since the last line)`, or
+    /// `None` (counted as held back).
+    pub fn admit(&mut self, key: K, now: Instant) -> Option<u64> {
+        match self.last.get_mut(&key) {
+            Some((at, held)) if now.duration_since(*at) < ERROR_LOG_INTERVAL => {
+                *held += 1;
+                None
+            }
+            Some(entry) => Some(std::mem::replace(entry, (now, 0)).1),
+            None => {
+                self.last.insert(key, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
 /// Doubles the retry delay up to `max`.
 pub(crate) fn next_backoff(current: Duration, max: Duration) -> Duration {
     (current * 2).min(max.max(current))
@@ -682,6 +706,20 @@ async fn reject_collision(mut s: TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn update_errors_are_logged_once_per_class_and_interval() {
+        let mut log = LogLimiter::new();
+        let t0 = Instant::now();
+        assert_eq!(log.admit("origin", t0), Some(0));
+        assert_eq!(log.admit("as_path", t0), Some(0), "other classes log");
+        for i in 1..=5 {
+            assert_eq!(log.admit("origin", t0 + Duration::from_secs(i)), None);
+        }
+        // The next line says how many were held back.
+        assert_eq!(log.admit("origin", t0 + ERROR_LOG_INTERVAL), Some(5));
+        assert_eq!(log.admit("origin", t0 + ERROR_LOG_INTERVAL), None);
+    }
 
     #[test]
     fn backoff_doubles_to_the_cap_and_jitter_stays_in_range() {

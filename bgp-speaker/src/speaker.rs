@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use crate::bfd::BfdHub;
 use crate::config::{PeerConfig, RouteAttrs, SpeakerConfig};
 use crate::rib::{Rib, Stop};
-use crate::session::PeerTask;
+use crate::session::{LogLimiter, PeerTask};
 use crate::socket;
 use crate::state::{PeerShared, PeerStatus, SessionEvent, State};
 
@@ -265,7 +265,7 @@ impl Speaker {
             incoming: rx,
             stop: stop_rx,
             bfd: inner.bfd.clone(),
-            error_log: HashMap::new(),
+            error_log: LogLimiter::new(),
         };
         inner.peers.push(PeerHandle {
             addr,

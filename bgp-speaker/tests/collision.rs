@@ -1,7 +1,8 @@
 //! Connection collision (RFC 4271 section 6.8) against a raw peer that
 //! accepts the speaker's connection and opens its own at the same time: the
 //! connection opened by the side with the higher BGP identifier survives,
-//! the other gets Cease / Connection Collision Resolution (6/7).
+//! the other gets Cease / Connection Collision Resolution (6/7). A third
+//! connection while Established gets 6/7 and the session stays.
 
 mod common;
 
@@ -59,6 +60,24 @@ fn collide(lab: &Lab, listener: &TcpListener, peer_id: [u8; 4]) -> (Outcome, Out
     wait_for("speaker established", Duration::from_secs(10), || {
         sp.speaker.peers()[0].state == State::Established
     });
+    // RFC 4271 6.8: a third connection loses against the live Established
+    // one (after the speaker's liveness grace) and the session stays.
+    let mut third = connect(SocketAddr::new(speaker_v6(1).parse().unwrap(), 179));
+    third.write_all(&open).unwrap();
+    let rejected = loop {
+        match read_msg(&mut third) {
+            Ok((3, b)) => break (b[0], b[1]),
+            Ok(_) => {}
+            Err(e) => panic!("third connection: {e}"),
+        }
+    };
+    assert_eq!(
+        rejected,
+        (6, 7),
+        "a new connection loses against Established"
+    );
+    let p = &sp.speaker.peers()[0];
+    assert_eq!((p.state, p.established_count), (State::Established, 1));
     (outcome[0], outcome[1])
 }
 
