@@ -429,3 +429,45 @@ async fn endpoint_refuses_strangers_bounds_connections_and_never_reads_a_body() 
     server.abort();
     poller.abort();
 }
+
+#[test]
+fn the_secret_file_must_be_private_long_enough_and_rotates_by_lines() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(dataplane::lab::unique("lbdt-secret-"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("liveness.secret");
+    let write = |text: &str, mode: u32| {
+        std::fs::write(&file, text).expect("write");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    let old = "old-secret-0123456789abcdef";
+    let new = "new-secret-0123456789abcdef";
+    write(&format!("{old}\n"), 0o644);
+    let e = Keys::load(&file).expect_err("world-readable").to_string();
+    assert!(e.contains("mode 0644") && e.contains("chmod 600"), "{e}");
+    assert!(!e.contains(old), "the secret is never in a message: {e}");
+    write("short\n", 0o600);
+    let e = Keys::load(&file).expect_err("short").to_string();
+    assert!(e.contains("line 1 is 5 bytes"), "{e}");
+    write("\n\n", 0o600);
+    assert!(Keys::load(&file).is_err(), "empty");
+    let e = Keys::load(&dir.join("missing"))
+        .expect_err("missing")
+        .to_string();
+    assert!(e.contains("No such file"), "{e}");
+
+    // Rotation: line 1 signs, every line verifies.
+    write(&format!("{new}\n{old}\n"), 0o600);
+    let both = Keys::load(&file).expect("two secrets");
+    let only_old = Keys::new(&[old.as_bytes()]).expect("old");
+    let only_new = Keys::new(&[new.as_bytes()]).expect("new");
+    let nonce = "00112233445566778899aabbccddeeff";
+    let tag = both.sign(nonce, b"{}");
+    assert!(only_new.verify(nonce, b"{}", &tag), "line 1 signs");
+    assert!(!only_old.verify(nonce, b"{}", &tag));
+    assert!(
+        both.verify(nonce, b"{}", &only_old.sign(nonce, b"{}")),
+        "line 2 verifies"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

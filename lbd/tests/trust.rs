@@ -12,6 +12,8 @@
 //!   replayed genuine report and with a report signed with the wrong
 //!   secret (node 2 must stay down, node 1's table must stay its own);
 //! - SIGHUPs while lbd starts;
+//! - a new secret on one node only (SIGHUP re-reads it): the other refuses
+//!   its reports until it reloads too;
 //! - a reload that removes a VIP and a member: their metric series go.
 
 mod support;
@@ -242,7 +244,10 @@ fn liveness_and_daemon_hold_against_strangers_forgeries_and_operator_mistakes() 
         Duration::from_secs(5),
         || c.status(0)["bgp_refused_unknown"].as_u64().unwrap_or(0) >= connected,
     );
-    assert!(connected >= 150, "only {connected} of 200 connections to port 179");
+    assert!(
+        connected >= 150,
+        "only {connected} of 200 connections to port 179"
+    );
     let lines = c
         .log(0)
         .matches("connections from unconfigured addresses refused")
@@ -343,7 +348,44 @@ fn liveness_and_daemon_hold_against_strangers_forgeries_and_operator_mistakes() 
         || converged(&c),
     );
 
-    // 6. A reload that removes the IPv6 VIP and member 2: their series go.
+    // 6. The secret is re-read on SIGHUP: node 1 alone gets a new one
+    //    (the old one as line 2): node 2 cannot verify node 1 any more;
+    //    node 2 reloads too and both agree again (a rotation's first step).
+    let secret = c.dir.join("liveness.secret");
+    std::fs::write(
+        &secret,
+        format!("6e65772d7365637265742d666f722d726f746174696f6e\n{SECRET}\n"),
+    )
+    .expect("new secret");
+    c.reload(0);
+    wait_for(
+        "node 2 refuses node 1's new tags",
+        Duration::from_secs(10),
+        || {
+            let s = c.status(1);
+            s["members"][0]["up"] == false
+                && s["members"][0]["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("tag does not match"))
+        },
+    );
+    assert_eq!(
+        c.status(0)["members"][1]["up"],
+        true,
+        "node 1 verifies node 2's old tags"
+    );
+    // Node 2's last reload (step 5) may be of this second, and the reload
+    // outcome `c.reload` waits for is stamped to the second.
+    thread::sleep(Duration::from_millis(1100));
+    c.reload(1);
+    wait_for(
+        "both nodes converged with the new secret",
+        Duration::from_secs(30),
+        || converged(&c),
+    );
+    assert!(!c.log(0).contains("6e65772d"), "the secret is never logged");
+
+    // 7. A reload that removes the IPv6 VIP and member 2: their series go.
     wait_for(
         "series of the VIP and member",
         Duration::from_secs(5),
@@ -353,7 +395,6 @@ fn liveness_and_daemon_hold_against_strangers_forgeries_and_operator_mistakes() 
         },
     );
     let cfg = c.node_config(1, &[1]);
-    let secret = c.dir.join("liveness.secret");
     let cfg = cfg
         .replacen(
             "fall = 3\n",

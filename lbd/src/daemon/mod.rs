@@ -450,10 +450,33 @@ impl Daemon {
             .collect()
     }
 
+    /// One round of the loop, in the order that keeps connections alive.
     fn tick(&mut self) {
         let healthy = self.healthy();
-        let me = self.cfg.node_id;
-        // Node state and its reason.
+        self.update_node_state(&healthy);
+        self.publish_report(&healthy);
+        let draining_bgp = self.drain_task.as_ref().is_some_and(|t| !t.is_finished());
+        self.withdraw_failing(&healthy, draining_bgp);
+        // Tables wait until every member has answered or failed `fall`
+        // polls (at start, and for members a reload adds): "down" before
+        // that only means "not asked yet", and a table (and an
+        // announcement) without members that serve, or without the second
+        // hops that lead to them, would take their connections.
+        let decided = liveness::decided(&self.members, self.cfg.liveness.fall);
+        if decided {
+            self.update_tables(&healthy);
+        }
+        self.forget_gone_members();
+        if !draining_bgp && !self.drained {
+            self.announce_ready(&healthy);
+        }
+        self.release_end_of_rib(decided);
+        self.export_metrics();
+    }
+
+    /// Node state (active / draining / down) and its reason, logged when
+    /// it changes.
+    fn update_node_state(&mut self, healthy: &[bool]) {
         let (state, reason) = if self.drained {
             (NodeState::Draining, "lbd drain".to_string())
         } else if healthy.iter().any(|&h| h) {
@@ -470,11 +493,16 @@ impl Daemon {
         }
         self.state = state;
         self.reason = reason;
+    }
+
+    /// What the liveness endpoint serves (only changes wake pollers' reads).
+    fn publish_report(&self, healthy: &[bool]) {
+        let state = self.state;
         let vips: BTreeMap<String, bool> = self
             .cfg
             .vips
             .iter()
-            .zip(&healthy)
+            .zip(healthy)
             .map(|(v, &h)| (v.address.to_string(), h))
             .collect();
         self.report.send_if_modified(|r| {
@@ -483,8 +511,10 @@ impl Daemon {
             r.vips = vips.clone();
             changed
         });
-        let draining_bgp = self.drain_task.as_ref().is_some_and(|t| !t.is_finished());
-        // A failing check withdraws at once, before anything else moves.
+    }
+
+    /// A failing check withdraws at once, before anything else moves.
+    fn withdraw_failing(&mut self, healthy: &[bool], draining_bgp: bool) {
         for (i, v) in self.cfg.vips.iter().enumerate() {
             if self.announced[i] && !healthy[i] && !draining_bgp {
                 self.speaker.withdraw(host_prefix(v.address));
@@ -492,18 +522,14 @@ impl Daemon {
                 warn!(vip = %v.address, reason = "health check failed", "withdrawn");
             }
         }
-        // Tables wait until every member has answered or failed `fall`
-        // polls (at start, and for members a reload adds): "down" before
-        // that only means "not asked yet", and a table (and an
-        // announcement) without members that serve, or without the second
-        // hops that lead to them, would take their connections.
-        let decided = liveness::decided(&self.members, self.cfg.liveness.fall);
+    }
+
+    /// Each VIP's table from the member view; installed in the dataplane.
+    fn update_tables(&mut self, healthy: &[bool]) {
+        let me = self.cfg.node_id;
         let others = liveness::lock(&self.members).clone();
         let now = Instant::now();
         for (i, v) in self.cfg.vips.iter().enumerate() {
-            if !decided {
-                continue;
-            }
             let key = v.address.to_string();
             let view: Vec<MemberView> = self
                 .cfg
@@ -582,34 +608,41 @@ impl Daemon {
                 self.tables[i].installed(change, now, self.cfg.drain_period);
             }
         }
-        self.forget_gone_members();
-        // BGP: announce only what passes its checks and is in our own table.
-        if !draining_bgp && !self.drained {
-            for (i, v) in self.cfg.vips.iter().enumerate() {
-                let want = healthy[i] && self.tables[i].has_first_hop(me);
-                if want && !self.announced[i] {
-                    match self
-                        .speaker
-                        .announce(host_prefix(v.address), route_attrs(&self.cfg))
-                    {
-                        Ok(()) => {
-                            info!(vip = %v.address, reason = "checks pass and table loaded", "announced")
-                        }
-                        Err(e) => error!(vip = %v.address, error = %e, "cannot announce"),
+    }
+
+    /// BGP: announce only what passes its checks and is in our own table.
+    fn announce_ready(&mut self, healthy: &[bool]) {
+        let me = self.cfg.node_id;
+        for (i, v) in self.cfg.vips.iter().enumerate() {
+            let want = healthy[i] && self.tables[i].has_first_hop(me);
+            if want && !self.announced[i] {
+                match self
+                    .speaker
+                    .announce(host_prefix(v.address), route_attrs(&self.cfg))
+                {
+                    Ok(()) => {
+                        info!(vip = %v.address, reason = "checks pass and table loaded", "announced")
                     }
-                    self.announced[i] = true;
-                } else if !want && self.announced[i] {
-                    self.speaker.withdraw(host_prefix(v.address));
-                    self.announced[i] = false;
-                    info!(vip = %v.address, reason = "not a first hop of its own table", "withdrawn");
+                    Err(e) => error!(vip = %v.address, error = %e, "cannot announce"),
                 }
+                self.announced[i] = true;
+            } else if !want && self.announced[i] {
+                self.speaker.withdraw(host_prefix(v.address));
+                self.announced[i] = false;
+                info!(vip = %v.address, reason = "not a first hop of its own table", "withdrawn");
             }
         }
+    }
+
+    fn release_end_of_rib(&mut self, decided: bool) {
         if !self.eor_released && self.first_routes_decided(decided) {
             self.speaker.release_end_of_rib();
             self.eor_released = true;
             info!(reason = "first routes decided", "End-of-RIB released");
         }
+    }
+
+    fn export_metrics(&mut self) {
         if self.last_metrics.elapsed() >= Duration::from_secs(1) {
             self.last_metrics = Instant::now();
             if self.cfg.api.metrics.is_some() {
