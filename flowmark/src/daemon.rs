@@ -456,7 +456,8 @@ impl Daemon {
             return None;
         }
         let (_, oldest) = self.order.first_key_value()?;
-        Some(self.flows.get(oldest)?.since + self.cfg.max_age)
+        // None past the clock's range (a --max-flow-age of centuries): never.
+        self.flows.get(oldest)?.since.checked_add(self.cfg.max_age)
     }
 
     fn expire_aged(&mut self) {
