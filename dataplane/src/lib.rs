@@ -7,8 +7,10 @@
 //! - [`predict`]: the owner of a flow, computed with the kernel's own hash.
 //! - [`loader`]: loads, attaches and pins the XDP program and its maps, swaps
 //!   tables atomically and reads counters.
+//! - [`pinned_link`]: which interface a pinned link drives (0: detached).
 pub mod lab;
 pub mod loader;
 pub mod maglev;
+pub mod pinned_link;
 pub mod predict;
 pub mod transition;
