@@ -9,11 +9,13 @@
 //!   tables atomically and reads counters.
 //! - [`mtu`]: the MSS clamp that keeps forwarded segments within the
 //!   underlay's MTU.
+//! - [`pinned_link`]: which interface a pinned link drives (0: detached).
 //!
 //! The namespace lab, test bed, packet builders, benchmark and demo live in
 //! the dev-only `lab` crate, apart from this library.
 pub mod loader;
 pub mod maglev;
 pub mod mtu;
+pub mod pinned_link;
 pub mod predict;
 pub mod transition;

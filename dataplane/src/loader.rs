@@ -6,6 +6,15 @@
 //! with their contents, and attaching again atomically replaces the program
 //! behind the pinned link (`bpf_link_update`), so forwarding never stops.
 //! Only [`Dataplane::cleanup`] removes the pins, on purpose.
+//!
+//! Layout version: the maps are pinned in `PIN_DIR/layout-N`, N being
+//! [`LAYOUT_VERSION`]. A build with another layout finds the other
+//! directory (or, before versioning, maps at the top) and refuses to start
+//! with [`LayoutMismatch`], which tells the operator to run `lbd cleanup`,
+//! instead of reading the old maps with the wrong types.
+//!
+//! A pinned link whose interface was deleted and created again is detached
+//! in the kernel: it is detected, unpinned and the program attached afresh.
 use std::{
     collections::BTreeMap,
     fs,
@@ -26,9 +35,11 @@ use aya::{
     },
 };
 use dataplane_common::{
-    BUCKETS_LEN, Bucket, Config, FAMILY_V4, FAMILY_V6, MAX_NODES, MAX_TABLE_SIZE, MAX_VIPS,
-    NodeInfo, SLOTS_PER_VIP, VipInfo, VipKey, VipKey4, counter,
+    BUCKETS_LEN, Bucket, Config, FAMILY_V4, FAMILY_V6, LAYOUT_VERSION, MAX_NODES, MAX_TABLE_SIZE,
+    MAX_VIPS, MemberInfo, NodeInfo, SLOTS_PER_VIP, VipInfo, VipKey, VipKey4, counter,
 };
+
+use crate::pinned_link;
 use tracing::{info, warn};
 
 /// The compiled kernel programs (built by build.rs with aya-build).
@@ -40,14 +51,24 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lbd";
 /// Size of one element slot in a BPF array (values are 8-byte aligned).
 const ARRAY_SLOT: usize = 8;
 
-const MAPS: [&str; 6] = [
-    "LBD_CONFIG",
-    "LBD_VIPS4",
-    "LBD_VIPS6",
-    "LBD_BUCKETS",
-    "LBD_NODES",
-    "LBD_STATS",
-];
+/// Prefix of every pinned map's name.
+const MAP_PREFIX: &str = "LBD_";
+/// Prefix of the per-layout map directory under the pin directory.
+const LAYOUT_DIR_PREFIX: &str = "layout-";
+
+/// The maps of `pin_dir` were pinned by a build with another layout.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{dir} holds dataplane maps pinned with layout {found}, but this lbd uses layout {wanted}: \
+     run `lbd cleanup` (it detaches the dataplane and removes its pins; this node stops \
+     forwarding until lbd starts again), then start lbd"
+)]
+pub struct LayoutMismatch {
+    pub dir: PathBuf,
+    /// The layout found ("unversioned" for maps pinned before versioning).
+    pub found: String,
+    pub wanted: u32,
+}
 
 /// A VIP as the dataplane sees it: one address, port and protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -107,13 +128,17 @@ pub struct Dataplane {
 impl Dataplane {
     /// Loads the programs with their maps pinned in `pin_dir`; maps already
     /// pinned there are reused as they are (daemon restart).
+    /// Fails with [`LayoutMismatch`] if the maps pinned there have another
+    /// layout than this build's.
     pub fn open(pin_dir: impl AsRef<Path>) -> Result<Self> {
         let pin_dir = pin_dir.as_ref().to_path_buf();
         ensure_bpffs(&pin_dir)?;
-        fs::create_dir_all(&pin_dir)
-            .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
+        check_layout(&pin_dir)?;
+        let map_dir = layout_dir(&pin_dir);
+        fs::create_dir_all(&map_dir)
+            .with_context(|| format!("creating pin directory {}", map_dir.display()))?;
         let ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&pin_dir)
+            .default_map_pin_directory(&map_dir)
             .load(EBPF_OBJECT)
             .context("loading the XDP/tc programs into the kernel")?;
         Ok(Self { ebpf, pin_dir })
@@ -157,6 +182,7 @@ impl Dataplane {
     /// end of a veth in labs), pinned like the forwarder.
     pub fn attach_xdp_program(&mut self, program: &str, iface: &str) -> Result<()> {
         let link_pin = self.pin_dir.join(format!("link_xdp_{iface}"));
+        drop_detached_link(&link_pin, iface)?;
         let prog = self.xdp(program)?;
         if link_pin.exists() {
             let pinned = PinnedLink::from_pin(&link_pin)
@@ -210,6 +236,7 @@ impl Dataplane {
         if prog.fd().is_err() {
             prog.load().context("verifying lbd_mss_clamp")?;
         }
+        drop_detached_link(&link_pin, iface)?;
         if link_pin.exists() {
             let pinned = PinnedLink::from_pin(&link_pin)?;
             let link = SchedClassifierLink::try_from(FdLink::from(pinned))?;
@@ -239,11 +266,19 @@ impl Dataplane {
         Ok(map.get(&0, 0)?)
     }
 
-    /// Sets (or with `None` clears) the underlay address of node `id`.
+    /// Sets (or with `None` clears) the underlay address of node `id`, and
+    /// keeps the member maps in step: tunnel packets are decapsulated only
+    /// from the addresses of the node list.
     pub fn set_node(&mut self, id: u16, underlay: Option<IpAddr>) -> Result<()> {
         if id == 0 || u32::from(id) >= MAX_NODES {
             bail!("node id {id} out of range 1..{MAX_NODES}");
         }
+        if let Some(a) = underlay
+            && (a.is_unspecified() || a.is_multicast())
+        {
+            bail!("node {id}: {a} cannot be an underlay address");
+        }
+        let old = self.node(id)?;
         let info = match underlay {
             Some(a) => {
                 let (addr, family) = addr_bytes(a);
@@ -255,10 +290,117 @@ impl Dataplane {
             }
             None => NodeInfo::default(),
         };
+        // Trust the new address before the node list names it, and stop
+        // trusting the old one only after: a member is never refused
+        // while its address is the one in use.
+        if let Some(a) = underlay {
+            self.set_member(a, id)?;
+        }
         let mut map: Array<&mut MapData, NodeInfo> = Array::try_from(self.map("LBD_NODES")?)?;
         map.set(u32::from(id), &info, 0)
             .with_context(|| format!("writing node {id}"))?;
+        if let Some(prev) = old
+            && Some(prev) != underlay
+        {
+            self.forget_member(prev, id)?;
+        }
         Ok(())
+    }
+
+    /// Replaces the whole node list (and so the member maps) with `nodes`:
+    /// ids and addresses not in it are removed, also those a previous run
+    /// left in the pinned maps.
+    pub fn set_nodes(&mut self, nodes: &[(u16, IpAddr)]) -> Result<()> {
+        for &(id, addr) in nodes {
+            self.set_node(id, Some(addr))?;
+        }
+        for id in 1..MAX_NODES as u16 {
+            if !nodes.iter().any(|&(n, _)| n == id) && self.node(id)?.is_some() {
+                self.set_node(id, None)?;
+            }
+        }
+        for (addr, id) in self.members()? {
+            if !nodes.contains(&(id, addr)) {
+                self.forget_member(addr, id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The underlay address of node `id`, if set.
+    pub fn node(&self, id: u16) -> Result<Option<IpAddr>> {
+        let map: Array<&MapData, NodeInfo> = Array::try_from(self.map_ref("LBD_NODES")?)?;
+        let n = map
+            .get(&u32::from(id), 0)
+            .with_context(|| format!("reading node {id}"))?;
+        Ok(match n.family {
+            FAMILY_V4 => Some(IpAddr::from([n.addr[0], n.addr[1], n.addr[2], n.addr[3]])),
+            FAMILY_V6 => Some(IpAddr::from(n.addr)),
+            _ => None,
+        })
+    }
+
+    /// The member maps: every trusted tunnel source and its node id.
+    pub fn members(&self) -> Result<Vec<(IpAddr, u16)>> {
+        let v4: HashMap<&MapData, [u8; 4], MemberInfo> =
+            HashMap::try_from(self.map_ref("LBD_MEMBERS4")?)?;
+        let v6: HashMap<&MapData, [u8; 16], MemberInfo> =
+            HashMap::try_from(self.map_ref("LBD_MEMBERS6")?)?;
+        let mut out = Vec::new();
+        for r in v4.iter() {
+            let (a, m) = r.context("reading LBD_MEMBERS4")?;
+            out.push((IpAddr::from(a), m.id));
+        }
+        for r in v6.iter() {
+            let (a, m) = r.context("reading LBD_MEMBERS6")?;
+            out.push((IpAddr::from(a), m.id));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Trusts `addr` as node `id`'s tunnel source.
+    fn set_member(&mut self, addr: IpAddr, id: u16) -> Result<()> {
+        let info = MemberInfo { id, _pad: 0 };
+        match addr {
+            IpAddr::V4(a) => {
+                let mut m: HashMap<&mut MapData, [u8; 4], MemberInfo> =
+                    HashMap::try_from(self.map("LBD_MEMBERS4")?)?;
+                m.insert(&a.octets(), &info, 0)
+            }
+            IpAddr::V6(a) => {
+                let mut m: HashMap<&mut MapData, [u8; 16], MemberInfo> =
+                    HashMap::try_from(self.map("LBD_MEMBERS6")?)?;
+                m.insert(&a.octets(), &info, 0)
+            }
+        }
+        .with_context(|| format!("trusting member address {addr}"))
+    }
+
+    /// Stops trusting `addr`, unless another node has taken it over since.
+    fn forget_member(&mut self, addr: IpAddr, id: u16) -> Result<()> {
+        let removed = match addr {
+            IpAddr::V4(a) => {
+                let mut m: HashMap<&mut MapData, [u8; 4], MemberInfo> =
+                    HashMap::try_from(self.map("LBD_MEMBERS4")?)?;
+                match m.get(&a.octets(), 0) {
+                    Ok(info) if info.id == id => m.remove(&a.octets()),
+                    _ => Ok(()),
+                }
+            }
+            IpAddr::V6(a) => {
+                let mut m: HashMap<&mut MapData, [u8; 16], MemberInfo> =
+                    HashMap::try_from(self.map("LBD_MEMBERS6")?)?;
+                match m.get(&a.octets(), 0) {
+                    Ok(info) if info.id == id => m.remove(&a.octets()),
+                    _ => Ok(()),
+                }
+            }
+        };
+        match removed {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing member address {addr}")),
+        }
     }
 
     /// The installed entry of `vip`, if any.
@@ -481,19 +623,92 @@ impl Dataplane {
         if !dir.exists() {
             return Ok(());
         }
+        // Links first: the programs stop before their maps go.
+        remove_pins(dir, |name| name.starts_with("link_"))?;
         for entry in fs::read_dir(dir)? {
             let path = entry?.path();
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            if name.starts_with("link_") || MAPS.contains(&name) {
-                fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            let name = file_name(&path);
+            if name.starts_with(LAYOUT_DIR_PREFIX) && path.is_dir() {
+                remove_pins(&path, |n| n.starts_with(MAP_PREFIX))?;
+                fs::remove_dir(&path).with_context(|| format!("removing {}", path.display()))?;
             }
         }
+        // Maps pinned before layout versioning sit at the top.
+        remove_pins(dir, |name| name.starts_with(MAP_PREFIX))?;
         fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
         Ok(())
     }
+}
+
+fn file_name(path: &Path) -> &str {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+}
+
+/// Removes the pins of `dir` whose name `ours` accepts (nothing else).
+fn remove_pins(dir: &Path, ours: impl Fn(&str) -> bool) -> Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if ours(file_name(&path)) && !path.is_dir() {
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Where this build pins its maps.
+fn layout_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join(format!("{LAYOUT_DIR_PREFIX}{LAYOUT_VERSION}"))
+}
+
+/// Refuses a pin directory holding maps of another layout.
+fn check_layout(pin_dir: &Path) -> Result<()> {
+    let Ok(entries) = fs::read_dir(pin_dir) else {
+        return Ok(()); // not created yet
+    };
+    for entry in entries {
+        let path = entry?.path();
+        let name = file_name(&path);
+        let found = if name.starts_with(MAP_PREFIX) {
+            "unversioned (maps pinned before layout versioning)".to_string()
+        } else if let Some(v) = name.strip_prefix(LAYOUT_DIR_PREFIX)
+            && v != LAYOUT_VERSION.to_string()
+        {
+            v.to_string()
+        } else {
+            continue;
+        };
+        return Err(LayoutMismatch {
+            dir: pin_dir.to_path_buf(),
+            found,
+            wanted: LAYOUT_VERSION,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// A pinned link whose interface is gone (deleted, or deleted and created
+/// again with a new index) is detached: unpin it so the caller attaches
+/// the program afresh instead of updating a link that drives nothing.
+fn drop_detached_link(link_pin: &Path, iface: &str) -> Result<()> {
+    if !link_pin.exists() {
+        return Ok(());
+    }
+    let attached_to = pinned_link::ifindex(link_pin)?;
+    let now = pinned_link::iface_index(iface);
+    if attached_to != 0 && attached_to == now {
+        return Ok(());
+    }
+    warn!(
+        iface,
+        link = %link_pin.display(),
+        attached_to,
+        iface_index = now,
+        "pinned link is detached (interface deleted or re-created): unpinning it and attaching again"
+    );
+    fs::remove_file(link_pin).with_context(|| format!("unpinning {}", link_pin.display()))
 }
 
 fn ifname(iface: &str) -> Result<std::ffi::CString> {

@@ -4,10 +4,11 @@
 //! directory) finds the program still attached and the tables in place.
 use std::net::{IpAddr, Ipv4Addr};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use dataplane::{
-    loader::{Dataplane, Vip},
+    loader::{Dataplane, LayoutMismatch, Vip},
     maglev::{self, Member},
+    pinned_link,
 };
 use dataplane_common::{Bucket, NO_HOP};
 use lab::{Netns, unique};
@@ -109,4 +110,134 @@ fn bad_tables_are_refused_with_the_vip_named() -> Result<()> {
     ensure!(err.contains("198.51.100.10:443/tcp"), "{err}");
     ensure!(err2.contains("70000"), "{err2}");
     Ok(())
+}
+
+/// The member maps mirror the node list: a new address is trusted, an old
+/// one forgotten, a removed node's address untrusted, and a whole new list
+/// drops what a previous run left. Unspecified addresses are refused (an
+/// unset family must never match).
+#[test]
+fn member_maps_follow_the_node_list() -> Result<()> {
+    let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/{}", unique("dpl")));
+    let result = (|| -> Result<()> {
+        let mut dp = Dataplane::open(&pins)?;
+        let a2: IpAddr = "192.0.2.2".parse()?;
+        let a2b: IpAddr = "192.0.2.22".parse()?;
+        let a3: IpAddr = "2001:db8::3".parse()?;
+        let a5: IpAddr = "192.0.2.5".parse()?;
+        dp.set_node(2, Some(a2))?;
+        dp.set_node(3, Some(a3))?;
+        ensure!(
+            dp.members()? == vec![(a2, 2), (a3, 3)],
+            "{:?}",
+            dp.members()?
+        );
+        dp.set_node(2, Some(a2b))?;
+        ensure!(dp.members()? == vec![(a2b, 2), (a3, 3)], "re-addressed");
+        dp.set_node(3, None)?;
+        ensure!(dp.members()? == vec![(a2b, 2)], "removed");
+        for bad in ["0.0.0.0", "::", "224.0.0.1"] {
+            let err = dp.set_node(4, Some(bad.parse()?)).unwrap_err().to_string();
+            ensure!(err.contains(bad), "{bad}: {err}");
+        }
+        drop(dp);
+        // A restarted daemon with another member list.
+        let mut dp = Dataplane::open(&pins)?;
+        dp.set_nodes(&[(5, a5)])?;
+        ensure!(dp.members()? == vec![(a5, 5)], "{:?}", dp.members()?);
+        ensure!(
+            dp.node(2)?.is_none() && dp.node(5)? == Some(a5),
+            "node list"
+        );
+        Ok(())
+    })();
+    Dataplane::cleanup(&pins)?;
+    result
+}
+
+/// An interface deleted and created again (a NIC or bond re-created)
+/// detaches the pinned XDP and tc links in the kernel; attaching again
+/// notices, unpins them and attaches afresh.
+#[test]
+fn detached_links_are_replaced() -> Result<()> {
+    let ns = Netns::new("dpl")?;
+    let veth = "link add up0 type veth peer name up1";
+    ns.ip(veth)?;
+    ns.ip("link set up0 up")?;
+    let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/{}", unique("dpl")));
+    let result = (|| -> Result<()> {
+        let mut dp = Dataplane::open(&pins)?;
+        ns.run(|| {
+            dp.attach_xdp("up0")?;
+            dp.attach_mss_clamp("up0")
+        })?;
+        ensure!(ns.ip("link show up0")?.contains("prog/xdp"), "attached");
+        ns.ip("link del up0")?;
+        ns.ip(veth)?;
+        ns.ip("link set up0 up")?;
+        ensure!(
+            !ns.ip("link show up0")?.contains("prog/xdp"),
+            "a re-created interface has no program"
+        );
+        for link in ["link_xdp_up0", "link_tc_up0"] {
+            let on = pinned_link::ifindex(&pins.join(link))?;
+            ensure!(on == 0, "{link} still drives ifindex {on}");
+        }
+        ns.run(|| {
+            dp.attach_xdp("up0")?;
+            dp.attach_mss_clamp("up0")
+        })?;
+        ensure!(
+            ns.ip("link show up0")?.contains("prog/xdp"),
+            "XDP not attached again: {}",
+            ns.ip("link show up0")?
+        );
+        let up0 = ns.ifindex("up0")?;
+        for link in ["link_xdp_up0", "link_tc_up0"] {
+            let on = pinned_link::ifindex(&pins.join(link))?;
+            ensure!(on == up0, "{link} drives ifindex {on}, up0 is {up0}");
+        }
+        Ok(())
+    })();
+    Dataplane::cleanup(&pins)?;
+    result
+}
+
+/// Maps pinned with another layout are refused with an error that names
+/// the way out (`lbd cleanup`), and cleanup removes them.
+#[test]
+fn other_layouts_are_refused_naming_lbd_cleanup() -> Result<()> {
+    let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/{}", unique("dpl")));
+    let result = (|| -> Result<()> {
+        drop(Dataplane::open(&pins)?);
+        let current = pins.join(format!("layout-{}", dataplane_common::LAYOUT_VERSION));
+        ensure!(current.join("LBD_NODES").exists(), "maps pinned by layout");
+        // A build with an older layout left its directory.
+        std::fs::create_dir(pins.join("layout-1"))?;
+        let err = Dataplane::open(&pins).err().context("layout 1 accepted")?;
+        ensure!(
+            err.downcast_ref::<LayoutMismatch>().is_some(),
+            "untyped error: {err:#}"
+        );
+        let text = err.to_string();
+        ensure!(
+            text.contains("layout 1") && text.contains("`lbd cleanup`"),
+            "{text}"
+        );
+        std::fs::remove_dir(pins.join("layout-1"))?;
+        drop(Dataplane::open(&pins)?);
+        // Maps pinned before versioning sit at the top.
+        std::fs::rename(current.join("LBD_STATS"), pins.join("LBD_STATS"))?;
+        let text = Dataplane::open(&pins)
+            .err()
+            .context("unversioned accepted")?;
+        ensure!(
+            text.to_string().contains("unversioned") && text.to_string().contains("lbd cleanup"),
+            "{text}"
+        );
+        Ok(())
+    })();
+    Dataplane::cleanup(&pins)?;
+    ensure!(!pins.exists(), "cleanup left {}", pins.display());
+    result
 }

@@ -2,14 +2,15 @@
 //! (ECMP over the nodes, L4 hash) -> nodes running the XDP forwarder, real
 //! TCP connections to an HTTP server bound to the VIP on every node.
 use std::{
-    net::{IpAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     os::fd::AsRawFd,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail, ensure};
 use dataplane::mtu::clamped_mss;
-use dataplane_common::{ENCAP_GUE, ENCAP_IPIP};
+use dataplane_common::{DEFAULT_GUE_PORT, ENCAP_GUE, ENCAP_IPIP, HOP_FIRST, IPV4_ID_MARK};
+use etherparse::{IpNumber, Ipv4Header};
 use lab::{self, Lab, LabOptions, VIP4, VIP6};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -273,6 +274,194 @@ fn full_size_segments_cross_the_forward_path() -> Result<()> {
     ensure!(
         n1["drop_too_big"] > 0,
         "control: no segment was too big: {n1:?}"
+    );
+    Ok(())
+}
+
+/// An IPv4 packet with a tunnel header (GUE to the default port, or IPIP)
+/// around `inner`, marked as a first-hop packet the way nodes mark theirs.
+fn tunnel_packet(src: Ipv4Addr, dst: Ipv4Addr, gue: bool, inner: &[u8]) -> Result<Vec<u8>> {
+    let mut extra = Vec::new();
+    if gue {
+        let udp = etherparse::UdpHeader {
+            source_port: 0xc123,
+            destination_port: DEFAULT_GUE_PORT,
+            length: (UDP_AND_GUE_LEN + inner.len()) as u16,
+            checksum: 0,
+        };
+        extra.extend_from_slice(&udp.to_bytes());
+        extra.extend_from_slice(&[0, IpNumber::IPV4.0, 0, 0]);
+    }
+    let proto = if gue { IpNumber::UDP } else { IpNumber::IPV4 };
+    let mut ip = Ipv4Header::new(
+        (extra.len() + inner.len()) as u16,
+        64,
+        proto,
+        src.octets(),
+        dst.octets(),
+    )?;
+    ip.identification = IPV4_ID_MARK | u16::from(HOP_FIRST);
+    ip.dont_fragment = true;
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut out = ip.to_bytes().to_vec();
+    out.extend_from_slice(&extra);
+    out.extend_from_slice(inner);
+    Ok(out)
+}
+
+const UDP_AND_GUE_LEN: usize = 8 + 4;
+
+/// Sends a complete IPv4 packet (our own header) from namespace `ns`.
+fn inject(ns: &lab::Netns, packet: Vec<u8>, dst: Ipv4Addr) -> Result<()> {
+    ns.run(move || {
+        let raw = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::from(libc::SOCK_RAW),
+            Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
+        )?;
+        raw.send_to(&packet, &SocketAddr::new(IpAddr::V4(dst), 0).into())?;
+        Ok(())
+    })
+}
+
+/// Polls `f` until it holds, for at most `limit`.
+fn eventually(limit: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<bool> {
+    let start = Instant::now();
+    loop {
+        if f()? {
+            return Ok(true);
+        }
+        if start.elapsed() > limit {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// No open tunnel relay. Node 1 is addressed with tunnel packets carrying
+/// a VIP segment that node 1's table sends on to node 3 (bucket first hop
+/// 1, second hop 3, no local socket): a third namespace. From a member
+/// (node 2, the control) the segment reaches node 3, so the path and the
+/// measurement work; the very same packet from a non-member (the client)
+/// is dropped at node 1 and never reaches node 3, over GUE and IPIP; and
+/// an inner packet that is not VIP traffic (a datagram for a socket on
+/// node 3) is dropped even from a member.
+#[test]
+fn tunnel_packets_from_non_members_never_leave_the_node() -> Result<()> {
+    let mut lab = Lab::build(LabOptions::default())?;
+    // Node 3 drains: its buckets keep it as second hop behind 1 or 2.
+    lab.set_members(&[1, 2], &[3])?;
+    let port = (40000..50000)
+        .find(|&p| {
+            let b = lab.predict(
+                SocketAddr::new(IpAddr::V4(lab::CLIENT4), p),
+                IpAddr::V4(VIP4),
+            );
+            b.is_some_and(|b| b.first == 1 && b.second == 3)
+        })
+        .context("no flow with buckets 1 -> 3")?;
+    let mut segment = Vec::new();
+    etherparse::PacketBuilder::ipv4(lab::CLIENT4.octets(), VIP4.octets(), 64)
+        .tcp(port, lab::HTTP_PORT, 1000, 64000)
+        .ack(1)
+        .write(&mut segment, b"injected")?;
+    let node1 = lab::underlay(1).0;
+    let node3 = lab::underlay(3).0;
+    let (member, stranger) = (lab::underlay(2).0, lab::CLIENT4);
+    let node = |id| lab.node(id).context("node missing");
+    let decap3 = || -> Result<u64> { Ok(lab.counters4(3)?["decap"]) };
+    let global1 = |c: &str| -> Result<u64> { Ok(node(1)?.dp.counters(None)?[c]) };
+    // A datagram for node 3 itself: what an open relay would deliver.
+    let victim = node(3)?
+        .ns
+        .run(|| Ok(std::net::UdpSocket::bind((node3, 9999))?))?;
+    victim.set_nonblocking(true)?;
+    let mut relay = Vec::new();
+    etherparse::PacketBuilder::ipv4(lab::CLIENT4.octets(), node3.octets(), 64)
+        .udp(5555, 9999)
+        .write(&mut relay, b"relayed")?;
+
+    let from_member = |gue| {
+        inject(
+            &node(2)?.ns,
+            tunnel_packet(member, node1, gue, &segment)?,
+            node1,
+        )
+    };
+    for gue in [true, false] {
+        let how = if gue { "GUE" } else { "IPIP" };
+        // Control: a member's packet crosses node 1 to node 3.
+        let before = decap3()?;
+        from_member(gue)?;
+        ensure!(
+            eventually(TIMEOUT, || Ok(decap3()? > before))?,
+            "{how} control: the member's packet did not reach node 3"
+        );
+
+        // The same bytes from a non-member: dropped at node 1, counted.
+        let (before3, dropped) = (decap3()?, global1("drop_not_member")?);
+        inject(
+            &lab.client,
+            tunnel_packet(stranger, node1, gue, &segment)?,
+            node1,
+        )?;
+        eventually(TIMEOUT, || {
+            Ok(global1("drop_not_member")? > dropped || decap3()? > before3)
+        })?;
+        // A control packet sent after it arrives; the other must not have.
+        from_member(gue)?;
+        ensure!(
+            eventually(TIMEOUT, || Ok(decap3()? > before3))?,
+            "{how}: second control packet lost"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        ensure!(
+            decap3()? == before3 + 1,
+            "{how}: the non-member's packet reached node 3"
+        );
+        ensure!(
+            global1("drop_not_member")? == dropped + 1,
+            "{how}: node 1 did not count the non-member's packet"
+        );
+
+        // Not VIP traffic inside a tunnel: dropped even from a member.
+        for (who, ns, src) in [
+            ("member", &node(2)?.ns, member),
+            ("non-member", &lab.client, stranger),
+        ] {
+            let counter = if who == "member" {
+                "drop_decap_not_vip"
+            } else {
+                "drop_not_member"
+            };
+            let dropped = global1(counter)?;
+            inject(ns, tunnel_packet(src, node1, gue, &relay)?, node1)?;
+            ensure!(
+                eventually(TIMEOUT, || Ok(global1(counter)? > dropped))?,
+                "{how} relay from a {who}: not counted as {counter}"
+            );
+        }
+    }
+    // The victim's socket works (sent straight, not through a tunnel) and
+    // holds only that datagram: nothing relayed through node 1 arrived.
+    inject(&lab.client, relay.clone(), node3)?;
+    let mut got = Vec::new();
+    eventually(TIMEOUT, || {
+        let mut buf = [0u8; 64];
+        if let Ok((n, _)) = victim.recv_from(&mut buf) {
+            got.push(buf[..n].to_vec());
+        }
+        Ok(!got.is_empty())
+    })?;
+    std::thread::sleep(Duration::from_millis(100));
+    let mut buf = [0u8; 64];
+    while let Ok((n, _)) = victim.recv_from(&mut buf) {
+        got.push(buf[..n].to_vec());
+    }
+    ensure!(
+        got == vec![b"relayed".to_vec()],
+        "node 3's socket got {} datagrams, want exactly the direct one",
+        got.len()
     );
     Ok(())
 }

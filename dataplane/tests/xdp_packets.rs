@@ -312,13 +312,156 @@ fn decap_cases(gue: bool) -> Vec<Case> {
             counter: "pass_local",
         },
         Case {
-            name: "decap, inner not VIP: passed, not forwarded",
+            name: "decap, inner not VIP: dropped, never passed or forwarded",
             tables: (N2, NO_HOP),
             input: enc_not_vip.clone(),
-            expect: Expect::Out(XDP_PASS, decapsulated(&enc_not_vip, &not_vip)),
-            counter: "decap_not_vip",
+            expect: Expect::Drop,
+            counter: "drop_decap_not_vip",
         },
     ]
+}
+
+/// The counter of tunnel packets from a non-member.
+const NOT_MEMBER: &str = "drop_not_member";
+
+/// Not a member: an address that is in no node list.
+const STRANGER4: [u8; 4] = [203, 0, 113, 66];
+const STRANGER6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x66,
+];
+
+/// Tunnel packets (GUE and IPIP, both underlay families) are decapsulated
+/// only when their outer source is a member's underlay address; anything
+/// else addressed to the GUE port or the IPIP protocol is dropped. The
+/// members' packets of the same shape still decapsulate (the control).
+fn membership_cases() -> Vec<Case> {
+    let ack = tcp4(CLIENT4, 40051, VIP4, 80, Tcp::Ack, b"inject");
+    let h = flow4(CLIENT4, 40051, VIP4, 80, 6);
+    let ack6 = tcp6(CLIENT6, 40052, VIP6, 80, Tcp::Ack, b"inject");
+    let h6 = flow6(CLIENT6, 40052, VIP6, 80, 6);
+    // What an open relay would carry: a packet for another host of the site.
+    let relay = tcp4(CLIENT4, 40053, OTHER4, 22, Tcp::Syn, b"");
+    let h_relay = flow4(CLIENT4, 40053, OTHER4, 22, 6);
+    let mut cases = Vec::new();
+    for gue in [true, false] {
+        let how = if gue { "GUE" } else { "IPIP" };
+        let from = |under, frame: &[u8], hash| arriving(frame, under, gue, HOP_SECOND, hash);
+        for (what, under, frame, hash, counter) in [
+            (
+                "over IPv4 from a non-member",
+                Underlay::V4(STRANGER4, SELF4),
+                &ack,
+                h,
+                NOT_MEMBER,
+            ),
+            (
+                "over IPv6 from a non-member",
+                Underlay::V6(STRANGER6, SELF6),
+                &ack6,
+                h6,
+                NOT_MEMBER,
+            ),
+            (
+                "over IPv6 from a non-member, IPv4 inner",
+                Underlay::V6(STRANGER6, SELF6),
+                &ack,
+                h,
+                NOT_MEMBER,
+            ),
+            (
+                "from a non-member relaying to another host",
+                Underlay::V4(STRANGER4, SELF4),
+                &relay,
+                h_relay,
+                NOT_MEMBER,
+            ),
+            (
+                "from a member relaying to another host",
+                Underlay::V4(N2_4, SELF4),
+                &relay,
+                h_relay,
+                "drop_decap_not_vip",
+            ),
+        ] {
+            cases.push(Case {
+                name: format!("{how} {what}: dropped").leak(),
+                tables: (SELF, NO_HOP),
+                input: from(under, frame, hash),
+                expect: Expect::Drop,
+                counter,
+            });
+        }
+        let member4 = from(Underlay::V4(N2_4, SELF4), &ack, h);
+        let member6 = from(Underlay::V6(N3_6, SELF6), &ack6, h6);
+        for (name, input, inner) in [("over IPv4", member4, &ack), ("over IPv6", member6, &ack6)] {
+            cases.push(Case {
+                name: format!("{how} {name} from a member: decapsulated").leak(),
+                tables: (SELF, NO_HOP),
+                expect: Expect::Out(XDP_PASS, decapsulated(&input, inner)),
+                input,
+                counter: "decap",
+            });
+        }
+    }
+    // Not GUE at all (variant 1) from a stranger: the source decides first.
+    let mut bad_gue = arriving(&ack, Underlay::V4(STRANGER4, SELF4), true, HOP_FIRST, h);
+    bad_gue[14 + 20 + 8] = 0x40;
+    cases.push(Case {
+        name: "malformed GUE from a non-member: dropped as not member",
+        tables: (SELF, NO_HOP),
+        input: bad_gue,
+        expect: Expect::Drop,
+        counter: NOT_MEMBER,
+    });
+    cases
+}
+
+#[test]
+fn tunnels_are_decapsulated_only_from_members() -> Result<()> {
+    let mut bed = Bed::new(ENCAP_GUE)?;
+    check(&mut bed, membership_cases())
+}
+
+/// An underlay of one family leaves the other self address unset (0.0.0.0
+/// or ::): a tunnel packet addressed there from a member is not ours, never
+/// decapsulated.
+#[test]
+fn unset_self_address_never_matches() -> Result<()> {
+    let mut bed = Bed::new(ENCAP_GUE)?;
+    bed.tables(SELF, NO_HOP)?;
+    let ack = tcp4(CLIENT4, 40061, VIP4, 80, Tcp::Ack, b"x");
+    let h = flow4(CLIENT4, 40061, VIP4, 80, 6);
+    let cfg = bed.dp.config()?;
+    let to_zero4 = arriving(&ack, Underlay::V4(N2_4, [0; 4]), true, HOP_SECOND, h);
+    let to_zero6 = arriving(&ack, Underlay::V6(N3_6, [0; 16]), false, HOP_SECOND, h);
+    let ipv6_only = dataplane_common::Config {
+        self_v4: [0; 4],
+        ..cfg
+    };
+    let ipv4_only = dataplane_common::Config {
+        self_v6: [0; 16],
+        ..cfg
+    };
+    let mut cases = Vec::new();
+    for (name, c, input) in [
+        ("IPv6-only underlay, GUE to 0.0.0.0", ipv6_only, to_zero4),
+        ("IPv4-only underlay, IPIP to ::", ipv4_only, to_zero6),
+    ] {
+        bed.dp.set_config(&c)?;
+        let before = bed.all_counters()?;
+        let Run { action, out, .. } = bed.run(&input)?;
+        let after = bed.all_counters()?;
+        let decapped = after["decap"] - before["decap"];
+        if action != XDP_PASS || out != input || decapped != 0 {
+            cases.push(format!(
+                "{name}: action {action}, decap grew {decapped}, output changed: {}",
+                out != input
+            ));
+        }
+    }
+    bed.dp.set_config(&cfg)?;
+    assert!(cases.is_empty(), "{}", cases.join("\n"));
+    Ok(())
 }
 
 #[test]

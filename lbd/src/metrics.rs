@@ -15,6 +15,9 @@ pub fn export(s: &Status) {
         gauge!("lbd_node_state", "state" => st).set(f64::from(u8::from(s.node.state == st)));
     }
     gauge!("lbd_uptime_seconds").set(s.node.uptime_s as f64);
+    for (name, n) in &s.node.dataplane {
+        gauge!("lbd_dataplane_node_packets", "counter" => name.clone()).set(*n as f64);
+    }
     for v in &s.vips {
         let vip = v.address.clone();
         gauge!("lbd_vip_healthy", "vip" => vip.clone()).set(f64::from(u8::from(v.healthy)));

@@ -35,6 +35,10 @@ pub struct NodeStatus {
     pub uptime_s: u64,
     /// Outcome of the last SIGHUP, if any.
     pub last_reload: Option<String>,
+    /// Dataplane counters not tied to a VIP (not VIP traffic, fragments,
+    /// malformed packets, tunnel packets dropped), summed over CPUs.
+    #[serde(default)]
+    pub dataplane: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,6 +137,14 @@ pub fn render(s: &Status, now_unix: u64) -> String {
     if let Some(r) = &n.last_reload {
         let _ = writeln!(o, "last reload: {r}");
     }
+    let g = |k: &str| n.dataplane.get(k).copied().unwrap_or(0);
+    let _ = writeln!(
+        o,
+        "dataplane: tunnel drops {} not from a member, {} not VIP inside; {} malformed",
+        g("drop_not_member"),
+        g("drop_decap_not_vip"),
+        g("drop_malformed")
+    );
     let _ = writeln!(
         o,
         "\nVIP                       Ports        Health  BGP        Table  Share (node:buckets)      2nd-hop  Local      Fwd1st     Fwd2nd     Decap      Drops"
@@ -282,6 +294,7 @@ mod tests {
                 last_reload: Some(
                     "refused at 1: lbd.toml: vips[0].ports[0]: 0 is not a port".into(),
                 ),
+                dataplane: BTreeMap::from([("drop_not_member".into(), 12)]),
             },
             vips: vec![VipStatus {
                 address: "198.51.100.10".into(),
@@ -361,6 +374,7 @@ mod tests {
         for want in [
             "node 1 ACTIVE (1/1 VIPs pass their checks), generation 6d2bab28, up 01:02:05",
             "last reload: refused at 1: lbd.toml: vips[0].ports[0]: 0 is not a port",
+            "tunnel drops 12 not from a member, 0 not VIP inside",
             "80,443/tcp",
             "DOWN    withdrawn  out",
             "2:2047 3:2046",

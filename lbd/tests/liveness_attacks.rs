@@ -433,7 +433,7 @@ async fn endpoint_refuses_strangers_bounds_connections_and_never_reads_a_body() 
 #[test]
 fn the_secret_file_must_be_private_long_enough_and_rotates_by_lines() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = std::env::temp_dir().join(dataplane::lab::unique("lbdt-secret-"));
+    let dir = std::env::temp_dir().join(lab::unique("lbdt-secret-"));
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("liveness.secret");
     let write = |text: &str, mode: u32| {

@@ -109,6 +109,23 @@ pub struct Bucket {
     pub second: u16,
 }
 
+/// Version of the pinned maps' layout (names, key and value types, sizes,
+/// counter meanings). Bump it with any such change: a daemon refuses to
+/// reuse maps pinned by a build with another layout (the operator runs
+/// `lbd cleanup` once), instead of reading them with the wrong types.
+/// 2: member maps (decapsulation only from members), counter 13 drops.
+pub const LAYOUT_VERSION: u32 = 2;
+
+/// Value of the member maps (`LBD_MEMBERS4`, keyed by the 4 address bytes,
+/// and `LBD_MEMBERS6`, keyed by the 16): the node id owning that underlay
+/// address. Only packets encapsulated by a member are decapsulated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub id: u16,
+    pub _pad: u16,
+}
+
 /// Underlay address of a node, indexed by node id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -168,13 +185,17 @@ pub mod counter {
     pub const MSS_CLAMPED: u32 = 11;
     /// Dropped: the encapsulated packet would exceed the underlay MTU.
     pub const DROP_TOO_BIG: u32 = 12;
-    /// Encapsulated for this node but the inner packet is not VIP traffic:
-    /// passed locally, never forwarded again.
-    pub const DECAP_NOT_VIP: u32 = 13;
+    /// Dropped: encapsulated by a member, but the inner packet is not VIP
+    /// traffic. Members only ever encapsulate VIP flows; passing anything
+    /// else would let a tunnel carry arbitrary packets into the site.
+    pub const DROP_DECAP_NOT_VIP: u32 = 13;
+    /// Dropped: GUE or IPIP / IPv6-in-IP addressed to this node whose outer
+    /// source is not a member's underlay address (global slot).
+    pub const DROP_NOT_MEMBER: u32 = 14;
     pub const NUM_COUNTERS: u32 = 16;
 
     /// Names in index order, for status output and metrics.
-    pub const NAMES: [&str; 14] = [
+    pub const NAMES: [&str; 15] = [
         "pass_local",
         "fwd_first_hop",
         "fwd_second_hop",
@@ -188,7 +209,8 @@ pub mod counter {
         "drop_no_route",
         "mss_clamped",
         "drop_too_big",
-        "decap_not_vip",
+        "drop_decap_not_vip",
+        "drop_not_member",
     ];
 }
 
@@ -204,5 +226,6 @@ mod pod {
     unsafe impl aya::Pod for super::VipInfo {}
     unsafe impl aya::Pod for super::Bucket {}
     unsafe impl aya::Pod for super::NodeInfo {}
+    unsafe impl aya::Pod for super::MemberInfo {}
     unsafe impl aya::Pod for super::Config {}
 }

@@ -7,117 +7,16 @@
 use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
 use dataplane_common::{
     Config, FAMILY_V4, FAMILY_V6, HOP_FIRST, HOP_SECOND, IPV4_ID_MARK, VipInfo, VipKey, VipKey4,
-    counter::{DROP_MALFORMED, FRAGMENT, NOT_VIP},
+    counter::{DROP_MALFORMED, DROP_NOT_MEMBER, FRAGMENT, NOT_VIP},
     flow_hash_v4, flow_hash_v6,
 };
 
 use crate::{
-    maps::{FLOW, VIPS4, VIPS6},
+    maps::{FLOW, MEMBERS4, MEMBERS6, VIPS4, VIPS6},
     packet::*,
+    types::{Flow, Kind, Parsed},
+    verdict::{PASS, encode},
 };
-
-/// What kind of packet a flow packet is; decides whether the first hop may
-/// keep it without looking for a socket.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// A TCP SYN (without ACK): starts a connection, always stays local.
-    Syn,
-    /// Any other TCP segment. `cookie_ack`: may complete a SYN-cookie
-    /// handshake (ACK set, SYN and RST clear).
-    Tcp { cookie_ack: bool },
-    /// UDP: no connection state to find, always stays at the first hop.
-    Udp,
-    /// ICMP error about a VIP flow (embedded header).
-    Icmp,
-}
-
-/// A VIP flow packet, in the client-to-VIP direction. Lives in a per-CPU
-/// map, not on the 512-byte BPF stack.
-#[repr(C)]
-pub struct Flow {
-    pub vip: VipInfo,
-    pub hash: u32,
-    pub kind: Kind,
-    /// FAMILY_V4 / FAMILY_V6 of the packet's IP header.
-    pub family: u8,
-    /// Length of the IP packet (header + payload), without L2 padding.
-    pub ip_len: usize,
-    /// Offsets of the IP and TCP headers (for the SYN-cookie check).
-    pub l3_off: usize,
-    pub ihl: usize,
-    pub l4_off: usize,
-    /// Socket-lookup tuple (client -> VIP), network order.
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
-    pub sport: [u8; 2],
-    pub dport: [u8; 2],
-    /// Set for Parsed::Decap.
-    pub decap_hop: u8,
-    pub inner_proto: u16,
-    pub outer_len: usize,
-}
-
-pub enum Parsed {
-    /// Not VIP traffic: pass untouched, count in the global slot.
-    Pass(u32),
-    /// Malformed: drop, count in the global slot.
-    Drop(u32),
-    /// Encapsulated for this node: strip `outer_len` bytes after L2; the inner
-    /// packet has ethertype `inner_proto`.
-    Decap {
-        hop: u8,
-        outer_len: usize,
-        inner_proto: u16,
-    },
-    /// A VIP flow: its description is in the per-CPU `FLOW` scratch map.
-    Steer,
-}
-
-/// Subprograms return a plain u32 (enums carrying data go through memory
-/// the verifier and LLVM disagree about); the Decap details travel in the
-/// FLOW scratch entry.
-const PASS: u32 = 1 << 8;
-const DROP: u32 = 2 << 8;
-const DECAP: u32 = 3 << 8;
-const STEER: u32 = 4 << 8;
-
-#[inline(always)]
-fn encode(p: Parsed, flow: &mut Flow) -> u32 {
-    match p {
-        Parsed::Pass(c) => PASS | c,
-        Parsed::Drop(c) => DROP | c,
-        Parsed::Decap {
-            hop,
-            outer_len,
-            inner_proto,
-        } => {
-            flow.decap_hop = hop;
-            flow.outer_len = outer_len;
-            flow.inner_proto = inner_proto;
-            DECAP
-        }
-        Parsed::Steer => STEER,
-    }
-}
-
-/// The caller's view of a subprogram's verdict.
-#[inline(always)]
-pub fn decode(code: u32) -> Parsed {
-    match code & 0xff00 {
-        PASS => Parsed::Pass(code & 0xff),
-        DROP => Parsed::Drop(code & 0xff),
-        STEER => Parsed::Steer,
-        DECAP => match FLOW.get(0) {
-            Some(f) => Parsed::Decap {
-                hop: f.decap_hop,
-                outer_len: if f.outer_len > 128 { 128 } else { f.outer_len },
-                inner_proto: f.inner_proto,
-            },
-            None => Parsed::Drop(DROP_MALFORMED),
-        },
-        _ => Parsed::Drop(DROP_MALFORMED),
-    }
-}
 
 #[inline(always)]
 fn eq4(a: &[u8; 4], b: &[u8; 4]) -> bool {
@@ -252,11 +151,14 @@ fn classify_v4(ctx: &XdpContext, cfg: &Config, l3: usize, outer: bool, flow: &mu
     let daddr: [u8; 4] = [ip[16], ip[17], ip[18], ip[19]];
     let l4 = l3 + ihl;
 
-    if outer && eq4(&daddr, &cfg.self_v4) {
+    // An IPv6-only underlay leaves self_v4 at 0.0.0.0: never a match.
+    if outer && u32::from_ne_bytes(cfg.self_v4) != 0 && eq4(&daddr, &cfg.self_v4) {
         // The node's own address: our encapsulation, or ordinary traffic
         // to the node (no VIP lookup needed: the fast not-VIP path).
         let hop = hop_from_v4_id(be16(ip, 4));
-        return decap_of(ctx, cfg, proto, l4, ihl, hop).unwrap_or(Parsed::Pass(NOT_VIP));
+        let from_member = || unsafe { MEMBERS4.get(&saddr) }.is_some();
+        return decap_of(ctx, cfg, proto, l4, ihl, hop, from_member)
+            .unwrap_or(Parsed::Pass(NOT_VIP));
     }
 
     flow.family = FAMILY_V4;
@@ -346,9 +248,12 @@ fn classify_v6(ctx: &XdpContext, cfg: &Config, l3: usize, outer: bool, flow: &mu
     }
     let l4 = l3 + IPV6_LEN;
 
+    // An IPv4-only underlay leaves self_v6 at ::, never a match.
     if outer && !is_zero16(&cfg.self_v6) && eq16(&flow.daddr, &cfg.self_v6) {
         let hop = hop_from_flow_label(ip[3]);
-        return decap_of(ctx, cfg, nh, l4, IPV6_LEN, hop).unwrap_or(Parsed::Pass(NOT_VIP));
+        let from_member = || unsafe { MEMBERS6.get(&flow.saddr) }.is_some();
+        return decap_of(ctx, cfg, nh, l4, IPV6_LEN, hop, from_member)
+            .unwrap_or(Parsed::Pass(NOT_VIP));
     }
 
     flow.family = FAMILY_V6;
@@ -437,6 +342,11 @@ fn l4_kind(ctx: &XdpContext, proto: u8, l4: usize) -> Option<Kind> {
 /// Recognises our encapsulations addressed to this node: IPIP / IPv6-in-IP
 /// (protocol 4 / 41) and GUE (UDP to the GUE port, 4-byte header, variant 0).
 /// None: not encapsulated (e.g. other UDP to the node), classify normally.
+///
+/// Only members encapsulate: a tunnel packet whose outer source is not a
+/// member's underlay address is dropped (`drop_not_member`), whatever it
+/// carries, so the node is no open relay into the site. `from_member` (one
+/// hash lookup) runs only for tunnel packets: other traffic never pays it.
 #[inline(always)]
 fn decap_of(
     ctx: &XdpContext,
@@ -445,8 +355,10 @@ fn decap_of(
     l4: usize,
     ip_hdr: usize,
     hop: u8,
+    from_member: impl Fn() -> bool,
 ) -> Option<Parsed> {
     match proto {
+        IPPROTO_IPIP | IPPROTO_IPV6 if !from_member() => Some(Parsed::Drop(DROP_NOT_MEMBER)),
         IPPROTO_IPIP => Some(Parsed::Decap {
             hop,
             outer_len: ip_hdr,
@@ -458,10 +370,16 @@ fn decap_of(
             inner_proto: ETH_P_IPV6,
         }),
         IPPROTO_UDP => {
-            let udp = bytes::<{ UDP_LEN + GUE_LEN }>(ctx, l4)?;
-            if u16::from_ne_bytes([udp[2], udp[3]]) != cfg.gue_port_be {
+            let ports = bytes::<4>(ctx, l4)?;
+            if u16::from_ne_bytes([ports[2], ports[3]]) != cfg.gue_port_be {
                 return None;
             }
+            if !from_member() {
+                return Some(Parsed::Drop(DROP_NOT_MEMBER));
+            }
+            let Some(udp) = bytes::<{ UDP_LEN + GUE_LEN }>(ctx, l4) else {
+                return Some(Parsed::Drop(DROP_MALFORMED));
+            };
             // GUE variant 0, no control bit, no extension fields.
             if udp[8] != 0 {
                 return Some(Parsed::Drop(DROP_MALFORMED));

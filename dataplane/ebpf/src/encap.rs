@@ -20,9 +20,9 @@ use dataplane_common::{
 };
 
 use crate::{
-    classify::Flow,
     maps::{NEXTHOP, NODES, count},
     packet::*,
+    types::{Flow, NextHop},
 };
 
 const AF_INET: u8 = 2;
@@ -50,19 +50,6 @@ struct FibParams {
 
 /// How long a cached next hop is trusted.
 const NEXTHOP_TTL_NS: u64 = 1_000_000_000;
-
-/// A resolved next hop towards one node.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct NextHop {
-    expires: u64,
-    from_ifindex: u32,
-    ifindex: u32,
-    mtu: u32,
-    smac: [u8; 6],
-    dmac: [u8; 6],
-    _pad: u32,
-}
 
 /// Encapsulates the flow's packet (its IP header starts right after L2, at
 /// `flow.l3_off`) towards `node` with `hop`, fills L2 from the FIB, and

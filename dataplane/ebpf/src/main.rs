@@ -7,6 +7,23 @@
 //! - `lbd_pass`, `lbd_tx`: trivial programs. veth delivers XDP_TX/redirected
 //!   frames only if the peer end has an XDP program too (labs attach
 //!   `lbd_pass` there); `lbd_tx` is the benchmark's baseline.
+//!
+//! Module graph (no circles): `packet` and `types` are leaves; `maps`
+//! declares the maps over them; `verdict` encodes a classifier's answer;
+//! `classify`, `encap`, `steer` and `mss` use those. Where a packet is
+//! decided: `lbd_xdp` below (classify, then steer or decapsulate).
+//!
+//! The verdict encoding. The classifiers are BPF subprograms (own stack
+//! frame, so their frames do not add up against the 512-byte limit) and
+//! return a plain u32, not the [`types::Parsed`] enum: an enum carrying
+//! data would be returned through memory that the verifier and LLVM
+//! disagree about. So a verdict is `KIND | counter`: the kind (`PASS`,
+//! `DROP`, `DECAP`, `STEER`, see `verdict.rs`) in bits 8..16, the counter
+//! to bump (for PASS and DROP) in bits 0..8. What does not fit in a u32
+//! travels in the per-CPU `LBD_FLOW` scratch map (one entry, too big for
+//! the stack): a STEER verdict means "the flow is described in FLOW", a
+//! DECAP verdict leaves the hop, outer length and inner ethertype there.
+//! `verdict::decode` turns the u32 back into a `Parsed` for the caller.
 #![no_std]
 #![no_main]
 
@@ -16,17 +33,21 @@ mod maps;
 mod mss;
 mod packet;
 mod steer;
+mod types;
+mod verdict;
 
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use dataplane_common::counter::{DECAP_NOT_VIP, DROP_ENCAP};
+use dataplane_common::counter::{DROP_DECAP_NOT_VIP, DROP_ENCAP};
 
-use classify::{Parsed, classify_inner, classify_outer, decode};
+use classify::{classify_inner, classify_outer};
 use maps::{CONFIG, count_global};
 use packet::*;
+use types::Parsed;
+use verdict::decode;
 
 #[xdp]
 pub fn lbd_xdp(ctx: XdpContext) -> u32 {
@@ -73,9 +94,12 @@ pub fn lbd_xdp(ctx: XdpContext) -> u32 {
                     count_global(c);
                     xdp_action::XDP_DROP
                 }
+                // A member's tunnel carries VIP flows only: anything else
+                // (not VIP, a fragment) is dropped, never handed to a
+                // kernel that forwards.
                 _ => {
-                    count_global(DECAP_NOT_VIP);
-                    xdp_action::XDP_PASS
+                    count_global(DROP_DECAP_NOT_VIP);
+                    xdp_action::XDP_DROP
                 }
             }
         }

@@ -1,14 +1,14 @@
 //! The maps shared with userspace. All are pinned by name (under the pin path
 //! the loader chooses), so a restarted daemon finds the live tables and
 //! counters instead of starting empty.
-use crate::{classify::Flow, encap::NextHop};
+use crate::types::{Flow, NextHop};
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
 use dataplane_common::{
-    BUCKETS_LEN, Bucket, Config, MAX_NODES, MAX_VIPS, NodeInfo, STATS_LEN, VipInfo, VipKey,
-    VipKey4, counter::NUM_COUNTERS,
+    BUCKETS_LEN, Bucket, Config, MAX_NODES, MAX_VIPS, MemberInfo, NodeInfo, STATS_LEN, VipInfo,
+    VipKey, VipKey4, counter::NUM_COUNTERS,
 };
 
 /// BPF_F_NO_PREALLOC: updates replace the element under RCU, so a reader
@@ -35,6 +35,14 @@ pub static BUCKETS: Array<Bucket> = Array::pinned(BUCKETS_LEN, BPF_F_MMAPABLE);
 
 #[map(name = "LBD_NODES")]
 pub static NODES: Array<NodeInfo> = Array::pinned(MAX_NODES, 0);
+
+/// Members by underlay address: tunnel packets are decapsulated only when
+/// their outer source is in here (kept by the daemon next to LBD_NODES).
+#[map(name = "LBD_MEMBERS4")]
+pub static MEMBERS4: HashMap<[u8; 4], MemberInfo> = HashMap::pinned(MAX_NODES, 0);
+
+#[map(name = "LBD_MEMBERS6")]
+pub static MEMBERS6: HashMap<[u8; 16], MemberInfo> = HashMap::pinned(MAX_NODES, 0);
 
 #[map(name = "LBD_STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STATS_LEN, 0);

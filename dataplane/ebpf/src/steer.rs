@@ -21,10 +21,10 @@ use dataplane_common::{
 };
 
 use crate::{
-    classify::{Flow, Kind},
     encap::forward,
     maps::{BUCKETS, FLOW, count, count_global},
     packet::TCP_LEN,
+    types::{Flow, Kind},
 };
 
 const TCP_LISTEN: u32 = 10;

@@ -30,6 +30,7 @@ struct Args {
     out: PathBuf,
 }
 
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 
@@ -104,6 +105,8 @@ fn main() -> Result<()> {
     let not_vip = tcp4(CLIENT4, 40002, SELF4, 22, Tcp::Ack, &[0x42; 64]);
     let h = flow4(CLIENT4, 40001, VIP4, 80, 6);
     let gue_in = arriving(&ack, Underlay::V4(N2_4, SELF4), true, HOP_FIRST, h);
+    // The same tunnel packet from an address that is no member's.
+    let stranger = arriving(&ack, Underlay::V4(CLIENT4, SELF4), true, HOP_FIRST, h);
 
     let case = |name, encap, tables, packet: &Vec<u8>, program, expect| Case {
         name,
@@ -182,6 +185,14 @@ fn main() -> Result<()> {
             &gue_in,
             "lbd_xdp",
             XDP_PASS,
+        ),
+        case(
+            "decap_not_member",
+            ENCAP_GUE,
+            (SELF, NO_HOP),
+            &stranger,
+            "lbd_xdp",
+            XDP_DROP,
         ),
         case(
             "not_vip",

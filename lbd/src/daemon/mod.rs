@@ -277,9 +277,10 @@ impl Daemon {
         }
         check_forwarding(iface, cfg.me().address);
         dp.set_config(&dataplane_config(&cfg))?;
-        for m in &cfg.members {
-            dp.set_node(m.id, Some(m.address))?;
-        }
+        // The whole node list, so members a previous run knew but the
+        // config no longer has stop being trusted as tunnel sources.
+        let nodes: Vec<(u16, IpAddr)> = cfg.members.iter().map(|m| (m.id, m.address)).collect();
+        dp.set_nodes(&nodes)?;
         let now = Instant::now();
         let mut tables = Vec::new();
         for v in &cfg.vips {
@@ -879,6 +880,10 @@ impl Daemon {
                 config: self.cfg.file.display().to_string(),
                 uptime_s: self.started.elapsed().as_secs(),
                 last_reload: self.last_reload.clone(),
+                dataplane: match self.dp.counters(None) {
+                    Ok(c) => c.into_iter().map(|(k, n)| (k.to_string(), n)).collect(),
+                    Err(_) => BTreeMap::new(),
+                },
             },
             vips,
             bgp,
