@@ -146,6 +146,7 @@ proptest! {
                 config: "/etc/lbd/lbd.toml".into(),
                 uptime_s: 1,
                 last_reload: None,
+                dataplane: BTreeMap::new(),
             },
             vips: vec![],
             bgp: vec![],
