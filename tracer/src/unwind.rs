@@ -175,8 +175,8 @@ fn load_bias(info: &FileUnwindInfo, m: &Mapping) -> u64 {
 
 struct ProcUnwinder {
     unwinder: UnwinderX86_64<Data>,
-    /// Executable ranges covered, to tell an address of a library mapped
-    /// after the snapshot.
+    /// The snapshot's executable ranges, to tell an address of a library
+    /// mapped after it.
     ranges: Vec<Range<u64>>,
     built: Instant,
 }
@@ -261,6 +261,9 @@ impl Unwinding {
         let mut unwinder = UnwinderX86_64::new();
         let mut ranges = Vec::new();
         for m in &snap.mappings {
+            // Every executable mapping counts as known, JIT code included:
+            // only an address outside all of them means a new mapping.
+            ranges.push(m.start..m.end);
             let info = match (&m.file, m.path.as_str()) {
                 (Some(f), _) => self.file(f),
                 (None, "[vdso]") => self.vdso.clone(),
@@ -278,7 +281,6 @@ impl Unwinding {
                 bias,
                 info.sections.explicit(),
             ));
-            ranges.push(m.start..m.end);
         }
         ProcUnwinder {
             unwinder,
@@ -402,6 +404,19 @@ mod tests {
             file: None,
         };
         assert_eq!(load_bias(&fixed, &m), 0);
+    }
+
+    /// Distribution code is built without frame pointers: Debian's libc and
+    /// python3 are classified so (the automatic mode unwinds them with
+    /// DWARF).
+    #[test]
+    fn distribution_binaries_have_no_frame_pointers() {
+        for path in ["/usr/bin/python3", "/lib/x86_64-linux-gnu/libc.so.6"] {
+            let Ok(img) = fs::read(path) else { continue };
+            let info = file_info(&img).expect("ELF");
+            eprintln!("{path}: frame pointers {:?}", info.frame_pointers);
+            assert_eq!(info.frame_pointers, Some(false), "{path}");
+        }
     }
 
     #[test]
