@@ -162,7 +162,10 @@ pub struct Options<'a> {
 /// and, in automatic mode, says whether it needs DWARF unwinding.
 fn on_new_proc(pid: u32, procs: &mut Processes, stacks: &mut UserStacks, mode: UnwindMode) -> bool {
     if procs.by_pid.contains_key(&pid) {
+        // Announced again: an exec (new image, same start time) or an LRU
+        // eviction. Drop the unwinder built for the old mappings.
         procs.resnapshot(pid);
+        stacks.unwinding.forget(pid);
     } else {
         procs.observe([pid]);
     }

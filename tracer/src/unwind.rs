@@ -77,11 +77,13 @@ impl Sections {
     }
 }
 
-/// Reads the unwind sections and load segments of an ELF image.
-pub fn file_info(image: &[u8]) -> Option<FileUnwindInfo> {
+/// Reads the unwind sections and load segments of an ELF image (a byte
+/// slice, or a file through [`object::ReadCache`], which reads only the
+/// headers and the sections asked for: a 150 MB library is not read whole).
+pub fn file_info<'d, R: object::ReadRef<'d>>(image: R) -> Option<FileUnwindInfo> {
     let obj = object::File::parse(image).ok()?;
-    let range = |s: &object::Section<'_, '_>| s.address()..s.address() + s.size();
-    let data = |s: &object::Section<'_, '_>| -> Option<Data> {
+    let range = |s: &object::Section<'d, '_, R>| s.address()..s.address() + s.size();
+    let data = |s: &object::Section<'d, '_, R>| -> Option<Data> {
         s.uncompressed_data().ok().map(|d| Arc::from(&*d))
     };
     let mut sec = Sections::default();
@@ -230,10 +232,8 @@ impl Unwinding {
         self.files
             .entry(f.key.clone())
             .or_insert_with(|| {
-                fs::read(f.fd_path())
-                    .ok()
-                    .and_then(|img| file_info(&img))
-                    .map(Arc::new)
+                let cache = object::ReadCache::new(fs::File::open(f.fd_path()).ok()?);
+                file_info(&cache).map(Arc::new)
             })
             .clone()
     }
@@ -413,7 +413,7 @@ mod tests {
     fn distribution_binaries_have_no_frame_pointers() {
         for path in ["/usr/bin/python3", "/lib/x86_64-linux-gnu/libc.so.6"] {
             let Ok(img) = fs::read(path) else { continue };
-            let info = file_info(&img).expect("ELF");
+            let info = file_info(&*img).expect("ELF");
             eprintln!("{path}: frame pointers {:?}", info.frame_pointers);
             assert_eq!(info.frame_pointers, Some(false), "{path}");
         }
@@ -422,7 +422,7 @@ mod tests {
     #[test]
     fn own_executable_unwind_info_is_read() {
         let exe = fs::read("/proc/self/exe").unwrap();
-        let info = file_info(&exe).expect("ELF");
+        let info = file_info(&*exe).expect("ELF");
         assert!(info.sections.eh_frame.is_some());
         assert!(info.frame_pointers.is_some());
     }
