@@ -4,18 +4,19 @@ use std::{collections::HashMap as StdHashMap, fs, path::Path};
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
-    Btf, Ebpf,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    Btf, Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         FEntry, FExit, PerfEvent, TracePoint, UProbe,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
         uprobe::UProbeScope,
     },
-    util::online_cpus,
+    util::{nr_cpus, online_cpus},
 };
 use tracer_common::{
-    Config, LAT_BUCKETS, STAT_LAT_SUM_NS, STAT_LAT_UNMATCHED, STAT_LOST_COUNT, STAT_LOST_STACK,
-    STAT_SAMPLES, Stack, StackKey,
+    Config, EV_EXIT, EV_NEW_PROC, EV_SAMPLE, EventHeader, LAT_BUCKETS, STAT_DWARF_SAMPLES,
+    STAT_LAT_SUM_NS, STAT_LAT_UNMATCHED, STAT_LOST_COUNT, STAT_LOST_RINGBUF, STAT_LOST_STACK,
+    STAT_SAMPLES, STAT_STACK_BYTES, Stack, StackKey, UserSampleHeader,
 };
 
 use crate::filter::Filters;
@@ -31,11 +32,53 @@ pub struct Stats {
     pub lost_counts: u64,
     pub lat_sum_ns: u64,
     pub lat_unmatched: u64,
+    /// DWARF mode: samples sent with a stack window, and the bytes of user
+    /// stack they carried.
+    pub dwarf_samples: u64,
+    pub stack_bytes: u64,
+    /// DWARF mode: samples the ring buffer had no room for (counted with a
+    /// frame-pointer stack instead).
+    pub ringbuf_full: u64,
 }
 
 impl Stats {
     pub fn lost(&self) -> u64 {
         self.lost_stacks + self.lost_counts
+    }
+}
+
+/// A record from the `EVENTS` ring buffer.
+pub enum Event<'a> {
+    /// A DWARF-mode sample and the user stack bytes copied with it.
+    Sample(UserSampleHeader, &'a [u8]),
+    NewProc(u32),
+    Exit(u32),
+}
+
+impl<'a> Event<'a> {
+    /// Decodes a record; `None` for one that is too short or unknown.
+    pub fn parse(b: &'a [u8]) -> Option<Self> {
+        let hdr_len = std::mem::size_of::<EventHeader>();
+        if b.len() < hdr_len {
+            return None;
+        }
+        // SAFETY: EventHeader is plain repr(C) data, length checked.
+        let h: EventHeader = unsafe { std::ptr::read_unaligned(b.as_ptr().cast()) };
+        match h.kind {
+            EV_NEW_PROC => Some(Self::NewProc(h.tgid)),
+            EV_EXIT => Some(Self::Exit(h.tgid)),
+            EV_SAMPLE => {
+                let n = std::mem::size_of::<UserSampleHeader>();
+                if b.len() < n {
+                    return None;
+                }
+                // SAFETY: plain repr(C) data, length checked.
+                let s: UserSampleHeader = unsafe { std::ptr::read_unaligned(b.as_ptr().cast()) };
+                let len = (s.len as usize).min(b.len() - n);
+                Some(Self::Sample(s, &b[n..n + len]))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -51,6 +94,7 @@ pub struct Collected {
 /// A loaded object with its config written.
 pub struct Tracer {
     ebpf: Ebpf,
+    events: RingBuf<MapData>,
 }
 
 /// Where latency is measured.
@@ -158,7 +202,14 @@ impl Tracer {
         unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rl) };
         filters.apply(&mut cfg)?;
         cfg.self_tgid = std::process::id();
-        let mut ebpf = Ebpf::load(OBJECT).context("loading the embedded eBPF object")?;
+        // One DWARF-sample scratch slot per possible CPU.
+        let ncpu = nr_cpus()
+            .map_err(|(path, e)| anyhow!("reading {path}: {e}"))?
+            .get();
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("USCRATCH", ncpu)
+            .load(OBJECT)
+            .context("loading the embedded eBPF object")?;
         {
             let mut c: Array<&mut MapData, Config> = Array::try_from(
                 ebpf.map_mut("CONFIG")
@@ -174,7 +225,67 @@ impl Tracer {
                     .with_context(|| format!("writing {map}"))?;
             }
         }
-        Ok(Self { ebpf })
+        let events = RingBuf::try_from(
+            ebpf.take_map("EVENTS")
+                .ok_or_else(|| anyhow!("no EVENTS map"))?,
+        )?;
+        let mut t = Self { ebpf, events };
+        t.attach_proc_events()?;
+        Ok(t)
+    }
+
+    /// `sched_process_exec`/`sched_process_exit`: new images and exits
+    /// reach userspace as events (no periodic scan of /proc or the maps).
+    fn attach_proc_events(&mut self) -> Result<()> {
+        for (prog, tp) in [
+            ("proc_exec", "sched_process_exec"),
+            ("proc_exit", "sched_process_exit"),
+        ] {
+            let p: &mut TracePoint = self
+                .ebpf
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("no {prog} program"))?
+                .try_into()?;
+            p.load()
+                .with_context(|| format!("loading the {tp} program"))?;
+            p.attach("sched", tp)
+                .with_context(|| format!("attaching to sched:{tp}"))?;
+        }
+        Ok(())
+    }
+
+    /// Marks processes for DWARF unwinding (automatic mode).
+    pub fn set_dwarf(&mut self, tgid: u32) -> Result<()> {
+        let mut m: HashMap<&mut MapData, u32, u8> = HashMap::try_from(
+            self.ebpf
+                .map_mut("DWARF_PIDS")
+                .ok_or_else(|| anyhow!("no DWARF_PIDS"))?,
+        )?;
+        m.insert(&tgid, &1, 0).context("writing DWARF_PIDS")?;
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for a forced wake-up (a new process, an exit),
+    /// then hands every record in the ring buffer to `f`.
+    pub fn read_events(
+        &mut self,
+        timeout: std::time::Duration,
+        mut f: impl FnMut(Event<'_>),
+    ) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd {
+            fd: self.events.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; EINTR (Ctrl-C) just returns early.
+        unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+        while let Some(item) = self.events.next() {
+            if let Some(e) = Event::parse(&item) {
+                f(e);
+            }
+        }
+        Ok(())
     }
 
     /// Samples every chosen CPU (all online CPUs when empty) with the
@@ -346,20 +457,10 @@ impl Tracer {
             lost_counts: sum(STAT_LOST_COUNT)?,
             lat_sum_ns: sum(STAT_LAT_SUM_NS)?,
             lat_unmatched: sum(STAT_LAT_UNMATCHED)?,
+            dwarf_samples: sum(STAT_DWARF_SAMPLES)?,
+            stack_bytes: sum(STAT_STACK_BYTES)?,
+            ringbuf_full: sum(STAT_LOST_RINGBUF)?,
         })
-    }
-
-    /// Process ids (tgid) present in the counts map so far.
-    pub fn seen_tgids(&self) -> Result<Vec<u32>> {
-        let m: HashMap<&MapData, StackKey, u64> = HashMap::try_from(
-            self.ebpf
-                .map("COUNTS")
-                .ok_or_else(|| anyhow!("no COUNTS"))?,
-        )?;
-        let mut v: Vec<u32> = m.keys().filter_map(|k| k.ok()).map(|k| k.tgid).collect();
-        v.sort_unstable();
-        v.dedup();
-        Ok(v)
     }
 
     /// Moves what the kernel collected so far into `into` and deletes it

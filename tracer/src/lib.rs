@@ -16,6 +16,8 @@
 //! - [`output`]: folded stacks, SVG flamegraphs, differential flamegraphs.
 //! - [`pprof`]: the pprof protobuf (gzip) writer and reader.
 //! - [`latency`]: log2 histograms and their percentiles.
+//! - [`unwind`]: DWARF-mode user stacks (copied stack window + registers)
+//!   unwound with framehop from each file's .eh_frame/.debug_frame.
 pub mod bpf;
 pub mod capture;
 pub mod duration;
@@ -25,3 +27,4 @@ pub mod output;
 pub mod pprof;
 pub mod procs;
 pub mod symbolize;
+pub mod unwind;

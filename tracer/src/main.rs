@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use tracer::{
     bpf::{Collected, LatencyTarget, Tracer},
-    capture::{self, EndReason},
+    capture::{self, EndReason, UnwindMode, UserStacks},
     duration,
     filter::Filters,
     latency,
@@ -22,7 +22,9 @@ use tracer::{
     symbolize,
 };
 use tracer_common::{
-    Config, F_INCLUDE_IDLE, F_INCLUDE_PREEMPTED, F_KERNEL_STACKS, F_USER_STACKS, StackKey,
+    Config, F_INCLUDE_IDLE, F_INCLUDE_PREEMPTED, F_KERNEL_STACKS, F_PROC_EVENTS,
+    F_UNWIND_DWARF_ALL, F_UNWIND_DWARF_LISTED, F_USER_STACKS, PAGE, STACK_WINDOW_DEFAULT,
+    STACK_WINDOW_MAX, StackKey,
 };
 
 /// A fully static eBPF profiler: copy it to a node, run it as root, get a
@@ -81,6 +83,16 @@ struct CaptureArgs {
     /// Leave out user stacks.
     #[arg(long)]
     no_user: bool,
+    /// How user stacks are unwound: `auto` picks per executable (frame
+    /// pointers where it was built with them, DWARF CFI where not); `fp`
+    /// walks frame pointers only; `dwarf` copies the user stack window of
+    /// every sample and unwinds it with .eh_frame/.debug_frame.
+    #[arg(long, value_enum, default_value = "auto")]
+    unwind: UnwindMode,
+    /// DWARF mode: bytes of user stack copied per sample (frames deeper
+    /// than this are cut, the stack ends in a "[truncated ...]" frame).
+    #[arg(long, default_value_t = STACK_WINDOW_DEFAULT, value_parser = parse_window)]
+    stack_window: u32,
     /// Flamegraph title.
     #[arg(long)]
     title: Option<String>,
@@ -174,6 +186,18 @@ struct ConvertArgs {
     freq: u64,
 }
 
+fn parse_window(s: &str) -> Result<u32, String> {
+    let v: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    if v < PAGE as u32 || v as usize > STACK_WINDOW_MAX || !v.is_multiple_of(8) {
+        return Err(format!(
+            "{v}: the stack window must be a multiple of 8 between {PAGE} and {STACK_WINDOW_MAX} bytes"
+        ));
+    }
+    Ok(v)
+}
+
 fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
@@ -213,6 +237,13 @@ fn base_config(cap: &CaptureArgs) -> Result<Config> {
     if !cap.no_user {
         cfg.flags |= F_USER_STACKS;
     }
+    cfg.flags |= F_PROC_EVENTS
+        | match cap.unwind {
+            UnwindMode::Auto => F_UNWIND_DWARF_LISTED,
+            UnwindMode::Fp => 0,
+            UnwindMode::Dwarf => F_UNWIND_DWARF_ALL,
+        };
+    cfg.stack_window = cap.stack_window;
     Ok(cfg)
 }
 
@@ -226,6 +257,12 @@ struct CaptureStats {
     addresses: usize,
     processes: usize,
     symbolize_ms: f64,
+    /// DWARF mode: unwinding in userspace, and what the kernel copied.
+    unwind: &'static str,
+    dwarf_samples: u64,
+    unwind_ms: f64,
+    stack_bytes_per_sample: f64,
+    ringbuf_full: u64,
     /// Kernel-side cost: program runs and mean nanoseconds per run.
     bpf_runs: u64,
     bpf_ns_per_run: f64,
@@ -239,6 +276,7 @@ fn finish(
     collected: &Collected,
     bpf_run: (u64, u64),
     procs: &Processes,
+    stacks: &UserStacks,
     outcome: &capture::Outcome,
     cap: &CaptureArgs,
     units: Units,
@@ -295,6 +333,15 @@ fn finish(
             addresses: sym.addresses,
             processes: procs.by_pid.len(),
             symbolize_ms,
+            unwind: match cap.unwind {
+                UnwindMode::Auto => "auto",
+                UnwindMode::Fp => "fp",
+                UnwindMode::Dwarf => "dwarf",
+            },
+            dwarf_samples: s.dwarf_samples,
+            unwind_ms: stacks.unwinding.unwind_time.as_secs_f64() * 1e3,
+            stack_bytes_per_sample: s.stack_bytes as f64 / s.dwarf_samples.max(1) as f64,
+            ringbuf_full: s.ringbuf_full,
             bpf_runs: bpf_run.0,
             bpf_ns_per_run: bpf_run.1 as f64 / bpf_run.0.max(1) as f64,
             end: end.into(),
@@ -336,23 +383,36 @@ fn finish(
     Ok(())
 }
 
+/// Loads the programs for a profile or offcpu capture and, before they are
+/// attached, snapshots the listed targets (and picks their unwinding mode).
+fn load_for_capture(cfg: Config, cap: &CaptureArgs) -> Result<(Tracer, Processes, UserStacks)> {
+    check_targets_exist(&cap.filters)?;
+    let mut tracer = Tracer::load(cfg, &cap.filters)?;
+    let mut procs = Processes::default();
+    let mut stacks = UserStacks::default();
+    let pids: Vec<u32> = cap.filters.pids.clone();
+    capture::prepare(&mut tracer, &mut procs, &mut stacks, &pids, cap.unwind)?;
+    Ok((tracer, procs, stacks))
+}
+
 /// Runs a profile or offcpu capture and writes its output.
+#[allow(clippy::too_many_arguments)]
 fn capture_and_write(
     command: &'static str,
-    mut tracer: Tracer,
+    (mut tracer, mut procs, mut stacks): (Tracer, Processes, UserStacks),
     cap: &CaptureArgs,
     what: &'static str,
     units: Units,
     scale: u64,
     title: String,
 ) -> Result<()> {
-    let mut procs = Processes::default();
     let opts = capture::Options {
         duration: cap.duration,
         targets: targets(&cap.filters),
         what,
         snapshot: true,
         drain_every: cap.drain_every,
+        unwind: cap.unwind,
     };
     let mut collected = Collected::default();
     let run_stats = cap
@@ -360,11 +420,11 @@ fn capture_and_write(
         .as_ref()
         .map(|_| Tracer::enable_run_stats())
         .transpose()?;
-    let outcome = capture::run(&mut tracer, &mut procs, &mut collected, &opts)?;
+    let outcome = capture::run(&mut tracer, &mut procs, &mut collected, &mut stacks, &opts)?;
     let bpf_run = tracer.run_stats();
     drop(run_stats);
     finish(
-        command, &collected, bpf_run, &procs, &outcome, cap, units, scale, title,
+        command, &collected, bpf_run, &procs, &stacks, &outcome, cap, units, scale, title,
     )
 }
 
@@ -390,9 +450,8 @@ fn profile(a: ProfileArgs) -> Result<()> {
     if a.include_idle {
         cfg.flags |= F_INCLUDE_IDLE;
     }
-    check_targets_exist(&a.cap.filters)?;
-    let mut tracer = Tracer::load(cfg, &a.cap.filters)?;
-    let ncpu = tracer.attach_profile(a.freq, &a.cpus)?;
+    let mut loaded = load_for_capture(cfg, &a.cap)?;
+    let ncpu = loaded.0.attach_profile(a.freq, &a.cpus)?;
     eprintln!(
         "lbd-trace: profiling {ncpu} CPUs at {} Hz{}; Ctrl-C to stop",
         a.freq,
@@ -404,7 +463,7 @@ fn profile(a: ProfileArgs) -> Result<()> {
     let title = format!("lbd-trace profile, {} Hz", a.freq);
     capture_and_write(
         "profile",
-        tracer,
+        loaded,
         &a.cap,
         "samples",
         Units::Samples { hz: a.freq },
@@ -423,14 +482,13 @@ fn offcpu(a: OffcpuArgs) -> Result<()> {
     if cfg.min_block_ns > cfg.max_block_ns {
         bail!("--min-block is larger than --max-block");
     }
-    check_targets_exist(&a.cap.filters)?;
-    let mut tracer = Tracer::load(cfg, &a.cap.filters)?;
-    tracer.attach_offcpu()?;
+    let mut loaded = load_for_capture(cfg, &a.cap)?;
+    loaded.0.attach_offcpu()?;
     eprintln!("lbd-trace: tracing off-CPU time (sched:sched_switch); Ctrl-C to stop");
     let title = "lbd-trace off-CPU time (us)".to_string();
     capture_and_write(
         "offcpu",
-        tracer,
+        loaded,
         &a.cap,
         "blocks",
         Units::OffCpuMicros,
@@ -455,9 +513,11 @@ fn latency_cmd(a: LatencyArgs) -> Result<()> {
         what: "calls",
         snapshot: false,
         drain_every: Duration::from_secs(3600),
+        unwind: UnwindMode::Fp,
     };
     let mut collected = Collected::default();
-    let outcome = capture::run(&mut tracer, &mut procs, &mut collected, &opts)?;
+    let mut stacks = UserStacks::default();
+    let outcome = capture::run(&mut tracer, &mut procs, &mut collected, &mut stacks, &opts)?;
     let hist = tracer.histogram()?;
     let r = latency::report(
         &a.target,

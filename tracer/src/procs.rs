@@ -22,6 +22,9 @@ use std::{
 pub struct MappedFile {
     /// The path the process mapped it under (its own mount namespace).
     pub name: String,
+    /// `dev:inode` of the file: one object however many processes map it
+    /// (also the key of its cached unwind information).
+    pub key: String,
     file: File,
 }
 
@@ -218,9 +221,10 @@ pub fn snapshot(pid: u32, files: &mut HashMap<String, Arc<MappedFile>>) -> Optio
             }
             Err(_) => format!("{pid}:{}", m.path),
         };
-        let entry = files.entry(key).or_insert_with(|| {
+        let entry = files.entry(key.clone()).or_insert_with(|| {
             Arc::new(MappedFile {
                 name: m.path.clone(),
+                key: key.clone(),
                 file,
             })
         });
@@ -259,6 +263,14 @@ impl Processes {
             if let Some(s) = snapshot(pid, &mut self.files) {
                 self.by_pid.insert(pid, s);
             }
+        }
+    }
+
+    /// Snapshots a live process again (a library mapped since, or an exec),
+    /// keeping the old snapshot if it is gone.
+    pub fn resnapshot(&mut self, pid: u32) {
+        if let Some(s) = snapshot(pid, &mut self.files) {
+            self.by_pid.insert(pid, s);
         }
     }
 

@@ -15,7 +15,10 @@ use blazesym::symbolize::{
 use blazesym::{MaybeDefault, Pid};
 use tracer_common::StackKey;
 
-use crate::procs::{Lookup, MappedFile, Processes};
+use crate::{
+    procs::{Lookup, MappedFile, Processes},
+    unwind::TRUNCATED,
+};
 
 /// What a frame is, which decides its folded-stack suffix (the flamegraph
 /// colours these: `_[k]` kernel, `_[i]` inlined, `_[j]` JIT).
@@ -144,7 +147,7 @@ pub fn symbolize(
         let (Some(st), Some(p)) = (stacks.get(&k.ustack), procs.by_pid.get(&k.tgid)) else {
             continue;
         };
-        for (d, ip) in st.iter().enumerate() {
+        for (d, ip) in st.iter().enumerate().filter(|(_, ip)| **ip != TRUNCATED) {
             if let Lookup::File(f, off) = p.lookup(lookup_addr(*ip, d)) {
                 by_file
                     .entry(Arc::as_ptr(f))
@@ -185,6 +188,13 @@ pub fn symbolize(
         if let Some(st) = stacks.get(&k.ustack) {
             let mut user: Vec<Frame> = Vec::new();
             for (d, ip) in st.iter().enumerate() {
+                if *ip == TRUNCATED {
+                    user.push(Frame::new(
+                        "[truncated: stack deeper than the copied window]",
+                        Kind::User,
+                    ));
+                    continue;
+                }
                 let a = lookup_addr(*ip, d);
                 let Some(p) = proc_ else {
                     user.push(Frame::new(
@@ -283,7 +293,7 @@ fn vdso_symbols(
         let (Some(st), Some(p)) = (stacks.get(&k.ustack), procs.by_pid.get(&k.tgid)) else {
             continue;
         };
-        for (d, ip) in st.iter().enumerate() {
+        for (d, ip) in st.iter().enumerate().filter(|(_, ip)| **ip != TRUNCATED) {
             if let Lookup::Special("[vdso]", off) = p.lookup(lookup_addr(*ip, d)) {
                 offs.insert(off);
             }

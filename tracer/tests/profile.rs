@@ -10,53 +10,9 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 #[test]
 fn hot_functions_get_their_share_within_5_points() {
-    let _g = serial();
-    let (_w, pid) = workload("hot", HOT_C, "30");
-    let out = workdir().join("hot.folded");
-    let r = trace(
-        &[
-            "profile",
-            "--pid",
-            &pid,
-            "--duration",
-            "3s",
-            "--freq",
-            "999",
-            "--format",
-            "folded",
-            "--output",
-            path_str(&out),
-        ],
-        LIMIT,
-    );
-    assert!(r.ok, "{}", r.stderr);
-    let stacks = folded(&fs::read_to_string(&out).unwrap());
-    let total: u64 = stacks.iter().map(|(_, c)| c).sum();
-    assert!(total > 500, "only {total} samples: {}", r.stderr);
-    assert!(r.stderr.contains(" 0 lost,"), "samples lost: {}", r.stderr);
-    let (a, b) = (share(&stacks, "hot_a"), share(&stacks, "hot_b"));
-    eprintln!("hot_a {a:.3} hot_b {b:.3} of {total} samples");
-    assert!(
-        (a - 0.70).abs() <= 0.05,
-        "hot_a share {a:.3}, expected 0.70 +- 0.05"
-    );
-    assert!(
-        (b - 0.30).abs() <= 0.05,
-        "hot_b share {b:.3}, expected 0.30 +- 0.05"
-    );
-    // Symbolized through the executable's ELF/DWARF, rooted at the comm.
-    assert!(stacks.iter().all(|(s, _)| s.starts_with("hot;")));
-    assert!(
-        stacks
-            .iter()
-            .any(|(s, _)| s.contains(";main;hot_a;spin_for"))
-    );
-    assert!(!stacks.iter().any(|(s, _)| s.contains("[unknown]")));
-    // clock_gettime runs in the vDSO: resolved through lbd-trace's own copy.
-    assert!(
-        !stacks.iter().any(|(s, _)| s.contains("[vdso]+")),
-        "unresolved vDSO frames"
-    );
+    // Automatic mode: frame pointers for this binary (tests/unwind.rs runs
+    // the same check with --unwind dwarf).
+    hot_split_within_5_points("auto");
 }
 
 #[test]
@@ -438,14 +394,7 @@ fn container_process_that_exits_midway_still_symbolizes() {
         "mount -t tmpfs lbd-trace-test /mnt && cp {} /mnt/ctr_hot && exec /mnt/ctr_hot 3",
         exe.display()
     );
-    let w = Proc::spawn(Command::new("unshare").args([
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &script,
-    ]));
+    let w = in_private_mount_ns(&script);
     let pid = w.pid().to_string();
     let r = trace(
         &[

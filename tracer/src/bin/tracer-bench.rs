@@ -1,8 +1,17 @@
-//! `make bench-tracer`: profiling overhead of lbd-trace on a CPU-bound
-//! workload at 99 and 999 Hz, side by side with `perf record -F <same> -a -g`
-//! on the same workload in the same run, trials alternated so machine noise
-//! hits every mode alike; plus symbolization time and binary size.
-//! Writes target/bench/tracer.json and prints a table.
+//! `make bench-tracer`: overhead of lbd-trace on a CPU-bound workload that
+//! fills every CPU, at 99 and 999 Hz, in frame-pointer and DWARF unwinding
+//! modes, against `perf record -a -g` and `perf record -a --call-graph dwarf`
+//! at the same frequencies, all in the same run.
+//!
+//! Method (issue 16): every profiled trial is paired with an unprofiled one
+//! run right before or after it (the order alternates between rounds); the
+//! overhead of a pair is 1 - profiled/unprofiled throughput; the figure is
+//! the median over the rounds (>= 5 pairs per mode). Modes are rotated so no
+//! mode always runs first. Also: each profiler's own CPU time during the
+//! capture, bytes of user stack copied per sample, unwinding and
+//! symbolization time, and the share of samples whose stack reaches `main`
+//! (the workload is built with `-O2 -fomit-frame-pointer`, as distributions
+//! build). Writes target/bench/tracer.json and prints a table.
 use std::{
     collections::BTreeMap,
     fs,
@@ -26,44 +35,56 @@ struct Args {
     /// Seconds per trial.
     #[arg(long, default_value_t = 3.0)]
     secs: f64,
-    /// Rounds (each runs every mode once).
+    /// Rounds (each runs every mode once, paired with its own unprofiled
+    /// trial).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
 }
 
-/// Counts loop iterations per second of its own CPU time. CPU time (the
-/// scheduler's, which on this kernel includes interrupt time, as
-/// CONFIG_IRQ_TIME_ACCOUNTING is off) takes in the sampling interrupts and
-/// the BPF program run on this task's CPU, but not the time other processes
-/// of a shared machine take: wall-clock throughput varied by 10% between
-/// trials of the same mode here.
+/// main -> level1 -> level2 -> level3 -> unit, built without frame
+/// pointers; counts loop iterations per second of its own CPU time and per
+/// wall-clock second. CPU time (which on this kernel includes interrupt time,
+/// CONFIG_IRQ_TIME_ACCOUNTING being off) takes in the sampling interrupts and
+/// BPF programs run on the workload's CPU; wall-clock throughput also takes
+/// in the CPU the profiler's own process uses (and other load on a shared
+/// machine).
 const WORK_C: &str = r#"
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 static double clk(clockid_t c) { struct timespec t; clock_gettime(c, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
 volatile unsigned long sink;
-__attribute__((noinline)) void unit(void) { for (int i = 0; i < 20000; i++) sink += i * 7; }
+__attribute__((noipa)) void unit(void) { for (int i = 0; i < 20000; i++) sink += i * 7; }
+__attribute__((noipa)) void level3(void) { unit(); sink++; }
+__attribute__((noipa)) void level2(void) { level3(); sink++; }
+__attribute__((noipa)) void level1(void) { level2(); sink++; }
 int main(int argc, char **argv) {
   double start = clk(CLOCK_THREAD_CPUTIME_ID), wall = clk(CLOCK_MONOTONIC), end = start + atof(argv[1]);
   unsigned long n = 0; double now = start;
-  while (now < end) { unit(); n++; if ((n & 63) == 0) now = clk(CLOCK_THREAD_CPUTIME_ID); }
+  while (now < end) { level1(); n++; if ((n & 63) == 0) now = clk(CLOCK_THREAD_CPUTIME_ID); }
   printf("%f %f\n", n / (now - start), n / (clk(CLOCK_MONOTONIC) - wall)); return 0; }
 "#;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
-enum Mode {
-    Baseline,
-    Lbd(u32),
-    Perf(u32),
+enum Tool {
+    Lbd,
+    Perf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+struct Mode {
+    tool: Tool,
+    dwarf: bool,
+    hz: u32,
 }
 
 impl Mode {
     fn name(&self) -> String {
-        match self {
-            Mode::Baseline => "none".into(),
-            Mode::Lbd(f) => format!("lbd-trace {f} Hz"),
-            Mode::Perf(f) => format!("perf record {f} Hz"),
+        match (self.tool, self.dwarf) {
+            (Tool::Lbd, false) => format!("lbd-trace fp {} Hz", self.hz),
+            (Tool::Lbd, true) => format!("lbd-trace dwarf {} Hz", self.hz),
+            (Tool::Perf, false) => format!("perf -g {} Hz", self.hz),
+            (Tool::Perf, true) => format!("perf dwarf {} Hz", self.hz),
         }
     }
 }
@@ -91,15 +112,17 @@ fn interrupt_and_wait(mut r: Running, limit: Duration) -> Result<()> {
 }
 
 /// Starts a profiler and waits until it samples.
-fn start(mode: Mode, tracer: &Path, dir: &Path, stats: &Path) -> Result<Option<Running>> {
-    match mode {
-        Mode::Baseline => Ok(None),
-        Mode::Lbd(f) => {
+fn start(mode: Mode, tracer: &Path, dir: &Path, stats: &Path) -> Result<Running> {
+    let hz = mode.hz.to_string();
+    match mode.tool {
+        Tool::Lbd => {
             let mut c = Command::new(tracer)
                 .args([
                     "profile",
                     "--freq",
-                    &f.to_string(),
+                    &hz,
+                    "--unwind",
+                    if mode.dwarf { "dwarf" } else { "fp" },
                     "--format",
                     "folded",
                     "--output",
@@ -123,11 +146,18 @@ fn start(mode: Mode, tracer: &Path, dir: &Path, stats: &Path) -> Result<Option<R
             }
             // Keep draining stderr so the child never blocks on it.
             std::thread::spawn(move || for _ in lines {});
-            Ok(Some(r))
+            Ok(r)
         }
-        Mode::Perf(f) => {
-            let c = Command::new("perf")
-                .args(["record", "-F", &f.to_string(), "-a", "-g", "-q", "-o"])
+        Tool::Perf => {
+            let mut cmd = Command::new("perf");
+            cmd.args(["record", "-F", &hz, "-a", "-q"]);
+            if mode.dwarf {
+                cmd.args(["--call-graph", "dwarf"]);
+            } else {
+                cmd.arg("-g");
+            }
+            let c = cmd
+                .arg("-o")
                 .arg(dir.join("perf.data"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -135,9 +165,72 @@ fn start(mode: Mode, tracer: &Path, dir: &Path, stats: &Path) -> Result<Option<R
                 .context("starting perf (linux-perf)")?;
             // perf prints nothing when ready: give it time to open its events.
             std::thread::sleep(Duration::from_millis(700));
-            Ok(Some(Running(c)))
+            Ok(Running(c))
         }
     }
+}
+
+/// CPU time (user + system) a process has used so far, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        return f64::NAN;
+    };
+    // utime and stime are fields 14 and 15, the 12th and 13th after ')'.
+    let f: Vec<&str> = rest.split(' ').collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    match (
+        f.get(11).and_then(|v| v.parse::<f64>().ok()),
+        f.get(12).and_then(|v| v.parse::<f64>().ok()),
+    ) {
+        (Some(u), Some(s)) => (u + s) / hz,
+        _ => f64::NAN,
+    }
+}
+
+/// Share of the samples of the workload (comm "work") whose folded stack
+/// contains `main`.
+fn main_share_folded(path: &Path) -> Option<f64> {
+    let text = fs::read_to_string(path).ok()?;
+    let (mut all, mut main) = (0u64, 0u64);
+    for l in text.lines() {
+        let (stack, n) = l.rsplit_once(' ')?;
+        let n: u64 = n.parse().ok()?;
+        if !stack.starts_with("work;") {
+            continue;
+        }
+        all += n;
+        if stack.split(';').any(|f| f == "main") {
+            main += n;
+        }
+    }
+    (all > 0).then(|| main as f64 / all as f64)
+}
+
+/// The same from a perf.data file (`perf script`; outside the measured
+/// window).
+fn main_share_perf(data: &Path) -> Option<f64> {
+    let out = Command::new("perf")
+        .args(["script", "--comms", "work", "-F", "ip,sym", "-i"])
+        .arg(data)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (mut all, mut main) = (0u64, 0u64);
+    for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        all += 1;
+        if block
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("main"))
+        {
+            main += 1;
+        }
+    }
+    (all > 0).then(|| main as f64 / all as f64)
 }
 
 /// Runs one copy of the workload per CPU; summed iterations per CPU-second
@@ -170,151 +263,203 @@ fn throughput(work: &Path, secs: f64) -> Result<(f64, f64)> {
     Ok((cpu, wall))
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
+/// What one profiled trial measured besides throughput.
+#[derive(Default, Clone)]
+struct Extra {
+    /// The profiler's own CPU time during the capture, per second of it.
+    self_cpu_ms_per_s: f64,
+    symbolize_ms: Option<f64>,
+    unwind_ms: Option<f64>,
+    stack_bytes_per_sample: Option<f64>,
+    bpf_ns_per_run: Option<f64>,
+    main_share: Option<f64>,
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
     if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
+        return None;
     }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 fn main() -> Result<()> {
     let a = Args::parse();
+    if a.rounds < 5 {
+        bail!("--rounds must be at least 5 (the figure is a median of >= 5 pairs)");
+    }
     let dir = std::env::temp_dir().join(format!("lbd-trace-bench-{}", std::process::id()));
     fs::create_dir_all(&dir)?;
     let src = dir.join("work.c");
     let work = dir.join("work");
     fs::write(&src, WORK_C)?;
-    let st = Command::new("cc")
-        .args(["-O1", "-fno-omit-frame-pointer", "-o"])
+    let st = Command::new("gcc")
+        .args(["-O2", "-fomit-frame-pointer", "-o"])
         .arg(&work)
         .arg(&src)
         .status()?;
     if !st.success() {
-        bail!("cc failed");
+        bail!("gcc failed");
     }
     let perf_ok = Command::new("perf")
         .arg("--version")
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    let mut modes = vec![Mode::Baseline, Mode::Lbd(99), Mode::Lbd(999)];
-    if perf_ok {
-        modes.extend([Mode::Perf(99), Mode::Perf(999)]);
-    } else {
-        eprintln!("perf not found: perf columns left out");
+    let mut modes = Vec::new();
+    for tool in [Tool::Lbd, Tool::Perf] {
+        if tool == Tool::Perf && !perf_ok {
+            eprintln!("perf not found: perf columns left out");
+            continue;
+        }
+        for dwarf in [false, true] {
+            for hz in [99, 999] {
+                modes.push(Mode { tool, dwarf, hz });
+            }
+        }
     }
-    // Per round: each mode's throughput relative to that round's baseline,
-    // per CPU-second (the figure) and per wall-clock second (noisier here,
-    // but it also charges the profiler's own process, e.g. perf writing its
-    // data file).
+    let stats = dir.join("stats.json");
+    // Per mode: every pair's profiled/unprofiled ratio (CPU-time and wall
+    // throughput) and the trial's extra figures.
     let mut rel: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
     let mut rel_wall: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
-    let mut sym_ms: Vec<f64> = Vec::new();
-    let mut bpf_ns: Vec<f64> = Vec::new();
-    let stats = dir.join("stats.json");
+    let mut extra: BTreeMap<Mode, Vec<Extra>> = BTreeMap::new();
+    let t0 = Instant::now();
     for round in 0..a.rounds {
-        let mut this: BTreeMap<Mode, (f64, f64)> = BTreeMap::new();
-        // Rotate the order so no mode always runs first after a rest.
         for i in 0..modes.len() {
             let mode = modes[(i + round) % modes.len()];
-            let prof = start(mode, &a.tracer, &dir, &stats)?;
-            let t = throughput(&work, a.secs)?;
-            if let Some(p) = prof {
-                interrupt_and_wait(p, Duration::from_secs(120))?;
+            let profiled_first = (round + i) % 2 == 0;
+            let mut base = None;
+            let mut prof = None;
+            let mut ex = Extra::default();
+            for profiled in [profiled_first, !profiled_first] {
+                if !profiled {
+                    base = Some(throughput(&work, a.secs)?);
+                    continue;
+                }
+                let _ = fs::remove_file(&stats);
+                let p = start(mode, &a.tracer, &dir, &stats)?;
+                let pid = p.0.id();
+                let c0 = cpu_secs(pid);
+                let w0 = Instant::now();
+                prof = Some(throughput(&work, a.secs)?);
+                ex.self_cpu_ms_per_s = (cpu_secs(pid) - c0) * 1e3 / w0.elapsed().as_secs_f64();
+                interrupt_and_wait(p, Duration::from_secs(180))?;
+                if mode.tool == Tool::Lbd
+                    && let Ok(s) = fs::read_to_string(&stats)
+                    && let Ok(v) = serde_json::from_str::<serde_json::Value>(&s)
+                {
+                    ex.symbolize_ms = v["symbolize_ms"].as_f64();
+                    ex.bpf_ns_per_run = v["bpf_ns_per_run"].as_f64();
+                    if mode.dwarf {
+                        ex.unwind_ms = v["unwind_ms"].as_f64();
+                        ex.stack_bytes_per_sample = v["stack_bytes_per_sample"].as_f64();
+                    }
+                    ex.main_share = main_share_folded(&dir.join("lbd.folded"));
+                }
+                if mode.tool == Tool::Perf {
+                    // perf's reach-main share once per mode (perf script is
+                    // slow on DWARF data), outside the measured window.
+                    if round == 0 {
+                        ex.main_share = main_share_perf(&dir.join("perf.data"));
+                    }
+                    let _ = fs::remove_file(dir.join("perf.data"));
+                }
             }
-            if let Mode::Lbd(999) = mode
-                && let Ok(s) = fs::read_to_string(&stats)
-                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&s)
-            {
-                sym_ms.extend(v["symbolize_ms"].as_f64());
-                bpf_ns.extend(v["bpf_ns_per_run"].as_f64());
-            }
-            this.insert(mode, t);
+            let (b, p) = (base.context("baseline")?, prof.context("profiled")?);
+            rel.entry(mode).or_default().push(p.0 / b.0);
+            rel_wall.entry(mode).or_default().push(p.1 / b.1);
             eprintln!(
-                "round {round}: {:<18} {:.0} it/cpu-s  {:.0} it/s",
+                "[{:>4.0}s] round {round}: {:<22} cpu {:+.2}%  wall {:+.2}%  own CPU {:.1} ms/s",
+                t0.elapsed().as_secs_f64(),
                 mode.name(),
-                t.0,
-                t.1
+                (1.0 - p.0 / b.0) * 100.0,
+                (1.0 - p.1 / b.1) * 100.0,
+                ex.self_cpu_ms_per_s
             );
-        }
-        let base = this[&Mode::Baseline];
-        for (m, t) in this {
-            rel.entry(m).or_default().push(t.0 / base.0);
-            rel_wall.entry(m).or_default().push(t.1 / base.1);
+            extra.entry(mode).or_default().push(ex);
         }
     }
-    let pct = |r: &BTreeMap<Mode, Vec<f64>>, m: Mode| -> Option<f64> {
-        r.get(&m).map(|v| {
-            let mut v = v.clone();
-            (1.0 - median(&mut v)) * 100.0
-        })
+    let pct = |r: &BTreeMap<Mode, Vec<f64>>, m: &Mode| -> Option<f64> {
+        r.get(m).and_then(|v| median(v)).map(|x| (1.0 - x) * 100.0)
     };
-    let overhead = |m: Mode| pct(&rel, m);
-    let wall = |m: Mode| pct(&rel_wall, m);
+    let ex_med = |m: &Mode, f: fn(&Extra) -> Option<f64>| -> Option<f64> {
+        extra
+            .get(m)
+            .and_then(|v| median(&v.iter().filter_map(f).collect::<Vec<_>>()))
+    };
     let bytes = fs::metadata(&a.tracer)?.len();
-    let symbolize_ms = median(&mut sym_ms);
-    // The kernel's own accounting of the sampling program (BPF run-time
-    // stats): a noise-free figure of what each sample costs in the kernel.
-    let bpf_ns_per_sample = median(&mut bpf_ns);
-    let bpf_cpu_pct = |hz: f64| bpf_ns_per_sample * hz / 1e9 * 100.0;
-    let per_round = |r: &BTreeMap<Mode, Vec<f64>>| {
-        r.iter()
-            .map(|(m, v)| (m.name(), v.clone()))
-            .collect::<BTreeMap<_, _>>()
-    };
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut table = serde_json::Map::new();
+    for m in &modes {
+        table.insert(
+            m.name(),
+            json!({
+                "overhead_cpu_pct": pct(&rel, m),
+                "overhead_wall_pct": pct(&rel_wall, m),
+                "own_cpu_ms_per_s": ex_med(m, |e| Some(e.self_cpu_ms_per_s)),
+                "main_share": ex_med(m, |e| e.main_share),
+                "stack_bytes_per_sample": ex_med(m, |e| e.stack_bytes_per_sample),
+                "unwind_ms": ex_med(m, |e| e.unwind_ms),
+                "symbolize_ms": ex_med(m, |e| e.symbolize_ms),
+                "bpf_ns_per_run": ex_med(m, |e| e.bpf_ns_per_run),
+                "cpu_ratio_per_pair": rel.get(m),
+                "wall_ratio_per_pair": rel_wall.get(m),
+            }),
+        );
+    }
     let j = json!({
-        "overhead_pct": {"99": overhead(Mode::Lbd(99)), "999": overhead(Mode::Lbd(999))},
-        "perf_overhead_pct": {"99": overhead(Mode::Perf(99)), "999": overhead(Mode::Perf(999))},
+        "modes": table,
         "binary_bytes": bytes,
-        "symbolize_ms": symbolize_ms,
-        "wall_overhead_pct": {"99": wall(Mode::Lbd(99)), "999": wall(Mode::Lbd(999))},
-        "perf_wall_overhead_pct": {"99": wall(Mode::Perf(99)), "999": wall(Mode::Perf(999))},
-        "bpf_ns_per_sample": bpf_ns_per_sample,
-        "bpf_cpu_pct_per_cpu": {"99": bpf_cpu_pct(99.0), "999": bpf_cpu_pct(999.0)},
         "rounds": a.rounds,
-        // Every round's throughput relative to its own baseline, to show the
-        // noise the medians above sit in.
-        "relative_per_round": per_round(&rel),
-        "wall_relative_per_round": per_round(&rel_wall),
         "trial_secs": a.secs,
-        "method": "iterations per CPU-second of one CPU-bound process per CPU (CPU time includes interrupt time on this kernel), median over rounds of (1 - mode/baseline of the same round); modes alternated; wall_* the same per wall-clock second",
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "loadavg_at_end": load.trim(),
+        "method": "one CPU-bound process per CPU (main->level1->level2->level3->unit, gcc -O2 -fomit-frame-pointer); each profiled trial paired with an unprofiled trial right before or after it (order alternating); overhead = 1 - profiled/unprofiled throughput, median over the pairs; cpu = iterations per CPU-second of the workload (takes in interrupts and BPF run on its CPUs), wall = iterations per wall-clock second (also takes in the profiler's own process); own_cpu = the profiler process's user+system CPU during the trial",
     });
     if let Some(p) = a.out.parent() {
         fs::create_dir_all(p)?;
     }
     fs::write(&a.out, serde_json::to_string_pretty(&j)?)?;
-    let f = |v: Option<f64>| {
-        v.map(|x| format!("{x:+.2}%"))
+    let f = |v: Option<f64>, unit: &str| {
+        v.map(|x| format!("{x:+.2}{unit}"))
             .unwrap_or_else(|| "n/a".into())
     };
+    let g = |v: Option<f64>, d: usize| v.map(|x| format!("{x:.d$}")).unwrap_or_else(|| "-".into());
     println!(
-        "lbd-trace benchmark ({} rounds x {} s, baseline in the same run)",
-        a.rounds, a.secs
+        "lbd-trace benchmark: {} pairs x {} s per mode, all {} CPUs busy, baseline paired in the same run (load {})",
+        a.rounds,
+        a.secs,
+        j["cpus"],
+        load.trim()
     );
     println!(
-        "{:<8} {:>14} {:>14} {:>16} {:>16}",
-        "rate", "lbd-trace", "perf -a -g", "lbd-trace wall", "perf wall"
+        "{:<24} {:>9} {:>9} {:>10} {:>8} {:>10} {:>9} {:>9}",
+        "mode", "cpu ovh", "wall ovh", "own ms/s", "->main", "B/sample", "unwind", "symbol."
     );
-    for hz in [99, 999] {
+    for m in &modes {
         println!(
-            "{:<8} {:>14} {:>14} {:>16} {:>16}",
-            format!("{hz} Hz"),
-            f(overhead(Mode::Lbd(hz))),
-            f(overhead(Mode::Perf(hz))),
-            f(wall(Mode::Lbd(hz))),
-            f(wall(Mode::Perf(hz)))
+            "{:<24} {:>9} {:>9} {:>10} {:>8} {:>10} {:>9} {:>9}",
+            m.name(),
+            f(pct(&rel, m), "%"),
+            f(pct(&rel_wall, m), "%"),
+            g(ex_med(m, |e| Some(e.self_cpu_ms_per_s)), 2),
+            g(ex_med(m, |e| e.main_share), 3),
+            g(ex_med(m, |e| e.stack_bytes_per_sample), 0),
+            g(ex_med(m, |e| e.unwind_ms), 0),
+            g(ex_med(m, |e| e.symbolize_ms), 0),
         );
     }
     println!(
-        "binary: {bytes} bytes ({:.2} MiB); symbolization of a 999 Hz whole-machine capture: {symbolize_ms:.0} ms",
-        bytes as f64 / 1048576.0
-    );
-    println!(
-        "BPF program: {bpf_ns_per_sample:.0} ns per sample (kernel run-time stats) = {:.3}% of a CPU at 99 Hz, {:.3}% at 999 Hz",
-        bpf_cpu_pct(99.0),
-        bpf_cpu_pct(999.0)
+        "binary: {bytes} bytes ({:.2} MiB); unwind and symbol. in ms per capture of {} s",
+        bytes as f64 / 1048576.0,
+        a.secs
     );
     println!("wrote {}", a.out.display());
     let _ = fs::remove_dir_all(&dir);

@@ -31,12 +31,23 @@ pub fn workdir() -> PathBuf {
 /// Compiles a C workload with frame pointers and no inlining, so the hot
 /// functions are real frames.
 pub fn build_c(name: &str, src: &str) -> PathBuf {
+    build_c_with(
+        name,
+        src,
+        &["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline"],
+    )
+}
+
+/// Compiles a C file with the given compiler flags (e.g. `-O2
+/// -fomit-frame-pointer`, as distributions build).
+pub fn build_c_with(name: &str, src: &str, flags: &[&str]) -> PathBuf {
     let dir = workdir();
     let c = dir.join(format!("{name}.c"));
     let exe = dir.join(name);
     std::fs::write(&c, src).unwrap();
-    let out = Command::new("cc")
-        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-o"])
+    let out = Command::new("gcc")
+        .args(flags)
+        .arg("-o")
         .arg(&exe)
         .arg(&c)
         .output()
@@ -231,6 +242,18 @@ pub fn folded(text: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// Share of the total weight whose stack has `chain` (frames separated by
+/// `;`) as consecutive frames, in that order.
+pub fn chain_share(stacks: &[(String, u64)], chain: &str) -> f64 {
+    let total: u64 = stacks.iter().map(|(_, c)| c).sum();
+    let hit: u64 = stacks
+        .iter()
+        .filter(|(s, _)| format!(";{s};").contains(&format!(";{chain};")))
+        .map(|(_, c)| c)
+        .sum();
+    hit as f64 / total.max(1) as f64
+}
+
 /// Share of the total weight whose stack contains `frame`.
 pub fn share(stacks: &[(String, u64)], frame: &str) -> f64 {
     let total: u64 = stacks.iter().map(|(_, c)| c).sum();
@@ -257,4 +280,78 @@ pub fn workload(name: &str, src: &str, arg: &str) -> (Proc, String) {
     let w = Proc::spawn(Command::new(build_c(name, src)).arg(arg));
     let pid = w.pid().to_string();
     (w, pid)
+}
+
+/// The 70/30 attribution check on the frame-pointer workload (HOT_C), with
+/// the given `--unwind` mode: shares within 5 points, whole stacks rooted at
+/// the comm, nothing unresolved.
+pub fn hot_split_within_5_points(unwind: &str) {
+    let _g = serial();
+    let (_w, pid) = workload("hot", HOT_C, "30");
+    let out = workdir().join(format!("hot-{unwind}.folded"));
+    let r = trace(
+        &[
+            "profile",
+            "--pid",
+            &pid,
+            "--unwind",
+            unwind,
+            "--duration",
+            "3s",
+            "--freq",
+            "999",
+            "--format",
+            "folded",
+            "--output",
+            path_str(&out),
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(r.ok, "{}", r.stderr);
+    let stacks = folded(&std::fs::read_to_string(&out).unwrap());
+    let total: u64 = stacks.iter().map(|(_, c)| c).sum();
+    assert!(total > 500, "only {total} samples: {}", r.stderr);
+    assert!(r.stderr.contains(" 0 lost,"), "samples lost: {}", r.stderr);
+    eprint!("{unwind}: {total} samples, ");
+    assert_70_30(&stacks);
+    // Symbolized through the executable's ELF/DWARF, rooted at the comm.
+    assert!(stacks.iter().all(|(s, _)| s.starts_with("hot;")));
+    assert!(
+        stacks
+            .iter()
+            .any(|(s, _)| s.contains(";main;hot_a;spin_for"))
+    );
+    assert!(!stacks.iter().any(|(s, _)| s.contains("[unknown]")));
+    // clock_gettime runs in the vDSO: resolved through lbd-trace's own copy.
+    assert!(
+        !stacks.iter().any(|(s, _)| s.contains("[vdso]+")),
+        "unresolved vDSO frames"
+    );
+}
+
+/// hot_a holds 70% and hot_b 30% of the samples, within 5 points.
+pub fn assert_70_30(stacks: &[(String, u64)]) {
+    let (a, b) = (share(stacks, "hot_a"), share(stacks, "hot_b"));
+    eprintln!("hot_a {a:.3} hot_b {b:.3}");
+    assert!(
+        (a - 0.70).abs() <= 0.05,
+        "hot_a share {a:.3}, expected 0.70 +- 0.05"
+    );
+    assert!(
+        (b - 0.30).abs() <= 0.05,
+        "hot_b share {b:.3}, expected 0.30 +- 0.05"
+    );
+}
+
+/// Runs a shell script in a private mount namespace, as a container's
+/// process: what it mounts there does not exist on the host.
+pub fn in_private_mount_ns(script: &str) -> Proc {
+    Proc::spawn(Command::new("unshare").args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+    ]))
 }
