@@ -6,8 +6,16 @@ use std::path::Path;
 
 use crate::topology::{Topology, addr};
 
-/// `iface`: the node's uplink (eth0 in the lab, eth1 under containerlab).
-pub fn render(topo: &Topology, id: u16, iface: &str, pin_dir: &Path, socket: &Path) -> String {
+/// `iface`: the node's uplink (eth0 in the lab, eth1 under containerlab);
+/// `secret`: the cluster secret file that authenticates liveness reports.
+pub fn render(
+    topo: &Topology,
+    id: u16,
+    iface: &str,
+    pin_dir: &Path,
+    socket: &Path,
+    secret: &Path,
+) -> String {
     let t = &topo.timings;
     let mut s = format!(
         r#"# lbd on lab node {id} (written by lbd-lab from the topology file)
@@ -26,8 +34,10 @@ interval = "{li}ms"
 timeout = "{lt}ms"
 rise = 1
 fall = {lf}
+secret_file = "{secret}"
 "#,
         seed = dataplane_common::DEFAULT_HASH_SEED,
+        secret = secret.display(),
         drain = t.drain_period_s,
         encap = topo.encapsulation,
         pins = pin_dir.display(),

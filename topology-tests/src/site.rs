@@ -316,6 +316,8 @@ impl Site {
             _netns: netns,
         };
         progress("nodes: nginx WebDAV and lbd on each");
+        let secret = site.dir.join("liveness.secret");
+        write_secret(&secret)?;
         for i in 0..site.nodes.len() {
             let n = &site.nodes[i];
             n.nginx.write_config(&site.topo, n.id, &site.storage)?;
@@ -328,6 +330,7 @@ impl Site {
                     "eth0",
                     &pins.join(format!("n{}", n.id)),
                     &n.socket(),
+                    &secret,
                 ),
             )?;
             if !hold_back.contains(&n.id) {
@@ -675,6 +678,24 @@ fn address_in(ns: &str, dev: &str, a: &str, len: u8) -> Result<()> {
     run_checked("ip", &args).map(|_| ())
 }
 
+/// A fresh cluster secret (32 random bytes as hex), mode 0600 as lbd
+/// requires: every node of the lab authenticates its liveness reports.
+fn write_secret(path: &Path) -> Result<()> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = [0u8; 32];
+    fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(f, "{hex}")?;
+    Ok(())
+}
+
 /// The router's frr.conf and each node's lbd.toml for a real site (the
 /// lab's own configs with the system paths: pins in /sys/fs/bpf/lbd, the
 /// socket in /run/lbd).
@@ -692,6 +713,7 @@ pub fn write_site_configs(topo: &Topology, dir: &Path) -> Result<Vec<PathBuf>> {
                 "eth1",
                 Path::new("/sys/fs/bpf/lbd"),
                 Path::new("/run/lbd/lbd.sock"),
+                Path::new("/etc/lbd/liveness.secret"),
             ),
         )?;
         files.push(f);
