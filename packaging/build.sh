@@ -57,15 +57,34 @@ for u in flowmark flowmark-collect; do
   sed 's|/usr/local/bin/|/usr/bin/|g; s|/usr/share/doc/lbd/flowmark.md|/usr/share/doc/flowmark/flowmark.md|' \
     "configs/flowmark/$u.service" >"$ASSETS/flowmark/systemd/$u.service"
 done
+# cargo-deb (like dh_installsystemd) takes PACKAGE.UNIT.service for a unit
+# not named after the package.
+mv "$ASSETS/flowmark/systemd/flowmark-collect.service" \
+  "$ASSETS/flowmark/systemd/flowmark.flowmark-collect.service"
 
 # The nginx snippet loads flowmark.lua from where the package puts it.
 sed 's|/etc/flowmark/|/usr/share/flowmark/|g; s|^# Install flowmark.lua as .*|# flowmark.lua is in /usr/share/flowmark/ (the flowmark package).|' \
   configs/flowmark/nginx-http.conf >"$ASSETS/flowmark/nginx-http.conf"
 
-"$CARGO_DEB" -p lbd --no-build --output "$OUT/"
-"$CARGO_DEB" -p flowmark --no-build --output "$OUT/"
-"$CARGO_DEB" -p tracer --no-build --target "$MUSL" --output "$OUT/"
+# Debian changelogs with the workspace's version (lintian wants one).
+for p in lbd flowmark lbd-trace; do
+  cat >"$ASSETS/$p/changelog" <<CHANGELOG
+$p ($VERSION-1) unstable; urgency=medium
 
+  * Built from the lbd workspace by make packages (docs/packaging.md).
+
+ -- lbd developers <lbd@example.invalid>  $(date -R -d @"${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}")
+CHANGELOG
+done
+
+DEB=("$CARGO_DEB" --no-build --strip --fast --output "$OUT/")
+"${DEB[@]}" -p lbd
+"${DEB[@]}" -p flowmark
+"${DEB[@]}" -p tracer --target "$MUSL"
+
+# The RPMs take stripped copies (cargo-deb strips its own).
+strip -o "$ASSETS/lbd/lbd" "$TARGET/release/lbd"
+strip -o "$ASSETS/flowmark/flowmark" "$TARGET/release/flowmark"
 for p in lbd flowmark lbd-trace; do
   crate="$p"
   [[ "$p" == lbd-trace ]] && crate=tracer
