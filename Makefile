@@ -7,7 +7,7 @@ CARGO ?= cargo
 PROFILE := --release
 STAMP := target/.setup-stamp
 
-.PHONY: all setup build test lint fmt bench bench-dataplane demo demo-clean demo-dataplane clean tracer-static bench-tracer bench-bgp-speaker bench-bgp bench-flowmark bench-topology lab-bins
+.PHONY: all setup build test lint fmt bench bench-dataplane demo demo-clean demo-dataplane clean tracer-static bench-tracer bench-bgp-speaker bench-bgp bench-flowmark bench-topology lab-bins packages
 
 all: build
 
@@ -49,6 +49,11 @@ tracer-static: $(STAMP)
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C relocation-model=static -C strip=debuginfo" \
 	  $(CARGO) build $(PROFILE) --target x86_64-unknown-linux-musl -p tracer --bin lbd-trace
 	./tracer/check-static.sh $(TRACER_STATIC)
+
+# .deb and .rpm packages of lbd, flowmark and lbd-trace in target/packages/
+# (packaging/build.sh, docs/packaging.md).
+packages: tracer-static
+	./packaging/build.sh
 
 bench-tracer: tracer-static
 	$(CARGO) build $(PROFILE) -p tracer --bin tracer-bench

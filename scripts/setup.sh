@@ -11,11 +11,15 @@ NIGHTLY="$(cat "$ROOT/ebpf-toolchain")"
 CACHE="${LBD_CACHE:-$HOME/.cache/lbd}"
 LINKER_ROOT="$CACHE/bpf-linker-0.13.0-$NIGHTLY"
 BPF_LINKER_VERSION=0.13.0
+# The packagers of `make packages` (packaging/build.sh reads these pins).
+CARGO_DEB_VERSION=3.8.0
+CARGO_RPM_VERSION=0.21.1
 
 APT_PACKAGES=(frr frr-pythontools bird2 nginx libnginx-mod-http-dav-ext
   libnginx-mod-http-lua musl-tools jq curl ethtool tcpdump iproute2 python3
   gcc file openjdk-17-jdk-headless linux-perf
-  lua-cjson iperf3 openssl systemd)
+  lua-cjson iperf3 openssl systemd
+  rpm lintian prometheus go-md2man)
 
 step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -31,7 +35,7 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The packaged daemons must not run on the host: tests start their own
   # instances inside network namespaces.
-  for svc in frr bird nginx; do
+  for svc in frr bird nginx prometheus; do
     systemctl disable --now "$svc" >/dev/null 2>&1 || true
   done
 fi
@@ -61,6 +65,16 @@ if [[ ! -x "$LINKER_ROOT/bin/bpf-linker" ]]; then
 fi
 mkdir -p "$HOME/.cargo/bin"
 ln -sf "$LINKER_ROOT/bin/bpf-linker" "$HOME/.cargo/bin/bpf-linker"
+
+step "packagers: cargo-deb $CARGO_DEB_VERSION, cargo-generate-rpm $CARGO_RPM_VERSION"
+# Cached per version like bpf-linker; cargo-deb without its bundled liblzma
+# (the packages are compressed by its pure-Rust encoders).
+[[ -x "$CACHE/cargo-deb-$CARGO_DEB_VERSION/bin/cargo-deb" ]] ||
+  rustup run "$STABLE" cargo install --locked --root "$CACHE/cargo-deb-$CARGO_DEB_VERSION" \
+    "cargo-deb@$CARGO_DEB_VERSION" --no-default-features
+[[ -x "$CACHE/cargo-generate-rpm-$CARGO_RPM_VERSION/bin/cargo-generate-rpm" ]] ||
+  rustup run "$STABLE" cargo install --locked --root "$CACHE/cargo-generate-rpm-$CARGO_RPM_VERSION" \
+    "cargo-generate-rpm@$CARGO_RPM_VERSION"
 
 step "bpffs and tracefs"
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use flowmark::{
     api, collector,
     daemon::{Config, Daemon},
@@ -54,6 +54,9 @@ enum Cmd {
         #[command(subcommand)]
         command: RegistryCmd,
     },
+    /// Write man pages and completions into DIR (for `make packages`).
+    #[command(name = clidoc::SUBCOMMAND, hide = true)]
+    GenerateDocs { dir: PathBuf },
 }
 
 #[derive(Args)]
@@ -158,6 +161,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let registry = Registry::from_option(cli.registry.as_deref())?;
     match cli.command {
+        Cmd::GenerateDocs { dir } => Ok(clidoc::main(Cli::command(), &dir)),
         Cmd::Run(args) => runtime()?.block_on(run_daemon(args, registry)),
         Cmd::Collect(args) => runtime()?.block_on(collect(args, registry)),
         Cmd::Scitag { value, exp, act } => {

@@ -2,7 +2,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use lbd::config::{self, Config};
 use lbd::control::{Request, Response};
 
@@ -64,6 +64,9 @@ enum Cmd {
     },
     /// Print the version.
     Version,
+    /// Write man pages and completions into DIR (for `make packages`).
+    #[command(name = clidoc::SUBCOMMAND, hide = true)]
+    GenerateDocs { dir: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::GenerateDocs { dir } => clidoc::main(Cli::command(), &dir),
         Cmd::Version => {
             println!("lbd {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

@@ -45,6 +45,10 @@ pub fn export(s: &Status) {
         gauge!("lbd_bgp_established", "peer" => peer.clone())
             .set(f64::from(u8::from(p.state == "Established")));
         gauge!("lbd_bgp_prefixes_sent", "peer" => peer.clone()).set(p.prefixes_sent as f64);
+        // Only for peers with BFD configured: no series means no BFD.
+        if let Some(bfd) = &p.bfd {
+            gauge!("lbd_bfd_up", "peer" => peer.clone()).set(f64::from(u8::from(bfd == "Up")));
+        }
         gauge!("lbd_bgp_uptime_seconds", "peer" => peer.clone())
             .set(p.uptime_s.unwrap_or(0) as f64);
         for (key, n) in &p.update_errors {

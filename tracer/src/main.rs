@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use tracer::{
     bpf::{Collected, LatencyTarget, Tracer},
@@ -57,6 +57,9 @@ enum Cmd {
     Diff(DiffArgs),
     /// Converts a folded file to SVG or pprof.
     Convert(ConvertArgs),
+    /// Write man pages and completions into DIR (for `make packages`).
+    #[command(name = clidoc::SUBCOMMAND, hide = true)]
+    GenerateDocs { dir: PathBuf },
 }
 
 #[derive(Args, Debug)]
@@ -206,6 +209,9 @@ fn main() {
         Cmd::Latency(a) => latency_cmd(a),
         Cmd::Diff(a) => diff(a),
         Cmd::Convert(a) => convert(a),
+        Cmd::GenerateDocs { dir } => clidoc::write(Cli::command(), &dir)
+            .map(drop)
+            .map_err(Into::into),
     };
     if let Err(e) = r {
         eprintln!("lbd-trace: error: {e:#}");
