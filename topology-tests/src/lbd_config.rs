@@ -135,6 +135,7 @@ mod tests {
                 "eth0",
                 Path::new("/sys/fs/bpf/x"),
                 Path::new("/tmp/x.sock"),
+                Path::new("/etc/lbd/liveness.secret"),
             );
             if let Err(e) = lbd::config::Config::parse("lbd.toml", &text) {
                 panic!("node {id}: {e}\n{text}");

@@ -1,6 +1,6 @@
 //! topology-tests: a storage site in network namespaces built from one
 //! topology file (see docs/topology-tests.md), the transfer workload, the
-//! seven scenarios and the demo.
+//! scenarios and the demo.
 pub mod lbd_config;
 pub mod nginx;
 pub mod process;
@@ -8,4 +8,5 @@ pub mod router;
 pub mod scenarios;
 pub mod site;
 pub mod topology;
+pub mod upstream;
 pub mod workload;

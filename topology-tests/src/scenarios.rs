@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use crate::process::wait_until;
+use crate::process::{run_checked, wait_until};
 use crate::site::Site;
-use crate::topology::Topology;
+use crate::topology::{Topology, addr};
+use crate::upstream::{self, HOSTILE_ADDR, HOSTILE_AS, RawPeer};
 use crate::workload::{self, Finished, Plan, Running, Transfer};
 
-pub const ALL: [&str; 7] = [
+pub const ALL: [&str; 8] = [
     "steady",
     "drain",
     "join",
@@ -22,6 +23,7 @@ pub const ALL: [&str; 7] = [
     "node_crash",
     "rolling_restart",
     "router_restart",
+    "bad_update",
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -181,6 +183,7 @@ pub fn run(
         "node_crash" => node_crash(topo, scale, &mut out, progress)?,
         "rolling_restart" => rolling_restart(topo, scale, &mut out, progress)?,
         "router_restart" => router_restart(topo, scale, &mut out, progress)?,
+        "bad_update" => bad_update(topo, scale, &mut out, progress)?,
         other => bail!("unknown scenario {other:?} (known: {})", ALL.join(", ")),
     }
     out.duration_s = start.elapsed().as_secs_f64();
@@ -598,5 +601,162 @@ fn router_restart(
     out.count(&w.wait()?);
     out.check_every_job_done("running transfers complete");
     restored.map(|_| ())?;
+    site.check_alive()
+}
+
+/// A second upstream of every node (a raw BGP peer on the router's
+/// loopback) sends all of them, at once, an UPDATE whose optional
+/// transitive COMMUNITIES attribute is malformed. RFC 7606 says
+/// treat-as-withdraw: no session drops anywhere, the router's ECMP route
+/// for the VIPs never loses a next hop, transfers carry on. The control,
+/// an UPDATE RFC 7606 still classes as a session reset, shows the
+/// scenario sees a reset when one happens.
+fn bad_update(
+    topo: &Topology,
+    scale: &Scale,
+    out: &mut Outcome,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let mut site = Site::build(topo.clone(), progress)?;
+    let ids = all_ids(&site);
+    let router_ns = site.router.ns.clone();
+    run_checked(
+        "ip",
+        &[
+            "-n",
+            &router_ns,
+            "addr",
+            "add",
+            &format!("{HOSTILE_ADDR}/32"),
+            "dev",
+            "lo",
+        ],
+    )?;
+    progress(&format!(
+        "every node peers with a second upstream at {HOSTILE_ADDR}"
+    ));
+    for &id in &ids {
+        site.add_passive_peer(id, HOSTILE_ADDR, HOSTILE_AS)?;
+    }
+    let router_peer = |s: &lbd::status::Status, id: u16| {
+        let r = addr::router_to_node4(id).to_string();
+        s.bgp
+            .iter()
+            .find(|p| p.peer.starts_with(&r))
+            .map(|p| (p.state.clone(), p.uptime_s.unwrap_or(0)))
+    };
+    let mut before = Vec::new();
+    for &id in &ids {
+        before.push(router_peer(&site.status(id)?, id));
+    }
+    let w = long_transfers(&mut site, scale, "badupd", scale.parallel)?;
+
+    let nodes: Vec<std::net::Ipv4Addr> = ids.iter().map(|&id| addr::node4(id)).collect();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let hostile = std::thread::spawn(move || -> Result<(Vec<Option<String>>, Option<String>)> {
+        lab::enter_named(&router_ns)?;
+        let mut peers = nodes
+            .iter()
+            .map(|&n| RawPeer::establish(n, Duration::from_secs(10)))
+            .collect::<Result<Vec<_>>>()?;
+        go_rx.recv()?;
+        let bad = upstream::update_with_malformed_communities();
+        for p in &mut peers {
+            p.send(&bad)?;
+        }
+        // Three seconds of the sessions' lives, kept alive from our side.
+        let mut resets = vec![None; peers.len()];
+        for _ in 0..5 {
+            for (i, p) in peers.iter_mut().enumerate() {
+                p.keepalive()?;
+                if resets[i].is_none()
+                    && let Some(m) = p.notification_within(Duration::from_millis(200))?
+                {
+                    resets[i] = m.notification_code();
+                }
+            }
+        }
+        // The control, to the first node only.
+        peers[0].send(&upstream::update_with_overrunning_attribute_length())?;
+        let control = peers[0]
+            .notification_within(Duration::from_secs(3))?
+            .and_then(|m| m.notification_code());
+        Ok((resets, control))
+    });
+
+    // Sample the router's VIP routes while the UPDATE lands.
+    progress("a malformed optional transitive attribute to every node at once");
+    let mut samples = 0usize;
+    let mut lost = Vec::new();
+    let _ = go_tx.send(());
+    while !hostile.is_finished() {
+        let (p4, p6) = site.paths()?;
+        samples += 1;
+        if p4 != ids || p6 != ids {
+            lost.push(format!("{p4:?} / {p6:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (resets, control) = hostile
+        .join()
+        .map_err(|_| anyhow::anyhow!("the hostile peer's thread panicked"))??;
+
+    out.check(
+        "no session reset on the malformed attribute",
+        resets.iter().all(Option::is_none),
+        format!("NOTIFICATIONs per node: {resets:?}"),
+    );
+    out.check(
+        "the control (RFC 7606 section 4) is a session reset",
+        control.as_deref().is_some_and(|c| c.starts_with("3/")),
+        format!("node 1 answered {control:?}"),
+    );
+    out.check(
+        "the VIP's ECMP route never lost a next hop",
+        lost.is_empty() && samples > 10,
+        format!(
+            "{samples} samples, {} without every node{}",
+            lost.len(),
+            lost.first()
+                .map_or(String::new(), |l| format!(" (first: {l})"))
+        ),
+    );
+    let mut counted = Vec::new();
+    let mut flapped = Vec::new();
+    for (i, &id) in ids.iter().enumerate() {
+        let s = site.status(id)?;
+        let hostile = HOSTILE_ADDR.to_string();
+        let n: u64 = s
+            .bgp
+            .iter()
+            .filter(|p| p.peer.starts_with(&hostile))
+            .flat_map(|p| p.update_errors.iter())
+            .filter(|(k, _)| k.starts_with("treat-as-withdraw"))
+            .map(|(_, n)| *n)
+            .sum();
+        counted.push(n);
+        let now = router_peer(&s, id);
+        let kept = match (&before[i], &now) {
+            (Some((b, up_b)), Some((a, up_a))) => {
+                b == "Established" && a == "Established" && up_a >= up_b
+            }
+            _ => false,
+        };
+        if !kept {
+            flapped.push(format!("node {id}: {:?} -> {now:?}", before[i]));
+        }
+    }
+    out.check(
+        "every node counted a treat-as-withdraw",
+        counted.iter().all(|&n| n >= 1),
+        format!("per node {counted:?}"),
+    );
+    out.check(
+        "the router sessions never flapped",
+        flapped.is_empty(),
+        flapped.join("; "),
+    );
+    out.count(&w.wait()?);
+    out.check_every_job_done("zero failed transfers");
     site.check_alive()
 }

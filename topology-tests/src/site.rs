@@ -377,6 +377,44 @@ impl Site {
         Ok(())
     }
 
+    /// Adds a passive BGP peer to node `id`'s config and applies it by
+    /// SIGHUP (existing sessions never flap on a reload); returns once
+    /// `lbd status` reports the reload and the peer.
+    pub fn add_passive_peer(
+        &self,
+        id: u16,
+        peer: std::net::Ipv4Addr,
+        remote_as: u32,
+    ) -> Result<()> {
+        let n = self.node(id);
+        let mut conf = fs::read_to_string(n.config())?;
+        conf += &format!(
+            "\n[[bgp.peers]]\naddress = \"{peer}\"\nremote_as = {remote_as}\nlocal_address = \"{}\"\nnext_hop_v6 = \"{}\"\npassive = true\n",
+            addr::node4(id),
+            addr::node6(id)
+        );
+        fs::write(n.config(), conf)?;
+        let before = self.status(id)?.node.last_reload;
+        let pid = n
+            .lbd
+            .as_ref()
+            .with_context(|| format!("lbd on node {id} is not running"))?
+            .id();
+        crate::process::signal_pid(pid, libc::SIGHUP);
+        let peer_text = peer.to_string();
+        wait_until(
+            &format!("node {id} to add peer {peer}"),
+            Duration::from_secs(10),
+            || {
+                self.status(id).is_ok_and(|s| {
+                    s.node.last_reload != before
+                        && s.bgp.iter().any(|p| p.peer.starts_with(&peer_text))
+                })
+            },
+        )
+        .map(|_| ())
+    }
+
     /// SIGTERM (a planned stop: XDP keeps forwarding, graceful restart
     /// keeps the route) and waits for the exit.
     pub fn stop_lbd(&mut self, id: u16) -> Result<()> {

@@ -1,4 +1,5 @@
-//! The seven scenarios of issue 5, each in its own lab built from a
+//! The scenarios of a site's life (issue 5, and a malformed UPDATE from a
+//! second upstream, issue 13), each in its own lab built from a
 //! topology like configs/topology/site.toml (3 nodes, FRR), plus the same
 //! steady state behind BIRD with 4 nodes and 2 clients, and the lab's own
 //! promises: leftovers are refused and removed, Ctrl-C tears down.
@@ -86,6 +87,11 @@ fn rolling_restart() {
 #[test]
 fn router_restart() {
     scenario("router_restart", "trouter", "");
+}
+
+#[test]
+fn bad_update_reaches_every_node_at_once() {
+    scenario("bad_update", "tbadupd", "");
 }
 
 /// A lab that was never torn down (its process died) is refused with a
