@@ -9,27 +9,10 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use bgp_speaker::iana::{attr, attr_flag, msg, origin, segment};
+use bgp_speaker::notification::header_bytes;
+use bgp_speaker::wire::{self, HEADER_LEN, MAX_LEN, OpenParams};
 
-const MARKER: [u8; 16] = [0xff; 16];
-const HEADER_LEN: usize = 19;
-const MSG_OPEN: u8 = 1;
-const MSG_UPDATE: u8 = 2;
-const MSG_NOTIFICATION: u8 = 3;
-const MSG_KEEPALIVE: u8 = 4;
-const BGP_VERSION: u8 = 4;
-const OPT_PARAM_CAPABILITIES: u8 = 2;
-const CAP_MULTIPROTOCOL: u8 = 1;
-const CAP_FOUR_OCTET_AS: u8 = 65;
-const AFI_IPV4: u16 = 1;
-const SAFI_UNICAST: u8 = 1;
-const ATTR_FLAG_OPTIONAL: u8 = 0x80;
-const ATTR_FLAG_TRANSITIVE: u8 = 0x40;
-const ATTR_ORIGIN: u8 = 1;
-const ATTR_AS_PATH: u8 = 2;
-const ATTR_NEXT_HOP: u8 = 3;
-const ATTR_COMMUNITIES: u8 = 8;
-const AS_SEQUENCE: u8 = 2;
-const ORIGIN_IGP: u8 = 0;
 /// The hostile peer's AS (private range).
 pub const HOSTILE_AS: u32 = 65099;
 /// Its address, on the router's loopback (the nodes reach it by their
@@ -46,12 +29,17 @@ pub struct Message {
 
 impl Message {
     pub fn is_notification(&self) -> bool {
-        self.kind == MSG_NOTIFICATION
+        self.kind == msg::NOTIFICATION
+    }
+
+    /// The error code of a NOTIFICATION.
+    pub fn error_code(&self) -> Option<u8> {
+        (self.kind == msg::NOTIFICATION).then(|| self.body.first().copied())?
     }
 
     /// "code/subcode" of a NOTIFICATION.
     pub fn notification_code(&self) -> Option<String> {
-        (self.kind == MSG_NOTIFICATION && self.body.len() >= 2)
+        (self.kind == msg::NOTIFICATION && self.body.len() >= 2)
             .then(|| format!("{}/{}", self.body[0], self.body[1]))
     }
 }
@@ -63,27 +51,9 @@ pub struct RawPeer {
 }
 
 fn message(kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = MARKER.to_vec();
-    m.extend_from_slice(&((HEADER_LEN + body.len()) as u16).to_be_bytes());
-    m.push(kind);
+    let mut m = header_bytes(kind, HEADER_LEN + body.len());
     m.extend_from_slice(body);
     m
-}
-
-fn open() -> Vec<u8> {
-    let mut caps = vec![CAP_MULTIPROTOCOL, 4];
-    caps.extend_from_slice(&AFI_IPV4.to_be_bytes());
-    caps.extend_from_slice(&[0, SAFI_UNICAST]);
-    caps.extend_from_slice(&[CAP_FOUR_OCTET_AS, 4]);
-    caps.extend_from_slice(&HOSTILE_AS.to_be_bytes());
-    let mut body = vec![BGP_VERSION];
-    body.extend_from_slice(&(HOSTILE_AS as u16).to_be_bytes());
-    body.extend_from_slice(&HOLD_TIME_S.to_be_bytes());
-    body.extend_from_slice(&HOSTILE_ADDR.octets());
-    body.push((caps.len() + 2) as u8);
-    body.extend_from_slice(&[OPT_PARAM_CAPABILITIES, caps.len() as u8]);
-    body.extend_from_slice(&caps);
-    message(MSG_OPEN, &body)
 }
 
 fn attribute(flags: u8, kind: u8, value: &[u8]) -> Vec<u8> {
@@ -96,18 +66,18 @@ fn attribute(flags: u8, kind: u8, value: &[u8]) -> Vec<u8> {
 /// transitive) is 3 bytes long, not a multiple of 4: RFC 7606 section 7.8
 /// says treat-as-withdraw, the session stays up.
 pub fn update_with_malformed_communities() -> Vec<u8> {
-    let mut attrs = attribute(ATTR_FLAG_TRANSITIVE, ATTR_ORIGIN, &[ORIGIN_IGP]);
-    let mut path = vec![AS_SEQUENCE, 1];
+    let mut attrs = attribute(attr_flag::TRANSITIVE, attr::ORIGIN, &[origin::IGP]);
+    let mut path = vec![segment::AS_SEQUENCE, 1];
     path.extend_from_slice(&HOSTILE_AS.to_be_bytes());
-    attrs.extend(attribute(ATTR_FLAG_TRANSITIVE, ATTR_AS_PATH, &path));
+    attrs.extend(attribute(attr_flag::TRANSITIVE, attr::AS_PATH, &path));
     attrs.extend(attribute(
-        ATTR_FLAG_TRANSITIVE,
-        ATTR_NEXT_HOP,
+        attr_flag::TRANSITIVE,
+        attr::NEXT_HOP,
         &HOSTILE_ADDR.octets(),
     ));
     attrs.extend(attribute(
-        ATTR_FLAG_OPTIONAL | ATTR_FLAG_TRANSITIVE,
-        ATTR_COMMUNITIES,
+        attr_flag::OPTIONAL | attr_flag::TRANSITIVE,
+        attr::COMMUNITIES,
         &[0xfd, 0xe8, 0x00],
     ));
     update(&attrs)
@@ -119,8 +89,12 @@ pub fn update_with_malformed_communities() -> Vec<u8> {
 pub fn update_with_overrunning_attribute_length() -> Vec<u8> {
     let mut body = vec![0, 0];
     body.extend_from_slice(&200u16.to_be_bytes());
-    body.extend(attribute(ATTR_FLAG_TRANSITIVE, ATTR_ORIGIN, &[ORIGIN_IGP]));
-    message(MSG_UPDATE, &body)
+    body.extend(attribute(
+        attr_flag::TRANSITIVE,
+        attr::ORIGIN,
+        &[origin::IGP],
+    ));
+    message(msg::UPDATE, &body)
 }
 
 fn update(attrs: &[u8]) -> Vec<u8> {
@@ -128,7 +102,7 @@ fn update(attrs: &[u8]) -> Vec<u8> {
     body.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
     body.extend_from_slice(attrs);
     body.extend_from_slice(&[28, 192, 0, 2, 240]);
-    message(MSG_UPDATE, &body)
+    message(msg::UPDATE, &body)
 }
 
 impl RawPeer {
@@ -143,17 +117,22 @@ impl RawPeer {
         let stream: TcpStream = socket.into();
         stream.set_read_timeout(Some(limit))?;
         let mut peer = RawPeer { stream, node };
-        peer.send(&open())?;
+        peer.send(&wire::open(&OpenParams {
+            local_as: HOSTILE_AS,
+            hold_time: HOLD_TIME_S,
+            router_id: HOSTILE_ADDR,
+            graceful_restart: None,
+        }))?;
         let mut got_open = false;
         loop {
             let m = peer.read()?;
             match m.kind {
-                MSG_OPEN => {
+                msg::OPEN => {
                     got_open = true;
-                    peer.send(&message(MSG_KEEPALIVE, &[]))?;
+                    peer.keepalive()?;
                 }
-                MSG_KEEPALIVE if got_open => return Ok(peer),
-                MSG_NOTIFICATION => bail!(
+                msg::KEEPALIVE if got_open => return Ok(peer),
+                msg::NOTIFICATION => bail!(
                     "node {node} refused the session: NOTIFICATION {}",
                     m.notification_code().unwrap_or_default()
                 ),
@@ -169,7 +148,7 @@ impl RawPeer {
     }
 
     pub fn keepalive(&mut self) -> Result<()> {
-        self.send(&message(MSG_KEEPALIVE, &[]))
+        self.send(&wire::keepalive())
     }
 
     /// The next message, or an error on EOF or timeout.
@@ -179,7 +158,7 @@ impl RawPeer {
             .read_exact(&mut header)
             .with_context(|| format!("reading from {}", self.node))?;
         let len = usize::from(u16::from_be_bytes([header[16], header[17]]));
-        if !(HEADER_LEN..=4096).contains(&len) {
+        if !(HEADER_LEN..=MAX_LEN).contains(&len) {
             bail!("node {}: message length {len}", self.node);
         }
         let mut body = vec![0u8; len - HEADER_LEN];
