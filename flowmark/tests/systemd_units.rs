@@ -173,12 +173,7 @@ fn setpriv_as_unit(unit: &str) -> Vec<String> {
 
 /// A capability mask line of /proc/PID/status.
 fn cap_mask(pid: &str, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("status")
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .expect("capability mask")
+    lab::procfs::capability_mask(pid, field).expect("capability mask")
 }
 
 /// Both ExecStart lines, exactly as written, with the privileges of their

@@ -16,6 +16,7 @@ pub mod bed;
 mod http;
 mod netns;
 pub mod packets;
+pub mod procfs;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},

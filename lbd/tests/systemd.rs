@@ -100,12 +100,7 @@ fn lbd_works_with_only_the_capabilities_of_the_unit() {
     // The process really runs with those and no others (as far as this
     // test process has them itself).
     let mask = |pid: &str, field: &str| -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .expect("status")
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .expect("capability mask")
+        lab::procfs::capability_mask(pid, field).expect("capability mask")
     };
     let bit = |c: &str| match c {
         "net_bind_service" => 10,
