@@ -767,3 +767,138 @@ fn bad_update(
     out.check_every_job_done("zero failed transfers");
     site.check_alive()
 }
+
+/// An `lbd` package upgrade under load, node by node, the way a site rolls
+/// one out (issue 17). The nodes run `lbd_bin`, the installed package's
+/// binary; `install` puts the new package in place (`dpkg -i`: the running
+/// daemons keep the file they started from), then each node's daemon is
+/// restarted the way the package's maintainer script has systemd do it
+/// (SIGTERM, then the unit's `lbd run` of the new file). Checks: zero
+/// failed transfers; the router's ECMP route never lost a next hop
+/// (graceful restart keeps the routes); each node's XDP program stayed
+/// attached throughout (the same program id: pinned, so forwarding never
+/// stopped); each restarted daemon runs the newly installed file.
+pub fn package_upgrade(
+    topo: &Topology,
+    scale: &Scale,
+    lbd_bin: &std::path::Path,
+    install: &mut dyn FnMut() -> Result<()>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Outcome> {
+    let start = Instant::now();
+    let mut out = Outcome::new("package_upgrade");
+    let mut site = Site::build_from(topo.clone(), lbd_bin.to_path_buf(), progress, &[])?;
+    let ids = all_ids(&site);
+    let xdp_before = ids
+        .iter()
+        .map(|&id| xdp_programs(&site.node(id).ns))
+        .collect::<Result<Vec<_>>>()?;
+    let w = long_transfers(&mut site, scale, "upgrade", scale.parallel * 2)?;
+
+    // The router's routes, sampled from another thread for the whole upgrade.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (ns, nodes, stop) = (site.router.ns.clone(), topo.nodes, stop.clone());
+        let vips = [topo.vips.ipv4.to_string(), topo.vips.ipv6.to_string()];
+        let want = ids.clone();
+        std::thread::spawn(move || -> Result<(usize, Vec<String>)> {
+            let (mut samples, mut lost) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for vip in &vips {
+                    let fam = if vip.contains(':') { "-6" } else { "-4" };
+                    let route = run_checked("ip", &["-n", &ns, fam, "route", "show", vip])?;
+                    let got = crate::router::nodes_of_route(&route, nodes);
+                    samples += 1;
+                    if got != want {
+                        lost.push(format!("{vip}: {got:?}"));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok((samples, lost))
+        })
+    };
+
+    progress("installing the new package");
+    let installed = install();
+    let mut not_new = Vec::new();
+    if installed.is_ok() {
+        let new_file = std::fs::metadata(lbd_bin)?;
+        for &id in &ids {
+            progress(&format!(
+                "restarting lbd on node {id} as the package's unit would"
+            ));
+            site.stop_lbd(id)?;
+            site.start_lbd(id)?;
+            site.wait_status(
+                &format!("node {id} to announce again"),
+                Duration::from_secs(30),
+                |s| {
+                    s.vips.iter().all(|v| v.announced)
+                        && s.bgp.iter().all(|p| p.state == "Established")
+                },
+            )?;
+            if !runs_file(site.lbd_pid(id), &new_file) {
+                not_new.push(id);
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (samples, lost) = sampler
+        .join()
+        .map_err(|_| anyhow::anyhow!("the route sampler panicked"))??;
+    let xdp_after = ids
+        .iter()
+        .map(|&id| xdp_programs(&site.node(id).ns))
+        .collect::<Result<Vec<_>>>()?;
+
+    out.check(
+        "the new package installs while the daemons run",
+        installed.is_ok(),
+        installed
+            .err()
+            .map_or_else(String::new, |e| format!("{e:#}")),
+    );
+    out.check(
+        "every restarted daemon runs the newly installed binary",
+        not_new.is_empty(),
+        format!("nodes still on the old file: {not_new:?}"),
+    );
+    out.check(
+        "the router's ECMP route never lost a next hop (graceful restart)",
+        samples > 0 && lost.is_empty(),
+        format!(
+            "{samples} route samples; short ones: {:?}",
+            &lost[..lost.len().min(5)]
+        ),
+    );
+    out.check(
+        "each node's XDP program stayed attached (the same program)",
+        xdp_before.iter().all(|p| !p.is_empty()) && xdp_before == xdp_after,
+        format!("program ids before {xdp_before:?}, after {xdp_after:?}"),
+    );
+    out.count(&w.wait()?);
+    out.check_every_job_done("zero failed transfers");
+    site.check_alive()?;
+    out.duration_s = start.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+/// The ids of the XDP programs attached in namespace `ns` (`ip link`'s
+/// `prog/xdp id N`).
+fn xdp_programs(ns: &str) -> Result<Vec<u32>> {
+    let links = run_checked("ip", &["-n", ns, "link", "show"])?;
+    let words: Vec<&str> = links.split_whitespace().collect();
+    Ok(words
+        .windows(3)
+        .filter(|w| w[0].starts_with("prog/xdp") && w[1] == "id")
+        .filter_map(|w| w[2].parse().ok())
+        .collect())
+}
+
+/// Whether process `pid` runs the file `file` (same device and inode).
+fn runs_file(pid: Option<u32>, file: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    pid.and_then(|p| std::fs::metadata(format!("/proc/{p}/exe")).ok())
+        .is_some_and(|exe| exe.dev() == file.dev() && exe.ino() == file.ino())
+}
