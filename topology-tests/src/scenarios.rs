@@ -775,9 +775,10 @@ fn bad_update(
 /// restarted the way the package's maintainer script has systemd do it
 /// (SIGTERM, then the unit's `lbd run` of the new file). Checks: zero
 /// failed transfers; the router's ECMP route never lost a next hop
-/// (graceful restart keeps the routes); each node's XDP program stayed
-/// attached throughout (the same program id: pinned, so forwarding never
-/// stopped); each restarted daemon runs the newly installed file.
+/// (graceful restart keeps the routes); each node's pinned XDP link and
+/// maps are the same objects afterwards (forwarding never stopped: the
+/// restarted daemon only swaps the program behind the link); each
+/// restarted daemon runs the newly installed file.
 pub fn package_upgrade(
     topo: &Topology,
     scale: &Scale,
@@ -789,11 +790,10 @@ pub fn package_upgrade(
     let mut out = Outcome::new("package_upgrade");
     let mut site = Site::build_from(topo.clone(), lbd_bin.to_path_buf(), progress, &[])?;
     let ids = all_ids(&site);
-    let xdp_before = ids
-        .iter()
-        .map(|&id| xdp_programs(&site.node(id).ns))
-        .collect::<Result<Vec<_>>>()?;
+    let pins = crate::site::pin_root(&topo.name);
+    let pinned_before = pinned_objects(&pins)?;
     let w = long_transfers(&mut site, scale, "upgrade", scale.parallel * 2)?;
+    let t0 = Instant::now();
 
     // The router's routes, sampled from another thread for the whole upgrade.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -810,7 +810,7 @@ pub fn package_upgrade(
                     let got = crate::router::nodes_of_route(&route, nodes);
                     samples += 1;
                     if got != want {
-                        lost.push(format!("{vip}: {got:?}"));
+                        lost.push(format!("{vip}: {got:?} at {} ms", t0.elapsed().as_millis()));
                     }
                 }
                 std::thread::sleep(Duration::from_millis(10));
@@ -826,7 +826,8 @@ pub fn package_upgrade(
         let new_file = std::fs::metadata(lbd_bin)?;
         for &id in &ids {
             progress(&format!(
-                "restarting lbd on node {id} as the package's unit would"
+                "restarting lbd on node {id} as the package's unit would ({} ms)",
+                t0.elapsed().as_millis()
             ));
             site.stop_lbd(id)?;
             site.start_lbd(id)?;
@@ -847,6 +848,7 @@ pub fn package_upgrade(
     let (samples, lost) = sampler
         .join()
         .map_err(|_| anyhow::anyhow!("the route sampler panicked"))??;
+    let pinned_after = pinned_objects(&pins)?;
     let xdp_after = ids
         .iter()
         .map(|&id| xdp_programs(&site.node(id).ns))
@@ -868,14 +870,31 @@ pub fn package_upgrade(
         "the router's ECMP route never lost a next hop (graceful restart)",
         samples > 0 && lost.is_empty(),
         format!(
-            "{samples} route samples; short ones: {:?}",
-            &lost[..lost.len().min(5)]
+            "{samples} route samples, {} short: {:?}",
+            lost.len(),
+            &lost[..lost.len().min(8)]
+        ),
+    );
+    // A restarted daemon replaces the program behind the pinned link
+    // (bpf_link_update, a new program id); the link and the maps are the
+    // same bpffs objects, so forwarding state never went away.
+    out.check(
+        "each node's pinned XDP link and maps are the ones from before",
+        !pinned_before.is_empty() && pinned_before == pinned_after,
+        format!(
+            "{} pinned objects before, {} after, {} differ",
+            pinned_before.len(),
+            pinned_after.len(),
+            pinned_before
+                .iter()
+                .filter(|(k, v)| pinned_after.get(*k) != Some(*v))
+                .count()
         ),
     );
     out.check(
-        "each node's XDP program stayed attached (the same program)",
-        xdp_before.iter().all(|p| !p.is_empty()) && xdp_before == xdp_after,
-        format!("program ids before {xdp_before:?}, after {xdp_after:?}"),
+        "an XDP program is attached on every node after the upgrade",
+        xdp_after.iter().all(|p| !p.is_empty()),
+        format!("program ids after: {xdp_after:?}"),
     );
     out.count(&w.wait()?);
     out.check_every_job_done("zero failed transfers");
@@ -894,6 +913,26 @@ fn xdp_programs(ns: &str) -> Result<Vec<u32>> {
         .filter(|w| w[0].starts_with("prog/xdp") && w[1] == "id")
         .filter_map(|w| w[2].parse().ok())
         .collect())
+}
+
+/// Every file pinned under `dir` (bpffs) with its inode: a re-created
+/// map or link is pinned as a new inode.
+fn pinned_objects(dir: &std::path::Path) -> Result<std::collections::BTreeMap<String, u64>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let e = e?;
+            let meta = e.metadata()?;
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else {
+                found.insert(e.path().display().to_string(), meta.ino());
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Whether process `pid` runs the file `file` (same device and inode).
