@@ -38,24 +38,24 @@ fn is_zero16(a: &[u8; 16]) -> bool {
 struct Key4Words([u32; 2]);
 
 #[inline(always)]
-fn vip_lookup4(addr: u32, port_be: u16, proto: u8) -> Option<VipInfo> {
+fn vip_lookup4(addr: u32, port_be: u16, proto: u8) -> Option<&'static VipInfo> {
     let p = port_be.to_ne_bytes();
     let key = Key4Words([addr, word([p[0], p[1], proto, 0])]);
     // SAFETY: VipKey4 is repr(C) { [u8; 4], u16, u8, u8 }: 8 bytes, align 2,
     // the same bytes as the two words.
     let key4 = unsafe { &*(&key as *const Key4Words as *const VipKey4) };
-    unsafe { VIPS4.get(key4) }.copied()
+    unsafe { VIPS4.get(key4) }
 }
 
 #[inline(always)]
-fn vip_lookup6(addr: &[u8; 16], port_be: u16, proto: u8) -> Option<VipInfo> {
+fn vip_lookup6(addr: &[u8; 16], port_be: u16, proto: u8) -> Option<&'static VipInfo> {
     let key = VipKey {
         addr: *addr,
         port_be,
         proto,
         family: FAMILY_V6,
     };
-    unsafe { VIPS6.get(&key) }.copied()
+    unsafe { VIPS6.get(&key) }
 }
 
 /// Outer IPv4 identification -> hop; anything not ours is terminal.
@@ -169,7 +169,7 @@ fn classify_v4(ctx: &XdpContext, cfg: &Config, l3: usize, outer: bool, flow: &mu
             };
             st32(&mut flow.saddr, 0, saddr);
             st32(&mut flow.daddr, 0, daddr);
-            flow.vip = vip;
+            copy_words(&mut flow.vip, vip);
             flow.kind = kind;
             st16(&mut flow.sport, 0, sport);
             st16(&mut flow.dport, 0, dport);
@@ -206,7 +206,7 @@ fn classify_v4(ctx: &XdpContext, cfg: &Config, l3: usize, outer: bool, flow: &mu
             };
             st32(&mut flow.saddr, 0, client);
             st32(&mut flow.daddr, 0, vip_addr);
-            flow.vip = vip;
+            copy_words(&mut flow.vip, vip);
             flow.kind = Kind::Icmp;
             st16(&mut flow.sport, 0, cport);
             st16(&mut flow.dport, 0, vport);
@@ -265,7 +265,7 @@ fn classify_v6(ctx: &XdpContext, cfg: &Config, l3: usize, outer: bool, flow: &mu
             let Some(vip) = vip_lookup6(&flow.daddr, dport, nh) else {
                 return Parsed::Pass(NOT_VIP);
             };
-            flow.vip = vip;
+            copy_words(&mut flow.vip, vip);
             flow.kind = kind;
             st16(&mut flow.sport, 0, sport);
             st16(&mut flow.dport, 0, dport);
@@ -302,7 +302,7 @@ fn classify_v6(ctx: &XdpContext, cfg: &Config, l3: usize, outer: bool, flow: &mu
                 return Parsed::Pass(NOT_VIP);
             };
             let (c, v) = (cport.to_ne_bytes(), vport.to_ne_bytes());
-            flow.vip = vip;
+            copy_words(&mut flow.vip, vip);
             flow.kind = Kind::Icmp;
             st16(&mut flow.sport, 0, cport);
             st16(&mut flow.dport, 0, vport);
