@@ -14,7 +14,7 @@ use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use dataplane::maglev;
 use dataplane_common::{ENCAP_GUE, ENCAP_IPIP, HOP_FIRST, NO_HOP};
-use lab::{bed::*, packets::*};
+use lab::{bed::*, packets::*, procfs::loadavg};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -103,13 +103,6 @@ struct CaseSummary {
 
 fn average(v: &[f64]) -> f64 {
     round2(v.iter().sum::<f64>() / v.len() as f64)
-}
-
-fn loadavg() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(f64::NAN)
 }
 
 fn round1(x: f64) -> f64 {
