@@ -32,13 +32,18 @@ fn is_zero16(a: &[u8; 16]) -> bool {
     ld32(a, 0) | ld32(a, 4) | ld32(a, 8) | ld32(a, 12) == 0
 }
 
-/// The IPv4 VIP key, built as two words (one store each) in an 8-aligned
-/// stack slot and handed to the map as a `VipKey4` (same layout).
+/// The VIP keys, built as words (one store each) in 4-aligned stack slots
+/// and handed to the maps as `VipKey4` / `VipKey` (same layouts). Built
+/// field by field they are 2-aligned, and zeroing or copying them became
+/// calls of the byte-loop `memset` / `memcpy`.
 #[repr(C, align(8))]
 struct Key4Words([u32; 2]);
+#[repr(C, align(4))]
+struct Key6Words([u32; 5]);
 
+/// The IPv4 VIP (address word as loaded, port in network order).
 #[inline(always)]
-fn vip_lookup4(addr: u32, port_be: u16, proto: u8) -> Option<&'static VipInfo> {
+pub fn vip_lookup4(addr: u32, port_be: u16, proto: u8) -> Option<&'static VipInfo> {
     let p = port_be.to_ne_bytes();
     let key = Key4Words([addr, word([p[0], p[1], proto, 0])]);
     // SAFETY: VipKey4 is repr(C) { [u8; 4], u16, u8, u8 }: 8 bytes, align 2,
@@ -47,15 +52,21 @@ fn vip_lookup4(addr: u32, port_be: u16, proto: u8) -> Option<&'static VipInfo> {
     unsafe { VIPS4.get(key4) }
 }
 
+/// The IPv6 VIP (address words as loaded, port in network order).
 #[inline(always)]
-fn vip_lookup6(addr: &[u8; 16], port_be: u16, proto: u8) -> Option<&'static VipInfo> {
-    let key = VipKey {
-        addr: *addr,
-        port_be,
-        proto,
-        family: FAMILY_V6,
-    };
-    unsafe { VIPS6.get(&key) }
+pub fn vip_lookup6(addr: [u32; 4], port_be: u16, proto: u8) -> Option<&'static VipInfo> {
+    let p = port_be.to_ne_bytes();
+    let key = Key6Words([
+        addr[0],
+        addr[1],
+        addr[2],
+        addr[3],
+        word([p[0], p[1], proto, FAMILY_V6]),
+    ]);
+    // SAFETY: VipKey is repr(C) { [u8; 16], u16, u8, u8 }: 20 bytes, align
+    // 2, the same bytes as the five words.
+    let key6 = unsafe { &*(&key as *const Key6Words as *const VipKey) };
+    unsafe { VIPS6.get(key6) }
 }
 
 /// Outer IPv4 identification -> hop; anything not ours is terminal.
@@ -262,7 +273,7 @@ fn classify_v6(ctx: &XdpContext, cfg: &Config, l3: usize, outer: bool, flow: &mu
                 return Parsed::Drop(DROP_MALFORMED);
             };
             let (sport, dport) = (ld16(ports, 0), ld16(ports, 2));
-            let Some(vip) = vip_lookup6(&flow.daddr, dport, nh) else {
+            let Some(vip) = vip_lookup6(words16(&flow.daddr), dport, nh) else {
                 return Parsed::Pass(NOT_VIP);
             };
             copy_words(&mut flow.vip, vip);
@@ -298,7 +309,7 @@ fn classify_v6(ctx: &XdpContext, cfg: &Config, l3: usize, outer: bool, flow: &mu
                 return Parsed::Drop(DROP_MALFORMED);
             };
             let (vport, cport) = (ld16(ep, 0), ld16(ep, 2));
-            let Some(vip) = vip_lookup6(&flow.daddr, vport, enh) else {
+            let Some(vip) = vip_lookup6(words16(&flow.daddr), vport, enh) else {
                 return Parsed::Pass(NOT_VIP);
             };
             let (c, v) = (cport.to_ne_bytes(), vport.to_ne_bytes());
@@ -313,13 +324,22 @@ fn classify_v6(ctx: &XdpContext, cfg: &Config, l3: usize, outer: bool, flow: &mu
     }
 }
 
+/// An IPv6 address as four words, as loaded.
+#[inline(always)]
+pub fn words16<const N: usize>(b: &[u8; N]) -> [u32; 4] {
+    [ld32(b, 0), ld32(b, 4), ld32(b, 8), ld32(b, 12)]
+}
+
 /// The flow hash of an IPv6 flow whose addresses are in `flow`.
 #[inline(always)]
 fn hash6(flow: &Flow, ports: u32, proto: u8, seed: u32) -> u32 {
-    let (s, d) = (&flow.saddr, &flow.daddr);
-    let s = [ld32(s, 0), ld32(s, 4), ld32(s, 8), ld32(s, 12)];
-    let d = [ld32(d, 0), ld32(d, 4), ld32(d, 8), ld32(d, 12)];
-    flow_hash_v6_words(&s, &d, ports, proto, seed)
+    flow_hash_v6_words(
+        &words16(&flow.saddr),
+        &words16(&flow.daddr),
+        ports,
+        proto,
+        seed,
+    )
 }
 
 /// TCP/UDP header sanity and the packet kind; None if truncated/invalid.
