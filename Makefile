@@ -75,6 +75,7 @@ bench-flowmark: $(STAMP)
 
 bench-dataplane: $(STAMP)
 	$(CARGO) run $(PROFILE) -p lab --bin dataplane-bench -- --out target/bench/dataplane.json
+	$(CARGO) run $(PROFILE) -p lab --bin dataplane-throughput -- --out target/bench/dataplane-throughput.json
 
 # The storage-site lab (topology-tests/): lbd-lab and the lbd it starts.
 SITE := configs/topology/site.toml
