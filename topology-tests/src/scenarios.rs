@@ -528,7 +528,9 @@ fn rolling_restart(
             || {
                 site.status(id).is_ok_and(|s| {
                     s.vips.iter().all(|v| v.announced)
-                        && s.bgp.iter().all(|p| p.state == "Established")
+                        && s.bgp
+                            .iter()
+                            .all(|p| p.state == bgp_speaker::State::Established)
                 })
             },
         )?;
@@ -577,7 +579,11 @@ fn router_restart(
     let established = site.wait_status(
         "every node's session Established",
         Duration::from_secs(10),
-        |s| s.bgp.iter().all(|p| p.state == "Established"),
+        |s| {
+            s.bgp
+                .iter()
+                .all(|p| p.state == bgp_speaker::State::Established)
+        },
     );
     let states: Vec<String> = ids
         .iter()
@@ -586,7 +592,7 @@ fn router_restart(
                 "node {id}: {}",
                 s.bgp
                     .iter()
-                    .map(|p| p.state.clone())
+                    .map(|p| p.state.name())
                     .collect::<Vec<_>>()
                     .join(",")
             ),
@@ -643,7 +649,7 @@ fn bad_update(
         s.bgp
             .iter()
             .find(|p| p.peer.starts_with(&r))
-            .map(|p| (p.state.clone(), p.uptime_s.unwrap_or(0)))
+            .map(|p| (p.state, p.uptime_s.unwrap_or(0)))
     };
     let mut before = Vec::new();
     for &id in &ids {
@@ -745,7 +751,8 @@ fn bad_update(
         let now = router_peer(&s, id);
         let kept = match (&before[i], &now) {
             (Some((b, up_b)), Some((a, up_a))) => {
-                b == "Established" && a == "Established" && up_a >= up_b
+                use bgp_speaker::State::Established;
+                *b == Established && *a == Established && up_a >= up_b
             }
             _ => false,
         };

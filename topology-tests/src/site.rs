@@ -363,7 +363,11 @@ impl Site {
             site.wait_status(
                 "BFD Up on every node's session",
                 Duration::from_secs(20),
-                |st| st.bgp.iter().all(|p| p.bfd.as_deref() == Some("Up")),
+                |st| {
+                    st.bgp
+                        .iter()
+                        .all(|p| p.bfd == Some(bgp_speaker::BfdState::Up))
+                },
             )?;
         }
         Ok(site)
@@ -635,7 +639,11 @@ impl Site {
         self.wait_status(
             &format!("every node to see member {id} {state}"),
             limit,
-            |s| s.members.iter().any(|m| m.id == id && m.state == state),
+            |s| {
+                s.members
+                    .iter()
+                    .any(|m| m.id == id && m.state.name() == state)
+            },
         )
     }
 
