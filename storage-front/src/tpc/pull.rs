@@ -140,7 +140,9 @@ async fn fetch(
         .map_err(|e| TransferError(format!("writing {}: {e}", copy.path)))?;
     received?;
     let (file, sum) = written;
-    if let Some(theirs) = &source_digest
+    // Compared only when asked: the client decides (gfal-copy -K).
+    if req.verify_checksum
+        && let Some(theirs) = &source_digest
         && *theirs != sum
     {
         return Err(TransferError(format!(
