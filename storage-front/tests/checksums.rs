@@ -51,7 +51,10 @@ fn digest_on_head_and_get_and_computed_once() {
     }
     assert_eq!(xattr(&s.file("plain")), Some(sum.clone()));
     // Eight requests, one computation.
-    assert_eq!(s.metric("storage_front_checksum_computations_total", &[]), before + 1.0);
+    assert_eq!(
+        s.metric("storage_front_checksum_computations_total", &[]),
+        before + 1.0
+    );
     // A stored value is served as stored (StoRM's files keep theirs).
     xattr::set(s.file("plain"), "user.storm.checksum.adler32", b"0000abcd").unwrap();
     let (out, _, _) = s.curl(&["-I", &url]);
@@ -88,7 +91,10 @@ fn cut_off_put_leaves_nothing_and_hostile_paths_are_refused() {
     });
     std::thread::sleep(Duration::from_millis(300));
     assert!(!s.file("cut").exists());
-    assert_eq!(s.metric("storage_front_checksum_computations_total", &[]), before);
+    assert_eq!(
+        s.metric("storage_front_checksum_computations_total", &[]),
+        before
+    );
     // Control: a complete PUT of the same path creates it with its xattr.
     let data = content(4 << 20, 4);
     s.put("/cut", &data);
@@ -102,8 +108,14 @@ fn cut_off_put_leaves_nothing_and_hostile_paths_are_refused() {
     std::os::unix::fs::symlink(s.dir.join("outside"), s.file("link")).unwrap();
     let side = format!("http://127.0.0.1:{}", s.sidecar_port);
     for (path, want) in [
-        ("/.storage-front/checksum/%2e%2e/outside/secret", "path contains \"..\""),
-        ("/.storage-front/checksum/link/secret", "path leaves the document root"),
+        (
+            "/.storage-front/checksum/%2e%2e/outside/secret",
+            "path contains \"..\"",
+        ),
+        (
+            "/.storage-front/checksum/link/secret",
+            "path leaves the document root",
+        ),
         ("/.storage-front/checksum/a%00b", "path contains a NUL byte"),
     ] {
         let (out, _, _) = s.curl(&["--path-as-is", &format!("{side}{path}")]);
@@ -111,7 +123,10 @@ fn cut_off_put_leaves_nothing_and_hostile_paths_are_refused() {
     }
     // A COPY whose path leaves the root through a symlink is refused too.
     let (status, body) = s.copy("/link/new", &[&format!("Source: {}", s.url("/cut"))]);
-    assert_eq!((status, body.trim()), (400, "/link/new: path leaves the document root"));
+    assert_eq!(
+        (status, body.trim()),
+        (400, "/link/new: path leaves the document root")
+    );
     assert!(!s.dir.join("outside/new").exists());
     assert!(xattr(&s.dir.join("outside/secret")).is_none());
 }

@@ -246,3 +246,150 @@ fn client_disconnect_aborts_and_removes_the_partial_file() {
     });
     source.join().unwrap();
 }
+
+/// A CA and a host certificate for 127.0.0.1 made with the openssl CLI;
+/// the CA lands in `ca_dir` under its subject-hash name (`<hash>.0`), the
+/// /etc/grid-security/certificates layout. Returns (cert, key) paths.
+fn make_ca(dir: &std::path::Path, ca_dir: &std::path::Path, tag: &str) -> (String, String) {
+    let p = |f: &str| dir.join(format!("{tag}-{f}")).to_str().unwrap().to_string();
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"],
+        &ec[..],
+        &[
+            "-keyout",
+            &p("ca.key"),
+            "-out",
+            &p("ca.pem"),
+            "-subj",
+            &format!("/CN=Test CA {tag}"),
+            "-days",
+            "2",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"],
+        &ec[..],
+        &[
+            "-keyout",
+            &p("host.key"),
+            "-out",
+            &p("host.csr"),
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        p("ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("host.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-out",
+        &p("host.pem"),
+        "-days",
+        "2",
+        "-extfile",
+        &p("ext"),
+    ]);
+    let hash = run(&["x509", "-noout", "-subject_hash", "-in", &p("ca.pem")]);
+    std::fs::copy(p("ca.pem"), ca_dir.join(format!("{hash}.0"))).unwrap();
+    // What a grid CA directory also holds: not certificates, skipped.
+    std::fs::write(ca_dir.join(format!("{hash}.signing_policy")), "junk").unwrap();
+    (p("host.pem"), p("host.key"))
+}
+
+#[test]
+fn https_remote_is_verified_against_the_ca_directory() {
+    let dir = std::env::temp_dir().join(format!("sf-pki-{}", std::process::id()));
+    let (good_ca, wrong_ca) = (dir.join("good"), dir.join("wrong"));
+    for d in [&good_ca, &wrong_ca] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let (cert, key) = make_ca(&dir, &good_ca, "good");
+    make_ca(&dir, &wrong_ca, "wrong");
+    let (tls_port, _) = ports();
+    let a = Site::start(
+        "tls",
+        SiteOptions {
+            server_extra: &format!(
+                "listen 127.0.0.1:{tls_port} ssl; ssl_certificate {cert}; ssl_certificate_key {key};"
+            ),
+            ..Default::default()
+        },
+    );
+    let b = Site::start("tlsb", SiteOptions::default());
+    let data = content(1 << 20, 9);
+    a.put("/f", &data);
+    let install = |from: &std::path::Path| {
+        for e in std::fs::read_dir(b.dir.join("ca")).unwrap().flatten() {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+        for e in std::fs::read_dir(from).unwrap().flatten() {
+            std::fs::copy(e.path(), b.dir.join("ca").join(e.file_name())).unwrap();
+        }
+    };
+    install(&good_ca);
+    let src = format!("Source: davs://127.0.0.1:{tls_port}/f");
+    let (status, body) = b.copy("/g", &[&src, "RequireChecksumVerification: true"]);
+    assert_eq!(status, 202);
+    assert_eq!(
+        parse_markers(&body).unwrap().1,
+        Ok("Created".into()),
+        "{body}"
+    );
+    assert_eq!(std::fs::read(b.file("g")).unwrap(), data);
+    // The CA directory is read at every connection: with the wrong CA the
+    // same copy fails with the TLS reason and leaves nothing.
+    install(&wrong_ca);
+    let (_, body) = b.copy("/h", &[&src]);
+    let failure = parse_markers(&body).unwrap().1.unwrap_err();
+    assert!(
+        failure.starts_with(&format!(
+            "TLS with 127.0.0.1:{tls_port}: invalid peer certificate: UnknownIssuer"
+        )),
+        "{failure}"
+    );
+    assert!(!b.file("h").exists());
+    // An empty CA directory is a clear failure too.
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    install(&empty);
+    let (_, body) = b.copy("/h", &[&src]);
+    let failure = parse_markers(&body).unwrap().1.unwrap_err();
+    assert!(
+        failure.ends_with("no CA certificate (hashed-name PEM files)"),
+        "{failure}"
+    );
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
+}
