@@ -39,7 +39,10 @@ fn unit_passes_systemd_analyze_verify() {
         .replace("/usr/bin/storage-front", BIN);
     verify(&dir, &text).unwrap_or_else(|e| panic!("systemd-analyze verify:\n{e}"));
     let broken = text.replace("NoNewPrivileges=", "NoNewPrivilege=");
-    assert!(verify(&dir, &broken).is_err(), "a misspelt key went unnoticed");
+    assert!(
+        verify(&dir, &broken).is_err(),
+        "a misspelt key went unnoticed"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -51,13 +54,23 @@ fn check_config_accepts_the_example_and_names_bad_keys() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let bad = std::env::temp_dir().join(format!("sf-bad-{}.toml", std::process::id()));
-    std::fs::write(&bad, "listen = \"127.0.0.1:8091\"\nroot = \"/srv\"\nidle_timeout_ms = 5\n")
+    std::fs::write(
+        &bad,
+        "listen = \"127.0.0.1:8091\"\nroot = \"/srv\"\nidle_timeout_ms = 5\n",
+    )
+    .unwrap();
+    let o = Command::new(BIN)
+        .arg("check-config")
+        .arg(&bad)
+        .output()
         .unwrap();
-    let o = Command::new(BIN).arg("check-config").arg(&bad).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert_eq!(
         String::from_utf8_lossy(&o.stderr).trim(),
-        format!("{}: idle_timeout_ms: 5 is outside 100..=3600000", bad.display())
+        format!(
+            "{}: idle_timeout_ms: 5 is outside 100..=3600000",
+            bad.display()
+        )
     );
     let _ = std::fs::remove_file(&bad);
 }

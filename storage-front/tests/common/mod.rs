@@ -95,8 +95,15 @@ impl Site {
         let toml = format!(
             "listen = \"127.0.0.1:{sidecar_port}\"\nroot = \"{d}/www\"\nmetrics = \"127.0.0.1:{}\"\n\
              ca_dir = \"{d}/ca\"\nmarker_interval_ms = 100\nconnect_timeout_ms = 2000\n\
-             idle_timeout_ms = 3000\n{}",
-            site.metrics_port, opts.sidecar_extra
+             idle_timeout_ms = 3000\n{}{}",
+            site.metrics_port,
+            opts.sidecar_extra,
+            // Never the host's flowmark, unless the test starts one.
+            if opts.sidecar_extra.contains("flowmark_socket") {
+                ""
+            } else {
+                "flowmark_socket = \"none\"\n"
+            }
         );
         std::fs::write(dir.join("storage-front.toml"), toml).unwrap();
         let cfg = configs();

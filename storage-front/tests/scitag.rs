@@ -1,0 +1,252 @@
+//! SciTags on third-party copy, on the wire: two sites in two network
+//! namespaces joined by a veth pair (IPv6), a real flowmark daemon on the
+//! pushing node. A push with `SciTag: 206` (cms, Analysis Input) sends
+//! data packets whose IPv6 flow label carries experiment 3 / activity 14,
+//! as captured by tcpdump on the receiving side; a push with an invalid
+//! SciTag is counted and its packets carry no label (the control). A pull
+//! forwards the tag to the source as `SciTag`.
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const A6: &str = "2001:db8:14::1";
+const B6: &str = "2001:db8:14::2";
+/// flowmark's label layout (docs/flowmark.md): the bits that carry the tag.
+const SEMANTIC_MASK: u32 = 0x3FEFC;
+/// SciTag 206 = experiment 3, activity 14, zero entropy.
+const LABEL_206: u32 = 0x30038;
+const LEN: usize = 4 << 20;
+
+fn sh(args: &[&str]) {
+    let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+struct Namespaces(Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn flowmark_bin() -> String {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").to_string());
+    let bin = format!("{target}/release/flowmark");
+    assert!(
+        std::path::Path::new(&bin).exists(),
+        "{bin} missing: cargo build --release -p flowmark"
+    );
+    bin
+}
+
+/// The (label, payload length) of IPv6 TCP packets from A to B's port in
+/// tcpdump's `-v` output.
+fn labels(capture: &str, port: u16) -> Vec<(u32, u32)> {
+    let to = format!("> {B6}.{port}:");
+    capture
+        .lines()
+        .filter(|l| l.contains(&to))
+        .filter_map(|l| {
+            // tcpdump prints no flowlabel when it is 0.
+            let label = match l.split("flowlabel 0x").nth(1) {
+                Some(rest) => u32::from_str_radix(rest.split(',').next()?, 16).ok()?,
+                None => 0,
+            };
+            let len = l.split("payload length: ").nth(1)?.split(')').next()?;
+            Some((label, len.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn push_egress_carries_the_scitag_flow_label() {
+    let id = std::process::id();
+    let (na, nb) = (format!("sf-a-{id}"), format!("sf-b-{id}"));
+    let _ns = Namespaces(vec![na.clone(), nb.clone()]);
+    sh(&["ip", "netns", "add", &na]);
+    sh(&["ip", "netns", "add", &nb]);
+    sh(&[
+        "ip", "-n", &na, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns",
+        &nb,
+    ]);
+    for (ns, dev, addr) in [(&na, "veth0", A6), (&nb, "veth1", B6)] {
+        sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/64"),
+            "dev",
+            dev,
+            "nodad",
+        ]);
+        sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        // Unmarked packets carry label 0, not the kernel's automatic one.
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv6.auto_flowlabels=0",
+        ]);
+    }
+    let dir = std::env::temp_dir().join(format!("sf-scitag-{id}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("flowmark.sock");
+    let fm_log = std::fs::File::create(dir.join("flowmark.log")).unwrap();
+    let mut flowmark = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &na,
+            &flowmark_bin(),
+            "run",
+            "--iface",
+            "veth0",
+        ])
+        .args(["--pipe", "none", "--ongoing-interval", "0", "--api"])
+        .arg(&sock)
+        .stdout(fm_log.try_clone().unwrap())
+        .stderr(fm_log)
+        .spawn()
+        .unwrap();
+    let stop = |c: &mut std::process::Child| {
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let _ = c.wait();
+    };
+    wait_for("flowmark's socket", Duration::from_secs(20), || {
+        sock.exists().then_some(())
+    });
+    let extra = format!("flowmark_socket = \"{}\"\n", sock.display());
+    let a = Site::start(
+        "sta",
+        SiteOptions {
+            host: A6,
+            netns: Some(&na),
+            sidecar_extra: &extra,
+            ..Default::default()
+        },
+    );
+    let b = Site::start(
+        "stb",
+        SiteOptions {
+            host: B6,
+            netns: Some(&nb),
+            ..Default::default()
+        },
+    );
+    let data = content(LEN, 5);
+    std::fs::write(a.file("f"), &data).unwrap();
+
+    let capture = |scitag: &str, target: &str| -> Vec<(u32, u32)> {
+        let out = dir.join(format!("cap-{target}"));
+        let mut tcpdump = Command::new("ip")
+            .args([
+                "netns", "exec", &nb, "tcpdump", "-i", "veth1", "-nn", "-v", "-l",
+            ])
+            .args(["-w", "-", "--immediate-mode"])
+            .args([
+                "ip6",
+                "and",
+                "tcp",
+                "and",
+                "dst",
+                "port",
+                &b.port.to_string(),
+            ])
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(dir.join("tcpdump.err")).unwrap())
+            .spawn()
+            .unwrap();
+        wait_for("tcpdump listening", Duration::from_secs(10), || {
+            std::fs::read_to_string(dir.join("tcpdump.err"))
+                .unwrap_or_default()
+                .contains("listening on")
+                .then_some(())
+        });
+        let (status, body) = a.copy(
+            "/f",
+            &[
+                &format!("Destination: {}", b.url(&format!("/{target}"))),
+                scitag,
+            ],
+        );
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(
+            parse_markers(&body).unwrap().1,
+            Ok("Created".into()),
+            "{body}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        stop(&mut tcpdump);
+        let text = Command::new("tcpdump")
+            .args(["-nn", "-v", "-r"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        labels(&String::from_utf8_lossy(&text.stdout), b.port)
+    };
+
+    let marked = capture("SciTag: 206", "marked");
+    let data_packets: Vec<u32> = marked
+        .iter()
+        .filter(|(_, len)| *len > 64)
+        .map(|(l, _)| *l)
+        .collect();
+    assert!(data_packets.len() > 20, "{marked:?}");
+    for l in &data_packets {
+        assert_eq!(
+            l & SEMANTIC_MASK,
+            LABEL_206,
+            "label {l:#x} in {data_packets:x?}"
+        );
+    }
+    // One entropy for the whole flow.
+    assert!(data_packets.iter().all(|l| *l == data_packets[0]));
+    assert_eq!(std::fs::read(b.file("marked")).unwrap(), data);
+    assert_eq!(a.metric("storage_front_scitag_registered_total", &[]), 1.0);
+
+    // Control: an invalid SciTag is counted and nothing is marked.
+    let unmarked = capture("SciTag: 64", "unmarked");
+    assert!(unmarked.iter().filter(|(_, len)| *len > 64).count() > 20);
+    assert!(unmarked.iter().all(|(l, _)| *l == 0), "{unmarked:x?}");
+    assert_eq!(a.metric("storage_front_scitag_invalid_total", &[]), 1.0);
+    assert_eq!(a.metric("storage_front_scitag_registered_total", &[]), 1.0);
+
+    // Pull: the tag goes to the source as SciTag (TransferHeaderSciTag too).
+    let (_, body) = b.copy(
+        "/pulled",
+        &[
+            &format!("Source: {}", a.url("/f")),
+            "TransferHeaderSciTag: 132",
+        ],
+    );
+    assert_eq!(
+        parse_markers(&body).unwrap().1,
+        Ok("Created".into()),
+        "{body}"
+    );
+    assert!(
+        a.log("access.log")
+            .contains("GET /f 200 auth=[-] scitag=[132]")
+    );
+
+    drop((a, b));
+    stop(&mut flowmark);
+    let _ = std::fs::remove_dir_all(&dir);
+}
