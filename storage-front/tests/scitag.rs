@@ -8,6 +8,7 @@
 mod common;
 
 use std::process::Command;
+
 use std::time::Duration;
 
 use common::*;
@@ -19,25 +20,6 @@ const SEMANTIC_MASK: u32 = 0x3FEFC;
 /// SciTag 206 = experiment 3, activity 14, zero entropy.
 const LABEL_206: u32 = 0x30038;
 const LEN: usize = 4 << 20;
-
-fn sh(args: &[&str]) {
-    let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-struct Namespaces(Vec<String>);
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
 
 fn flowmark_bin() -> String {
     let target = std::env::var("CARGO_TARGET_DIR")
@@ -72,39 +54,8 @@ fn labels(capture: &str, port: u16) -> Vec<(u32, u32)> {
 #[test]
 fn push_egress_carries_the_scitag_flow_label() {
     let id = std::process::id();
-    let (na, nb) = (format!("sf-a-{id}"), format!("sf-b-{id}"));
-    let _ns = Namespaces(vec![na.clone(), nb.clone()]);
-    sh(&["ip", "netns", "add", &na]);
-    sh(&["ip", "netns", "add", &nb]);
-    sh(&[
-        "ip", "-n", &na, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns",
-        &nb,
-    ]);
-    for (ns, dev, addr) in [(&na, "veth0", A6), (&nb, "veth1", B6)] {
-        sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{addr}/64"),
-            "dev",
-            dev,
-            "nodad",
-        ]);
-        sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        // Unmarked packets carry label 0, not the kernel's automatic one.
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "sysctl",
-            "-qw",
-            "net.ipv6.auto_flowlabels=0",
-        ]);
-    }
+    let ns = Namespaces::veth_pair("st", A6, B6);
+    let (na, nb) = (ns.0[0].clone(), ns.0[1].clone());
     let dir = std::env::temp_dir().join(format!("sf-scitag-{id}"));
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("flowmark.sock");

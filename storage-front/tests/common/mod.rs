@@ -452,3 +452,64 @@ pub fn read_until(s: &mut TcpStream, needle: &str) -> String {
     }
     String::from_utf8_lossy(&got).into_owned()
 }
+
+pub fn sh(args: &[&str]) {
+    let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Network namespaces, deleted on drop.
+pub struct Namespaces(pub Vec<String>);
+
+impl Namespaces {
+    /// Two namespaces joined by veth0 (addr `a`) and veth1 (addr `b`), IPv6,
+    /// automatic flow labels off (unmarked packets carry label 0).
+    pub fn veth_pair(tag: &str, a: &str, b: &str) -> Namespaces {
+        let id = std::process::id();
+        let (na, nb) = (format!("sf-{tag}a-{id}"), format!("sf-{tag}b-{id}"));
+        let ns = Namespaces(vec![na.clone(), nb.clone()]);
+        sh(&["ip", "netns", "add", &na]);
+        sh(&["ip", "netns", "add", &nb]);
+        sh(&[
+            "ip", "-n", &na, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
+            "netns", &nb,
+        ]);
+        for (ns, dev, addr) in [(&na, "veth0", a), (&nb, "veth1", b)] {
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{addr}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                "net.ipv6.auto_flowlabels=0",
+            ]);
+        }
+        ns
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
