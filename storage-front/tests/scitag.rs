@@ -83,6 +83,15 @@ fn push_egress_carries_the_scitag_flow_label() {
     wait_for("flowmark's socket", Duration::from_secs(20), || {
         sock.exists().then_some(())
     });
+    // The flow's peer (B) receives fireflies on UDP 10514: a real collector.
+    let col_log = std::fs::File::create(dir.join("collector.log")).unwrap();
+    let mut collector = Command::new("ip")
+        .args(["netns", "exec", &nb, &flowmark_bin(), "collect"])
+        .args(["--listen", "[::]:10514", "--metrics", "127.0.0.1:9814"])
+        .stdout(col_log.try_clone().unwrap())
+        .stderr(col_log)
+        .spawn()
+        .unwrap();
     let extra = format!("flowmark_socket = \"{}\"\n", sock.display());
     let a = Site::start(
         "sta",
@@ -172,6 +181,33 @@ fn push_egress_carries_the_scitag_flow_label() {
     assert_eq!(std::fs::read(b.file("marked")).unwrap(), data);
     assert_eq!(a.metric("storage_front_scitag_registered_total", &[]), 1.0);
 
+    // The start and end fireflies reached the collector, which counts the
+    // copy under cms / Analysis Input with at least the file's bytes.
+    let collected = |name: &str| -> f64 {
+        let o = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &nb,
+                "curl",
+                "-s",
+                "http://127.0.0.1:9814/metrics",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains("experiment=\"cms\""))
+            .filter(|l| l.contains("activity=\"Analysis Input\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    wait_for("end firefly", Duration::from_secs(10), || {
+        (collected("flowmark_collector_flows_ended_total") == 1.0).then_some(())
+    });
+    assert_eq!(collected("flowmark_collector_flows_started_total"), 1.0);
+    assert!(collected("flowmark_collector_bytes_sent_total") >= LEN as f64);
+
     // Control: an invalid SciTag is counted and nothing is marked.
     let unmarked = capture("SciTag: 64", "unmarked");
     assert!(unmarked.iter().filter(|(_, len)| *len > 64).count() > 20);
@@ -199,5 +235,6 @@ fn push_egress_carries_the_scitag_flow_label() {
 
     drop((a, b));
     stop(&mut flowmark);
+    stop(&mut collector);
     let _ = std::fs::remove_dir_all(&dir);
 }
