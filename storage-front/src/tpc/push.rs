@@ -115,23 +115,29 @@ async fn send(
         }
         Ok(Some(sum.hex()))
     };
-    let (fed, resp) = tokio::join!(feed, async {
-        // The answer may come before the body is done (an early refusal).
-        within(
-            cfg.idle_timeout + cfg.idle_timeout,
-            "destination's answer",
-            response,
-        )
-        .await
-    });
-    let resp = resp?.map_err(|e| TransferError(format!("destination: {e}")))?;
+    // While the body goes out, the feed's own idle timeouts bound the wait;
+    // an answer before the end (a refusal) stops the feed. Once everything
+    // is sent, the answer must come within the idle timeout.
+    tokio::pin!(response);
+    let (fed, early) = tokio::select! {
+        fed = feed => (fed, None),
+        resp = &mut response => (Ok(None), Some(resp)),
+    };
+    let fed = fed?;
+    let resp = match early {
+        Some(resp) => resp,
+        None => within(cfg.idle_timeout, "destination's answer", response).await?,
+    }
+    .map_err(|e| TransferError(format!("destination: {e}")))?;
     if !resp.status().is_success() {
         return Err(TransferError(format!(
             "destination answered {}",
             super::status_text(resp.status())
         )));
     }
-    let sum = fed?.ok_or_else(|| TransferError("destination closed the connection".into()))?;
+    let sum = fed.ok_or_else(|| {
+        TransferError("the destination answered before the whole file was sent".into())
+    })?;
     // Drain the (small) answer so the connection can carry the HEAD.
     let _ = within(cfg.idle_timeout, "destination", resp.into_body().collect()).await;
     if let Ok(f) = std::fs::File::open(&copy.local)
