@@ -393,3 +393,51 @@ fn https_remote_is_verified_against_the_ca_directory() {
     drop((a, b));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A destination that takes a push slowly (512 KiB every 100 ms, never
+/// silent for the 3 s idle timeout), then answers 201.
+fn slow_destination(len: usize) -> (u16, std::thread::JoinHandle<usize>) {
+    use std::io::Read;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let head = read_until(&mut s, "\r\n\r\n");
+        let mut got = head.len() - head.find("\r\n\r\n").unwrap() - 4;
+        let mut buf = vec![0u8; 512 << 10];
+        while got < len {
+            std::thread::sleep(Duration::from_millis(100));
+            let n = s.read(&mut buf).unwrap();
+            // (whatever is queued, up to 512 KiB)
+            assert!(n > 0, "closed after {got} bytes");
+            got += n;
+        }
+        s.write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+            .unwrap();
+        got
+    });
+    (port, t)
+}
+
+#[test]
+fn a_slow_push_longer_than_the_idle_timeout_completes() {
+    let a = Site::start("slow", SiteOptions::default());
+    // Far more than the socket buffers hold: the upload itself is slow.
+    let len = 32 << 20;
+    std::fs::write(a.file("f"), content(len, 2)).unwrap();
+    let (port, dest) = slow_destination(len);
+    let started = std::time::Instant::now();
+    let (status, body) = a.copy("/f", &[&format!("Destination: http://127.0.0.1:{port}/f")]);
+    assert_eq!(status, 202);
+    // Longer than twice the idle timeout (the bug the 1 GiB bench found).
+    assert!(
+        started.elapsed() > Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    let (markers, result) = parse_markers(&body).unwrap();
+    assert_eq!(result, Ok("Created".into()), "{body}");
+    assert!(markers.len() > 20, "markers kept coming: {}", markers.len());
+    // (Approximate: the head was read as lossy text.)
+    assert!(dest.join().unwrap() >= len);
+}
