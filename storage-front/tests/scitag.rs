@@ -4,7 +4,8 @@
 //! data packets whose IPv6 flow label carries experiment 3 / activity 14,
 //! as captured by tcpdump on the receiving side; a push with an invalid
 //! SciTag is counted and its packets carry no label (the control). A pull
-//! forwards the tag to the source as `SciTag`.
+//! forwards the tag to the source as `SciTag`, and the source (nginx with
+//! flowmark's Lua loaded through storage-front's snippet) marks its data.
 mod common;
 
 use std::process::Command;
@@ -32,13 +33,12 @@ fn flowmark_bin() -> String {
     bin
 }
 
-/// The (label, payload length) of IPv6 TCP packets from A to B's port in
-/// tcpdump's `-v` output.
-fn labels(capture: &str, port: u16) -> Vec<(u32, u32)> {
-    let to = format!("> {B6}.{port}:");
+/// The (label, payload length) of the IPv6 TCP packets in tcpdump's `-v`
+/// output whose line contains `pattern` (e.g. `> B.port:`).
+fn labels(capture: &str, pattern: &str) -> Vec<(u32, u32)> {
     capture
         .lines()
-        .filter(|l| l.contains(&to))
+        .filter(|l| l.contains(pattern))
         .filter_map(|l| {
             // tcpdump prints no flowlabel when it is 0.
             let label = match l.split("flowlabel 0x").nth(1) {
@@ -52,7 +52,7 @@ fn labels(capture: &str, port: u16) -> Vec<(u32, u32)> {
 }
 
 #[test]
-fn push_egress_carries_the_scitag_flow_label() {
+fn tpc_data_carries_the_scitag_flow_label_push_and_pull() {
     let id = std::process::id();
     let ns = Namespaces::veth_pair("st", A6, B6);
     let (na, nb) = (ns.0[0].clone(), ns.0[1].clone());
@@ -99,6 +99,7 @@ fn push_egress_carries_the_scitag_flow_label() {
             host: A6,
             netns: Some(&na),
             sidecar_extra: &extra,
+            flowmark_lua: Some(sock.to_str().unwrap()),
             ..Default::default()
         },
     );
@@ -113,22 +114,16 @@ fn push_egress_carries_the_scitag_flow_label() {
     let data = content(LEN, 5);
     std::fs::write(a.file("f"), &data).unwrap();
 
-    let capture = |scitag: &str, target: &str| -> Vec<(u32, u32)> {
-        let out = dir.join(format!("cap-{target}"));
+    // Captures on B's side the packets matching `filter` while `run` runs.
+    let capture = |name: &str, filter: &[&str], pattern: &str, run: &dyn Fn()| {
+        let out = dir.join(format!("cap-{name}"));
         let mut tcpdump = Command::new("ip")
             .args([
                 "netns", "exec", &nb, "tcpdump", "-i", "veth1", "-nn", "-v", "-l",
             ])
             .args(["-w", "-", "--immediate-mode"])
-            .args([
-                "ip6",
-                "and",
-                "tcp",
-                "and",
-                "dst",
-                "port",
-                &b.port.to_string(),
-            ])
+            .args(["ip6", "and", "tcp", "and"])
+            .args(filter)
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(std::fs::File::create(dir.join("tcpdump.err")).unwrap())
             .spawn()
@@ -139,19 +134,7 @@ fn push_egress_carries_the_scitag_flow_label() {
                 .contains("listening on")
                 .then_some(())
         });
-        let (status, body) = a.copy(
-            "/f",
-            &[
-                &format!("Destination: {}", b.url(&format!("/{target}"))),
-                scitag,
-            ],
-        );
-        assert_eq!(status, 202, "{body}");
-        assert_eq!(
-            parse_markers(&body).unwrap().1,
-            Ok("Created".into()),
-            "{body}"
-        );
+        run();
         std::thread::sleep(Duration::from_millis(300));
         stop(&mut tcpdump);
         let text = Command::new("tcpdump")
@@ -159,10 +142,27 @@ fn push_egress_carries_the_scitag_flow_label() {
             .arg(&out)
             .output()
             .unwrap();
-        labels(&String::from_utf8_lossy(&text.stdout), b.port)
+        labels(&String::from_utf8_lossy(&text.stdout), pattern)
+    };
+    let copy_ok = |site: &Site, path: &str, headers: &[&str]| {
+        let (status, body) = site.copy(path, headers);
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(
+            parse_markers(&body).unwrap().1,
+            Ok("Created".into()),
+            "{body}"
+        );
+    };
+    let b_port = b.port.to_string();
+    let to_b = format!("> {B6}.{}:", b.port);
+    let push = |scitag: &str, target: &str| {
+        let dst = format!("Destination: {}", b.url(&format!("/{target}")));
+        capture(target, &["dst", "port", &b_port], &to_b, &|| {
+            copy_ok(&a, "/f", &[&dst, scitag])
+        })
     };
 
-    let marked = capture("SciTag: 206", "marked");
+    let marked = push("SciTag: 206", "marked");
     let data_packets: Vec<u32> = marked
         .iter()
         .filter(|(_, len)| *len > 64)
@@ -209,29 +209,37 @@ fn push_egress_carries_the_scitag_flow_label() {
     assert!(collected("flowmark_collector_bytes_sent_total") >= LEN as f64);
 
     // Control: an invalid SciTag is counted and nothing is marked.
-    let unmarked = capture("SciTag: 64", "unmarked");
+    let unmarked = push("SciTag: 64", "unmarked");
     assert!(unmarked.iter().filter(|(_, len)| *len > 64).count() > 20);
     assert!(unmarked.iter().all(|(l, _)| *l == 0), "{unmarked:x?}");
     assert_eq!(a.metric("storage_front_scitag_invalid_total", &[]), 1.0);
     assert_eq!(a.metric("storage_front_scitag_registered_total", &[]), 1.0);
 
-    // Pull: the tag goes to the source as SciTag (TransferHeaderSciTag too).
-    let (_, body) = b.copy(
-        "/pulled",
-        &[
-            &format!("Source: {}", a.url("/f")),
-            "TransferHeaderSciTag: 132",
-        ],
-    );
-    assert_eq!(
-        parse_markers(&body).unwrap().1,
-        Ok("Created".into()),
-        "{body}"
-    );
+    // Pull: the tag goes to the source as SciTag (TransferHeaderSciTag
+    // becomes SciTag), and the source, an lbd node whose nginx runs
+    // flowmark's Lua through storage-front's snippet, marks its data:
+    // atlas (2) / Data Consolidation (4) = 0x10010.
+    let a_port = a.port.to_string();
+    let from_a = format!("{A6}.{} > {B6}.", a.port);
+    let src = format!("Source: {}", a.url("/f"));
+    let pulled = capture("pulled", &["src", "port", &a_port], &from_a, &|| {
+        copy_ok(&b, "/pulled", &[&src, "TransferHeaderSciTag: 132"])
+    });
     assert!(
         a.log("access.log")
             .contains("GET /f 200 auth=[-] scitag=[132]")
     );
+    assert_eq!(std::fs::read(b.file("pulled")).unwrap(), data);
+    let data_packets: Vec<u32> = pulled
+        .iter()
+        .filter(|(_, len)| *len > 64)
+        .map(|(l, _)| *l)
+        .collect();
+    assert!(data_packets.len() > 20, "{pulled:?}");
+    // nginx registers after the request arrived: its data is all marked.
+    for l in &data_packets {
+        assert_eq!(l & SEMANTIC_MASK, 0x10010, "label {l:#x}");
+    }
 
     drop((a, b));
     stop(&mut flowmark);

@@ -60,6 +60,9 @@ pub struct SiteOptions<'a> {
     pub sidecar_extra: &'a str,
     /// Extra lines in nginx's `server {}` (e.g. an https listener).
     pub server_extra: &'a str,
+    /// flowmark's API socket: nginx then loads flowmark's shipped Lua
+    /// (configs/flowmark/) through storage-front's http snippet.
+    pub flowmark_lua: Option<&'a str>,
 }
 
 impl Default for SiteOptions<'_> {
@@ -69,6 +72,7 @@ impl Default for SiteOptions<'_> {
             netns: None,
             sidecar_extra: "",
             server_extra: "",
+            flowmark_lua: None,
         }
     }
 }
@@ -108,10 +112,18 @@ impl Site {
         std::fs::write(dir.join("storage-front.toml"), toml).unwrap();
         let cfg = configs();
         let cfg = cfg.to_str().unwrap();
+        // Without a flowmark for this site, the Lua finds no flowmark.lua.
+        let flowmark_dir = match opts.flowmark_lua {
+            Some(_) => format!("{cfg}/../flowmark/"),
+            None => format!("{d}/no-flowmark/"),
+        };
+        let flowmark_sock = format!("unix:{}", opts.flowmark_lua.unwrap_or("/nonexistent"));
         let shipped = |f: &str| {
             std::fs::read_to_string(configs().join(f))
                 .unwrap()
                 .replace("/etc/storage-front/", &format!("{cfg}/"))
+                .replace("/etc/flowmark/", &flowmark_dir)
+                .replace("unix:/run/flowmark.sock", &flowmark_sock)
                 .replace("8091", &sidecar_port.to_string())
         };
         let listen = if opts.host.contains(':') {
