@@ -51,6 +51,16 @@ fn labels(capture: &str, pattern: &str) -> Vec<(u32, u32)> {
         .collect()
 }
 
+/// The labels of packets that carry data (more than TCP's header and
+/// options), not pure ACKs.
+fn data_labels(packets: &[(u32, u32)]) -> Vec<u32> {
+    packets
+        .iter()
+        .filter(|(_, len)| *len > 64)
+        .map(|(l, _)| *l)
+        .collect()
+}
+
 #[test]
 fn tpc_data_carries_the_scitag_flow_label_push_and_pull() {
     let id = std::process::id();
@@ -163,11 +173,7 @@ fn tpc_data_carries_the_scitag_flow_label_push_and_pull() {
     };
 
     let marked = push("SciTag: 206", "marked");
-    let data_packets: Vec<u32> = marked
-        .iter()
-        .filter(|(_, len)| *len > 64)
-        .map(|(l, _)| *l)
-        .collect();
+    let data_packets = data_labels(&marked);
     assert!(data_packets.len() > 20, "{marked:?}");
     for l in &data_packets {
         assert_eq!(
@@ -210,7 +216,7 @@ fn tpc_data_carries_the_scitag_flow_label_push_and_pull() {
 
     // Control: an invalid SciTag is counted and nothing is marked.
     let unmarked = push("SciTag: 64", "unmarked");
-    assert!(unmarked.iter().filter(|(_, len)| *len > 64).count() > 20);
+    assert!(data_labels(&unmarked).len() > 20);
     assert!(unmarked.iter().all(|(l, _)| *l == 0), "{unmarked:x?}");
     assert_eq!(a.metric("storage_front_scitag_invalid_total", &[]), 1.0);
     assert_eq!(a.metric("storage_front_scitag_registered_total", &[]), 1.0);
@@ -230,11 +236,7 @@ fn tpc_data_carries_the_scitag_flow_label_push_and_pull() {
             .contains("GET /f 200 auth=[-] scitag=[132]")
     );
     assert_eq!(std::fs::read(b.file("pulled")).unwrap(), data);
-    let data_packets: Vec<u32> = pulled
-        .iter()
-        .filter(|(_, len)| *len > 64)
-        .map(|(l, _)| *l)
-        .collect();
+    let data_packets = data_labels(&pulled);
     assert!(data_packets.len() > 20, "{pulled:?}");
     // nginx registers after the request arrived: its data is all marked.
     for l in &data_packets {

@@ -224,6 +224,40 @@ pub async fn mark(
     Some(flow)
 }
 
+/// Opens the data connection, registers it with flowmark (tagged copies),
+/// runs `transfer` on it and ends the flow with the bytes moved: sent by us
+/// in a push, received in a pull.
+pub async fn over_data_connection<B, F, Fut>(
+    ctx: &Context,
+    copy: &Copy,
+    progress: &Progress,
+    transfer: F,
+) -> Result<(), TransferError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    F: FnOnce(hyper::client::conn::http1::SendRequest<B>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), TransferError>>,
+{
+    let cfg = &ctx.config;
+    let conn = remote::connect::<B>(&copy.req.remote, &cfg.ca_dir, cfg.connect_timeout)
+        .await
+        .map_err(TransferError::new)?;
+    let _ = progress.remote.set(conn.peer);
+    let flow = mark(ctx, &copy.req, conn.local, conn.peer).await;
+    let result = transfer(conn.sender).await;
+    if let Some(flow) = flow {
+        let bytes = progress.bytes.load(Ordering::Relaxed);
+        let (sent, received) = match copy.req.direction {
+            Direction::Push => (bytes, 0),
+            Direction::Pull => (0, bytes),
+        };
+        ctx.marking.end(flow, sent, received).await;
+    }
+    result
+}
+
 /// Waits for `fut` at most `idle`; the error names what was awaited.
 pub async fn within<T>(
     idle: Duration,

@@ -39,21 +39,10 @@ impl Drop for TempFile {
 }
 
 pub async fn pull(ctx: &Context, copy: &Copy, progress: &Progress) -> Result<(), TransferError> {
-    let cfg = &ctx.config;
-    let req = &copy.req;
-    let conn = remote::connect::<remote::NoBody>(&req.remote, &cfg.ca_dir, cfg.connect_timeout)
-        .await
-        .map_err(TransferError::new)?;
-    let _ = progress.remote.set(conn.peer);
-    let flow = super::mark(ctx, req, conn.local, conn.peer).await;
-    let result = fetch(ctx, copy, progress, conn.sender).await;
-    if let Some(flow) = flow {
-        // In a pull, this host receives the data.
-        ctx.marking
-            .end(flow, 0, progress.bytes.load(Ordering::Relaxed))
-            .await;
-    }
-    result
+    super::over_data_connection::<remote::NoBody, _, _>(ctx, copy, progress, |sender| {
+        fetch(ctx, copy, progress, sender)
+    })
+    .await
 }
 
 async fn fetch(

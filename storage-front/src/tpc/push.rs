@@ -25,20 +25,10 @@ const SEND_QUEUE: usize = 4;
 type PushBody = http_body_util::Either<Channel<Bytes, std::io::Error>, remote::NoBody>;
 
 pub async fn push(ctx: &Context, copy: &Copy, progress: &Progress) -> Result<(), TransferError> {
-    let cfg = &ctx.config;
-    let req = &copy.req;
-    let conn = remote::connect::<PushBody>(&req.remote, &cfg.ca_dir, cfg.connect_timeout)
-        .await
-        .map_err(TransferError::new)?;
-    let _ = progress.remote.set(conn.peer);
-    let flow = super::mark(ctx, req, conn.local, conn.peer).await;
-    let result = send(ctx, copy, progress, conn.sender).await;
-    if let Some(flow) = flow {
-        ctx.marking
-            .end(flow, progress.bytes.load(Ordering::Relaxed), 0)
-            .await;
-    }
-    result
+    super::over_data_connection::<PushBody, _, _>(ctx, copy, progress, |sender| {
+        send(ctx, copy, progress, sender)
+    })
+    .await
 }
 
 async fn send(
