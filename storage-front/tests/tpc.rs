@@ -441,3 +441,45 @@ fn a_slow_push_longer_than_the_idle_timeout_completes() {
     // (Approximate: the head was read as lossy text.)
     assert!(dest.join().unwrap() >= len);
 }
+
+/// davix (the client library gfal2 and FTS use for HTTP) drives both copy
+/// modes against the sidecar and parses its marker stream.
+#[test]
+fn davix_cp_pull_and_push() {
+    let a = Site::start("dva", SiteOptions::default());
+    let b = Site::start("dvb", SiteOptions::default());
+    let data = content(LEN, 11);
+    a.put("/f", &data);
+    for mode in ["pull", "push"] {
+        let target = b.url(&format!("/{mode}ed"));
+        let o = std::process::Command::new("davix-cp")
+            .args([
+                "--copy-mode",
+                mode,
+                "-H",
+                "SciTag: 206",
+                &a.url("/f"),
+                &target,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "davix-cp {mode}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(
+            std::fs::read(b.file(&format!("{mode}ed"))).unwrap(),
+            data,
+            "{mode}"
+        );
+    }
+    // Control: a copy that fails is reported as failed by davix.
+    let o = std::process::Command::new("davix-cp")
+        .args(["--copy-mode", "pull", &a.url("/nope"), &b.url("/never")])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(!b.file("never").exists());
+}
