@@ -483,3 +483,44 @@ fn davix_cp_pull_and_push() {
     assert!(!o.status.success());
     assert!(!b.file("never").exists());
 }
+
+/// gfal-copy with checksum verification (`-K ADLER32`), in both copy modes.
+#[test]
+fn gfal_copy_with_adler32_pull_and_push() {
+    let a = Site::start("gfa", SiteOptions::default());
+    let b = Site::start("gfb", SiteOptions::default());
+    let data = content(LEN, 12);
+    a.put("/f", &data);
+    for mode in ["pull", "push"] {
+        let o = std::process::Command::new("gfal-copy")
+            .env("GFAL_PYTHONBIN", "/usr/bin/python3")
+            .args(["-K", "ADLER32", "--copy-mode", mode, "--no-delegation"])
+            .args(["-D", "HTTP PLUGIN:HEADERS=SciTag: 206"])
+            .arg(a.url("/f"))
+            .arg(b.url(&format!("/g{mode}")))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "gfal-copy {mode}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(std::fs::read(b.file(&format!("g{mode}"))).unwrap(), data);
+    }
+    let done = |site: &Site, dir: &str| {
+        site.metric(
+            "storage_front_transfers_total",
+            &[&format!("direction=\"{dir}\""), "result=\"success\""],
+        )
+    };
+    assert_eq!((done(&b, "pull"), done(&a, "push")), (1.0, 1.0));
+    // gfal asked both ends for their adler32.
+    for site in [&a, &b] {
+        let log = site.log("access.log");
+        assert!(
+            log.contains("want=[ADLER32]") || log.contains("want=[adler32]"),
+            "{log}"
+        );
+    }
+}
