@@ -173,6 +173,14 @@ fn pull_and_push_between_two_sites() {
         2.0
     );
 
+    // A COPY within the server (Destination on this host) stays with
+    // nginx's dav module: copied, and the sidecar saw nothing.
+    let before = a.metric("storage_front_transfers_total", &[]);
+    let (status, body) = a.copy("/dir/f", &[&format!("Destination: {}", a.url("/local"))]);
+    assert!(status == 201 || status == 204, "{status} {body}");
+    assert_eq!(std::fs::read(a.file("local")).unwrap(), data);
+    assert_eq!(a.metric("storage_front_transfers_total", &[]), before);
+
     // The marker parser rejects what davix rejects (controls).
     for broken in [
         "Perf Marker\nTimestamp: 1\nStripe Index: 0\nStripe Bytes Transferred: 5\nTotal Stripe Count: 1\nRemoteConnections: tcp:1.2.3.4:5\n",
