@@ -70,7 +70,7 @@ fn tpc_data_carries_the_scitag_flow_label_push_and_pull() {
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("flowmark.sock");
     let fm_log = std::fs::File::create(dir.join("flowmark.log")).unwrap();
-    let mut flowmark = Command::new("ip")
+    let flowmark = Command::new("ip")
         .args([
             "netns",
             "exec",
@@ -85,22 +85,20 @@ fn tpc_data_carries_the_scitag_flow_label_push_and_pull() {
         .stdout(fm_log.try_clone().unwrap())
         .stderr(fm_log)
         .spawn()
+        .map(Proc)
         .unwrap();
-    let stop = |c: &mut std::process::Child| {
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        let _ = c.wait();
-    };
     wait_for("flowmark's socket", Duration::from_secs(20), || {
         sock.exists().then_some(())
     });
     // The flow's peer (B) receives fireflies on UDP 10514: a real collector.
     let col_log = std::fs::File::create(dir.join("collector.log")).unwrap();
-    let mut collector = Command::new("ip")
+    let collector = Command::new("ip")
         .args(["netns", "exec", &nb, &flowmark_bin(), "collect"])
         .args(["--listen", "[::]:10514", "--metrics", "127.0.0.1:9814"])
         .stdout(col_log.try_clone().unwrap())
         .stderr(col_log)
         .spawn()
+        .map(Proc)
         .unwrap();
     let extra = format!("flowmark_socket = \"{}\"\n", sock.display());
     let a = Site::start(
@@ -127,7 +125,7 @@ fn tpc_data_carries_the_scitag_flow_label_push_and_pull() {
     // Captures on B's side the packets matching `filter` while `run` runs.
     let capture = |name: &str, filter: &[&str], pattern: &str, run: &dyn Fn()| {
         let out = dir.join(format!("cap-{name}"));
-        let mut tcpdump = Command::new("ip")
+        let tcpdump = Command::new("ip")
             .args([
                 "netns", "exec", &nb, "tcpdump", "-i", "veth1", "-nn", "-v", "-l",
             ])
@@ -137,6 +135,7 @@ fn tpc_data_carries_the_scitag_flow_label_push_and_pull() {
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(std::fs::File::create(dir.join("tcpdump.err")).unwrap())
             .spawn()
+            .map(Proc)
             .unwrap();
         wait_for("tcpdump listening", Duration::from_secs(10), || {
             std::fs::read_to_string(dir.join("tcpdump.err"))
@@ -146,7 +145,7 @@ fn tpc_data_carries_the_scitag_flow_label_push_and_pull() {
         });
         run();
         std::thread::sleep(Duration::from_millis(300));
-        stop(&mut tcpdump);
+        drop(tcpdump);
         let text = Command::new("tcpdump")
             .args(["-nn", "-v", "-r"])
             .arg(&out)
@@ -243,8 +242,6 @@ fn tpc_data_carries_the_scitag_flow_label_push_and_pull() {
         assert_eq!(l & SEMANTIC_MASK, 0x10010, "label {l:#x}");
     }
 
-    drop((a, b));
-    stop(&mut flowmark);
-    stop(&mut collector);
+    drop((a, b, flowmark, collector));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -525,3 +525,23 @@ impl Drop for Namespaces {
         }
     }
 }
+
+/// A child process stopped (SIGTERM, bounded wait, then SIGKILL) on drop,
+/// also when a test fails.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // `ip netns exec` execs, so the PID is the process itself.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
