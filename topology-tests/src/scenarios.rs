@@ -843,7 +843,9 @@ pub fn package_upgrade(
                 Duration::from_secs(30),
                 |s| {
                     s.vips.iter().all(|v| v.announced)
-                        && s.bgp.iter().all(|p| p.state == "Established")
+                        && s.bgp
+                            .iter()
+                            .all(|p| p.state == bgp_speaker::State::Established)
                 },
             )?;
             if !runs_file(site.lbd_pid(id), &new_file) {
