@@ -23,6 +23,7 @@ pub mod nginx;
 pub mod packets;
 pub mod process;
 pub mod procfs;
+pub mod route_monitor;
 pub mod router;
 pub mod wait;
 

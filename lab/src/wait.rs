@@ -9,7 +9,18 @@ use anyhow::{Result, bail};
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Polls `f` until it returns a value; the error names what was awaited.
-pub fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+pub fn poll<T>(what: &str, limit: Duration, f: impl FnMut() -> Option<T>) -> Result<T> {
+    poll_every(what, limit, POLL_INTERVAL, f)
+}
+
+/// [`poll`] every `interval` (a loop of many short waits, where the
+/// interval adds up).
+pub fn poll_every<T>(
+    what: &str,
+    limit: Duration,
+    interval: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Result<T> {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -18,7 +29,7 @@ pub fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) ->
         if start.elapsed() > limit {
             bail!("timed out after {limit:?} waiting for {what}");
         }
-        thread::sleep(POLL_INTERVAL);
+        thread::sleep(interval);
     }
 }
 
