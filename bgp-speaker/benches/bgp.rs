@@ -14,13 +14,11 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::io::BufRead;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bgp_speaker::{BfdConfig, BfdState, RouteAttrs};
 use common::*;
+use lab::route_monitor::RouteMonitor;
 
 const RUNS: usize = 20;
 const FAILOVER_RUNS: usize = 10;
@@ -30,55 +28,22 @@ const VIP_FRR: &str = "198.51.100.20/32";
 const VIP_D: &str = "198.51.100.30/32";
 
 /// `ip monitor route` in the router namespace, lines stamped on arrival.
-struct Monitor {
-    rx: mpsc::Receiver<(Instant, String)>,
-    child: std::process::Child,
-}
+struct Monitor(RouteMonitor);
 
 impl Monitor {
     fn start(ns: &str) -> Monitor {
-        let mut child = Command::new("ip")
-            .args(["-n", ns, "-4", "monitor", "route"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("ip monitor");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send((Instant::now(), l)).is_err() {
-                    return;
-                }
-            }
-        });
-        Monitor { rx, child }
+        Monitor(RouteMonitor::start(ns, Some("-4")).expect("ip monitor"))
     }
 
     fn drain(&self) {
-        while self.rx.try_recv().is_ok() {}
+        self.0.drain();
     }
 
     /// Time of the first line about `prefix` (a deletion if `deleted`).
     fn wait(&self, prefix: &str, deleted: bool, limit: Duration) -> Instant {
-        let p = prefix.trim_end_matches("/32");
-        let end = Instant::now() + limit;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            let (t, l) = self
-                .rx
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no route event for {prefix} (deleted={deleted})"));
-            if l.split_whitespace().any(|w| w == p) && l.starts_with("Deleted") == deleted {
-                return t;
-            }
-        }
-    }
-}
-
-impl Drop for Monitor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0
+            .wait(prefix, deleted, limit)
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 }
 
@@ -259,10 +224,9 @@ fn main() {
     // Baseline: FRR bgpd start to Established on node 2.
     let mut start_b = vec![];
     for _ in 0..START_RUNS {
-        let pid = node.bgpd_pid();
-        node.kill_bgpd(pid);
+        node.kill_bgpd();
         let t = Instant::now();
-        node.start_bgpd(&lab.speakers[1]);
+        node.start_bgpd();
         wait_for("FRR node re-established", Duration::from_secs(30), || {
             node.vtysh("show bgp summary json")
                 .contains("\"state\":\"Established\"")

@@ -11,6 +11,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
 use crate::socket;
+use crate::state::SessionError;
 use crate::wire::{self, HEADER_LEN, Incoming, Notification};
 
 /// Events from the reader task of one connection.
@@ -18,7 +19,7 @@ pub(crate) enum Read {
     Msg(Incoming),
     /// The peer sent something malformed; we owe it this NOTIFICATION.
     Bad(Notification),
-    Closed(String),
+    Closed(SessionError),
 }
 
 pub(crate) struct Conn {
@@ -40,9 +41,7 @@ async fn reader(mut rd: OwnedReadHalf, tx: mpsc::Sender<Read>, ebgp: bool) {
     loop {
         let mut hdr = [0u8; HEADER_LEN];
         if let Err(e) = rd.read_exact(&mut hdr).await {
-            let _ = tx
-                .send(Read::Closed(format!("connection closed: {e}")))
-                .await;
+            let _ = tx.send(Read::Closed(SessionError::Read(e))).await;
             return;
         }
         let len = match wire::check_header(&hdr) {
@@ -55,9 +54,7 @@ async fn reader(mut rd: OwnedReadHalf, tx: mpsc::Sender<Read>, ebgp: bool) {
         let mut frame = vec![0u8; len];
         frame[..HEADER_LEN].copy_from_slice(&hdr);
         if let Err(e) = rd.read_exact(&mut frame[HEADER_LEN..]).await {
-            let _ = tx
-                .send(Read::Closed(format!("connection closed: {e}")))
-                .await;
+            let _ = tx.send(Read::Closed(SessionError::Read(e))).await;
             return;
         }
         match decoder.decode(&frame) {
@@ -83,13 +80,13 @@ impl Conn {
         outbound: bool,
         gtsm: Option<IpAddr>,
         ebgp: bool,
-    ) -> Result<Conn, String> {
+    ) -> Result<Conn, SessionError> {
         let local = stream
             .local_addr()
-            .map_err(|e| format!("local address: {e}"))?
+            .map_err(SessionError::LocalAddress)?
             .ip();
         if let Some(peer) = gtsm {
-            socket::set_gtsm(&stream, peer).map_err(|e| format!("GTSM: {e}"))?;
+            socket::set_gtsm(&stream, peer).map_err(SessionError::Gtsm)?;
         }
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();

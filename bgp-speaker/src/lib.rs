@@ -45,7 +45,7 @@ pub use config::{
 };
 pub use ipnet::IpNet;
 pub use speaker::{RouteError, Speaker, StartError};
-pub use state::{PeerStatus, SessionEvent, State};
+pub use state::{PeerStatus, SessionError, SessionEvent, State};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

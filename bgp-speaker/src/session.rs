@@ -19,7 +19,7 @@ use crate::conn::{Conn, Read};
 use crate::iana::{cease, fsm};
 use crate::raw_check::{Action, ErrorClass, UpdateSummary};
 use crate::rib::{Rib, Stop};
-use crate::state::{PeerShared, SessionEvent, State};
+use crate::state::{PeerShared, SessionError, SessionEvent, State};
 use crate::wire::{self, Incoming, Notification, PeerOpen};
 use crate::{jitter, socket};
 
@@ -56,7 +56,7 @@ enum End {
     /// Closed; `reason` goes to `last_error`. `next`: a connection from
     /// the peer that arrived while this one was ending, to run at once.
     Closed {
-        reason: String,
+        reason: SessionError,
         established: bool,
         next: Option<TcpStream>,
     },
@@ -67,7 +67,8 @@ enum End {
 }
 
 impl PeerTask {
-    fn set_state(&self, to: State, reason: Option<String>) {
+    fn set_state(&self, to: State, reason: Option<&SessionError>) {
+        let reason = reason.map(|r| r.to_string());
         let from = {
             let mut s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
             let from = s.status.state;
@@ -132,7 +133,7 @@ impl PeerTask {
                 r = connect_at(cfg, deadline), if !self.cfg.passive => match r {
                     Ok(s) => Some((s, true)),
                     Err(e) => {
-                        self.set_state(State::Active, Some(format!("connect: {e}")));
+                        self.set_state(State::Active, Some(&SessionError::Connect(e)));
                         None
                     }
                 },
@@ -143,7 +144,7 @@ impl PeerTask {
                 loop {
                     match self.run_connection(stream, outbound).await {
                         End::Stopped => {
-                            self.set_state(State::Idle, Some("stopped".into()));
+                            self.set_state(State::Idle, Some(&SessionError::Stopped));
                             return;
                         }
                         End::Switch(s) => {
@@ -156,7 +157,7 @@ impl PeerTask {
                             next,
                         } => {
                             ended_established |= established;
-                            self.set_state(State::Idle, Some(reason));
+                            self.set_state(State::Idle, Some(&reason));
                             match next {
                                 Some(s) => {
                                     stream = s;
@@ -183,22 +184,22 @@ impl PeerTask {
         self.cfg.remote_as != self.global.local_as
     }
 
-    async fn send(&self, c: &mut Conn, bytes: &[u8]) -> Result<(), String> {
+    async fn send(&self, c: &mut Conn, bytes: &[u8]) -> Result<(), SessionError> {
         match timeout(WRITE_TIMEOUT, c.wr.write_all(bytes)).await {
             Ok(Ok(())) => {
                 self.with(|s| s.status.messages_out += 1);
                 Ok(())
             }
-            Ok(Err(e)) => Err(format!("write: {e}")),
-            Err(_) => Err("write: peer stopped reading".into()),
+            Ok(Err(e)) => Err(SessionError::Write(e)),
+            Err(_) => Err(SessionError::WriteStalled),
         }
     }
 
-    /// Sends a NOTIFICATION and returns the reason string for `last_error`.
-    async fn notify(&self, c: &mut Conn, n: &Notification) -> String {
+    /// Sends a NOTIFICATION and returns why the connection ends.
+    async fn notify(&self, c: &mut Conn, n: &Notification) -> SessionError {
         let _ = self.send(c, &n.encode()).await;
         let _ = c.wr.shutdown().await;
-        format!("sent NOTIFICATION {}", n.describe())
+        SessionError::NotificationSent(n.describe())
     }
 
     async fn run_connection(&mut self, stream: TcpStream, outbound: bool) -> End {
@@ -319,10 +320,14 @@ impl PeerTask {
 
     /// A read during the OPEN exchange: the message, or why the connection
     /// ended (NOTIFICATION received or sent, TCP closed).
-    async fn handshake_read(&self, c: &mut Conn, m: Option<Read>) -> Result<Incoming, String> {
+    async fn handshake_read(
+        &self,
+        c: &mut Conn,
+        m: Option<Read>,
+    ) -> Result<Incoming, SessionError> {
         match m {
             Some(Read::Msg(Incoming::Notification(n))) => {
-                Err(format!("received NOTIFICATION {}", n.describe()))
+                Err(SessionError::NotificationReceived(n.describe()))
             }
             Some(Read::Msg(m)) => {
                 self.with(|s| s.status.messages_in += 1);
@@ -330,7 +335,7 @@ impl PeerTask {
             }
             Some(Read::Bad(n)) => Err(self.notify(c, &n).await),
             Some(Read::Closed(r)) => Err(r),
-            None => Err("connection closed".into()),
+            None => Err(SessionError::Closed),
         }
     }
 
@@ -358,7 +363,7 @@ impl PeerTask {
     }
 
     /// End-of-RIB for every address family of the session.
-    async fn end_of_rib(&self, c: &mut Conn, peer: &PeerOpen) -> Result<(), String> {
+    async fn end_of_rib(&self, c: &mut Conn, peer: &PeerOpen) -> Result<(), SessionError> {
         for (afi_ok, v6) in [(peer.ipv4, false), (peer.ipv6, true)] {
             if afi_ok {
                 self.send(c, &wire::end_of_rib(v6)).await?;
@@ -434,7 +439,7 @@ impl PeerTask {
                                 }
                             }
                             Incoming::Notification(n) => {
-                                return closed_est(format!("received NOTIFICATION {}", n.describe()));
+                                return closed_est(SessionError::NotificationReceived(n.describe()));
                             }
                             Incoming::Open(_) => {
                                 let n = Notification::unexpected(fsm::UNEXPECTED_IN_ESTABLISHED, wire::TYPE_OPEN);
@@ -444,7 +449,7 @@ impl PeerTask {
                     }
                     Some(Read::Bad(n)) => return closed_est(self.notify(&mut c, &n).await),
                     Some(Read::Closed(r)) => return closed_est(r),
-                    None => return closed_est("connection closed".into()),
+                    None => return closed_est(SessionError::Closed),
                 },
                 _ = sleep_until(next_ka), if !hold.is_zero() => {
                     next_ka = TInstant::now() + keepalive_every;
@@ -496,8 +501,8 @@ impl PeerTask {
                         bfd_was_up = true;
                     } else if bfd_was_up {
                         let n = Notification::cease(cease::BFD_DOWN);
-                        let reason = self.notify(&mut c, &n).await;
-                        return closed_est(format!("BFD down; {reason}"));
+                        self.notify(&mut c, &n).await;
+                        return closed_est(SessionError::BfdDown(n.describe()));
                     }
                 }
                 _ = self.stop.changed() => return self.stop_conn(&mut c).await,
@@ -551,7 +556,7 @@ impl PeerTask {
         sent: &mut BTreeMap<IpNet, RouteAttrs>,
         ipv6: bool,
         enhanced: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), SessionError> {
         if enhanced {
             self.send(c, &wire::refresh_marker(ipv6, true)).await?;
         }
@@ -569,7 +574,7 @@ impl PeerTask {
         c: &mut Conn,
         uctx: &wire::UpdateCtx,
         sent: &mut BTreeMap<IpNet, RouteAttrs>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SessionError> {
         let want: BTreeMap<IpNet, RouteAttrs> = {
             let rib = self.rib.borrow_and_update();
             rib.routes
@@ -670,16 +675,20 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn closed(reason: String) -> End {
+fn closed(reason: SessionError) -> End {
     closed_then(reason, false, None)
 }
 
-fn closed_est(reason: String) -> End {
+fn closed_est(reason: SessionError) -> End {
     closed_then(reason, true, None)
 }
 
 /// Closed, with the peer's held connection (if any) to run next.
-fn closed_then(reason: String, established: bool, pending: Option<(TcpStream, TInstant)>) -> End {
+fn closed_then(
+    reason: SessionError,
+    established: bool,
+    pending: Option<(TcpStream, TInstant)>,
+) -> End {
     End::Closed {
         reason,
         established,

@@ -3,6 +3,7 @@
 //! hands out snapshots.
 
 use std::collections::BTreeMap;
+use std::io;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,38 @@ impl State {
             State::Established => "Established",
         }
     }
+}
+
+/// Why a connection of a session ended (or never got going); its text is
+/// the peer's `last_error` and the `reason` of the state change.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("local address: {0}")]
+    LocalAddress(#[source] io::Error),
+    #[error("GTSM: {0}")]
+    Gtsm(#[source] io::Error),
+    #[error("connect: {0}")]
+    Connect(#[source] io::Error),
+    #[error("write: {0}")]
+    Write(#[source] io::Error),
+    #[error("write: peer stopped reading")]
+    WriteStalled,
+    /// The peer closed the connection (or reading it failed).
+    #[error("connection closed: {0}")]
+    Read(#[source] io::Error),
+    #[error("connection closed")]
+    Closed,
+    /// The peer's NOTIFICATION, as `Notification::describe` puts it.
+    #[error("received NOTIFICATION {0}")]
+    NotificationReceived(String),
+    /// Ours, sent before closing.
+    #[error("sent NOTIFICATION {0}")]
+    NotificationSent(String),
+    /// BFD went down; we sent this NOTIFICATION (Cease / BFD Down).
+    #[error("BFD down; sent NOTIFICATION {0}")]
+    BfdDown(String),
+    #[error("stopped")]
+    Stopped,
 }
 
 /// A session changed state.

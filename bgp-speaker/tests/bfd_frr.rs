@@ -1,6 +1,7 @@
 //! BFD with FRR's bfdd over IPv4 and IPv6: the sessions come up with the BGP
 //! sessions, and when the node goes silent the router drops its routes in
-//! well under a second.
+//! well under a second (timed by the kernel's route notifications, `ip
+//! monitor route`, not by polling).
 
 mod common;
 
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bgp_speaker::{BfdConfig, BfdState, RouteAttrs};
 use common::*;
+use lab::route_monitor::RouteMonitor;
 
 #[test]
 fn bfd_with_frr_removes_route_under_one_second() {
@@ -60,19 +62,31 @@ fn bfd_with_frr_removes_route_under_one_second() {
             ns = lab.speakers[0],
         ))
     };
+    let monitor = RouteMonitor::start(&lab.router, None).expect("ip monitor");
+    // `ip monitor` subscribes before it prints; a route change right after
+    // it starts could be missed, so the monitor proves it listens first.
+    must(&format!(
+        "ip -n {} route add blackhole 198.51.100.99/32",
+        lab.router
+    ));
+    monitor
+        .wait("198.51.100.99/32", false, Duration::from_secs(5))
+        .expect("ip monitor listening");
     let t0 = Instant::now();
     blackhole("add");
-    let mut took = [None, None];
-    wait_for("routes removed", Duration::from_secs(5), || {
-        for (i, vip) in [VIP4, VIP6].into_iter().enumerate() {
-            if took[i].is_none() && lab.router_route(vip).trim().is_empty() {
-                took[i] = Some(t0.elapsed());
-            }
-        }
-        took.iter().all(Option::is_some)
-    });
+    let removed = monitor
+        .wait_all(&[(VIP4, true), (VIP6, true)], Duration::from_secs(5))
+        .expect("routes removed");
+    let took: Vec<Duration> = removed.iter().map(|t| *t - t0).collect();
+    for vip in [VIP4, VIP6] {
+        assert!(
+            lab.router_route(vip).trim().is_empty(),
+            "{vip} still in the router's kernel: {}",
+            lab.router_route(vip)
+        );
+    }
     eprintln!("BFD failover: routes left the router's kernel after {took:?} (IPv4, IPv6)");
-    for t in took.into_iter().flatten() {
+    for t in took {
         assert!(t < Duration::from_secs(1), "took {t:?}");
     }
 

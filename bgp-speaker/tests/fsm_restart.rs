@@ -63,15 +63,14 @@ fn retries_until_router_starts_recovers_from_router_crash_and_uses_source_addres
 
     // The router's bgpd dies and comes back: the sessions return by
     // themselves and the route is announced again.
-    let pid = frr.bgpd_pid();
-    frr.kill_bgpd(pid);
+    frr.kill_bgpd();
     wait_for("sessions down", Duration::from_secs(10), || {
         sp.speaker
             .peers()
             .iter()
             .all(|p| p.state != State::Established)
     });
-    frr.start_bgpd(&lab.router);
+    frr.start_bgpd();
     wait_for("sessions back", Duration::from_secs(30), || {
         sp.established() == 2
     });

@@ -71,15 +71,15 @@ fn against_speaker(
         .collect()
 }
 
+/// Whether `f` comes to hold within `limit` (the lab's poll, as a bool: a
+/// case that times out is an outcome, not a panic; every 10 ms, as the
+/// corpus runs hundreds of these waits).
 fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    f()
+    let every = Duration::from_millis(10);
+    lab::wait::poll_every("a corpus case's condition", limit, every, || {
+        f().then_some(())
+    })
+    .is_ok()
 }
 
 /// Runs the corpus against FRR; per case the outcome and how long the

@@ -50,7 +50,7 @@ fn port_rule_marks_from_first_packet_and_discovery_sends_fireflies() {
          s.close()\n"
     );
     lab.spawn("client", &cli, &["timeout", "20", "python3", "-c", &script]);
-    wait_for("the server's data acked", Duration::from_secs(10), || {
+    wait_value("the server's data acked", Duration::from_secs(10), || {
         let o = lab.exec(
             &srv,
             &["ss", "-Htin", "sport", "=", ":8080", "dport", "=", ":43000"],
@@ -70,13 +70,13 @@ fn port_rule_marks_from_first_packet_and_discovery_sends_fireflies() {
         )
     };
     let seen = scans();
-    wait_for("two more discovery scans", Duration::from_secs(10), || {
+    wait_value("two more discovery scans", Duration::from_secs(10), || {
         (scans() >= seen + 2.0).then_some(())
     });
     std::fs::write(&go, "").unwrap();
     let st = lab.wait_exit("client", Duration::from_secs(20));
     assert!(st.success(), "client: {}", lab.log("client"));
-    let m = wait_for("discovered flow ended", Duration::from_secs(10), || {
+    let m = wait_value("discovered flow ended", Duration::from_secs(10), || {
         let m = metrics(&lab, &cli, 9814);
         (metric_sum(&m, "flowmark_collector_flows_ended_total", &[]) >= 1.0).then_some(m)
     });

@@ -73,7 +73,7 @@ fn send_paced(
                 s.send_to(d, &to).unwrap();
             }
         });
-        wait_for(
+        wait_value(
             "the collector counted the batch",
             Duration::from_secs(20),
             || (counted(lab) >= sent).then_some(()),
@@ -406,7 +406,7 @@ fn flows_never_ended_age_out() {
     d.start(flow(3));
     assert_eq!(d.end(flow(3))["ok"], true);
     assert_eq!(d.ports(), [1, 2]);
-    wait_for("flows aged out", Duration::from_secs(10), || {
+    wait_value("flows aged out", Duration::from_secs(10), || {
         d.ports().is_empty().then_some(())
     });
     // Only the two never ended; the ended one is not an eviction.

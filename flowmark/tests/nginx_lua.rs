@@ -116,7 +116,7 @@ fn nginx_lua_registers_scitag_requests_and_fails_open() {
             .ok(),
         Some(FILE_LEN as u64)
     );
-    wait_for("flows ended", Duration::from_secs(10), || {
+    wait_value("flows ended", Duration::from_secs(10), || {
         (status()["flows"].as_array().map(|a| a.len()) == Some(0)).then_some(())
     });
     let packets = cap.finish();
@@ -131,7 +131,7 @@ fn nginx_lua_registers_scitag_requests_and_fails_open() {
     assert_marked_after_registration(&packets, 42003, flowmark_common::encode_label(2, 4));
     assert_marked_after_registration(&packets, 42005, flowmark_common::encode_label(3, 8));
 
-    let m = wait_for("end fireflies counted", Duration::from_secs(10), || {
+    let m = wait_value("end fireflies counted", Duration::from_secs(10), || {
         let m = metrics(&lab, &cli, 9814);
         (metric_sum(&m, "flowmark_collector_flows_ended_total", &[]) >= 3.0).then_some(m)
     });

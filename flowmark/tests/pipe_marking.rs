@@ -66,7 +66,7 @@ fn pipe_lines_mark_real_packets_and_send_fireflies() {
         &pipe,
         b"\nstart tcp 2001:db8:7::1 8080 2001:db8:7::2 41000 3 14\n",
     );
-    wait_for("flow registered", Duration::from_secs(10), || {
+    wait_value("flow registered", Duration::from_secs(10), || {
         (active_flows(&lab) == 1).then_some(())
     });
     assert_eq!(
@@ -85,7 +85,7 @@ fn pipe_lines_mark_real_packets_and_send_fireflies() {
     );
     // An IPv4 flow: fireflies only.
     write_pipe(&pipe, b"start tcp 192.0.2.1 8080 192.0.2.2 41002 2 4\n");
-    wait_for("v4 flow registered", Duration::from_secs(10), || {
+    wait_value("v4 flow registered", Duration::from_secs(10), || {
         (active_flows(&lab) == 1).then_some(())
     });
     assert_eq!(
@@ -93,7 +93,7 @@ fn pipe_lines_mark_real_packets_and_send_fireflies() {
         FILE_LEN
     );
     write_pipe(&pipe, b"end tcp 192.0.2.1 8080 192.0.2.2 41002 2 4\n");
-    wait_for("flows ended", Duration::from_secs(10), || {
+    wait_value("flows ended", Duration::from_secs(10), || {
         (active_flows(&lab) == 0).then_some(())
     });
     // Every packet of the marked connection (its FIN lingers marked) has
@@ -151,7 +151,7 @@ fn pipe_lines_mark_real_packets_and_send_fireflies() {
         "{st}"
     );
 
-    let m = wait_for("end fireflies counted", Duration::from_secs(10), || {
+    let m = wait_value("end fireflies counted", Duration::from_secs(10), || {
         let m = metrics(&lab, &cli, 9814);
         (metric_sum(&m, "flowmark_collector_flows_ended_total", &[]) >= 2.0).then_some(m)
     });

@@ -297,7 +297,7 @@ fn unit_command_lines_start_working_daemons() {
     .expect("the unit's pipe");
 
     // Both start fireflies reached the peer's collector.
-    wait_for("start fireflies counted", Duration::from_secs(10), || {
+    wait_value("start fireflies counted", Duration::from_secs(10), || {
         // The unit's collector listens on [::]:9814 (IPv6 only).
         let m = metrics_at(&lab, &cli, "[::1]:9814");
         (metric_sum(&m, "flowmark_collector_flows_started_total", &[]) >= 2.0).then_some(())

@@ -2,9 +2,12 @@
 //! false`, and no production crate depends on it; Katran keeps its testing
 //! framework apart from the library the same way).
 //!
-//! Today it holds the namespace helpers ([`Netns`], [`enter_named`],
-//! [`unique`]), the XDP test bed ([`Bed`]) and packet builders
-//! ([`packets`]), and the dataplane lab: a client, a Linux router with an
+//! It holds the namespace helpers ([`Netns`], [`enter_named`],
+//! [`unique`]), the site's addressing plan ([`addr`]), processes by pid
+//! ([`process`]), waiting for a condition ([`wait`]), the routers labs
+//! peer with ([`router`]: FRR, BIRD), nginx as a backend ([`nginx`]), the
+//! XDP test bed ([`Bed`]) and packet builders ([`packets`]), and the
+//! dataplane lab: a client, a Linux router with an
 //! ECMP route for the VIPs (L4 hashing), and N storage nodes, each with the
 //! XDP forwarder on its uplink, the MSS clamp on egress and a small HTTP
 //! server bound to the VIPs that says which node answered.
@@ -12,11 +15,17 @@
 //! Used by the netns tests, the dataplane benchmark and demo, lbd's tests
 //! and the storage-site lab. Everything it builds is removed on drop, also
 //! when a test fails.
+pub mod addr;
 pub mod bed;
 mod http;
 mod netns;
+pub mod nginx;
 pub mod packets;
+pub mod process;
 pub mod procfs;
+pub mod route_monitor;
+pub mod router;
+pub mod wait;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -28,7 +37,12 @@ use dataplane_common::{Bucket, Config, DEFAULT_GUE_PORT, ENCAP_GUE};
 
 pub use bed::Bed;
 pub use http::{connect, get, next_line, upload};
-pub use netns::{Netns, enter_named, run, unique};
+pub use netns::{
+    NODE_SYSCTLS, Netns, ROUTER_SYSCTLS, enter_named, no_checksum_offload, unique, veth,
+    veth_for_xdp,
+};
+pub use process::run;
+pub use wait::{wait_for, wait_until};
 
 use dataplane::{
     loader::{Dataplane, Vip},
@@ -147,33 +161,14 @@ impl Lab {
     }
 
     fn wire_client(&self) -> Result<()> {
-        let (c, r) = (&self.client.name, &self.router.name);
-        run(
-            "ip",
-            &[
-                "link", "add", "c0", "netns", c, "type", "veth", "peer", "name", "r-c", "netns", r,
-            ],
-        )?;
-        let mtu = self.opts.mtu;
-        self.client.ip(&format!("link set c0 mtu {mtu} up"))?;
-        self.router.ip(&format!("link set r-c mtu {mtu} up"))?;
-        no_checksum_offload(&self.client, "c0")?;
-        no_checksum_offload(&self.router, "r-c")?;
+        veth_for_xdp("c0", &self.client, "r-c", &self.router, self.opts.mtu)?;
         self.client.ip("addr add 203.0.113.2/24 dev c0")?;
         self.client.ip("addr add 2001:db8:c::2/64 dev c0 nodad")?;
         self.router.ip("addr add 203.0.113.1/24 dev r-c")?;
         self.router.ip("addr add 2001:db8:c::1/64 dev r-c nodad")?;
         self.client.ip("route add default via 203.0.113.1")?;
         self.client.ip("-6 route add default via 2001:db8:c::1")?;
-        for (k, v) in [
-            ("net.ipv4.ip_forward", "1"),
-            ("net.ipv6.conf.all.forwarding", "1"),
-            ("net.ipv4.fib_multipath_hash_policy", "1"),
-            ("net.ipv6.fib_multipath_hash_policy", "1"),
-            ("net.ipv4.conf.all.rp_filter", "0"),
-        ] {
-            self.router.sysctl(k, v)?;
-        }
+        self.router.sysctls(&ROUTER_SYSCTLS)?;
         Ok(())
     }
 
@@ -181,30 +176,9 @@ impl Lab {
         let ns = Netns::new(&format!("dl{id}n"))?;
         let uplink = format!("n{id}-r");
         let rside = format!("r-n{id}");
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &rside,
-                "netns",
-                &self.router.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &uplink,
-                "netns",
-                &ns.name,
-            ],
-        )?;
-        let mtu = self.opts.mtu;
-        ns.ip(&format!("link set {uplink} mtu {mtu} up"))?;
-        self.router.ip(&format!("link set {rside} mtu {mtu} up"))?;
-        no_checksum_offload(&ns, &uplink)?;
-        no_checksum_offload(&self.router, &rside)?;
+        veth_for_xdp(&rside, &self.router, &uplink, &ns, self.opts.mtu)?;
         let (u4, u6) = underlay(id);
-        let (r4, r6) = (Ipv4Addr::from(u32::from(u4) - 1), router_side6(id));
+        let (r4, r6) = (addr::router_to_node4(id), addr::router_to_node6(id));
         ns.ip(&format!("addr add {u4}/28 dev {uplink}"))?;
         ns.ip(&format!("addr add {u6}/64 dev {uplink} nodad"))?;
         self.router.ip(&format!("addr add {r4}/28 dev {rside}"))?;
@@ -214,15 +188,7 @@ impl Lab {
         ns.ip(&format!("-6 route add default via {r6}"))?;
         ns.ip(&format!("addr add {VIP4}/32 dev lo"))?;
         ns.ip(&format!("addr add {VIP6}/128 dev lo nodad"))?;
-        for (k, v) in [
-            // bpf_fib_lookup answers only for interfaces that forward.
-            ("net.ipv4.conf.all.forwarding", "1"),
-            ("net.ipv6.conf.all.forwarding", "1"),
-            ("net.ipv4.conf.all.rp_filter", "0"),
-            ("net.ipv4.conf.default.rp_filter", "0"),
-        ] {
-            ns.sysctl(k, v)?;
-        }
+        ns.sysctls(&NODE_SYSCTLS)?;
         // veth delivers XDP_TX frames only to a peer that runs XDP too.
         let (rdp, _) = self
             .router_dp
@@ -353,23 +319,9 @@ impl Drop for Lab {
     }
 }
 
-/// veth hands packets over with checksums still to be filled in
-/// (CHECKSUM_PARTIAL); once an XDP program sees a packet that promise is
-/// lost and the receiver finds a bad checksum. Real NICs deliver finished
-/// checksums, so labs compute them in software.
-fn no_checksum_offload(ns: &Netns, dev: &str) -> Result<()> {
-    ns.exec("ethtool", &["-K", dev, "tx", "off"]).map(|_| ())
-}
-
-/// Node `id`'s underlay addresses: 192.0.2.(16·id+2)/28, 2001:db8:id::2/64.
+/// Node `id`'s underlay addresses (the plan in [`addr`]).
 pub fn underlay(id: u16) -> (Ipv4Addr, Ipv6Addr) {
-    let v4 = Ipv4Addr::new(192, 0, 2, (16 * id + 2) as u8);
-    let v6 = Ipv6Addr::new(0x2001, 0xdb8, id, 0, 0, 0, 0, 2);
-    (v4, v6)
-}
-
-fn router_side6(id: u16) -> Ipv6Addr {
-    Ipv6Addr::new(0x2001, 0xdb8, id, 0, 0, 0, 0, 1)
+    (addr::node4(id), addr::node6(id))
 }
 
 fn lab_underlays(nodes: u16) -> Vec<(u16, Ipv4Addr)> {

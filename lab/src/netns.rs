@@ -3,12 +3,13 @@
 use std::{
     fs::File,
     os::fd::AsRawFd,
-    process::Command,
     sync::atomic::{AtomicU32, Ordering},
     thread::JoinHandle,
 };
 
 use anyhow::{Context, Result, anyhow, bail};
+
+use crate::process::run;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -22,21 +23,57 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// Runs a command, failing with its stderr.
-pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .with_context(|| format!("spawning {cmd}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+/// A veth pair `a_dev` (in `a_ns`) <-> `b_dev` (in `b_ns`), both up with
+/// `mtu`.
+pub fn veth(a_dev: &str, a_ns: &Netns, b_dev: &str, b_ns: &Netns, mtu: u16) -> Result<()> {
+    run(
+        "ip",
+        &[
+            "link", "add", a_dev, "netns", &a_ns.name, "type", "veth", "peer", "name", b_dev,
+            "netns", &b_ns.name,
+        ],
+    )?;
+    for (ns, dev) in [(a_ns, a_dev), (b_ns, b_dev)] {
+        ns.ip(&format!("link set {dev} mtu {mtu} up"))?;
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(())
 }
+
+/// [`veth`] for links an XDP program sees: checksums computed in software
+/// at both ends (see [`no_checksum_offload`]).
+pub fn veth_for_xdp(a_dev: &str, a_ns: &Netns, b_dev: &str, b_ns: &Netns, mtu: u16) -> Result<()> {
+    veth(a_dev, a_ns, b_dev, b_ns, mtu)?;
+    no_checksum_offload(a_ns, a_dev)?;
+    no_checksum_offload(b_ns, b_dev)
+}
+
+/// veth hands packets over with checksums still to be filled in
+/// (CHECKSUM_PARTIAL); once an XDP program sees a packet that promise is
+/// lost and the receiver finds a bad checksum. Real NICs deliver finished
+/// checksums, so labs compute them in software.
+pub fn no_checksum_offload(ns: &Netns, dev: &str) -> Result<()> {
+    ns.exec("ethtool", &["-K", dev, "tx", "off"]).map(|_| ())
+}
+
+/// The sysctls of a site router: forwarding, ECMP hashed on L4 ports, no
+/// reverse-path filter (replies come back over another node).
+pub const ROUTER_SYSCTLS: [(&str, &str); 5] = [
+    ("net.ipv4.ip_forward", "1"),
+    ("net.ipv6.conf.all.forwarding", "1"),
+    ("net.ipv4.fib_multipath_hash_policy", "1"),
+    ("net.ipv6.fib_multipath_hash_policy", "1"),
+    ("net.ipv4.conf.all.rp_filter", "0"),
+];
+
+/// The sysctls of a node running the XDP forwarder: bpf_fib_lookup
+/// answers only for interfaces that forward; encapsulated traffic arrives
+/// from other nodes' addresses.
+pub const NODE_SYSCTLS: [(&str, &str); 4] = [
+    ("net.ipv4.conf.all.forwarding", "1"),
+    ("net.ipv6.conf.all.forwarding", "1"),
+    ("net.ipv4.conf.all.rp_filter", "0"),
+    ("net.ipv4.conf.default.rp_filter", "0"),
+];
 
 /// Moves the calling thread (only it) into the namespace called `name`
 /// (one from `ip netns`, under /run/netns).
@@ -90,10 +127,62 @@ impl Netns {
             .map(|_| ())
     }
 
+    pub fn sysctls(&self, settings: &[(&str, &str)]) -> Result<()> {
+        for (k, v) in settings {
+            self.sysctl(k, v)?;
+        }
+        Ok(())
+    }
+
     pub fn ifindex(&self, dev: &str) -> Result<u32> {
         let out = self.exec("cat", &[&format!("/sys/class/net/{dev}/ifindex")])?;
         Ok(out.trim().parse()?)
     }
+
+    /// A veth pair `a_dev` (in `a_ns`) <-> `b_dev` (in `b_ns`), both up with
+    /// `mtu`, checksums computed in software (see [`no_checksum_offload`]).
+    pub fn veth(a_dev: &str, a_ns: &Netns, b_dev: &str, b_ns: &Netns, mtu: u16) -> Result<()> {
+        run(
+            "ip",
+            &[
+                "link", "add", a_dev, "netns", &a_ns.name, "type", "veth", "peer", "name", b_dev,
+                "netns", &b_ns.name,
+            ],
+        )?;
+        for (ns, dev) in [(a_ns, a_dev), (b_ns, b_dev)] {
+            ns.ip(&format!("link set {dev} mtu {mtu} up"))?;
+            no_checksum_offload(ns, dev)?;
+        }
+        Ok(())
+    }
+
+    /// veth hands packets over with checksums still to be filled in
+    /// (CHECKSUM_PARTIAL); once an XDP program sees a packet that promise is
+    /// lost and the receiver finds a bad checksum. Real NICs deliver finished
+    /// checksums, so labs compute them in software.
+    pub fn no_checksum_offload(ns: &Netns, dev: &str) -> Result<()> {
+        ns.exec("ethtool", &["-K", dev, "tx", "off"]).map(|_| ())
+    }
+
+    /// The sysctls of a site router: forwarding, ECMP hashed on L4 ports, no
+    /// reverse-path filter (replies come back over another node).
+    pub const ROUTER_SYSCTLS: [(&str, &str); 5] = [
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv6.conf.all.forwarding", "1"),
+        ("net.ipv4.fib_multipath_hash_policy", "1"),
+        ("net.ipv6.fib_multipath_hash_policy", "1"),
+        ("net.ipv4.conf.all.rp_filter", "0"),
+    ];
+
+    /// The sysctls of a node running the XDP forwarder: bpf_fib_lookup
+    /// answers only for interfaces that forward; encapsulated traffic arrives
+    /// from other nodes' addresses.
+    pub const NODE_SYSCTLS: [(&str, &str); 4] = [
+        ("net.ipv4.conf.all.forwarding", "1"),
+        ("net.ipv6.conf.all.forwarding", "1"),
+        ("net.ipv4.conf.all.rp_filter", "0"),
+        ("net.ipv4.conf.default.rp_filter", "0"),
+    ];
 
     /// Moves the calling thread (only it) into this namespace.
     pub fn enter(&self) -> Result<()> {

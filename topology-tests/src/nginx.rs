@@ -3,25 +3,31 @@
 //! from libnginx-mod-http-dav-ext), the way StoRM-WebDAV sites front their
 //! storage. All nodes serve one shared directory, as they share a parallel
 //! filesystem at a real site, so a file PUT through one node can be read
-//! through any other.
+//! through any other. Starting and stopping is `lab::nginx`'s; the config
+//! is the site's.
 use std::fs;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::process::{nsenter, read_pid, stop_pid, wait_until};
 use crate::topology::Topology;
 
-pub const DAV_EXT: &str = "/usr/lib/nginx/modules/ngx_http_dav_ext_module.so";
+pub use lab::nginx::DAV_EXT;
 
-pub struct Nginx {
-    pub dir: PathBuf,
+/// A node's nginx: `lab::nginx::Nginx` (start, stop) with the site's config.
+pub struct Nginx(lab::nginx::Nginx);
+
+impl Deref for Nginx {
+    type Target = lab::nginx::Nginx;
+    fn deref(&self) -> &lab::nginx::Nginx {
+        &self.0
+    }
 }
 
 impl Nginx {
     pub fn new(dir: PathBuf) -> Nginx {
-        Nginx { dir }
+        Nginx(lab::nginx::Nginx::new(dir))
     }
 
     pub fn write_config(&self, topo: &Topology, node: u16, storage: &Path) -> Result<()> {
@@ -66,36 +72,6 @@ http {{
             storage = storage.display(),
             tmp = tmp.display(),
         );
-        fs::write(self.dir.join("nginx.conf"), conf).context("writing nginx.conf")
-    }
-
-    pub fn start(&self, ns: &str) -> Result<u32> {
-        let pidf = self.dir.join("nginx.pid");
-        let _ = fs::remove_file(&pidf);
-        let d = self.dir.display().to_string();
-        nsenter(
-            ns,
-            &[
-                "/usr/sbin/nginx",
-                "-p",
-                &d,
-                "-e",
-                &format!("{d}/logs/error.log"),
-                "-c",
-                &format!("{d}/nginx.conf"),
-            ],
-        )?;
-        wait_until("nginx's pid file", Duration::from_secs(10), || {
-            read_pid(&pidf).is_some()
-        })?;
-        read_pid(&pidf).context("nginx pid")
-    }
-
-    /// Stops nginx the way a failing backend stops answering: the master
-    /// and its workers exit, listening sockets close.
-    pub fn stop(&self) {
-        if let Some(pid) = read_pid(&self.dir.join("nginx.pid")) {
-            stop_pid(pid, Duration::from_secs(3));
-        }
+        fs::write(self.conf(), conf).context("writing nginx.conf")
     }
 }

@@ -1,148 +1,73 @@
 //! The site router: FRR (zebra, bgpd, bfdd) or BIRD 2 in the router
 //! namespace, one eBGP session per node, ECMP over the nodes' VIP routes
 //! (L4 hashing is a sysctl of the namespace, set by the site).
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+use lab::router::{Bird, Frr, FrrConfig};
 
-use crate::process::{nsenter, read_pid, run_checked, signal_pid, wait_until};
+use crate::process::run_checked;
 use crate::topology::{RouterKind, Topology, addr};
+
+/// The daemons `lab::router` started for the site.
+enum Daemons {
+    Frr(Frr),
+    Bird(Bird),
+}
 
 pub struct Router {
     pub kind: RouterKind,
     pub ns: String,
     /// Config, sockets and pid files (FRR needs it owned by frr).
     pub dir: PathBuf,
+    daemons: Daemons,
 }
 
 impl Router {
     pub fn start(topo: &Topology, ns: &str, dir: PathBuf) -> Result<Router> {
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let r = Router {
+        let daemons = match topo.router {
+            RouterKind::Frr => Daemons::Frr(Frr::start(
+                ns,
+                dir.clone(),
+                &FrrConfig {
+                    zebra: FRR_ZEBRA_CONF,
+                    bfdd: &frr_bfdd_conf(topo),
+                    bgpd: &frr_bgpd_conf(topo),
+                },
+            )?),
+            RouterKind::Bird => Daemons::Bird(Bird::start(ns, dir.clone(), &bird_conf(topo))?),
+        };
+        Ok(Router {
             kind: topo.router,
             ns: ns.to_string(),
             dir,
-        };
-        match r.kind {
-            RouterKind::Frr => r.start_frr(topo)?,
-            RouterKind::Bird => {
-                fs::write(r.dir.join("bird.conf"), bird_conf(topo))?;
-                r.start_bgp()?;
-            }
-        }
-        Ok(r)
-    }
-
-    fn start_frr(&self, topo: &Topology) -> Result<()> {
-        let d = &self.dir;
-        fs::write(d.join("zebra.conf"), FRR_ZEBRA_CONF)?;
-        fs::write(d.join("bgpd.conf"), frr_bgpd_conf(topo))?;
-        fs::write(d.join("bfdd.conf"), frr_bfdd_conf(topo))?;
-        run_checked("chown", &["-R", "frr:frr", &d.display().to_string()])?;
-        self.frr_daemon("zebra", &["-s", "90000000"])?;
-        let zserv = self.file("zserv.api");
-        wait_until("zebra's zserv socket", Duration::from_secs(10), || {
-            Path::new(&zserv).exists()
-        })?;
-        self.frr_daemon("bfdd", &["--bfdctl", &self.file("bfdd.sock")])?;
-        self.start_bgp().map(|_| ())
-    }
-
-    fn file(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-
-    /// Starts FRR daemon `name` with its own config and pid file and the
-    /// lab's zserv and vty sockets (no TCP vty: `-P 0`), plus `extra`.
-    fn frr_daemon(&self, name: &str, extra: &[&str]) -> Result<u32> {
-        let (conf, pid) = (format!("{name}.conf"), format!("{name}.pid"));
-        let (conf_path, pid_path) = (self.file(&conf), self.file(&pid));
-        let (zserv, vty) = (self.file("zserv.api"), self.dir.display().to_string());
-        let mut args = vec![
-            "-d",
-            "-f",
-            &conf_path,
-            "-i",
-            &pid_path,
-            "-z",
-            &zserv,
-            "--vty_socket",
-            &vty,
-            "-P",
-            "0",
-        ];
-        args.extend_from_slice(extra);
-        self.daemon(&format!("/usr/lib/frr/{name}"), &args, &pid)
-    }
-
-    /// Starts a daemonizing router process and waits for its pid file.
-    fn daemon(&self, bin: &str, args: &[&str], pid_file: &str) -> Result<u32> {
-        let pidf = self.dir.join(pid_file);
-        let _ = fs::remove_file(&pidf);
-        let mut all = vec![bin];
-        all.extend_from_slice(args);
-        nsenter(&self.ns, &all)?;
-        wait_until(pid_file, Duration::from_secs(10), || {
-            read_pid(&pidf).is_some()
-        })?;
-        read_pid(&pidf).context(pid_file.to_string())
+            daemons,
+        })
     }
 
     /// (Re)starts the BGP daemon: bgpd for FRR, bird for BIRD.
-    pub fn start_bgp(&self) -> Result<u32> {
-        match self.kind {
-            RouterKind::Frr => self.frr_daemon("bgpd", &[]),
-            RouterKind::Bird => self.daemon(
-                "/usr/sbin/bird",
-                &[
-                    "-c",
-                    &self.file("bird.conf"),
-                    "-s",
-                    &self.file("bird.ctl"),
-                    "-P",
-                    &self.file("bird.pid"),
-                ],
-                "bird.pid",
-            ),
+    pub fn start_bgp(&mut self) -> Result<u32> {
+        match &mut self.daemons {
+            Daemons::Frr(f) => f.start_bgpd(),
+            Daemons::Bird(b) => b.restart(),
         }
     }
 
     /// kill -9 of the BGP daemon (zebra and bfdd stay, as when bgpd crashes).
-    pub fn kill_bgp(&self) -> Result<()> {
-        let f = match self.kind {
-            RouterKind::Frr => "bgpd.pid",
-            RouterKind::Bird => "bird.pid",
-        };
-        let pid = read_pid(&self.dir.join(f)).context("no BGP daemon pid")?;
-        signal_pid(pid, libc::SIGKILL);
-        wait_until("the BGP daemon to exit", Duration::from_secs(5), || {
-            !Path::new(&format!("/proc/{pid}")).exists()
-        })?;
-        let _ = fs::remove_file(self.dir.join(f));
-        Ok(())
+    pub fn kill_bgp(&mut self) -> Result<()> {
+        match &mut self.daemons {
+            Daemons::Frr(f) => f.kill_bgpd(),
+            Daemons::Bird(b) => b.kill(),
+        }
     }
 
     /// The router's own summary of its BGP sessions, for people.
     pub fn summary(&self) -> String {
-        let out = match self.kind {
-            RouterKind::Frr => std::process::Command::new("vtysh")
-                .args([
-                    "--vty_socket",
-                    &self.dir.display().to_string(),
-                    "-c",
-                    "show bgp summary",
-                ])
-                .output(),
-            RouterKind::Bird => std::process::Command::new("birdc")
-                .args(["-s", &self.file("bird.ctl"), "show", "protocols"])
-                .output(),
+        let out = match &self.daemons {
+            Daemons::Frr(f) => f.vtysh("show bgp summary"),
+            Daemons::Bird(b) => b.birdc("show protocols"),
         };
-        match out {
-            Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
-            Err(e) => format!("(no summary: {e})"),
-        }
+        out.unwrap_or_else(|e| format!("(no summary: {e:#})"))
     }
 
     /// Node ids the router's kernel route to `vip` points at (ECMP next hops).

@@ -180,18 +180,8 @@ impl Topology {
 pub mod addr {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
-    pub fn node4(id: u16) -> Ipv4Addr {
-        Ipv4Addr::new(192, 0, 2, (16 * id + 2) as u8)
-    }
-    pub fn router_to_node4(id: u16) -> Ipv4Addr {
-        Ipv4Addr::new(192, 0, 2, (16 * id + 1) as u8)
-    }
-    pub fn node6(id: u16) -> Ipv6Addr {
-        Ipv6Addr::new(0x2001, 0xdb8, id, 0, 0, 0, 0, 2)
-    }
-    pub fn router_to_node6(id: u16) -> Ipv6Addr {
-        Ipv6Addr::new(0x2001, 0xdb8, id, 0, 0, 0, 0, 1)
-    }
+    pub use lab::addr::{node4, node6, router_to_node4, router_to_node6};
+
     pub fn client4(c: u16) -> Ipv4Addr {
         Ipv4Addr::new(203, 0, 113, (16 * c + 2) as u8)
     }

@@ -1,18 +1,24 @@
-//! Test lab: network namespaces with veth links, FRR and BIRD routers, and
-//! speakers running inside a namespace on their own thread.
+//! Test lab: network namespaces with veth links, FRR and BIRD routers (the
+//! shared `lab` crate's namespaces, launchers and waits, with the configs
+//! these tests need), and speakers running inside a namespace on their own
+//! thread.
 #![allow(dead_code)]
 
 pub mod raw;
 
 use std::fs;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::mpsc as std_mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bgp_speaker::{PeerConfig, RouteAttrs, Speaker, SpeakerConfig};
+use lab::Netns;
+use lab::process::kill_pid;
+use lab::router::{BFDD_FAST, FrrConfig};
+pub use lab::wait::wait_for;
 
 pub const ROUTER_AS: u32 = 65000;
 pub const VIP4: &str = "198.51.100.10/32";
@@ -35,21 +41,6 @@ pub fn must(cmd: &str) -> String {
     out
 }
 
-/// Polls `f` every 20 ms until it returns true or `limit` passes.
-pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Speaker i (1-based) addresses: router side and speaker side.
 pub fn router_v4(i: usize) -> String {
     format!("192.0.2.{}", 4 * i - 3)
@@ -64,6 +55,17 @@ pub fn speaker_v6(i: usize) -> String {
     format!("2001:db8:{i}::2")
 }
 
+/// The sysctls of every namespace of the lab: a router that forwards and
+/// hashes ECMP on L4 ports.
+const SYSCTLS: [(&str, &str); 6] = [
+    ("net.ipv6.conf.all.accept_dad", "0"),
+    ("net.ipv6.conf.default.accept_dad", "0"),
+    ("net.ipv4.ip_forward", "1"),
+    ("net.ipv6.conf.all.forwarding", "1"),
+    ("net.ipv4.fib_multipath_hash_policy", "1"),
+    ("net.ipv6.fib_multipath_hash_policy", "1"),
+];
+
 /// A router namespace linked to `n` speaker namespaces. Dropping it deletes
 /// everything it created.
 pub struct Lab {
@@ -71,6 +73,7 @@ pub struct Lab {
     pub router: String,
     pub speakers: Vec<String>,
     pub dir: PathBuf,
+    namespaces: Vec<Netns>,
 }
 
 impl Lab {
@@ -81,45 +84,36 @@ impl Lab {
         let dir = PathBuf::from(format!("/tmp/bgpt-{tag}"));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("lab dir");
-        let lab = Lab {
+        let mut namespaces = Vec::new();
+        for name in std::iter::once(&router).chain(speakers.iter()) {
+            let _ = lab::run("ip", &["netns", "del", name]);
+            let ns = Netns::named(name).expect("netns");
+            ns.sysctls(&SYSCTLS).expect("sysctl");
+            namespaces.push(ns);
+        }
+        for i in 1..=n {
+            let (r, s) = (&namespaces[0], &namespaces[i]);
+            lab::veth(&format!("s{i}"), r, "uplink", s, 1500).expect("veth");
+            for a in [
+                format!("addr add {}/30 dev s{i}", router_v4(i)),
+                format!("addr add {}/64 dev s{i} nodad", router_v6(i)),
+            ] {
+                r.ip(&a).expect(&a);
+            }
+            for a in [
+                format!("addr add {}/30 dev uplink", speaker_v4(i)),
+                format!("addr add {}/64 dev uplink nodad", speaker_v6(i)),
+            ] {
+                s.ip(&a).expect(&a);
+            }
+        }
+        Lab {
             tag,
             router,
             speakers,
             dir,
-        };
-        for ns in std::iter::once(&lab.router).chain(lab.speakers.iter()) {
-            let _ = sh(&format!("ip netns del {ns} 2>/dev/null"));
-            must(&format!("ip netns add {ns}"));
-            must(&format!("ip -n {ns} link set lo up"));
-            must(&format!(
-                "ip netns exec {ns} sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 \
-                 net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
-                 net.ipv4.fib_multipath_hash_policy=1 net.ipv6.fib_multipath_hash_policy=1"
-            ));
+            namespaces,
         }
-        for (idx, ns) in lab.speakers.iter().enumerate() {
-            let i = idx + 1;
-            let r = &lab.router;
-            must(&format!(
-                "ip link add s{i} netns {r} type veth peer name uplink netns {ns}"
-            ));
-            must(&format!("ip -n {r} addr add {}/30 dev s{i}", router_v4(i)));
-            must(&format!(
-                "ip -n {r} addr add {}/64 dev s{i} nodad",
-                router_v6(i)
-            ));
-            must(&format!(
-                "ip -n {ns} addr add {}/30 dev uplink",
-                speaker_v4(i)
-            ));
-            must(&format!(
-                "ip -n {ns} addr add {}/64 dev uplink nodad",
-                speaker_v6(i)
-            ));
-            must(&format!("ip -n {r} link set s{i} up"));
-            must(&format!("ip -n {ns} link set uplink up"));
-        }
-        lab
     }
 
     /// Kernel routes of the router for `prefix` (`ip route show`).
@@ -135,47 +129,16 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for ns in std::iter::once(&self.router).chain(self.speakers.iter()) {
-            let _ = sh(&format!("ip -n {ns} nexthop flush 2>/dev/null"));
+        for ns in &self.namespaces {
             // Processes still inside the namespace (ours only) are killed by
-            // PID before the namespace goes.
-            let (_, pids) = sh(&format!("ip netns pids {ns} 2>/dev/null"));
-            for pid in pids.split_whitespace() {
-                let _ = sh(&format!("kill -9 {pid}"));
+            // PID before the namespace goes (when `namespaces` drops).
+            let pids = lab::run("ip", &["netns", "pids", &ns.name]).unwrap_or_default();
+            for pid in pids.split_whitespace().filter_map(|p| p.parse().ok()) {
+                kill_pid(pid);
             }
-            let _ = sh(&format!("ip netns del {ns}"));
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-fn read_pid(path: &Path) -> Option<u32> {
-    fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-/// Routers are killed outright: a graceful FRR stop takes ~2 s and the
-/// namespace (with everything the daemon installed) is deleted right after.
-fn kill_pid(pid: u32) {
-    let _ = sh(&format!("kill -9 {pid} 2>/dev/null"));
-    let _ = (0..100).any(|_| {
-        // Gone, or a zombie waiting for whoever adopted the daemon.
-        match fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Err(_) => return true,
-            Ok(st)
-                if st
-                    .rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z') =>
-            {
-                return true;
-            }
-            Ok(_) => {}
-        }
-        thread::sleep(Duration::from_millis(10));
-        false
-    });
 }
 
 /// Per-neighbour FRR options.
@@ -199,10 +162,11 @@ pub struct FrrExtra {
     pub af6: String,
 }
 
-/// FRR 8.4 (zebra, bgpd, bfdd) in the router namespace.
+/// FRR 8.4 (zebra, bgpd, bfdd) in the router namespace: `lab::router::Frr`
+/// with these tests' bgpd.conf.
 pub struct Frr {
     pub run: PathBuf,
-    pids: Vec<u32>,
+    daemons: lab::router::Frr,
 }
 
 impl Frr {
@@ -250,86 +214,38 @@ impl Frr {
 
     /// zebra, bfdd and bgpd with the given bgpd.conf in namespace `ns`.
     pub fn start_in(ns: &str, run: PathBuf, bgpd_conf: &str) -> Frr {
-        fs::create_dir_all(&run).expect("frr dir");
-        fs::write(run.join("bgpd.conf"), bgpd_conf).expect("bgpd.conf");
-        fs::write(run.join("zebra.conf"), "hostname r\n").expect("zebra.conf");
-        fs::write(
-            run.join("bfdd.conf"),
-            "bfd\n profile fast\n  receive-interval 100\n  transmit-interval 100\n  detect-multiplier 3\n !\n!\n",
-        )
-        .expect("bfdd.conf");
-        must(&format!("chown -R frr:frr {}", run.display()));
-        let r = run.display();
-        let common = format!("-z {r}/zserv.api --vty_socket {r} -P 0");
-        must(&format!(
-            "ip netns exec {ns} /usr/lib/frr/zebra -d -f {r}/zebra.conf -i {r}/zebra.pid {common} -s 90000000"
-        ));
-        wait_for("zserv socket", Duration::from_secs(10), || {
-            run.join("zserv.api").exists()
-        });
-        must(&format!(
-            "ip netns exec {ns} /usr/lib/frr/bfdd -d -f {r}/bfdd.conf -i {r}/bfdd.pid {common} --bfdctl {r}/bfdd.sock"
-        ));
-        let mut frr = Frr {
-            run,
-            pids: Vec::new(),
+        let conf = FrrConfig {
+            zebra: "hostname r\n",
+            bfdd: BFDD_FAST,
+            bgpd: bgpd_conf,
         };
-        for d in ["zebra", "bfdd"] {
-            let p = frr.run.join(format!("{d}.pid"));
-            wait_for(&format!("{d} pid file"), Duration::from_secs(10), || {
-                read_pid(&p).is_some()
-            });
-            frr.pids.extend(read_pid(&p));
-        }
-        frr.start_bgpd(ns);
-        frr
+        let daemons = lab::router::Frr::start(ns, run.clone(), &conf).expect("FRR");
+        Frr { run, daemons }
     }
 
     /// (Re)starts bgpd; returns its pid.
-    pub fn start_bgpd(&mut self, ns: &str) -> u32 {
-        let r = self.run.display();
-        let pidf = self.run.join("bgpd.pid");
-        let _ = fs::remove_file(&pidf);
-        must(&format!(
-            "ip netns exec {ns} /usr/lib/frr/bgpd -d -f {r}/bgpd.conf -i {r}/bgpd.pid -z {r}/zserv.api --vty_socket {r} -P 0"
-        ));
-        wait_for("bgpd pid file", Duration::from_secs(10), || {
-            read_pid(&pidf).is_some()
-        });
-        let pid = read_pid(&pidf).unwrap_or(0);
-        self.pids.push(pid);
-        pid
+    pub fn start_bgpd(&mut self) -> u32 {
+        self.daemons.start_bgpd().expect("bgpd")
     }
 
     /// kill -9 bgpd (zebra and bfdd stay).
-    pub fn kill_bgpd(&mut self, pid: u32) {
-        kill_pid(pid);
-        self.pids.retain(|p| *p != pid);
+    pub fn kill_bgpd(&mut self) {
+        self.daemons.kill_bgpd().expect("kill bgpd");
+    }
+
+    /// vtysh's output (stdout and stderr) for several commands (`-c`
+    /// each), e.g. configuration.
+    pub fn vtysh_multi(&self, cmds: &[&str]) -> String {
+        let (out, err) = self.daemons.vtysh_output(cmds).expect("vtysh");
+        out + &err
     }
 
     pub fn vtysh(&self, cmd: &str) -> String {
-        sh(&format!(
-            "vtysh --vty_socket {} -c '{cmd}' 2>&1",
-            self.run.display()
-        ))
-        .1
-    }
-
-    /// Several commands in one vtysh call (`-c` each), e.g. configuration.
-    pub fn vtysh_multi(&self, cmds: &[&str]) -> String {
-        let mut c = Command::new("vtysh");
-        c.arg("--vty_socket").arg(&self.run);
-        for x in cmds {
-            c.arg("-c").arg(x);
-        }
-        let out = c.output().expect("vtysh");
-        let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
-        s.push_str(&String::from_utf8_lossy(&out.stderr));
-        s
+        self.vtysh_multi(&[cmd])
     }
 
     pub fn bgpd_pid(&self) -> u32 {
-        read_pid(&self.run.join("bgpd.pid")).unwrap_or(0)
+        self.daemons.bgpd_pid().unwrap_or(0)
     }
 
     /// FRR's view of one neighbour as JSON text (`show bgp neighbors X json`).
@@ -343,25 +259,16 @@ impl Frr {
     }
 }
 
-impl Drop for Frr {
-    fn drop(&mut self) {
-        for pid in self.pids.iter().rev() {
-            kill_pid(*pid);
-        }
-    }
-}
-
-/// BIRD 2 in the router namespace.
+/// BIRD 2 in the router namespace: `lab::router::Bird` with these tests'
+/// config.
 pub struct Bird {
     pub ctl: PathBuf,
-    pid: Option<u32>,
+    daemon: lab::router::Bird,
 }
 
 impl Bird {
     /// `neighbors`: (neighbour address, its AS, our local address).
     pub fn start(lab: &Lab, neighbors: &[(String, u32, String)]) -> Bird {
-        let run = lab.path("bird");
-        fs::create_dir_all(&run).expect("bird dir");
         let mut c = String::from(
             "router id 192.0.2.1;\nprotocol device {}\n\
              protocol kernel kernel4 { ipv4 { export where source = RTS_BGP; }; merge paths on limit 16; }\n\
@@ -374,32 +281,17 @@ impl Bird {
                 "protocol bgp n{i} from backend {{ local {local} as 65000; neighbor {addr} as {asn}; }}\n"
             );
         }
-        fs::write(run.join("bird.conf"), c).expect("bird.conf");
-        let r = run.display();
-        must(&format!(
-            "ip netns exec {} bird -c {r}/bird.conf -s {r}/bird.ctl -P {r}/bird.pid",
-            lab.router
-        ));
-        let pidf = run.join("bird.pid");
-        wait_for("bird pid", Duration::from_secs(10), || {
-            read_pid(&pidf).is_some()
-        });
+        let daemon = lab::router::Bird::start(&lab.router, lab.path("bird"), &c).expect("bird");
         Bird {
-            ctl: run.join("bird.ctl"),
-            pid: read_pid(&pidf),
+            ctl: daemon.ctl(),
+            daemon,
         }
     }
 
+    /// birdc's output (stdout and stderr).
     pub fn birdc(&self, cmd: &str) -> String {
-        sh(&format!("birdc -s {} {cmd} 2>&1", self.ctl.display())).1
-    }
-}
-
-impl Drop for Bird {
-    fn drop(&mut self) {
-        if let Some(pid) = self.pid {
-            kill_pid(pid);
-        }
+        let (out, err) = self.daemon.birdc_output(cmd).expect("birdc");
+        out + &err
     }
 }
 
@@ -419,11 +311,7 @@ impl NsSpeaker {
         let (tx, rx) = std_mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<bool>();
         let thread = thread::spawn(move || {
-            let f = fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns on this thread only, with a valid namespace fd.
-            let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {ns}");
+            lab::enter_named(&ns).expect("setns");
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -517,8 +405,8 @@ impl Daemon {
     pub fn start(ns: &str, args: &[&str]) -> Daemon {
         use std::io::BufRead;
         use std::process::Stdio;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_bgp-speakerd")])
+        let mut child = lab::process::nsenter_command(ns)
+            .arg(env!("CARGO_BIN_EXE_bgp-speakerd"))
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -562,15 +450,14 @@ impl Daemon {
     }
 
     pub fn kill9(&mut self) {
-        let _ = sh(&format!("kill -9 {}", self.child.id()));
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = sh(&format!("kill -9 {} 2>/dev/null", self.child.id()));
-        let _ = self.child.wait();
+        self.kill9();
     }
 }
 

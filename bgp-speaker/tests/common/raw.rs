@@ -154,8 +154,5 @@ pub fn read_msg(s: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
 
 /// Moves the calling thread into namespace `ns` (sockets it opens live there).
 pub fn enter_netns(ns: &str) {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
-    // SAFETY: setns on this thread only, with a valid namespace fd.
-    assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+    lab::enter_named(ns).expect("setns");
 }

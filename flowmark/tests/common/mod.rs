@@ -1,52 +1,33 @@
 //! Test lab: two network namespaces joined by a veth pair, processes
 //! started inside them (killed by PID on drop), and an AF_PACKET capture
-//! that reads the IPv6 flow labels of real packets.
+//! that reads the IPv6 flow labels of real packets. Namespaces, processes
+//! and waits are the shared `lab` crate's.
 #![allow(dead_code)]
 
 use std::{
     fs::File,
     io::{BufRead, BufReader, Read},
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+use lab::Netns;
+use lab::process::{ip_netns_exec, stop_child};
+pub use lab::wait::wait_value;
 
 pub const SRV6: &str = "2001:db8:7::1";
 pub const CLI6: &str = "2001:db8:7::2";
 pub const SRV4: &str = "192.0.2.1";
 pub const CLI4: &str = "192.0.2.2";
 
-static SEQ: AtomicUsize = AtomicUsize::new(0);
-
 pub fn sh(args: &[&str]) -> String {
-    let o = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Polls `f` until it returns Some, or panics after `timeout`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    lab::run(args[0], &args[1..]).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 pub struct Lab {
@@ -54,77 +35,44 @@ pub struct Lab {
     pub cli: String,
     pub dir: PathBuf,
     children: Vec<(String, Child)>,
+    /// Deleted on drop, after the children are stopped.
+    namespaces: Vec<Netns>,
 }
 
 impl Lab {
     /// `srv` holds the storage node (veth0), `cli` the client (veth1).
     pub fn new(tag: &str) -> Lab {
-        let n = SEQ.fetch_add(1, Ordering::SeqCst);
-        let id = format!("{}-{n}", std::process::id());
-        let srv = format!("flm-s-{tag}-{id}");
-        let cli = format!("flm-c-{tag}-{id}");
-        let dir = std::env::temp_dir().join(format!("flm-{tag}-{id}"));
+        let srv_ns = Netns::new(&format!("flm-s-{tag}-")).expect("server netns");
+        let cli_ns = Netns::new(&format!("flm-c-{tag}-")).expect("client netns");
+        let dir = std::env::temp_dir().join(lab::unique(&format!("flm-{tag}-")));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let lab = Lab {
-            srv,
-            cli,
-            dir,
-            children: vec![],
-        };
-        sh(&["ip", "netns", "add", &lab.srv]);
-        sh(&["ip", "netns", "add", &lab.cli]);
-        sh(&[
-            "ip", "-n", &lab.srv, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
-            "netns", &lab.cli,
-        ]);
+        lab::veth("veth0", &srv_ns, "veth1", &cli_ns, 1500).expect("veth");
         for (ns, dev, a6, a4) in [
-            (&lab.srv, "veth0", SRV6, SRV4),
-            (&lab.cli, "veth1", CLI6, CLI4),
+            (&srv_ns, "veth0", SRV6, SRV4),
+            (&cli_ns, "veth1", CLI6, CLI4),
         ] {
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{a6}/64"),
-                "dev",
-                dev,
-                "nodad",
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{a4}/24"),
-                "dev",
-                dev,
-            ]);
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            ns.ip(&format!("addr add {a6}/64 dev {dev} nodad"))
+                .expect("address");
+            ns.ip(&format!("addr add {a4}/24 dev {dev}"))
+                .expect("address");
             // Unmarked packets must carry label 0, not the kernel's
             // automatic per-flow label, so the test can tell them apart.
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.auto_flowlabels=0",
-            ]);
+            ns.sysctl("net.ipv6.auto_flowlabels", "0").expect("sysctl");
         }
-        lab
+        Lab {
+            srv: srv_ns.name.clone(),
+            cli: cli_ns.name.clone(),
+            dir,
+            children: vec![],
+            namespaces: vec![srv_ns, cli_ns],
+        }
     }
 
     /// Starts a process inside `ns`; stdout and stderr go to DIR/NAME.log.
     pub fn spawn(&mut self, name: &str, ns: &str, args: &[&str]) -> &mut Child {
         let log = File::create(self.dir.join(format!("{name}.log"))).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
+        let child = ip_netns_exec(ns)
             .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -141,25 +89,22 @@ impl Lab {
 
     /// Waits until DIR/NAME.log contains `text`; fails early if the process died.
     pub fn wait_log(&mut self, name: &str, text: &str) {
-        let end = Instant::now() + Duration::from_secs(20);
-        loop {
+        let what = format!("{text:?} in {name}'s log");
+        let found = lab::wait::poll(&what, Duration::from_secs(20), || {
             if self.log(name).contains(text) {
-                return;
+                return Some(Ok(()));
             }
             let exited = self
                 .children
                 .iter_mut()
                 .find(|(n, _)| n == name)
                 .and_then(|(_, c)| c.try_wait().ok().flatten());
-            if let Some(st) = exited {
-                panic!("{name} exited ({st}) before {text:?}:\n{}", self.log(name));
-            }
-            assert!(
-                Instant::now() < end,
-                "{name}: no {text:?} in log:\n{}",
-                self.log(name)
-            );
-            std::thread::sleep(Duration::from_millis(20));
+            exited.map(|st| Err(format!("{name} exited ({st}) before {text:?}")))
+        });
+        match found {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("{e}:\n{}", self.log(name)),
+            Err(e) => panic!("{name}: {e}:\n{}", self.log(name)),
         }
     }
 
@@ -170,7 +115,7 @@ impl Lab {
             .iter()
             .position(|(n, _)| n == name)
             .unwrap_or_else(|| panic!("no process {name}"));
-        let st = wait_for(&format!("{name} to exit"), timeout, || {
+        let st = wait_value(&format!("{name} to exit"), timeout, || {
             self.children[i].1.try_wait().ok().flatten()
         });
         self.children.remove(i);
@@ -181,16 +126,12 @@ impl Lab {
     pub fn stop(&mut self, name: &str) {
         if let Some(i) = self.children.iter().position(|(n, _)| n == name) {
             let (_, mut c) = self.children.remove(i);
-            terminate(&mut c);
+            stop_child(&mut c, Duration::from_secs(5));
         }
     }
 
     pub fn exec(&self, ns: &str, args: &[&str]) -> std::process::Output {
-        Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(args)
-            .output()
-            .unwrap()
+        ip_netns_exec(ns).args(args).output().unwrap()
     }
 
     pub fn path(&self, name: &str) -> String {
@@ -198,31 +139,13 @@ impl Lab {
     }
 }
 
-fn terminate(c: &mut Child) {
-    // `ip netns exec` execs the command, so the child's PID is the process itself.
-    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-    let end = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < end {
-        if let Ok(Some(_)) = c.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = c.kill();
-    let _ = c.wait();
-}
-
 impl Drop for Lab {
     fn drop(&mut self) {
+        // `ip netns exec` execs the command, so the child's PID is the
+        // process itself; the namespaces go after (field order).
         for (_, c) in self.children.iter_mut() {
-            terminate(c);
+            stop_child(c, Duration::from_secs(5));
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.srv])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.cli])
-            .status();
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -264,9 +187,8 @@ impl Capture {
             frames.clone(),
         );
         let thread = std::thread::spawn(move || {
-            let nsf = File::open(format!("/var/run/netns/{ns}")).expect("netns file");
+            lab::enter_named(&ns).expect("setns");
             unsafe {
-                assert_eq!(libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET), 0, "setns");
                 let fd = libc::socket(
                     libc::AF_PACKET,
                     libc::SOCK_RAW,
@@ -367,7 +289,7 @@ impl Capture {
 
     /// Waits until the packets captured so far satisfy `done`.
     pub fn wait(&self, what: &str, timeout: Duration, done: impl Fn(&[Packet]) -> bool) {
-        wait_for(what, timeout, || done(&self.packets()).then_some(()));
+        wait_value(what, timeout, || done(&self.packets()).then_some(()));
     }
 
     /// Stops the capture; every packet it saw (it fails if it lost any).
@@ -426,14 +348,9 @@ pub fn tcp_closed(packets: &[Packet], a: u16, b: u16) -> bool {
 
 /// Runs `f` in a thread that entered network namespace `ns`.
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let nsf = File::open(format!("/var/run/netns/{ns}")).expect("netns file");
+    let ns = ns.to_string();
     std::thread::spawn(move || {
-        // SAFETY: setns on a valid namespace fd, for this thread only.
-        assert_eq!(
-            unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) },
-            0,
-            "setns"
-        );
+        lab::enter_named(&ns).expect("setns");
         f()
     })
     .join()
@@ -626,7 +543,7 @@ pub fn start_node(lab: &mut Lab, conf: &str, flowmark_args: &[&str]) {
     lab.wait_log("collector", "flowmark: ready");
     lab.spawn("nginx", &srv, &["nginx", "-c", conf, "-g", "daemon off;"]);
     let root = format!("http://[{SRV6}]:8080/ready");
-    wait_for("nginx", Duration::from_secs(10), || {
+    wait_value("nginx", Duration::from_secs(10), || {
         // Any HTTP answer will do; 7 is curl's "connection refused".
         let o = lab.exec(&cli, &["curl", "-s", "-o", "/dev/null", "-g", &root]);
         o.status.code().filter(|c| *c != 7)

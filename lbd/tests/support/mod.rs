@@ -10,12 +10,12 @@
 //! the encapsulation between nodes and the BGP sessions use the IPv6
 //! addresses. The client is 203.0.113.2 / 2001:db8:c::2.
 
-#![allow(dead_code)] // each test binary uses a part
+#![allow(dead_code, unused_imports)] // each test binary uses a part
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +23,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use dataplane::loader::Dataplane;
-pub use lab::{Netns, run as cmd};
+pub use lab::addr::{
+    node4 as node_addr, node6 as node_addr6, router_to_node4 as router_addr,
+    router_to_node6 as router_addr6,
+};
+pub use lab::process::{raise_nofile, signal};
+use lab::router::{BFDD_FAST, Bird, Frr, FrrConfig};
+pub use lab::wait::wait_for;
+pub use lab::{NODE_SYSCTLS, Netns, ROUTER_SYSCTLS, veth_for_xdp};
 pub use serde_json::Value;
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
@@ -33,59 +40,6 @@ pub const VIP2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
 pub const LBD: &str = env!("CARGO_BIN_EXE_lbd");
 pub const CHECK_INTERVAL_MS: u64 = 200;
 pub const CHECK_FALL: u64 = 2;
-
-pub fn node_addr(id: u16) -> Ipv4Addr {
-    Ipv4Addr::new(192, 0, 2, (16 * id + 2) as u8)
-}
-pub fn router_addr(id: u16) -> Ipv4Addr {
-    Ipv4Addr::new(192, 0, 2, (16 * id + 1) as u8)
-}
-pub fn node_addr6(id: u16) -> Ipv6Addr {
-    Ipv6Addr::new(0x2001, 0xdb8, id, 0, 0, 0, 0, 2)
-}
-pub fn router_addr6(id: u16) -> Ipv6Addr {
-    Ipv6Addr::new(0x2001, 0xdb8, id, 0, 0, 0, 0, 1)
-}
-
-pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Raises the open-file limit to its hard limit (tests that open 2,000
-/// connections need more than the usual 1,024).
-pub fn raise_nofile() {
-    let mut l = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain getrlimit/setrlimit on a local struct.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
-        l.rlim_cur = l.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-    }
-}
-
-pub fn signal(pid: u32, sig: i32) {
-    // SAFETY: plain kill(2) on a pid we started.
-    unsafe {
-        libc::kill(pid as i32, sig);
-    }
-}
-
-fn read_pid(p: &Path) -> Option<u32> {
-    fs::read_to_string(p).ok()?.trim().parse().ok()
-}
 
 /// A tiny HTTP/1.0 backend on port 80 of the VIPs in a node's namespace:
 /// `/health`, `/whoami`, `/stream?ms=N` (the node name every 100 ms, then
@@ -192,16 +146,14 @@ pub struct Node {
 
 /// The router daemons a test started in the router namespace.
 enum Router {
-    None,
-    Frr { run: PathBuf },
-    Bird { ctl: PathBuf },
+    Frr(Frr),
+    Bird(Bird),
 }
 
 pub struct Lab {
     // Drop order: lbd and backends, router daemons, pins, then namespaces.
     pub nodes: Vec<Node>,
-    router_pids: Vec<u32>,
-    router_kind: Router,
+    router_daemons: Option<Router>,
     router_pins: PathBuf,
     _router_dp: Option<Dataplane>,
     pub dir: PathBuf,
@@ -219,9 +171,7 @@ impl Drop for Lab {
             n.backend.take();
             let _ = Dataplane::cleanup(&n.pin_dir);
         }
-        for pid in &self.router_pids {
-            signal(*pid, libc::SIGKILL);
-        }
+        self.router_daemons.take();
         self._router_dp.take();
         let _ = Dataplane::cleanup(&self.router_pins);
         // The namespaces go when the Netns fields drop; keep logs of a failed run.
@@ -233,24 +183,8 @@ impl Drop for Lab {
     }
 }
 
-fn no_offload(ns: &Netns, dev: &str) {
-    ns.exec("ethtool", &["-K", dev, "tx", "off"])
-        .expect("ethtool");
-}
-
-fn veth(a: &str, a_ns: &Netns, b: &str, b_ns: &Netns) {
-    cmd(
-        "ip",
-        &[
-            "link", "add", a, "netns", &a_ns.name, "type", "veth", "peer", "name", b, "netns",
-            &b_ns.name,
-        ],
-    )
-    .expect("veth");
-    a_ns.ip(&format!("link set {a} up")).expect("up");
-    b_ns.ip(&format!("link set {b} up")).expect("up");
-    no_offload(a_ns, a);
-    no_offload(b_ns, b);
+fn link(a: &str, a_ns: &Netns, b: &str, b_ns: &Netns) {
+    veth_for_xdp(a, a_ns, b, b_ns, 1500).expect("veth");
 }
 
 impl Lab {
@@ -262,7 +196,7 @@ impl Lab {
         fs::create_dir_all(&dir).expect("dir");
         let client = Netns::new("lbdt-c").expect("client ns");
         let router = Netns::new("lbdt-r").expect("router ns");
-        veth("c0", &client, "r-c", &router);
+        link("c0", &client, "r-c", &router);
         for a in [
             "addr add 203.0.113.2/24 dev c0",
             "route add default via 203.0.113.1",
@@ -277,22 +211,14 @@ impl Lab {
         ] {
             router.ip(a).expect(a);
         }
-        for (k, v) in [
-            ("net.ipv4.ip_forward", "1"),
-            ("net.ipv4.fib_multipath_hash_policy", "1"),
-            ("net.ipv6.conf.all.forwarding", "1"),
-            ("net.ipv6.fib_multipath_hash_policy", "1"),
-            ("net.ipv4.conf.all.rp_filter", "0"),
-        ] {
-            router.sysctl(k, v).expect("sysctl");
-        }
+        router.sysctls(&ROUTER_SYSCTLS).expect("sysctl");
         let router_pins = PathBuf::from(format!("/sys/fs/bpf/{}", lab::unique("lbdt-r")));
         let mut router_dp = Dataplane::open(&router_pins).expect("router dataplane");
         let mut nodes = Vec::new();
         for id in 1..=n {
             let ns = Netns::new(&format!("lbdt-n{id}")).expect("node ns");
             let rside = format!("r-n{id}");
-            veth(&rside, &router, "eth0", &ns);
+            link(&rside, &router, "eth0", &ns);
             for a in [
                 format!("addr add {}/28 dev eth0", node_addr(id)),
                 format!("route add default via {}", router_addr(id)),
@@ -310,16 +236,7 @@ impl Lab {
             ] {
                 router.ip(&a).expect(&a);
             }
-            // XDP's FIB lookups need forwarding on (for the underlay's
-            // family: bpf_fib_lookup answers "forwarding disabled").
-            for (k, v) in [
-                ("net.ipv4.conf.all.forwarding", "1"),
-                ("net.ipv6.conf.all.forwarding", "1"),
-                ("net.ipv4.conf.all.rp_filter", "0"),
-                ("net.ipv4.conf.default.rp_filter", "0"),
-            ] {
-                ns.sysctl(k, v).expect("sysctl");
-            }
+            ns.sysctls(&NODE_SYSCTLS).expect("sysctl");
             // veth delivers XDP_TX frames only to a peer that runs XDP too.
             router
                 .run(|| router_dp.attach_xdp_program("lbd_pass", &rside))
@@ -341,8 +258,7 @@ impl Lab {
         }
         Lab {
             nodes,
-            router_pids: Vec::new(),
-            router_kind: Router::None,
+            router_daemons: None,
             router_pins,
             _router_dp: Some(router_dp),
             dir,
@@ -445,59 +361,13 @@ metrics = "127.0.0.1:9181"
     /// FRR (zebra, bfdd with a `fast` profile of 100 ms x 3, bgpd) with
     /// `bgpd_conf` in the router namespace.
     pub fn start_frr(&mut self, bgpd_conf: &str) {
-        let run = self.dir.join("frr");
-        fs::create_dir_all(&run).expect("frr dir");
-        fs::write(run.join("bgpd.conf"), bgpd_conf).expect("bgpd.conf");
-        fs::write(run.join("zebra.conf"), "hostname r\n").expect("zebra.conf");
-        fs::write(
-            run.join("bfdd.conf"),
-            "bfd\n profile fast\n  receive-interval 100\n  transmit-interval 100\n  detect-multiplier 3\n !\n!\n",
-        )
-        .expect("bfdd.conf");
-        cmd("chown", &["-R", "frr:frr", &run.display().to_string()]).expect("chown");
-        let r = run.display().to_string();
-        let z = format!("{r}/zserv.api");
-        let common = |d: &str| -> Vec<String> {
-            [
-                "-d",
-                "-f",
-                &format!("{r}/{d}.conf"),
-                "-i",
-                &format!("{r}/{d}.pid"),
-                "-z",
-                &z,
-                "--vty_socket",
-                &r,
-                "-P",
-                "0",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        let conf = FrrConfig {
+            zebra: "hostname r\n",
+            bfdd: BFDD_FAST,
+            bgpd: bgpd_conf,
         };
-        for d in ["zebra", "bfdd", "bgpd"] {
-            let mut args = common(d);
-            match d {
-                "zebra" => args.extend(["-s".into(), "90000000".into()]),
-                "bfdd" => args.extend(["--bfdctl".into(), format!("{r}/bfdd.sock")]),
-                _ => {}
-            }
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            self.router
-                .exec(&format!("/usr/lib/frr/{d}"), &args)
-                .expect(d);
-            let p = run.join(format!("{d}.pid"));
-            wait_for(&format!("{d} pid"), Duration::from_secs(10), || {
-                read_pid(&p).is_some()
-            });
-            self.router_pids.extend(read_pid(&p));
-            if d == "zebra" {
-                wait_for("zserv socket", Duration::from_secs(10), || {
-                    run.join("zserv.api").exists()
-                });
-            }
-        }
-        self.router_kind = Router::Frr { run };
+        let frr = Frr::start(&self.router.name, self.dir.join("frr"), &conf).expect("FRR");
+        self.router_daemons = Some(Router::Frr(frr));
     }
 
     /// The bgpd.conf head most FRR tests use: AS 65000, no policy, ECMP
@@ -520,16 +390,10 @@ metrics = "127.0.0.1:9181"
     }
 
     pub fn vtysh(&self, command: &str) -> String {
-        let Router::Frr { run } = &self.router_kind else {
+        let Some(Router::Frr(frr)) = &self.router_daemons else {
             panic!("vtysh without FRR");
         };
-        let out = Command::new("vtysh")
-            .arg("--vty_socket")
-            .arg(run)
-            .args(["-c", command])
-            .output()
-            .expect("vtysh");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        frr.vtysh(command).expect("vtysh")
     }
 
     /// FRR's BGP state of a neighbor; panics when FRR does not answer for
@@ -553,44 +417,15 @@ metrics = "127.0.0.1:9181"
 
     /// BIRD 2 with `conf` in the router namespace.
     pub fn start_bird(&mut self, conf: &str) {
-        let run = self.dir.join("bird");
-        fs::create_dir_all(&run).expect("bird dir");
-        fs::write(run.join("bird.conf"), conf).expect("bird.conf");
-        let r = run.display();
-        self.router
-            .exec(
-                "bird",
-                &[
-                    "-c",
-                    &format!("{r}/bird.conf"),
-                    "-s",
-                    &format!("{r}/bird.ctl"),
-                    "-P",
-                    &format!("{r}/bird.pid"),
-                ],
-            )
-            .expect("bird");
-        let pidf = run.join("bird.pid");
-        wait_for("bird pid", Duration::from_secs(10), || {
-            read_pid(&pidf).is_some()
-        });
-        self.router_pids.extend(read_pid(&pidf));
-        self.router_kind = Router::Bird {
-            ctl: run.join("bird.ctl"),
-        };
+        let bird = Bird::start(&self.router.name, self.dir.join("bird"), conf).expect("bird");
+        self.router_daemons = Some(Router::Bird(bird));
     }
 
     pub fn birdc(&self, command: &str) -> String {
-        let Router::Bird { ctl } = &self.router_kind else {
+        let Some(Router::Bird(bird)) = &self.router_daemons else {
             panic!("birdc without BIRD");
         };
-        let out = Command::new("birdc")
-            .arg("-s")
-            .arg(ctl)
-            .args(command.split_whitespace())
-            .output()
-            .expect("birdc");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        bird.birdc(command).expect("birdc")
     }
 
     pub fn log(&self, i: usize) -> String {
@@ -612,8 +447,7 @@ metrics = "127.0.0.1:9181"
             .expect("log");
         // nsenter, not `ip netns exec`: the latter also makes a mount
         // namespace with a fresh /sys, without the bpffs lbd pins into.
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", n.ns.name))
+        let child = lab::process::nsenter_command(&n.ns.name)
             .args(wrapper)
             .args([LBD, "run", "-c"])
             .arg(&n.config)
@@ -628,13 +462,7 @@ metrics = "127.0.0.1:9181"
     /// SIGTERM, then SIGKILL after 5 s; waits for the process.
     pub fn stop_lbd(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].lbd.take() {
-            signal(c.id(), libc::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            lab::process::stop_child(&mut c, Duration::from_secs(5));
         }
     }
 
