@@ -1,0 +1,76 @@
+//! Listener-aware steering: a first hop with no listener for the VIP's
+//! port (nginx stopped, crashed, restarting) sends new connections to the
+//! bucket's fallback instead of letting its kernel refuse them, long before
+//! a health check notices.
+//!
+//! - A SYN at the first hop looks up a listener (one `bpf_skc_lookup_tcp`,
+//!   SYNs only). None: the SYN goes to the bucket's second hop if it has one
+//!   (so that later packets, which the second-hop rule sends there too,
+//!   follow it), else to its fallback; marked second hop, so at most two
+//!   hops still holds. The VIP's `LBD_LISTENER` entry records it.
+//! - While that entry says "steering", a later packet at the first hop
+//!   (bucket without second hop) that no local socket holds goes to the
+//!   fallback as well: it belongs to a connection sent there. lbd clears
+//!   the entry once the listener is back and the drain period has passed,
+//!   so the steady state reads one array entry and looks nothing up.
+//! - No fallback, or one without an underlay address: nothing changes (the
+//!   kernel refuses, as without this module).
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use dataplane_common::{Bucket, NO_HOP};
+
+use crate::{
+    maps::{LISTENER, NODES},
+    types::{Flow, Kind},
+};
+
+/// Where the first hop sends this packet instead of keeping it: a node id,
+/// or NO_HOP to keep today's rule. `listening` runs the listener lookup
+/// (SYNs only), `local` the socket lookup (only while steering).
+#[inline(always)]
+pub fn divert(
+    flow: &Flow,
+    bucket: &Bucket,
+    listening: impl Fn() -> bool,
+    local: impl Fn() -> bool,
+) -> u16 {
+    let Some(state) = LISTENER.get_ptr_mut(flow.vip.index) else {
+        return NO_HOP;
+    };
+    let state = unsafe { &mut *state };
+    let target = match flow.kind {
+        Kind::Syn => {
+            if listening() {
+                if state.missing != 0 {
+                    state.missing = 0;
+                }
+                return NO_HOP;
+            }
+            state.missing = 1;
+            state.steering = 1;
+            state.last_missing_ns = unsafe { bpf_ktime_get_coarse_ns() };
+            if bucket.second != NO_HOP {
+                bucket.second
+            } else {
+                bucket.fallback
+            }
+        }
+        // With a second hop the caller's rule already sends what no local
+        // socket holds there, where the SYNs went.
+        Kind::Tcp { .. } if state.steering != 0 && bucket.second == NO_HOP => {
+            if local() {
+                return NO_HOP;
+            }
+            bucket.fallback
+        }
+        _ => return NO_HOP,
+    };
+    if target == NO_HOP {
+        return NO_HOP;
+    }
+    // A fallback without an underlay address (removed meanwhile): keep
+    // today's behaviour rather than drop.
+    match NODES.get(target as u32) {
+        Some(n) if n.family != 0 => target,
+        _ => NO_HOP,
+    }
+}
