@@ -125,25 +125,49 @@ pub fn build(members: &[Member], table_size: u32, seed: u32) -> Result<Vec<u16>,
 /// each of its buckets to exactly this node: connections a first hop sent
 /// to the fallback stay where the next table puts them.
 ///
-/// Costs one [`build`] per member owning buckets (N builds).
+/// Costs one [`build`] per member owning buckets (N builds); a node only
+/// ever uses the fallbacks of its own buckets, which [`fallbacks_of`]
+/// computes with one build.
 pub fn fallbacks(members: &[Member], table: &[u16], seed: u32) -> Result<Vec<u16>, MaglevError> {
-    let size = u32::try_from(table.len()).unwrap_or(u32::MAX);
-    check_table_size(size)?;
     let mut owners: Vec<u16> = table.to_vec();
     owners.sort_unstable();
     owners.dedup();
     let mut out = vec![NO_HOP; table.len()];
     for owner in owners {
-        let rest: Vec<Member> = members.iter().copied().filter(|m| m.id != owner).collect();
-        let without = match build(&rest, size, seed) {
-            Ok(t) => t,
-            Err(MaglevError::NoWeight) => continue,
-            Err(e) => return Err(e),
-        };
-        for (i, &o) in table.iter().enumerate() {
-            if o == owner {
-                out[i] = without[i];
+        for (o, f) in out
+            .iter_mut()
+            .zip(fallbacks_of(members, table, seed, owner)?)
+        {
+            if f != NO_HOP {
+                *o = f;
             }
+        }
+    }
+    Ok(out)
+}
+
+/// [`fallbacks`] of the buckets `owner` owns in `table`; NO_HOP elsewhere.
+pub fn fallbacks_of(
+    members: &[Member],
+    table: &[u16],
+    seed: u32,
+    owner: u16,
+) -> Result<Vec<u16>, MaglevError> {
+    let size = u32::try_from(table.len()).unwrap_or(u32::MAX);
+    check_table_size(size)?;
+    let mut out = vec![NO_HOP; table.len()];
+    if !table.contains(&owner) {
+        return Ok(out);
+    }
+    let rest: Vec<Member> = members.iter().copied().filter(|m| m.id != owner).collect();
+    let without = match build(&rest, size, seed) {
+        Ok(t) => t,
+        Err(MaglevError::NoWeight) => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for ((o, &first), w) in out.iter_mut().zip(table).zip(without) {
+        if first == owner {
+            *o = w;
         }
     }
     Ok(out)
@@ -349,6 +373,12 @@ mod tests {
             assert_eq!(fb[i], want, "bucket {i}");
         }
         assert_eq!(fb, [3, 1, 2, 1, 2, 2, 2, 2, 1, 3, 1, 3, 2]);
+        // One owner's share, as a node computes its own.
+        let of2 = fallbacks_of(&m, &table, 0, 2).expect("valid input");
+        for i in 0..13 {
+            let want = if table[i] == 2 { fb[i] } else { NO_HOP };
+            assert_eq!(of2[i], want, "bucket {i}");
+        }
         // One member: nobody to fall back to.
         let one = build(&equal([4]), 13, 0).expect("valid input");
         assert_eq!(fallbacks(&equal([4]), &one, 0), Ok(vec![NO_HOP; 13]));

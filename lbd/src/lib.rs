@@ -10,6 +10,7 @@
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod listeners;
 pub mod liveness;
 pub mod metrics;
 pub mod status;

@@ -59,6 +59,14 @@ pub struct VipStatus {
     pub table_size: usize,
     /// Seconds until the second hops are dropped, while in transition.
     pub settles_in_s: Option<u64>,
+    /// TCP ports of the VIP with no listening socket on this node right
+    /// now (new connections go to their fallback node).
+    #[serde(default)]
+    pub listener_missing: Vec<u16>,
+    /// The dataplane checks this VIP's packets against the fallback (a SYN
+    /// found no listener within the drain period).
+    #[serde(default)]
+    pub steering_to_fallback: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -188,6 +196,16 @@ pub fn render(s: &Status, now_unix: u64) -> String {
             c("decap"),
             drops
         );
+        if !v.listener_missing.is_empty() || v.steering_to_fallback {
+            let ports: Vec<String> = v.listener_missing.iter().map(u16::to_string).collect();
+            let _ = writeln!(
+                o,
+                "  listener missing on port(s) [{}]; steering to fallback: {}; {} SYNs sent to the fallback",
+                ports.join(","),
+                if v.steering_to_fallback { "yes" } else { "no" },
+                c("syn_to_fallback")
+            );
+        }
         for ch in &v.checks {
             let lat = ch
                 .latency_ms
@@ -319,6 +337,8 @@ mod tests {
                 second_hops: 1364,
                 table_size: 4093,
                 settles_in_s: Some(59),
+                listener_missing: vec![443],
+                steering_to_fallback: true,
             }],
             bgp: vec![PeerLine {
                 peer: "192.0.2.1".into(),
@@ -385,6 +405,7 @@ mod tests {
             "RFC 7606, session kept: treat-as-withdraw/origin 2",
             "GENERATION DIFFERS",
             "5s",
+            "listener missing on port(s) [443]; steering to fallback: yes",
         ] {
             assert!(text.contains(want), "{want:?} missing from:\n{text}");
         }

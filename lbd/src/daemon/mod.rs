@@ -34,8 +34,9 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
-use crate::config::{Config, Encap};
+use crate::config::{Config, Encap, Protocol};
 use crate::control::{self, Request, Response};
+use crate::listeners;
 use crate::liveness::{self, Keys, Members, NodeState, Report};
 use crate::status::{CheckLine, MemberLine, NodeStatus, PeerLine, Status, VipStatus};
 use crate::tables::{Change, MemberView, VipTable};
@@ -468,6 +469,7 @@ impl Daemon {
             self.update_tables(&healthy);
         }
         self.forget_gone_members();
+        self.end_listener_steering();
         if !draining_bgp && !self.drained {
             self.announce_ready(&healthy);
         }
@@ -607,6 +609,25 @@ impl Daemon {
             }
             if ok {
                 self.tables[i].installed(change, now, self.cfg.drain_period);
+            }
+        }
+    }
+
+    /// Listener-aware steering ends (the steady state: no socket lookups)
+    /// once a VIP's listener is back and the connections its first hop sent
+    /// to the fallback meanwhile have had the drain period.
+    fn end_listener_steering(&mut self) {
+        for v in &self.cfg.vips {
+            for e in v.entries() {
+                match self.dp.end_steering_after(&e, self.cfg.drain_period) {
+                    Ok(true) => {
+                        info!(vip = %e, "listener back for the drain period: steering to the fallback ended")
+                    }
+                    Ok(false) => {}
+                    Err(err) => {
+                        warn!(vip = %e, error = %format!("{err:#}"), "reading the listener state failed")
+                    }
+                }
             }
         }
     }
@@ -769,6 +790,7 @@ impl Daemon {
         let now = Instant::now();
         let generation = self.cfg.generation();
         let healthy = self.healthy();
+        let listening = listeners::listening();
         let vips = self
             .cfg
             .vips
@@ -785,6 +807,11 @@ impl Daemon {
                 }
                 let t = &self.tables[i];
                 let (share, second_hops) = t.share();
+                let steering_to_fallback = v.entries().iter().any(|e| {
+                    self.dp
+                        .listener_state(e)
+                        .is_ok_and(|s| s.is_some_and(|s| s.steering != 0))
+                });
                 VipStatus {
                     address: v.address.to_string(),
                     ports: v.ports.clone(),
@@ -816,6 +843,12 @@ impl Daemon {
                     settles_in_s: t
                         .settle_at
                         .map(|s| s.saturating_duration_since(now).as_secs()),
+                    listener_missing: if v.protocols.contains(&Protocol::Tcp) {
+                        listeners::missing(&listening, v.address, &v.ports)
+                    } else {
+                        Vec::new()
+                    },
+                    steering_to_fallback,
                 }
             })
             .collect();
