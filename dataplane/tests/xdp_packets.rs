@@ -822,18 +822,18 @@ fn syn_without_listener_goes_to_the_fallback() -> Result<()> {
     )?);
     failures.extend(step(
         &mut bed,
-        "absent with a second hop: SYN to the second hop (where later packets go)",
+        "absent with a second hop: SYN to the fallback all the same (the owner after failover)",
         with(SELF, N3, N2),
         &syn,
-        (XDP_TX, to(&syn, h_syn, N3)),
+        (XDP_TX, to(&syn, h_syn, N2)),
         "syn_to_fallback",
     )?);
     failures.extend(step(
         &mut bed,
-        "absent with a second hop: later packet to the second hop too",
+        "absent with a second hop: later packet follows it to the fallback",
         with(SELF, N3, N2),
         &ack,
-        (XDP_TX, to(&ack, h_syn, N3)),
+        (XDP_TX, to(&ack, h_syn, N2)),
         "fwd_second_hop",
     )?);
     failures.extend(step(

@@ -486,6 +486,7 @@ fn backend_fail(
     }
     out.count(&transfers);
     out.count(&after);
+    out.notes.push(dataplane_counters(&site)?);
     site.node(k).nginx.start(&site.node(k).ns.clone())?;
     site.wait_paths(&all_ids(&site), Duration::from_secs(15))
         .context("route back after nginx restart")?;
@@ -503,6 +504,37 @@ fn syns_to_fallback(site: &Site, id: u16) -> Result<u64> {
         .iter()
         .filter_map(|v| v.counters.get("syn_to_fallback"))
         .sum())
+}
+
+/// Each node's steering and drop counters (all VIPs), for the report.
+fn dataplane_counters(site: &Site) -> Result<String> {
+    const SHOWN: [&str; 8] = [
+        "pass_local",
+        "decap",
+        "syn_to_fallback",
+        "fwd_second_hop",
+        "drop_too_big",
+        "drop_no_route",
+        "drop_no_node",
+        "drop_encap",
+    ];
+    let mut parts = Vec::new();
+    for id in all_ids(site) {
+        let s = site.status(id)?;
+        let sum = |k: &str| -> u64 { s.vips.iter().filter_map(|v| v.counters.get(k)).sum() };
+        let shown: Vec<String> = SHOWN.iter().map(|k| format!("{k} {}", sum(k))).collect();
+        let steering: Vec<String> = s
+            .vips
+            .iter()
+            .filter(|v| v.steering_to_fallback)
+            .map(|v| v.address.clone())
+            .collect();
+        parts.push(format!(
+            "node {id}: {}, steering {steering:?}",
+            shown.join(", ")
+        ));
+    }
+    Ok(format!("dataplane counters: {}", parts.join("; ")))
 }
 
 /// Transfers whose connection opened at or after `since`.

@@ -4,13 +4,14 @@
 //! a health check notices.
 //!
 //! - A SYN at the first hop looks up a listener (one `bpf_skc_lookup_tcp`,
-//!   SYNs only). None: the SYN goes to the bucket's second hop if it has one
-//!   (so that later packets, which the second-hop rule sends there too,
-//!   follow it), else to its fallback; marked second hop, so at most two
-//!   hops still holds. The VIP's `LBD_LISTENER` entry records it.
+//!   SYNs only). None: the SYN goes to the bucket's fallback (the owner
+//!   once this node leaves the table, so the connection survives the
+//!   failover), or to its second hop when it has no fallback; marked second
+//!   hop, so at most two hops still holds. The VIP's `LBD_LISTENER` entry
+//!   records it.
 //! - While that entry says "steering", a later packet at the first hop
-//!   (bucket without second hop) that no local socket holds goes to the
-//!   fallback as well: it belongs to a connection sent there. lbd clears
+//!   that no local socket holds goes to the fallback as well: it belongs
+//!   to a connection sent there. lbd clears
 //!   the entry once the listener is back and the drain period has passed,
 //!   so the steady state reads one array entry and looks nothing up.
 //! - No fallback, or one without an underlay address: nothing changes (the
@@ -48,15 +49,17 @@ pub fn divert(
             state.missing = 1;
             state.steering = 1;
             state.last_missing_ns = unsafe { bpf_ktime_get_coarse_ns() };
-            if bucket.second != NO_HOP {
-                bucket.second
-            } else {
+            if bucket.fallback != NO_HOP {
                 bucket.fallback
+            } else {
+                bucket.second
             }
         }
-        // With a second hop the caller's rule already sends what no local
-        // socket holds there, where the SYNs went.
-        Kind::Tcp { .. } if state.steering != 0 && bucket.second == NO_HOP => {
+        // The fallback even when the bucket has a second hop: it is where
+        // the SYNs went, and the owner of the bucket once this node leaves
+        // the table (the second hop's drained connections are the price,
+        // docs/dataplane.md).
+        Kind::Tcp { .. } if state.steering != 0 && bucket.fallback != NO_HOP => {
             if local() {
                 return NO_HOP;
             }
