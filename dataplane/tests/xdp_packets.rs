@@ -318,11 +318,23 @@ fn decap_cases(gue: bool) -> Vec<Case> {
             counter: "fwd_second_hop",
         },
         Case {
-            name: "decap, SYN while tables disagree: stays",
+            // No listener in the bed (the listener test has the SYN that
+            // stays): where our table says, marked second hop.
+            name: "decap, SYN without listener while tables disagree: to our first hop",
             tables: (N2, NO_HOP),
             input: hop1_syn.clone(),
-            expect: Expect::Out(XDP_PASS, decapsulated(&hop1_syn, &syn)),
-            counter: "pass_local",
+            expect: Expect::Out(
+                XDP_TX,
+                encapsulated(
+                    &syn,
+                    Underlay::V4(SELF4, N2_4),
+                    gue,
+                    HOP_SECOND,
+                    h_syn,
+                    MAC_N2,
+                ),
+            ),
+            counter: "syn_to_fallback",
         },
         Case {
             name: "decap, inner not VIP: dropped, never passed or forwarded",
@@ -889,6 +901,14 @@ fn syn_without_listener_goes_to_the_fallback() -> Result<()> {
             "a SYN finding the listener clears `missing` only: {s:?}"
         ));
     }
+    failures.extend(step(
+        &mut bed,
+        "present, hop-1 SYN while tables disagree: stays",
+        with(N2, NO_HOP, NO_HOP),
+        &hop1,
+        (XDP_PASS, decapsulated(&hop1, &syn)),
+        "pass_local",
+    )?);
     failures.extend(step(
         &mut bed,
         "present with a second hop: SYN stays",

@@ -25,12 +25,15 @@ use crate::{
 };
 
 /// Where the first hop sends this packet instead of keeping it: a node id,
-/// or NO_HOP to keep today's rule. `listening` runs the listener lookup
+/// or NO_HOP to keep today's rule. `mine`: our table names this node as
+/// the bucket's first hop (else a hop-1 packet arrived while tables
+/// disagree, and a listener-less SYN goes where our table says). `listening` runs the listener lookup
 /// (SYNs only), `local` the socket lookup (only while steering).
 #[inline(always)]
 pub fn divert(
     flow: &Flow,
     bucket: &Bucket,
+    mine: bool,
     listening: impl Fn() -> bool,
     local: impl Fn() -> bool,
 ) -> u16 {
@@ -49,7 +52,10 @@ pub fn divert(
             state.missing = 1;
             state.steering = 1;
             state.last_missing_ns = unsafe { bpf_ktime_get_coarse_ns() };
-            if bucket.fallback != NO_HOP {
+            if !mine {
+                // A hop-1 SYN while tables disagree: where our table says.
+                bucket.first
+            } else if bucket.fallback != NO_HOP {
                 bucket.fallback
             } else {
                 bucket.second
@@ -59,7 +65,7 @@ pub fn divert(
         // the SYNs went, and the owner of the bucket once this node leaves
         // the table (the second hop's drained connections are the price,
         // docs/dataplane.md).
-        Kind::Tcp { .. } if state.steering != 0 && bucket.fallback != NO_HOP => {
+        Kind::Tcp { .. } if mine && state.steering != 0 && bucket.fallback != NO_HOP => {
             if local() {
                 return NO_HOP;
             }

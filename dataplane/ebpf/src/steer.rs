@@ -75,10 +75,12 @@ pub fn steer(raw: *mut xdp_md, cfg: &Config, hop_in: u8) -> u32 {
     }
     // The first hop by our table, with no listener: new connections (and
     // what belongs to them) go to the fallback (listener.rs).
-    if bucket.first == cfg.self_id && (bucket.fallback != NO_HOP || bucket.second != NO_HOP) {
+    let mine = bucket.first == cfg.self_id;
+    if !mine || bucket.fallback != NO_HOP || bucket.second != NO_HOP {
         let to = listener::divert(
             flow,
             &bucket,
+            mine,
             || listening(ctx, flow),
             || has_local_socket(ctx, flow),
         );
