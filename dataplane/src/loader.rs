@@ -35,8 +35,9 @@ use aya::{
     },
 };
 use dataplane_common::{
-    BUCKETS_LEN, Bucket, Config, FAMILY_V4, FAMILY_V6, LAYOUT_VERSION, MAX_NODES, MAX_TABLE_SIZE,
-    MAX_VIPS, MemberInfo, NodeInfo, SLOTS_PER_VIP, VipInfo, VipKey, VipKey4, counter,
+    BUCKETS_LEN, Bucket, Config, FAMILY_V4, FAMILY_V6, LAYOUT_VERSION, ListenerState, MAX_NODES,
+    MAX_TABLE_SIZE, MAX_VIPS, MemberInfo, NodeInfo, SLOTS_PER_VIP, VipInfo, VipKey, VipKey4,
+    counter,
 };
 
 use crate::pinned_link;
@@ -546,6 +547,8 @@ impl Dataplane {
                 let slot = &mut *slots.add(base as usize + i);
                 slot[..2].copy_from_slice(&b.first.to_ne_bytes());
                 slot[2..4].copy_from_slice(&b.second.to_ne_bytes());
+                slot[4..6].copy_from_slice(&b.fallback.to_ne_bytes());
+                slot[6..8].copy_from_slice(&b._pad.to_ne_bytes());
             }
             libc::munmap(mem, len);
         }
@@ -584,6 +587,40 @@ impl Dataplane {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("removing {vip}")),
         }
+    }
+
+    /// The listener state the XDP program keeps for `vip` (None: not
+    /// installed): whether its last SYN at this first hop found no
+    /// listener, and whether flows are being checked against the fallback.
+    pub fn listener_state(&self, vip: &Vip) -> Result<Option<ListenerState>> {
+        let Some(info) = self.vip_info(vip)? else {
+            return Ok(None);
+        };
+        let map: Array<&MapData, ListenerState> = Array::try_from(self.map_ref("LBD_LISTENER")?)?;
+        Ok(Some(map.get(&info.index, 0).with_context(|| {
+            format!("{vip}: reading its listener state")
+        })?))
+    }
+
+    /// Ends steering for `vip` once its listener is back and the flows sent
+    /// to the fallback have had `drain` to finish (per the XDP program's
+    /// clock): the steady state then reads one array entry and looks up
+    /// nothing. Returns whether steering was ended. A SYN that finds no
+    /// listener right after starts it again.
+    pub fn end_steering_after(&mut self, vip: &Vip, drain: std::time::Duration) -> Result<bool> {
+        let Some(info) = self.vip_info(vip)? else {
+            return Ok(false);
+        };
+        let mut map: Array<&mut MapData, ListenerState> =
+            Array::try_from(self.map("LBD_LISTENER")?)?;
+        let state = map.get(&info.index, 0)?;
+        let since = coarse_now_ns().saturating_sub(state.last_missing_ns);
+        if state.steering == 0 || state.missing != 0 || since < drain.as_nanos() as u64 {
+            return Ok(false);
+        }
+        map.set(info.index, &ListenerState::default(), 0)
+            .with_context(|| format!("{vip}: clearing its listener state"))?;
+        Ok(true)
     }
 
     /// Counters of `vip` (None: the global slot), summed over CPUs.
@@ -638,6 +675,17 @@ impl Dataplane {
         fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
         Ok(())
     }
+}
+
+/// CLOCK_MONOTONIC_COARSE, the clock of `bpf_ktime_get_coarse_ns`.
+fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out pointer for the duration of the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn file_name(path: &Path) -> &str {

@@ -117,6 +117,62 @@ pub fn build(members: &[Member], table_size: u32, seed: u32) -> Result<Vec<u16>,
     }
 }
 
+/// Each bucket's fallback: the owner bucket i would have if its owner in
+/// `table` (the result of [`build`] over the same `members`, size and seed)
+/// were not a member, i.e. `build(members without table[i])[i]`; NO_HOP when
+/// no other member has a weight. Every node computes the same fallbacks,
+/// and when the owner does leave, the table every node builds then gives
+/// each of its buckets to exactly this node: connections a first hop sent
+/// to the fallback stay where the next table puts them.
+///
+/// Costs one [`build`] per member owning buckets (N builds); a node only
+/// ever uses the fallbacks of its own buckets, which [`fallbacks_of`]
+/// computes with one build.
+pub fn fallbacks(members: &[Member], table: &[u16], seed: u32) -> Result<Vec<u16>, MaglevError> {
+    let mut owners: Vec<u16> = table.to_vec();
+    owners.sort_unstable();
+    owners.dedup();
+    let mut out = vec![NO_HOP; table.len()];
+    for owner in owners {
+        for (o, f) in out
+            .iter_mut()
+            .zip(fallbacks_of(members, table, seed, owner)?)
+        {
+            if f != NO_HOP {
+                *o = f;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// [`fallbacks`] of the buckets `owner` owns in `table`; NO_HOP elsewhere.
+pub fn fallbacks_of(
+    members: &[Member],
+    table: &[u16],
+    seed: u32,
+    owner: u16,
+) -> Result<Vec<u16>, MaglevError> {
+    let size = u32::try_from(table.len()).unwrap_or(u32::MAX);
+    check_table_size(size)?;
+    let mut out = vec![NO_HOP; table.len()];
+    if !table.contains(&owner) {
+        return Ok(out);
+    }
+    let rest: Vec<Member> = members.iter().copied().filter(|m| m.id != owner).collect();
+    let without = match build(&rest, size, seed) {
+        Ok(t) => t,
+        Err(MaglevError::NoWeight) => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for ((o, &first), w) in out.iter_mut().zip(table).zip(without) {
+        if first == owner {
+            *o = w;
+        }
+    }
+    Ok(out)
+}
+
 fn check_table_size(size: u32) -> Result<(), MaglevError> {
     if size > MAX_TABLE_SIZE {
         return Err(MaglevError::TooLarge {
@@ -296,6 +352,42 @@ mod tests {
         assert_eq!(table[..8], [845, 13, 677, 686, 86, 13, 965, 86]);
     }
 
+    /// Pins the fallback definition on the first golden table.
+    #[test]
+    fn maglev_golden_fallbacks() {
+        let m = equal([1, 2, 3]);
+        let table = build(&m, 13, 0).expect("valid input");
+        let fb = fallbacks(&m, &table, 0).expect("valid input");
+        let without = |id: u16| build(&equal([1, 2, 3].into_iter().filter(|&x| x != id)), 13, 0);
+        let (w1, w2, w3) = (
+            without(1).expect("valid"),
+            without(2).expect("valid"),
+            without(3).expect("valid"),
+        );
+        for i in 0..13 {
+            let want = match table[i] {
+                1 => w1[i],
+                2 => w2[i],
+                _ => w3[i],
+            };
+            assert_eq!(fb[i], want, "bucket {i}");
+        }
+        assert_eq!(fb, [3, 1, 2, 1, 2, 2, 2, 2, 1, 3, 1, 3, 2]);
+        // One owner's share, as a node computes its own.
+        let of2 = fallbacks_of(&m, &table, 0, 2).expect("valid input");
+        for i in 0..13 {
+            let want = if table[i] == 2 { fb[i] } else { NO_HOP };
+            assert_eq!(of2[i], want, "bucket {i}");
+        }
+        // One member: nobody to fall back to.
+        let one = build(&equal([4]), 13, 0).expect("valid input");
+        assert_eq!(fallbacks(&equal([4]), &one, 0), Ok(vec![NO_HOP; 13]));
+        assert_eq!(
+            fallbacks(&m, &table[..12], 0),
+            Err(MaglevError::NotPrime(12))
+        );
+    }
+
     #[test]
     fn maglev_rejects_bad_table_sizes() {
         let m = equal([1]);
@@ -470,6 +562,49 @@ mod tests {
             let k = rotate.index(other.len());
             other.rotate_left(k);
             prop_assert_eq!(&a, &build(&other, 16381, seed).expect("valid input"));
+        }
+
+        /// The fallback definition, checked against an independent build:
+        /// fallback != owner, it is the owner of the bucket in the table
+        /// built without the owner, never a zero-weight member, and the
+        /// result does not depend on the members' order.
+        #[test]
+        fn maglev_prop_fallback_is_the_owner_without_the_first(
+            members in weighted(),
+            seed in any::<u32>(),
+            pick in any::<prop::sample::Index>(),
+        ) {
+            let size = 4093;
+            let mut members = members;
+            // One drained member: it must never be a fallback.
+            let k = pick.index(members.len());
+            let drained = members[k].id;
+            if members.len() > 1 {
+                members[k].weight = 0;
+            }
+            let table = build(&members, size, seed).expect("valid input");
+            let fb = fallbacks(&members, &table, seed).expect("valid input");
+            let weighted = members.iter().filter(|m| m.weight > 0).count();
+            let owner = table[pick.index(table.len())];
+            let rest: Vec<Member> = members.iter().copied().filter(|m| m.id != owner).collect();
+            let without = build(&rest, size, seed).ok();
+            for (i, (&first, &f)) in table.iter().zip(&fb).enumerate() {
+                if weighted == 1 {
+                    prop_assert_eq!(f, NO_HOP);
+                    continue;
+                }
+                prop_assert_ne!(f, first, "bucket {}", i);
+                prop_assert_ne!(f, NO_HOP);
+                if members.len() > 1 {
+                    prop_assert_ne!(f, drained);
+                }
+                if first == owner {
+                    prop_assert_eq!(Some(f), without.as_ref().map(|w| w[i]), "bucket {}", i);
+                }
+            }
+            let mut reversed = members.clone();
+            reversed.reverse();
+            prop_assert_eq!(fb, fallbacks(&reversed, &table, seed).expect("valid input"));
         }
 
         /// A table with N nodes against the same table without one of

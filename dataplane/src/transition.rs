@@ -28,10 +28,7 @@ pub fn with_second_hops(
     if previous.len() != next.len() {
         return next
             .iter()
-            .map(|&first| Bucket {
-                first,
-                second: NO_HOP,
-            })
+            .map(|&first| Bucket::new(first, NO_HOP))
             .collect();
     }
     previous
@@ -39,10 +36,7 @@ pub fn with_second_hops(
         .zip(next)
         .map(|(&prev, &first)| {
             let keep = prev != first && prev != NO_HOP && usable(prev);
-            Bucket {
-                first,
-                second: if keep { prev } else { NO_HOP },
-            }
+            Bucket::new(first, if keep { prev } else { NO_HOP })
         })
         .collect()
 }
@@ -67,12 +61,25 @@ pub fn follow(previous: &[Bucket], next: &[u16], usable: impl Fn(u16) -> bool) -
                 prev.first
             };
             let keep = candidate != first && candidate != NO_HOP && usable(candidate);
-            Bucket {
-                first,
-                second: if keep { candidate } else { NO_HOP },
-            }
+            Bucket::new(first, if keep { candidate } else { NO_HOP })
         })
         .collect()
+}
+
+/// Gives each bucket its fallback (`fallbacks[i]`, see
+/// [`crate::maglev::fallbacks`]) when that node is `usable`, else NO_HOP:
+/// a first hop without a listener never sends a SYN to a node that is down.
+/// Tables of another length (a resize) get none.
+pub fn with_fallbacks(buckets: &mut [Bucket], fallbacks: &[u16], usable: impl Fn(u16) -> bool) {
+    let same = buckets.len() == fallbacks.len();
+    for (i, b) in buckets.iter_mut().enumerate() {
+        let f = if same { fallbacks[i] } else { NO_HOP };
+        b.fallback = if f != NO_HOP && f != b.first && usable(f) {
+            f
+        } else {
+            NO_HOP
+        };
+    }
 }
 
 /// Ends the drain period: every bucket back to a single hop.
@@ -224,20 +231,8 @@ mod tests {
     fn transition_empty_previous_entry_is_never_a_hop() {
         // Even with a careless `usable`, NO_HOP is not a node.
         let b = with_second_hops(&[NO_HOP, 1], &[2, 2], all_up);
-        assert_eq!(
-            b[0],
-            Bucket {
-                first: 2,
-                second: NO_HOP
-            }
-        );
-        assert_eq!(
-            b[1],
-            Bucket {
-                first: 2,
-                second: 1
-            }
-        );
+        assert_eq!(b[0], Bucket::new(2, NO_HOP));
+        assert_eq!(b[1], Bucket::new(2, 1));
     }
 
     #[test]
@@ -245,13 +240,7 @@ mod tests {
         let mut b = with_second_hops(&[1, 2, 3], &[2, 2, 1], all_up);
         assert_eq!(TransitionStats::of(&[1, 2, 3], &b).with_second_hop, 2);
         settle(&mut b);
-        assert_eq!(
-            b,
-            [2, 2, 1].map(|first| Bucket {
-                first,
-                second: NO_HOP
-            })
-        );
+        assert_eq!(b, [2, 2, 1].map(|first| Bucket::new(first, NO_HOP)));
     }
 
     #[test]
@@ -278,56 +267,17 @@ mod tests {
     #[test]
     fn follow_keeps_a_draining_second_hop_and_chains_moves() {
         let live = [
-            Bucket {
-                first: 4,
-                second: 1,
-            }, // moved 1 -> 4, draining
-            Bucket {
-                first: 2,
-                second: NO_HOP,
-            },
-            Bucket {
-                first: 4,
-                second: 3,
-            },
-            Bucket {
-                first: 1,
-                second: NO_HOP,
-            },
+            Bucket::new(4, 1), // moved 1 -> 4, draining
+            Bucket::new(2, NO_HOP),
+            Bucket::new(4, 3),
+            Bucket::new(1, NO_HOP),
         ];
         let next = [4, 1, 2, 1];
         let b = follow(&live, &next, |n| n != 3);
-        assert_eq!(
-            b[0],
-            Bucket {
-                first: 4,
-                second: 1
-            },
-            "owner stays: drain continues"
-        );
-        assert_eq!(
-            b[1],
-            Bucket {
-                first: 1,
-                second: 2
-            },
-            "moved: latest owner is second"
-        );
-        assert_eq!(
-            b[2],
-            Bucket {
-                first: 2,
-                second: 4
-            },
-            "moved again: latest owner wins"
-        );
-        assert_eq!(
-            b[3],
-            Bucket {
-                first: 1,
-                second: NO_HOP
-            }
-        );
+        assert_eq!(b[0], Bucket::new(4, 1), "owner stays: drain continues");
+        assert_eq!(b[1], Bucket::new(1, 2), "moved: latest owner is second");
+        assert_eq!(b[2], Bucket::new(2, 4), "moved again: latest owner wins");
+        assert_eq!(b[3], Bucket::new(1, NO_HOP));
         let down = follow(&live, &[4, 2, 4, 1], |n| n != 1);
         assert_eq!(down[0].second, NO_HOP, "a down node is never a hop");
     }

@@ -29,6 +29,9 @@ fn table(ids: &[u16], seed: u32) -> Result<Vec<Bucket>> {
         .map(|(i, first)| Bucket {
             first,
             second: if i % 7 == 0 { 9 } else { NO_HOP },
+            // Read back through the syscall path: the mmap write covers it.
+            fallback: if i % 5 == 0 { 11 } else { NO_HOP },
+            _pad: 0,
         })
         .collect())
 }

@@ -99,11 +99,24 @@ fn forwarding_cases(gue: bool) -> Vec<Case> {
             counter: "pass_local",
         },
         Case {
-            name: "local SYN stays even with a second hop",
+            // No listener in the bed: the SYN goes where the bucket's later
+            // packets go (syn_without_listener_goes_to_the_fallback has
+            // the cases with a listener).
+            name: "local SYN without listener, second hop: to the second hop",
             tables: (SELF, N2),
             input: syn.clone(),
-            expect: Expect::Out(XDP_PASS, syn.clone()),
-            counter: "pass_local",
+            expect: Expect::Out(
+                XDP_TX,
+                encapsulated(
+                    &syn,
+                    Underlay::V4(SELF4, N2_4),
+                    gue,
+                    HOP_SECOND,
+                    h_syn,
+                    MAC_N2,
+                ),
+            ),
+            counter: "syn_to_fallback",
         },
         Case {
             name: "remote owner, IPv4 underlay",
@@ -305,11 +318,23 @@ fn decap_cases(gue: bool) -> Vec<Case> {
             counter: "fwd_second_hop",
         },
         Case {
-            name: "decap, SYN while tables disagree: stays",
+            // No listener in the bed (the listener test has the SYN that
+            // stays): where our table says, marked second hop.
+            name: "decap, SYN without listener while tables disagree: to our first hop",
             tables: (N2, NO_HOP),
             input: hop1_syn.clone(),
-            expect: Expect::Out(XDP_PASS, decapsulated(&hop1_syn, &syn)),
-            counter: "pass_local",
+            expect: Expect::Out(
+                XDP_TX,
+                encapsulated(
+                    &syn,
+                    Underlay::V4(SELF4, N2_4),
+                    gue,
+                    HOP_SECOND,
+                    h_syn,
+                    MAC_N2,
+                ),
+            ),
+            counter: "syn_to_fallback",
         },
         Case {
             name: "decap, inner not VIP: dropped, never passed or forwarded",
@@ -712,5 +737,278 @@ fn local_connection_wins_over_second_hop() -> Result<()> {
             "{vip}: unknown flow (listener only) goes to the second hop"
         );
     }
+    Ok(())
+}
+
+/// Listener-aware steering (issue 15): a SYN at the first hop with no local
+/// listener for the VIP's port goes to the bucket's fallback (marked second
+/// hop), or to its second hop when it has one; later packets of such a
+/// flow follow it while no local socket holds them; with a listener, or
+/// without a usable fallback, nothing changes. Real listeners and real
+/// sockets, found by bpf_skc_lookup_tcp.
+#[test]
+fn syn_without_listener_goes_to_the_fallback() -> Result<()> {
+    use dataplane_common::Bucket;
+    let mut bed = Bed::new(ENCAP_GUE)?;
+    let vip4 = dataplane::loader::Vip {
+        addr: IpAddr::from(VIP4),
+        port: 80,
+        proto: 6,
+    };
+    let with = |first, second, fallback| Bucket {
+        first,
+        second,
+        fallback,
+        _pad: 0,
+    };
+    let syn = tcp4(CLIENT4, 40070, VIP4, 80, Tcp::Syn, b"");
+    let h_syn = flow4(CLIENT4, 40070, VIP4, 80, 6);
+    let ack = tcp4(CLIENT4, 40070, VIP4, 80, Tcp::Ack, b"data");
+    let syn6 = tcp6(CLIENT6, 40071, VIP6, 80, Tcp::Syn, b"");
+    let h_syn6 = flow6(CLIENT6, 40071, VIP6, 80, 6);
+    let udp = udp4(CLIENT4, 5353, VIP4, 53, b"query");
+    let to = |frame: &[u8], hash, node| match node {
+        N2 => encapsulated(
+            frame,
+            Underlay::V4(SELF4, N2_4),
+            true,
+            HOP_SECOND,
+            hash,
+            MAC_N2,
+        ),
+        _ => encapsulated(
+            frame,
+            Underlay::V6(SELF6, N3_6),
+            true,
+            HOP_SECOND,
+            hash,
+            MAC_N3,
+        ),
+    };
+    let mut failures: Vec<String> = Vec::new();
+
+    // No listener anywhere on port 80 in the bed's namespace.
+    let steering = |bed: &Bed| {
+        bed.dp
+            .listener_state(&vip4)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    };
+    ensure_clean(steering(&bed))?;
+    failures.extend(step(
+        &mut bed,
+        "absent, no fallback: kept (the kernel refuses, as before)",
+        with(SELF, NO_HOP, NO_HOP),
+        &syn,
+        (XDP_PASS, syn.clone()),
+        "pass_local",
+    )?);
+    failures.extend(step(
+        &mut bed,
+        "absent: SYN to the fallback, marked second hop",
+        with(SELF, NO_HOP, N2),
+        &syn,
+        (XDP_TX, to(&syn, h_syn, N2)),
+        "syn_to_fallback",
+    )?);
+    let s = steering(&bed);
+    if s.steering == 0 || s.missing == 0 || s.last_missing_ns == 0 {
+        failures.push(format!("a SYN without listener must start steering: {s:?}"));
+    }
+    failures.extend(step(
+        &mut bed,
+        "absent: later packet of that flow follows it to the fallback",
+        with(SELF, NO_HOP, N2),
+        &ack,
+        (XDP_TX, to(&ack, h_syn, N2)),
+        "fwd_second_hop",
+    )?);
+    failures.extend(step(
+        &mut bed,
+        "absent over IPv6: SYN to the fallback over its IPv6 underlay",
+        with(SELF, NO_HOP, N3),
+        &syn6,
+        (XDP_TX, to(&syn6, h_syn6, N3)),
+        "syn_to_fallback",
+    )?);
+    failures.extend(step(
+        &mut bed,
+        "absent with a second hop: SYN to the fallback all the same (the owner after failover)",
+        with(SELF, N3, N2),
+        &syn,
+        (XDP_TX, to(&syn, h_syn, N2)),
+        "syn_to_fallback",
+    )?);
+    failures.extend(step(
+        &mut bed,
+        "absent with a second hop: later packet follows it to the fallback",
+        with(SELF, N3, N2),
+        &ack,
+        (XDP_TX, to(&ack, h_syn, N2)),
+        "fwd_second_hop",
+    )?);
+    failures.extend(step(
+        &mut bed,
+        "absent, fallback has no underlay address (down): kept",
+        with(SELF, NO_HOP, N_UNKNOWN),
+        &syn,
+        (XDP_PASS, syn.clone()),
+        "pass_local",
+    )?);
+    failures.extend(step(
+        &mut bed,
+        "UDP is never looked up: kept",
+        with(SELF, NO_HOP, N2),
+        &udp,
+        (XDP_PASS, udp.clone()),
+        "pass_local",
+    )?);
+    let hop2 = arriving(&syn, Underlay::V4(N2_4, SELF4), true, HOP_SECOND, h_syn);
+    failures.extend(step(
+        &mut bed,
+        "absent, SYN already forwarded once: kept (at most two hops)",
+        with(SELF, NO_HOP, N2),
+        &hop2,
+        (XDP_PASS, decapsulated(&hop2, &syn)),
+        "pass_local",
+    )?);
+    let hop1 = arriving(&syn, Underlay::V4(N2_4, SELF4), true, HOP_FIRST, h_syn);
+    failures.extend(step(
+        &mut bed,
+        "absent, SYN forwarded to us as first hop: on to the fallback, marked second",
+        with(SELF, NO_HOP, N3),
+        &hop1,
+        (XDP_TX, to(&syn, h_syn, N3)),
+        "syn_to_fallback",
+    )?);
+
+    // The listener is back: SYNs stay; a later packet with no local
+    // connection still goes to the fallback (steering lasts until lbd
+    // ends it after the drain period), one with a connection stays.
+    let listener = std::net::TcpListener::bind(SocketAddr::new(IpAddr::from(VIP4), 80))?;
+    failures.extend(step(
+        &mut bed,
+        "present: SYN stays",
+        with(SELF, NO_HOP, N2),
+        &syn,
+        (XDP_PASS, syn.clone()),
+        "pass_local",
+    )?);
+    let s = steering(&bed);
+    if s.missing != 0 || s.steering == 0 {
+        failures.push(format!(
+            "a SYN finding the listener clears `missing` only: {s:?}"
+        ));
+    }
+    failures.extend(step(
+        &mut bed,
+        "present, hop-1 SYN while tables disagree: stays",
+        with(N2, NO_HOP, NO_HOP),
+        &hop1,
+        (XDP_PASS, decapsulated(&hop1, &syn)),
+        "pass_local",
+    )?);
+    failures.extend(step(
+        &mut bed,
+        "present with a second hop: SYN stays",
+        with(SELF, N3, N2),
+        &syn,
+        (XDP_PASS, syn.clone()),
+        "pass_local",
+    )?);
+    failures.extend(step(
+        &mut bed,
+        "present, steering: unknown flow's later packet to the fallback",
+        with(SELF, NO_HOP, N2),
+        &ack,
+        (XDP_TX, to(&ack, h_syn, N2)),
+        "fwd_second_hop",
+    )?);
+    let client = std::net::TcpStream::connect(SocketAddr::new(IpAddr::from(VIP4), 80))?;
+    let cport = client.local_addr()?.port();
+    let (_server, _) = listener.accept()?;
+    let mine = tcp4(VIP4, cport, VIP4, 80, Tcp::Ack, b"x");
+    failures.extend(step(
+        &mut bed,
+        "present, steering: a local connection's packet stays",
+        with(SELF, NO_HOP, N2),
+        &mine,
+        (XDP_PASS, mine.clone()),
+        "pass_local",
+    )?);
+    // lbd ends steering after the drain period: the steady state again.
+    if !bed
+        .dp
+        .end_steering_after(&vip4, std::time::Duration::ZERO)?
+    {
+        failures.push("end_steering_after refused with the listener back".into());
+    }
+    ensure_clean(steering(&bed))?;
+    failures.extend(step(
+        &mut bed,
+        "present, steady state: non-SYN kept without any lookup",
+        with(SELF, NO_HOP, N2),
+        &ack,
+        (XDP_PASS, ack.clone()),
+        "pass_local",
+    )?);
+    drop(listener);
+    // Still missing when lbd looks: steering is not ended.
+    failures.extend(step(
+        &mut bed,
+        "absent again: SYN to the fallback",
+        with(SELF, NO_HOP, N2),
+        &syn,
+        (XDP_TX, to(&syn, h_syn, N2)),
+        "syn_to_fallback",
+    )?);
+    if bed
+        .dp
+        .end_steering_after(&vip4, std::time::Duration::ZERO)?
+    {
+        failures.push("steering ended while the listener is missing".into());
+    }
+    assert!(
+        failures.is_empty(),
+        "failing steps:\n{}",
+        failures.join("\n")
+    );
+    Ok(())
+}
+
+/// One packet through the forwarder with every bucket set to `b`: the
+/// verdict and bytes `want`, and `counter` grown by one; else what differs.
+fn step(
+    bed: &mut Bed,
+    name: &str,
+    b: dataplane_common::Bucket,
+    input: &[u8],
+    want: (u32, Vec<u8>),
+    counter: &str,
+) -> Result<Option<String>> {
+    bed.buckets(b)?;
+    let before = bed.all_counters()?;
+    let Run { action, out, .. } = bed.run(input)?;
+    let grew = bed.all_counters()?[counter] - before[counter];
+    Ok((action != want.0 || out != want.1 || grew != 1).then(|| {
+        format!(
+            "{name}: action {action} (want {}), output {} (want {} bytes), {counter} grew {grew}",
+            want.0,
+            if out == want.1 {
+                "as expected"
+            } else {
+                "differs"
+            },
+            want.1.len()
+        )
+    }))
+}
+
+fn ensure_clean(s: dataplane_common::ListenerState) -> Result<()> {
+    anyhow::ensure!(
+        s.steering == 0 && s.missing == 0,
+        "listener state should be clear: {s:?}"
+    );
     Ok(())
 }

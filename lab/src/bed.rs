@@ -126,11 +126,15 @@ impl Bed {
         })
     }
 
-    /// Every bucket of every VIP: (first, second).
+    /// Every bucket of every VIP: (first, second), no fallback.
     pub fn tables(&mut self, first: u16, second: u16) -> Result<()> {
+        self.buckets(Bucket::new(first, second))
+    }
+
+    /// Every bucket of every VIP is `bucket`.
+    pub fn buckets(&mut self, bucket: Bucket) -> Result<()> {
         for v in vips() {
-            self.dp
-                .set_vip_table(&v, &[Bucket { first, second }; TABLE], 0)?;
+            self.dp.set_vip_table(&v, &[bucket; TABLE], 0)?;
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ pub mod columns;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod listeners;
 pub mod liveness;
 pub mod metrics;
 pub mod status;

@@ -70,6 +70,14 @@ pub struct VipStatus {
     pub table_size: usize,
     /// Seconds until the second hops are dropped, while in transition.
     pub settles_in_s: Option<u64>,
+    /// TCP ports of the VIP with no listening socket on this node right
+    /// now (new connections go to their fallback node).
+    #[serde(default)]
+    pub listener_missing: Vec<u16>,
+    /// The dataplane checks this VIP's packets against the fallback (a SYN
+    /// found no listener within the drain period).
+    #[serde(default)]
+    pub steering_to_fallback: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,12 +138,13 @@ pub struct Sources<'a> {
 pub fn assemble(src: &Sources) -> Status {
     let now = Instant::now();
     let generation = src.cfg.generation();
+    let listening = crate::listeners::listening();
     Status {
         node: node_status(src, &generation),
         vips: src
             .vips
             .iter()
-            .map(|(&addr, v)| vip_status(src, addr, v, now))
+            .map(|(&addr, v)| vip_status(src, addr, v, &listening, now))
             .collect(),
         bgp: src.speaker.peers().into_iter().map(peer_line).collect(),
         members: src
@@ -170,7 +179,13 @@ fn node_status(src: &Sources, generation: &str) -> NodeStatus {
     }
 }
 
-fn vip_status(src: &Sources, addr: IpAddr, v: &VipState, now: Instant) -> VipStatus {
+fn vip_status(
+    src: &Sources,
+    addr: IpAddr,
+    v: &VipState,
+    listening: &[crate::listeners::Listener],
+    now: Instant,
+) -> VipStatus {
     let mut counters: BTreeMap<String, u64> = BTreeMap::new();
     for e in v.config.entries() {
         if let Ok(c) = src.dp.counters(Some(&e)) {
@@ -181,6 +196,11 @@ fn vip_status(src: &Sources, addr: IpAddr, v: &VipState, now: Instant) -> VipSta
     }
     let t = &v.table;
     let (share, second_hops) = t.share();
+    let steering_to_fallback = v.config.entries().iter().any(|e| {
+        src.dp
+            .listener_state(e)
+            .is_ok_and(|s| s.is_some_and(|s| s.steering != 0))
+    });
     VipStatus {
         address: addr.to_string(),
         ports: v.config.ports.clone(),
@@ -211,6 +231,12 @@ fn vip_status(src: &Sources, addr: IpAddr, v: &VipState, now: Instant) -> VipSta
         settles_in_s: t
             .settle_at
             .map(|s| s.saturating_duration_since(now).as_secs()),
+        listener_missing: if v.config.protocols.contains(&Protocol::Tcp) {
+            crate::listeners::missing(listening, addr, &v.config.ports)
+        } else {
+            Vec::new()
+        },
+        steering_to_fallback,
     }
 }
 
@@ -367,6 +393,15 @@ pub fn render(s: &Status, now_unix: u64) -> String {
             c("decap").to_string(),
             drops.to_string(),
         ]);
+        if !v.listener_missing.is_empty() || v.steering_to_fallback {
+            let ports: Vec<String> = v.listener_missing.iter().map(u16::to_string).collect();
+            t.note(format!(
+                "listener missing on port(s) [{}]; steering to fallback: {}; {} SYNs sent to the fallback",
+                ports.join(","),
+                if v.steering_to_fallback { "yes" } else { "no" },
+                c("syn_to_fallback")
+            ));
+        }
         for ch in &v.checks {
             let lat = ch
                 .latency_ms
@@ -508,6 +543,8 @@ pub(crate) fn example() -> Status {
             second_hops: 1364,
             table_size: 4093,
             settles_in_s: Some(59),
+            listener_missing: vec![443],
+            steering_to_fallback: true,
         }],
         bgp: vec![PeerLine {
             peer: "192.0.2.1".into(),
@@ -578,6 +615,7 @@ mod tests {
             "RFC 7606, session kept: treat-as-withdraw/origin 2",
             "GENERATION DIFFERS",
             "5s",
+            "listener missing on port(s) [443]; steering to fallback: yes",
         ] {
             assert!(text.contains(want), "{want:?} missing from:\n{text}");
         }

@@ -163,7 +163,7 @@ mod tests {
     /// keep 3 as second hop for 59 more seconds.
     fn draining() -> (VipTable, Instant) {
         let now = Instant::now();
-        let b = |first, second| Bucket { first, second };
+        let b = Bucket::new;
         let live = vec![
             b(1, NO_HOP),
             b(2, NO_HOP),

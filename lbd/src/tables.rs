@@ -44,6 +44,8 @@ pub struct VipTable {
     pub settle_at: Option<Instant>,
     /// This node, joining with no table of its own (see [`VipTable::joining`]).
     pub joiner: Option<u16>,
+    /// This node: its buckets get fallbacks (`maglev::fallbacks_of`).
+    pub me: Option<u16>,
 }
 
 /// What `update` decided.
@@ -88,6 +90,7 @@ impl VipTable {
             built_from: Vec::new(),
             settle_at,
             joiner: Some(me),
+            me: Some(me),
         }
     }
 
@@ -100,6 +103,7 @@ impl VipTable {
     pub fn joining(me: u16) -> Self {
         Self {
             joiner: Some(me),
+            me: Some(me),
             ..Default::default()
         }
     }
@@ -168,7 +172,13 @@ impl VipTable {
                 }
                 previous = std::borrow::Cow::Owned(prev);
             }
-            let buckets = transition::follow(&previous, &owners, usable);
+            let mut buckets = transition::follow(&previous, &owners, usable);
+            // This node only reads the fallbacks of its own buckets (the
+            // first hop decides): one more build, not one per member.
+            if let Some(me) = self.me {
+                let fallbacks = maglev::fallbacks_of(&members, &owners, seed, me)?;
+                transition::with_fallbacks(&mut buckets, &fallbacks, usable);
+            }
             let moved = if previous.len() == owners.len() {
                 previous
                     .iter()
@@ -273,10 +283,50 @@ mod tests {
 
     const DRAIN: Duration = Duration::from_secs(10);
 
+    /// (first, second) of each bucket: what every node's table agrees on
+    /// (fallbacks are only filled in on a node's own buckets).
+    fn hops(t: &[Bucket]) -> Vec<(u16, u16)> {
+        t.iter().map(|b| (b.first, b.second)).collect()
+    }
+
     fn apply(t: &mut VipTable, v: &[MemberView], now: Instant) -> Change {
         let c = t.update(v, SIZE, 7, now).expect("table");
         t.installed(c.clone(), now, DRAIN);
         c
+    }
+
+    /// This node's buckets name, as fallback, their owner in the table
+    /// without this node: where its buckets go if it leaves. Other
+    /// buckets have none (this node never reads them); settling keeps them.
+    #[test]
+    fn own_buckets_get_the_owner_without_this_node_as_fallback() {
+        let now = Instant::now();
+        let mut t = VipTable {
+            me: Some(2),
+            ..Default::default()
+        };
+        let all = view(&[(1, true, true), (2, true, true), (3, true, true)]);
+        apply(&mut t, &all, now);
+        let without: Vec<Member> = [1, 3].map(|id| Member { id, weight: 1 }).to_vec();
+        let other = maglev::build(&without, SIZE, 7).expect("table");
+        assert!(t.live.iter().any(|b| b.first == 2));
+        for (i, b) in t.live.iter().enumerate() {
+            let want = if b.first == 2 { other[i] } else { NO_HOP };
+            assert_eq!(b.fallback, want, "bucket {i}: {b:?}");
+        }
+        // Node 2 leaves: the new table gives each of its buckets to its
+        // fallback, so connections sent there meanwhile stay put.
+        let before = t.live.clone();
+        apply(
+            &mut t,
+            &view(&[(1, true, true), (2, true, false), (3, true, true)]),
+            now,
+        );
+        for (b, a) in before.iter().zip(&t.live) {
+            if b.first == 2 {
+                assert_eq!(a.first, b.fallback);
+            }
+        }
     }
 
     #[test]
@@ -435,7 +485,11 @@ mod tests {
             matches!(c, Change::Membership { moved, .. } if moved > 1000),
             "{c:?}"
         );
-        assert_eq!(on3.live, on1.live, "the joiner's table is its peers' table");
+        assert_eq!(
+            hops(&on3.live),
+            hops(&on1.live),
+            "the joiner's table is its peers' table"
+        );
         assert!(
             on3.live
                 .iter()
@@ -468,7 +522,7 @@ mod tests {
         let mut peer = VipTable::default();
         apply(&mut peer, &view(&[(1, true, true), (2, true, true)]), now);
         apply(&mut peer, &v, now);
-        assert_eq!(r.live, peer.live);
+        assert_eq!(hops(&r.live), hops(&peer.live));
     }
 
     #[test]

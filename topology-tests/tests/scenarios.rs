@@ -75,6 +75,11 @@ fn backend_fail() {
 }
 
 #[test]
+fn nginx_restart() {
+    scenario("nginx_restart", "tnginx", "");
+}
+
+#[test]
 fn node_crash() {
     scenario("node_crash", "tcrash", "");
 }

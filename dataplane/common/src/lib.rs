@@ -101,7 +101,7 @@ pub struct VipInfo {
     pub _pad: u16,
 }
 
-/// One bucket of a VIP's table.
+/// One bucket of a VIP's table (8 bytes: a BPF array slot).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Bucket {
@@ -109,6 +109,24 @@ pub struct Bucket {
     pub first: u16,
     /// The previous owner while the table is in transition, else NO_HOP.
     pub second: u16,
+    /// The node that owns the bucket in the table built without `first`
+    /// (`maglev::fallbacks`): where the first hop sends new connections
+    /// while it has no listener for the VIP's port. NO_HOP when no other
+    /// node serves, or the fallback is not usable.
+    pub fallback: u16,
+    pub _pad: u16,
+}
+
+impl Bucket {
+    /// A bucket without a fallback.
+    pub const fn new(first: u16, second: u16) -> Self {
+        Bucket {
+            first,
+            second,
+            fallback: NO_HOP,
+            _pad: 0,
+        }
+    }
 }
 
 /// Version of the pinned maps' layout (names, key and value types, sizes,
@@ -116,7 +134,24 @@ pub struct Bucket {
 /// reuse maps pinned by a build with another layout (the operator runs
 /// `lbd cleanup` once), instead of reading them with the wrong types.
 /// 2: member maps (decapsulation only from members), counter 13 drops.
-pub const LAYOUT_VERSION: u32 = 2;
+/// 3: `Bucket::fallback`, `LBD_LISTENER`, counter 15 (`syn_to_fallback`).
+pub const LAYOUT_VERSION: u32 = 3;
+
+/// Per-VIP listener state (`LBD_LISTENER`, indexed by the VIP's index):
+/// written by the XDP program when a SYN at the first hop finds no local
+/// listener, cleared by lbd once the listener is back and the connections
+/// sent to the fallback meanwhile have had the drain period to finish.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerState {
+    /// Non-zero while packets of this VIP at the first hop must be checked
+    /// for a local socket (their connection may live on the fallback).
+    pub steering: u32,
+    /// 1 when the last SYN looked up found no listener, 0 when it found one.
+    pub missing: u32,
+    /// bpf_ktime_get_coarse_ns() of the last SYN that found no listener.
+    pub last_missing_ns: u64,
+}
 
 /// Value of the member maps (`LBD_MEMBERS4`, keyed by the 4 address bytes,
 /// and `LBD_MEMBERS6`, keyed by the 16): the node id owning that underlay
@@ -194,10 +229,14 @@ pub mod counter {
     /// Dropped: GUE or IPIP / IPv6-in-IP addressed to this node whose outer
     /// source is not a member's underlay address (global slot).
     pub const DROP_NOT_MEMBER: u32 = 14;
+    /// SYNs at the first hop with no local listener for the VIP's port,
+    /// sent to the bucket's fallback (or second hop) instead of being
+    /// refused here.
+    pub const SYN_TO_FALLBACK: u32 = 15;
     pub const NUM_COUNTERS: u32 = 16;
 
     /// Names in index order, for status output and metrics.
-    pub const NAMES: [&str; 15] = [
+    pub const NAMES: [&str; 16] = [
         "pass_local",
         "fwd_first_hop",
         "fwd_second_hop",
@@ -213,6 +252,7 @@ pub mod counter {
         "drop_too_big",
         "drop_decap_not_vip",
         "drop_not_member",
+        "syn_to_fallback",
     ];
 }
 
@@ -230,4 +270,5 @@ mod pod {
     unsafe impl aya::Pod for super::NodeInfo {}
     unsafe impl aya::Pod for super::MemberInfo {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::ListenerState {}
 }

@@ -10,7 +10,8 @@
 //!
 //! Module graph (no circles): `packet` and `types` are leaves; `maps`
 //! declares the maps over them; `verdict` encodes a classifier's answer;
-//! `classify`, `encap`, `steer` and `mss` use those. Where a packet is
+//! `classify`, `encap`, `listener`, `steer` and `mss` use those (`steer`
+//! asks `listener` where a first hop without a listener sends a flow). Where a packet is
 //! decided: `lbd_xdp` below (classify, then steer or decapsulate).
 //!
 //! The verdict encoding. The classifiers are BPF subprograms (own stack
@@ -29,6 +30,7 @@
 
 mod classify;
 mod encap;
+mod listener;
 mod maps;
 mod mss;
 mod packet;

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use dataplane_common::{
-    BUCKETS_LEN, Bucket, Config, MAX_NODES, MAX_VIPS, MemberInfo, NodeInfo, STATS_LEN, VipInfo,
-    VipKey, VipKey4, counter::NUM_COUNTERS,
+    BUCKETS_LEN, Bucket, Config, ListenerState, MAX_NODES, MAX_VIPS, MemberInfo, NodeInfo,
+    STATS_LEN, VipInfo, VipKey, VipKey4, counter::NUM_COUNTERS,
 };
 
 /// BPF_F_NO_PREALLOC: updates replace the element under RCU, so a reader
@@ -43,6 +43,11 @@ pub static MEMBERS4: HashMap<[u8; 4], MemberInfo> = HashMap::pinned(MAX_NODES, 0
 
 #[map(name = "LBD_MEMBERS6")]
 pub static MEMBERS6: HashMap<[u8; 16], MemberInfo> = HashMap::pinned(MAX_NODES, 0);
+
+/// Per VIP index: is this node steering new connections away for want of
+/// a listener? Written by `listener.rs` on SYNs, cleared by lbd.
+#[map(name = "LBD_LISTENER")]
+pub static LISTENER: Array<ListenerState> = Array::pinned(MAX_VIPS, 0);
 
 #[map(name = "LBD_STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STATS_LEN, 0);

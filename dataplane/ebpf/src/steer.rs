@@ -17,11 +17,15 @@ use aya_ebpf::{
 use dataplane_common::{
     Bucket, Config, FAMILY_V4, HOP_FIRST, HOP_SECOND, MAX_TABLE_SIZE, MAX_VIPS, NO_HOP,
     SLOTS_PER_VIP, bucket_index,
-    counter::{DECAP, DROP_NO_NODE, FWD_FIRST_HOP, FWD_SECOND_HOP, ICMP_TO_OWNER, PASS_LOCAL},
+    counter::{
+        DECAP, DROP_NO_NODE, FWD_FIRST_HOP, FWD_SECOND_HOP, ICMP_TO_OWNER, PASS_LOCAL,
+        SYN_TO_FALLBACK,
+    },
 };
 
 use crate::{
     encap::forward,
+    listener,
     maps::{BUCKETS, FLOW, count, count_global},
     packet::{TCP_LEN, ld32},
     types::{Flow, Kind},
@@ -69,6 +73,26 @@ pub fn steer(raw: *mut xdp_md, cfg: &Config, hop_in: u8) -> u32 {
         count(idx, PASS_LOCAL);
         return xdp_action::XDP_PASS;
     }
+    // The first hop by our table, with no listener: new connections (and
+    // what belongs to them) go to the fallback (listener.rs).
+    let mine = bucket.first == cfg.self_id;
+    if !mine || bucket.fallback != NO_HOP || bucket.second != NO_HOP {
+        let to = listener::divert(
+            flow,
+            &bucket,
+            mine,
+            || listening(ctx, flow),
+            || has_local_socket(ctx, flow),
+        );
+        if to != NO_HOP {
+            let what = if flow.kind == Kind::Syn {
+                SYN_TO_FALLBACK
+            } else {
+                FWD_SECOND_HOP
+            };
+            return send(ctx, cfg, flow, to, HOP_SECOND, what);
+        }
+    }
     // We are the first hop. Normally our table agrees and the candidate is
     // the bucket's second hop. While a table update is being rolled out the
     // sender may have had a newer or older table than ours: then our own
@@ -105,6 +129,38 @@ fn has_local_socket(ctx: &XdpContext, flow: &Flow) -> bool {
     if flow.kind == Kind::Udp {
         return true;
     }
+    let sk = lookup_tcp(ctx, flow);
+    if sk.is_null() {
+        return false;
+    }
+    let state = unsafe { (*sk).state };
+    let local = if state != TCP_LISTEN {
+        true
+    } else if let Kind::Tcp { cookie_ack: true } = flow.kind {
+        syncookie_valid(ctx, flow, sk)
+    } else {
+        false
+    };
+    unsafe { bpf_sk_release(sk as *mut _) };
+    local
+}
+
+/// Is anything listening (or connected) for this SYN's tuple?
+#[inline(always)]
+fn listening(ctx: &XdpContext, flow: &Flow) -> bool {
+    let sk = lookup_tcp(ctx, flow);
+    if sk.is_null() {
+        return false;
+    }
+    unsafe { bpf_sk_release(sk as *mut _) };
+    true
+}
+
+/// The kernel's receive-side lookup for the flow's tuple (client -> VIP):
+/// established (request and TIME_WAIT sockets included), then a listener.
+/// A non-NULL result must be released.
+#[inline(always)]
+fn lookup_tcp(ctx: &XdpContext, flow: &Flow) -> *mut bpf_sock {
     // Only the `size` bytes the helper reads are written, a word at a time
     // (zeroing the whole tuple first was a 36-byte memset loop).
     let mut tuple = core::mem::MaybeUninit::<bpf_sock_tuple>::uninit();
@@ -130,7 +186,7 @@ fn has_local_socket(ctx: &XdpContext, flow: &Flow) -> bool {
         unsafe { t.add(8).write(ports) };
         36
     };
-    let sk: *mut bpf_sock = unsafe {
+    unsafe {
         bpf_skc_lookup_tcp(
             ctx.ctx as *mut _,
             tuple.as_mut_ptr(),
@@ -138,20 +194,7 @@ fn has_local_socket(ctx: &XdpContext, flow: &Flow) -> bool {
             BPF_F_CURRENT_NETNS as u64,
             0,
         )
-    };
-    if sk.is_null() {
-        return false;
     }
-    let state = unsafe { (*sk).state };
-    let local = if state != TCP_LISTEN {
-        true
-    } else if let Kind::Tcp { cookie_ack: true } = flow.kind {
-        syncookie_valid(ctx, flow, sk)
-    } else {
-        false
-    };
-    unsafe { bpf_sk_release(sk as *mut _) };
-    local
 }
 
 #[inline(always)]

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use dataplane::maglev;
-use dataplane_common::{ENCAP_GUE, ENCAP_IPIP, HOP_FIRST, NO_HOP};
+use dataplane_common::{Bucket, ENCAP_GUE, ENCAP_IPIP, HOP_FIRST, NO_HOP};
 use lab::{bed::*, packets::*, procfs::loadavg};
 use serde::Serialize;
 
@@ -130,7 +130,14 @@ fn measure(bed: &mut Bed, cases: &[Case], runs: usize, rounds: usize) -> Result<
     for round in 0..rounds {
         for (c, s) in cases.iter().zip(&mut samples) {
             bed.set_encap(c.encap)?;
-            bed.tables(c.tables.0, c.tables.1)?;
+            // Every bucket of a multi-node table has a fallback: the local
+            // cases pay for the listener check as they would on a node.
+            bed.buckets(Bucket {
+                first: c.tables.0,
+                second: c.tables.1,
+                fallback: N3,
+                _pad: 0,
+            })?;
             for _ in 0..per_round {
                 let r = bed.run_program(c.program, &c.packet)?;
                 ensure!(
@@ -206,6 +213,7 @@ fn main() -> Result<()> {
         .port();
 
     let syn = tcp4(CLIENT4, 40000, VIP4, 80, Tcp::Syn, b"");
+    let syn6 = tcp6(CLIENT6, 40003, VIP6, 80, Tcp::Syn, b"");
     let ack = tcp4(CLIENT4, 40001, VIP4, 80, Tcp::Ack, &[0x42; 64]);
     let established = tcp4(CLIENT4, cport, VIP4, 80, Tcp::Ack, &[0x42; 64]);
     // Not VIP traffic as a node sees it: addressed to the node itself.
@@ -275,6 +283,16 @@ fn main() -> Result<()> {
             &established,
             "lbd_xdp",
             XDP_PASS,
+        ),
+        // Listener-aware steering: a SYN to the IPv6 VIP, on whose port
+        // nothing listens, goes to the bucket's fallback (node 3).
+        case(
+            "syn_to_fallback",
+            ENCAP_GUE,
+            (SELF, NO_HOP),
+            &syn6,
+            "lbd_xdp",
+            XDP_TX,
         ),
         case(
             "second_hop_forward",

@@ -486,6 +486,7 @@ impl Daemon {
             self.update_tables(&healthy);
         }
         self.forget_gone_members();
+        self.end_listener_steering();
         if !draining_bgp && !self.drained {
             self.announce_ready(&healthy);
         }
@@ -623,6 +624,25 @@ impl Daemon {
             }
             if ok {
                 v.table.installed(change, now, self.cfg.drain_period);
+            }
+        }
+    }
+
+    /// Listener-aware steering ends (the steady state: no socket lookups)
+    /// once a VIP's listener is back and the connections its first hop sent
+    /// to the fallback meanwhile have had the drain period.
+    fn end_listener_steering(&mut self) {
+        for v in &self.cfg.vips {
+            for e in v.entries() {
+                match self.dp.end_steering_after(&e, self.cfg.drain_period) {
+                    Ok(true) => {
+                        info!(vip = %e, "listener back for the drain period: steering to the fallback ended")
+                    }
+                    Ok(false) => {}
+                    Err(err) => {
+                        warn!(vip = %e, error = %format!("{err:#}"), "reading the listener state failed")
+                    }
+                }
             }
         }
     }

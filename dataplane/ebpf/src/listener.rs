@@ -1,0 +1,85 @@
+//! Listener-aware steering: a first hop with no listener for the VIP's
+//! port (nginx stopped, crashed, restarting) sends new connections to the
+//! bucket's fallback instead of letting its kernel refuse them, long before
+//! a health check notices.
+//!
+//! - A SYN at the first hop looks up a listener (one `bpf_skc_lookup_tcp`,
+//!   SYNs only). None: the SYN goes to the bucket's fallback (the owner
+//!   once this node leaves the table, so the connection survives the
+//!   failover), or to its second hop when it has no fallback; marked second
+//!   hop, so at most two hops still holds. The VIP's `LBD_LISTENER` entry
+//!   records it.
+//! - While that entry says "steering", a later packet at the first hop
+//!   that no local socket holds goes to the fallback as well: it belongs
+//!   to a connection sent there. lbd clears
+//!   the entry once the listener is back and the drain period has passed,
+//!   so the steady state reads one array entry and looks nothing up.
+//! - No fallback, or one without an underlay address: nothing changes (the
+//!   kernel refuses, as without this module).
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use dataplane_common::{Bucket, NO_HOP};
+
+use crate::{
+    maps::{LISTENER, NODES},
+    types::{Flow, Kind},
+};
+
+/// Where the first hop sends this packet instead of keeping it: a node id,
+/// or NO_HOP to keep today's rule. `mine`: our table names this node as
+/// the bucket's first hop (else a hop-1 packet arrived while tables
+/// disagree, and a listener-less SYN goes where our table says). `listening` runs the listener lookup
+/// (SYNs only), `local` the socket lookup (only while steering).
+#[inline(always)]
+pub fn divert(
+    flow: &Flow,
+    bucket: &Bucket,
+    mine: bool,
+    listening: impl Fn() -> bool,
+    local: impl Fn() -> bool,
+) -> u16 {
+    let Some(state) = LISTENER.get_ptr_mut(flow.vip.index) else {
+        return NO_HOP;
+    };
+    let state = unsafe { &mut *state };
+    let target = match flow.kind {
+        Kind::Syn => {
+            if listening() {
+                if state.missing != 0 {
+                    state.missing = 0;
+                }
+                return NO_HOP;
+            }
+            state.missing = 1;
+            state.steering = 1;
+            state.last_missing_ns = unsafe { bpf_ktime_get_coarse_ns() };
+            if !mine {
+                // A hop-1 SYN while tables disagree: where our table says.
+                bucket.first
+            } else if bucket.fallback != NO_HOP {
+                bucket.fallback
+            } else {
+                bucket.second
+            }
+        }
+        // The fallback even when the bucket has a second hop: it is where
+        // the SYNs went, and the owner of the bucket once this node leaves
+        // the table (the second hop's drained connections are the price,
+        // docs/dataplane.md).
+        Kind::Tcp { .. } if mine && state.steering != 0 && bucket.fallback != NO_HOP => {
+            if local() {
+                return NO_HOP;
+            }
+            bucket.fallback
+        }
+        _ => return NO_HOP,
+    };
+    if target == NO_HOP {
+        return NO_HOP;
+    }
+    // A fallback without an underlay address (removed meanwhile): keep
+    // today's behaviour rather than drop.
+    match NODES.get(target as u32) {
+        Some(n) if n.family != 0 => target,
+        _ => NO_HOP,
+    }
+}
