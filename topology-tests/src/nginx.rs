@@ -29,6 +29,9 @@ impl Nginx {
         let tmp = storage.join(format!(".tmp-n{node}"));
         fs::create_dir_all(&tmp)?;
         fs::create_dir_all(self.dir.join("logs"))?;
+        for d in ["http.d", "conf.d", "data.d"] {
+            fs::create_dir_all(self.dir.join(d))?;
+        }
         let conf = format!(
             r#"# nginx for lab node {node}: WebDAV on the VIPs, one shared storage root.
 load_module {DAV_EXT};
@@ -44,11 +47,15 @@ http {{
     client_body_temp_path {tmp};
     client_max_body_size 0;
     keepalive_timeout 75s;
+    # http-level additions from the lab (the storage front's Lua setup).
+    include {d}/http.d/*.conf;
     server {{
         listen {v4}:80 reuseport;
         listen [{v6}]:80 reuseport;
         # Which node served a request, for the lab's assertions.
         add_header X-Node node{node} always;
+        # More listeners and locations (HTTPS, the storage front) from the lab.
+        include {d}/conf.d/*.conf;
         location = /health {{ return 200 "ok\n"; }}
         location = /whoami {{ return 200 "node{node}\n"; }}
         location /data/ {{
@@ -57,6 +64,7 @@ http {{
             dav_ext_methods PROPFIND OPTIONS;
             create_full_put_path on;
             dav_access user:rw group:r all:r;
+            include {d}/data.d/*.conf;
         }}
     }}
 }}

@@ -15,7 +15,7 @@ use crate::topology::{Topology, addr};
 use crate::upstream::{self, HOSTILE_ADDR, HOSTILE_AS, RawPeer};
 use crate::workload::{self, Finished, Plan, Running, Transfer};
 
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 9] = [
     "steady",
     "drain",
     "join",
@@ -24,6 +24,7 @@ pub const ALL: [&str; 8] = [
     "rolling_restart",
     "router_restart",
     "bad_update",
+    "grid_clients",
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -54,7 +55,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn new(name: &str) -> Outcome {
+    pub(crate) fn new(name: &str) -> Outcome {
         Outcome {
             name: name.into(),
             jobs: 0,
@@ -184,6 +185,7 @@ pub fn run(
         "rolling_restart" => rolling_restart(topo, scale, &mut out, progress)?,
         "router_restart" => router_restart(topo, scale, &mut out, progress)?,
         "bad_update" => bad_update(topo, scale, &mut out, progress)?,
+        "grid_clients" => crate::grid_clients::run(topo, &mut out, progress)?,
         other => bail!("unknown scenario {other:?} (known: {})", ALL.join(", ")),
     }
     out.duration_s = start.elapsed().as_secs_f64();

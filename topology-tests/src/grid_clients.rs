@@ -1,0 +1,503 @@
+//! The grid_clients scenario: the clients WLCG sites see (gfal-copy,
+//! davix, curl) talk to the lab's VIP over HTTPS by its name, trusting the
+//! lab CA through a grid-layout CA directory, and a foreign site
+//! (xrootd-server with its HTTP-TPC plugin) copies to and from the VIP by
+//! HTTP third-party copy. Every file is compared byte for byte and by an
+//! adler32 computed here; the wire at the router is watched for the
+//! copies' IPv6 packets.
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rand::{RngCore, SeedableRng, rngs::SmallRng};
+
+use crate::foreign_site::{self, ForeignSite};
+use crate::process::{alive, stop_pid};
+use crate::scenarios::Outcome;
+use crate::site::Site;
+use crate::topology::Topology;
+use crate::wire::{self, Capture};
+
+/// A client command that has not finished in this long has hung.
+const CLIENT_LIMIT: Duration = Duration::from_secs(60);
+/// SciTag the copies carry: experiment 3, activity 14 (flowmark's docs'
+/// example; label 0x30038 with zero entropy).
+pub const SCITAG: u32 = 206;
+const MB: usize = 1 << 20;
+
+/// What one client command did.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Exit code and the tail of its output, for a check's detail.
+    pub fn summary(&self) -> String {
+        let tail = |s: &str| {
+            let s = s.trim();
+            let cut = s.len().saturating_sub(300);
+            let cut = (cut..=s.len())
+                .find(|&i| s.is_char_boundary(i))
+                .unwrap_or(0);
+            s[cut..].replace('\n', " | ")
+        };
+        format!(
+            "exit {:?} in {} ms{}{}",
+            self.code,
+            self.elapsed.as_millis(),
+            if self.stdout.trim().is_empty() {
+                String::new()
+            } else {
+                format!("; out: {}", tail(&self.stdout))
+            },
+            if self.stderr.trim().is_empty() {
+                String::new()
+            } else {
+                format!("; err: {}", tail(&self.stderr))
+            }
+        )
+    }
+}
+
+/// The grid clients of one client namespace: the environment they need
+/// and a bounded run of each (killed by pid when over `CLIENT_LIMIT`).
+pub struct Clients {
+    pub ns: String,
+    pub ca_dir: PathBuf,
+    pub ca_cert: PathBuf,
+    /// The VIP's name (in the namespace's hosts file and the certificate).
+    pub host: String,
+    /// Local files of the clients.
+    pub dir: PathBuf,
+}
+
+impl Clients {
+    pub fn new(site: &Site) -> Result<Clients> {
+        let dir = site.dir.join("grid-clients");
+        fs::create_dir_all(&dir)?;
+        Ok(Clients {
+            ns: site.clients[0].clone(),
+            ca_dir: site.pki.ca_dir.clone(),
+            ca_cert: site.pki.ca_cert.clone(),
+            host: site.pki.host_name.clone(),
+            dir,
+        })
+    }
+
+    /// `https://<VIP name><path>` (davix, curl) and its `davs://` form (gfal).
+    pub fn https(&self, path: &str) -> String {
+        format!("https://{}{path}", self.host)
+    }
+
+    pub fn davs(&self, path: &str) -> String {
+        format!("davs://{}{path}", self.host)
+    }
+
+    /// Runs `argv` in the client namespace through `ip netns exec` (so the
+    /// namespace's hosts file applies) with the grid environment.
+    pub fn run(&self, argv: &[&str]) -> Result<Run> {
+        run_in(&self.ns, argv, &self.env(), CLIENT_LIMIT)
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("X509_CERT_DIR".into(), self.ca_dir.display().to_string()),
+            // A pyenv python3 may come first in PATH; gfal's scripts need Debian's.
+            ("GFAL_PYTHONBIN".into(), "/usr/bin/python3".into()),
+            ("HOME".into(), self.dir.display().to_string()),
+        ]
+    }
+}
+
+/// Runs `argv` in namespace `ns` with `env`, killing it (by pid) after
+/// `limit`: a client that hangs is a failure, never a hung test.
+pub fn run_in(ns: &str, argv: &[&str], env: &[(String, String)], limit: Duration) -> Result<Run> {
+    let t0 = Instant::now();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(argv)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", argv.join(" ")))?;
+    let pid = child.id();
+    let mut out_pipe = child.stdout.take().context("stdout")?;
+    let mut err_pipe = child.stderr.take().context("stderr")?;
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out_pipe.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err_pipe.read_to_string(&mut s);
+        s
+    });
+    let mut code = None;
+    let mut timed_out = false;
+    loop {
+        if let Some(st) = child.try_wait()? {
+            code = st.code();
+            break;
+        }
+        if t0.elapsed() > limit {
+            timed_out = true;
+            stop_pid(pid, Duration::from_secs(2));
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stdout = out_t.join().unwrap_or_default();
+    let mut stderr = err_t.join().unwrap_or_default();
+    if timed_out {
+        stderr += &format!("\n(killed after {limit:?})");
+    }
+    Ok(Run {
+        code,
+        stdout,
+        stderr,
+        elapsed: t0.elapsed(),
+    })
+}
+
+/// adler32 as storage systems write it: 8 lowercase hex digits.
+pub fn adler32_hex(data: &[u8]) -> String {
+    format!("{:08x}", adler2::adler32_slice(data))
+}
+
+/// A file of `size` pseudo-random bytes (seeded, so a rerun is the same).
+fn random_file(path: &Path, size: usize, seed: u64) -> Result<Vec<u8>> {
+    let mut data = vec![0u8; size];
+    SmallRng::seed_from_u64(seed).fill_bytes(&mut data);
+    fs::write(path, &data).with_context(|| format!("writing {}", path.display()))?;
+    Ok(data)
+}
+
+/// Whether the file at `path` holds exactly `want`, with a detail.
+fn same_bytes(path: &Path, want: &[u8]) -> (bool, String) {
+    match fs::read(path) {
+        Ok(got) if got == want => (
+            true,
+            format!("{} bytes, adler32 {}", got.len(), adler32_hex(&got)),
+        ),
+        Ok(got) => (
+            false,
+            format!(
+                "{} bytes adler32 {}, expected {} bytes adler32 {}",
+                got.len(),
+                adler32_hex(&got),
+                want.len(),
+                adler32_hex(want)
+            ),
+        ),
+        Err(e) => (false, format!("{}: {e}", path.display())),
+    }
+}
+
+/// The `Digest: adler32=...` value of a HEAD asked with `Want-Digest`.
+fn digest_adler32(headers: &str) -> Option<String> {
+    headers.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        if !k.trim().eq_ignore_ascii_case("digest") {
+            return None;
+        }
+        v.split(',').find_map(|d| {
+            let (alg, val) = d.trim().split_once('=')?;
+            alg.eq_ignore_ascii_case("adler32")
+                .then(|| format!("{:0>8}", val.trim().to_ascii_lowercase()))
+        })
+    })
+}
+
+pub fn run(topo: &Topology, out: &mut Outcome, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    let mut site = Site::build(topo.clone(), progress)?;
+    progress("foreign site: xrootd with HTTP-TPC behind the router");
+    let mut foreign = ForeignSite::start(&site)?;
+    let c = Clients::new(&site)?;
+    let hashed = site.pki.hashed_ca()?;
+    out.check(
+        "the lab CA is in the grid layout (<hash>.0)",
+        hashed.is_some(),
+        format!("{hashed:?}"),
+    );
+
+    // A step that cannot go on is a failed check; the others still run.
+    if let Err(e) = https_basics(&c, &site, out) {
+        out.check("https basics ran", false, format!("{e:#}"));
+    }
+    if let Err(e) = uploads_and_downloads(&c, &site, out, progress) {
+        out.check("uploads and downloads ran", false, format!("{e:#}"));
+    }
+    if let Err(e) = third_party_copies(&c, &site, &mut foreign, out, progress) {
+        out.check("third-party copies ran", false, format!("{e:#}"));
+    }
+
+    progress("no client process left behind");
+    foreign.stop();
+    let mut left = Vec::new();
+    for ns in site.clients.iter().chain([&foreign.ns]) {
+        let pids = crate::process::run_checked("ip", &["netns", "pids", ns])?;
+        left.extend(
+            pids.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+                .filter(|&p| alive(p))
+                .map(|p| format!("{ns}: pid {p}")),
+        );
+    }
+    out.check(
+        "no process left in the client and foreign namespaces",
+        left.is_empty(),
+        left.join(", "),
+    );
+    drop(foreign);
+    site.check_alive()
+}
+
+/// curl over HTTPS by name and by address (the certificate's SANs); the
+/// control: without the lab CA the same request is refused.
+fn https_basics(c: &Clients, site: &Site, out: &mut Outcome) -> Result<()> {
+    let ca = c.ca_cert.display().to_string();
+    let by_name = c.run(&["curl", "-sS", "--cacert", &ca, &c.https("/whoami")])?;
+    out.check(
+        "curl over https by the VIP's name",
+        by_name.ok() && by_name.stdout.starts_with("node"),
+        by_name.summary(),
+    );
+    let v6 = format!("https://[{}]/whoami", site.topo.vips.ipv6);
+    let by_addr = c.run(&["curl", "-sS", "--cacert", &ca, &v6])?;
+    out.check(
+        "curl over https by the IPv6 VIP (address in the certificate)",
+        by_addr.ok() && by_addr.stdout.starts_with("node"),
+        by_addr.summary(),
+    );
+    let untrusted = c.run(&["curl", "-sS", &c.https("/whoami")])?;
+    // 60: the peer's certificate could not be verified.
+    out.check(
+        "control: without the lab CA curl refuses the certificate",
+        untrusted.code == Some(60),
+        untrusted.summary(),
+    );
+    Ok(())
+}
+
+fn uploads_and_downloads(
+    c: &Clients,
+    site: &Site,
+    out: &mut Outcome,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    progress("gfal-copy up and down through the VIP (davs://)");
+    let up = c.dir.join("gfal-up.bin");
+    let data = random_file(&up, 8 * MB + 123, 1)?;
+    let remote = "/data/grid/gfal.bin";
+    let r = c.run(&[
+        "gfal-copy",
+        "-f",
+        &format!("file://{}", up.display()),
+        &c.davs(remote),
+    ])?;
+    let (same, detail) = same_bytes(&site.storage.join("data/grid/gfal.bin"), &data);
+    out.check(
+        "gfal-copy uploads byte-exact (davs://)",
+        r.ok() && same,
+        format!("{}; on storage: {detail}", r.summary()),
+    );
+    let down = c.dir.join("gfal-down.bin");
+    let r = c.run(&[
+        "gfal-copy",
+        "-f",
+        &c.davs(remote),
+        &format!("file://{}", down.display()),
+    ])?;
+    let (same, detail) = same_bytes(&down, &data);
+    out.check(
+        "gfal-copy downloads byte-exact (davs://)",
+        r.ok() && same,
+        format!("{}; {detail}", r.summary()),
+    );
+
+    progress("davix-put and davix-get through the VIP (https://)");
+    let dput = c.dir.join("davix-up.bin");
+    let data = random_file(&dput, 3 * MB + 7, 2)?;
+    let capath = c.ca_dir.display().to_string();
+    let remote = "/data/grid/davix.bin";
+    let r = c.run(&[
+        "davix-put",
+        "--capath",
+        &capath,
+        &dput.display().to_string(),
+        &c.https(remote),
+    ])?;
+    let (same, detail) = same_bytes(&site.storage.join("data/grid/davix.bin"), &data);
+    out.check(
+        "davix-put uploads byte-exact",
+        r.ok() && same,
+        format!("{}; on storage: {detail}", r.summary()),
+    );
+    let dget = c.dir.join("davix-down.bin");
+    let r = c.run(&[
+        "davix-get",
+        "--capath",
+        &capath,
+        &c.https(remote),
+        &dget.display().to_string(),
+    ])?;
+    let (same, detail) = same_bytes(&dget, &data);
+    out.check(
+        "davix-get downloads byte-exact",
+        r.ok() && same,
+        format!("{}; {detail}", r.summary()),
+    );
+    Ok(())
+}
+
+/// HTTP-TPC with the foreign site as the active party: it pulls a file
+/// from our VIP, and pushes one to it; gfal-copy drives both with the
+/// SciTag header. The copies' packets are watched at the router.
+fn third_party_copies(
+    c: &Clients,
+    site: &Site,
+    foreign: &mut ForeignSite,
+    out: &mut Outcome,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let scitag = format!("HTTP PLUGIN:HEADERS=SciTag: {SCITAG}");
+    // With a bearer token gfal2 asks for no delegation (`Credential: none`),
+    // which xrootd (and StoRM) require; without one it asks for gridsite
+    // delegation and xrootd answers 400. Neither lab site checks the token.
+    let token = "BEARER:TOKEN=lbd-lab";
+    // Source on our side: uploaded through the VIP first.
+    let src = c.dir.join("tpc-src.bin");
+    let data = random_file(&src, 16 * MB + 5, 3)?;
+    let ours = "/data/grid/tpc-out.bin";
+    let r = c.run(&[
+        "gfal-copy",
+        "-f",
+        &format!("file://{}", src.display()),
+        &c.davs(ours),
+    ])?;
+    if !r.ok() {
+        bail!("uploading the TPC source failed: {}", r.summary());
+    }
+
+    progress("TPC: the foreign site pulls from our VIP (gfal-copy --copy-mode pull)");
+    let cap = Capture::start(
+        &site.router.ns,
+        foreign_site::ROUTER_DEV,
+        "ip6 and tcp",
+        site.dir.join("tpc-pull.pcap"),
+    )?;
+    let theirs = "/data/grid/from-lbd.bin";
+    let r = c.run(&[
+        "gfal-copy",
+        "-f",
+        "--copy-mode",
+        "pull",
+        // The destination (xrootd) makes no parent directories by itself.
+        "-p",
+        "-D",
+        &scitag,
+        "-D",
+        token,
+        &c.davs(ours),
+        &foreign.url6(theirs),
+    ])?;
+    let packets = cap.finish()?;
+    let (same, detail) = same_bytes(&foreign.file(theirs), &data);
+    let digest = foreign_digest(c, foreign, theirs)?;
+    let want = adler32_hex(&data);
+    out.check(
+        "TPC pull by the foreign site from our VIP: byte-exact, its adler32 matches",
+        r.ok() && same && digest.as_deref() == Some(want.as_str()),
+        format!(
+            "{}; there: {detail}; its Digest adler32 {digest:?}, computed {want}",
+            r.summary()
+        ),
+    );
+    let from_vip: Vec<&wire::Packet> = packets
+        .iter()
+        .filter(|p| p.src == std::net::IpAddr::from(site.topo.vips.ipv6) && p.payload > 0)
+        .collect();
+    out.check(
+        "the pull's data crossed the router over IPv6 from the VIP",
+        from_vip.iter().map(|p| u64::from(p.payload)).sum::<u64>() >= data.len() as u64,
+        format!(
+            "{} data packets, {} bytes from the VIP of {} captured IPv6 packets",
+            from_vip.len(),
+            from_vip.iter().map(|p| u64::from(p.payload)).sum::<u64>(),
+            packets.len()
+        ),
+    );
+
+    progress("TPC: the foreign site pushes to our VIP (gfal-copy --copy-mode push)");
+    let theirs = "/data/grid-src/to-lbd.bin";
+    let there = foreign.file(theirs);
+    fs::create_dir_all(there.parent().context("a parent")?)?;
+    let data = random_file(&there, 12 * MB + 9, 4)?;
+    crate::process::run_checked(
+        "chown",
+        &["-R", "xrootd:xrootd", &foreign.data.display().to_string()],
+    )?;
+    let ours = "/data/grid/pushed.bin";
+    let r = c.run(&[
+        "gfal-copy",
+        "-f",
+        "--copy-mode",
+        "push",
+        "-D",
+        &scitag,
+        "-D",
+        token,
+        &foreign.url6(theirs),
+        &c.davs(ours),
+    ])?;
+    let (same, detail) = same_bytes(&site.storage.join("data/grid/pushed.bin"), &data);
+    out.check(
+        "TPC push by the foreign site to our VIP: byte-exact",
+        r.ok() && same,
+        format!("{}; here: {detail}", r.summary()),
+    );
+    if !foreign.alive() {
+        bail!("xrootd died during the copies");
+    }
+    Ok(())
+}
+
+/// The foreign site's own adler32 of `path` (HEAD with Want-Digest).
+fn foreign_digest(c: &Clients, foreign: &ForeignSite, path: &str) -> Result<Option<String>> {
+    let r = c.run(&[
+        "curl",
+        "-sS",
+        "-I",
+        "-H",
+        "Want-Digest: adler32",
+        &foreign.url6(path),
+    ])?;
+    Ok(digest_adler32(&r.stdout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_header_is_found_case_insensitively_and_zero_padded() {
+        let h = "HTTP/1.1 200 OK\r\nDIGEST: md5=abc, ADLER32=84B021F\r\n";
+        assert_eq!(digest_adler32(h).as_deref(), Some("084b021f"));
+        assert_eq!(digest_adler32("HTTP/1.1 200 OK\r\n"), None);
+        assert_eq!(adler32_hex(b"hello\n"), "084b021f");
+    }
+}
