@@ -442,6 +442,20 @@ fn third_party_copies(
         ),
     );
 
+    // What the VIP's data packets carried: the kernel's own flow labels
+    // (one per connection) here; a SciTag's label once our node is the
+    // active party of a copy.
+    let mut labels: Vec<String> = from_vip
+        .iter()
+        .map(|p| format!("{}:{:#07x}", p.dport, p.flow_label))
+        .collect();
+    labels.sort();
+    labels.dedup();
+    out.notes.push(format!(
+        "flow labels of the pull's data packets from the VIP (port:label): {}",
+        labels.join(", ")
+    ));
+
     progress("TPC: the foreign site pushes to our VIP (gfal-copy --copy-mode push)");
     let theirs = "/data/grid-src/to-lbd.bin";
     let there = foreign.file(theirs);
