@@ -7,7 +7,7 @@ CARGO ?= cargo
 PROFILE := --release
 STAMP := target/.setup-stamp
 
-.PHONY: all setup build test lint fmt bench bench-dataplane demo demo-clean demo-dataplane clean tracer-static bench-tracer bench-bgp-speaker bench-bgp bench-flowmark bench-topology lab-bins packages
+.PHONY: all setup build test lint fmt bench bench-dataplane demo demo-clean demo-dataplane clean tracer-static bench-tracer bench-bgp-speaker bench-bgp bench-flowmark bench-topology lab-bins packages bench-storage
 
 all: build
 
@@ -38,7 +38,7 @@ test: $(STAMP)
 	$(MAKE) lint
 	$(MAKE) tracer-static
 
-bench: bench-dataplane bench-tracer bench-bgp-speaker bench-flowmark bench-topology
+bench: bench-dataplane bench-tracer bench-bgp-speaker bench-flowmark bench-topology bench-storage
 
 # lbd-trace as operators get it: one static musl binary, non-PIE so that
 # `file` says "statically linked" (see docs/tracer.md).
@@ -73,8 +73,14 @@ bench-bgp: bench-bgp-speaker
 bench-flowmark: $(STAMP)
 	$(CARGO) run $(PROFILE) -p flowmark --bin flowmark-bench -- --out target/bench/flowmark.json
 
+# storage-front node to node over a veth: PUT/GET baseline, PUT with
+# checksum, TPC pull/push (SF_BENCH_MB, SF_BENCH_ROUNDS to shrink).
+bench-storage: $(STAMP)
+	$(CARGO) bench -p storage-front --bench storage -- --out $(CURDIR)/target/bench/storage.json
+
 bench-dataplane: $(STAMP)
 	$(CARGO) run $(PROFILE) -p lab --bin dataplane-bench -- --out target/bench/dataplane.json
+	$(CARGO) run $(PROFILE) -p lab --bin dataplane-throughput -- --out target/bench/dataplane-throughput.json
 
 # The storage-site lab (topology-tests/): lbd-lab and the lbd it starts.
 SITE := configs/topology/site.toml

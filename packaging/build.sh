@@ -81,6 +81,14 @@ DEB=("$CARGO_DEB" --no-build --strip --fast --output "$OUT/")
 "${DEB[@]}" -p lbd
 "${DEB[@]}" -p flowmark
 "${DEB[@]}" -p tracer --target "$MUSL"
+# cargo-deb 3.8 writes "Depends: " even when nothing is depended on (the
+# static lbd-trace); policy wants no field then: drop it and repack.
+repack="$ASSETS/lbd-trace/repack"
+rm -rf "$repack"
+dpkg-deb -R "$OUT/lbd-trace_$VERSION-1_amd64.deb" "$repack"
+sed -i '/^Depends: *$/d' "$repack/DEBIAN/control"
+dpkg-deb --root-owner-group -b "$repack" "$OUT/lbd-trace_$VERSION-1_amd64.deb" >/dev/null
+rm -rf "$repack"
 
 # The RPMs take stripped copies (cargo-deb strips its own).
 strip -o "$ASSETS/lbd/lbd" "$TARGET/release/lbd"

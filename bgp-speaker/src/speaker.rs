@@ -367,6 +367,12 @@ impl Speaker {
         self.rib.borrow().routes.keys().copied().collect()
     }
 
+    /// Whether `prefix` is in the RIB (announced to every peer, or being
+    /// drained with GRACEFUL_SHUTDOWN).
+    pub fn is_announced(&self, prefix: IpNet) -> bool {
+        self.rib.borrow().routes.contains_key(&prefix.trunc())
+    }
+
     /// A stream of session state changes.
     pub fn events(&self) -> broadcast::Receiver<SessionEvent> {
         self.events.subscribe()

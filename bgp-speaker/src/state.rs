@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::bfd::BfdState;
 
-/// RFC 4271 section 8.2.2 session states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// RFC 4271 section 8.2.2 session states (serialised by these names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum State {
     Idle,
     Connect,
@@ -19,6 +19,20 @@ pub enum State {
     OpenSent,
     OpenConfirm,
     Established,
+}
+
+impl State {
+    /// The RFC's name, as FRR and BIRD show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Idle => "Idle",
+            State::Connect => "Connect",
+            State::Active => "Active",
+            State::OpenSent => "OpenSent",
+            State::OpenConfirm => "OpenConfirm",
+            State::Established => "Established",
+        }
+    }
 }
 
 /// A session changed state.

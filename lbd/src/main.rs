@@ -51,9 +51,13 @@ enum Cmd {
         #[arg(short, long, default_value = config::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
-    /// Bucket share per node and second hops in transition for one VIP.
+    /// One VIP's table: buckets per owner node, buckets with a second hop and when they are dropped.
     Table {
+        /// The VIP's address.
         vip: String,
+        /// The same as stable JSON.
+        #[arg(long)]
+        json: bool,
         #[arg(short, long, default_value = config::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
@@ -74,27 +78,23 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::CheckConfig { file } => check_config(&file),
         Cmd::Run { config } => run(&config),
-        Cmd::Status { json, socket } => client(&socket, Request::Status, |r| {
-            let data = r.data.unwrap_or_default();
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&data).unwrap_or_default()
-                );
-            } else {
-                match serde_json::from_value::<lbd::status::Status>(data) {
-                    Ok(s) => print!("{}", lbd::status::render(&s, health::unix_now())),
-                    Err(e) => eprintln!("lbd status: unexpected answer: {e}"),
-                }
+        Cmd::Status { json, socket } => client(&socket, Request::Status, |r| match r {
+            Response::Status(s) if json => print_json(&s),
+            Response::Status(s) => {
+                print!("{}", lbd::status::render(&s, health::unix_now()));
+                true
             }
+            _ => false,
         }),
-        Cmd::Drain { socket } => client(&socket, Request::Drain, |r| println!("{}", r.message)),
-        Cmd::Undrain { socket } => client(&socket, Request::Undrain, |r| println!("{}", r.message)),
-        Cmd::Table { vip, socket } => client(&socket, Request::Table { vip }, |r| {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&r.data.unwrap_or_default()).unwrap_or_default()
-            )
+        Cmd::Drain { socket } => client(&socket, Request::Drain, print_message),
+        Cmd::Undrain { socket } => client(&socket, Request::Undrain, print_message),
+        Cmd::Table { vip, json, socket } => client(&socket, Request::Table { vip }, |r| match r {
+            Response::Table(t) if json => print_json(&t),
+            Response::Table(t) => {
+                print!("{}", t.render());
+                true
+            }
+            _ => false,
         }),
         Cmd::Cleanup { config } => match Config::load(&config) {
             Ok(c) => match dataplane::loader::Dataplane::cleanup(&c.dataplane.pin_dir) {
@@ -168,7 +168,32 @@ fn run(config: &std::path::Path) -> ExitCode {
     }
 }
 
-fn client(socket: &std::path::Path, req: Request, show: impl FnOnce(Response)) -> ExitCode {
+fn print_json(data: &impl serde::Serialize) -> bool {
+    match serde_json::to_string_pretty(data) {
+        Ok(text) => {
+            println!("{text}");
+            true
+        }
+        Err(e) => {
+            eprintln!("lbd: {e}");
+            false
+        }
+    }
+}
+
+fn print_message(r: Response) -> bool {
+    match r {
+        Response::Message(m) => {
+            println!("{m}");
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Sends `req`; `show` prints the answer it expects and returns false for
+/// any other (an error answer is printed here).
+fn client(socket: &std::path::Path, req: Request, show: impl FnOnce(Response) -> bool) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -180,16 +205,21 @@ fn client(socket: &std::path::Path, req: Request, show: impl FnOnce(Response)) -
         }
     };
     match rt.block_on(lbd::control::call(socket, &req)) {
-        Ok(r) if r.ok => {
-            show(r);
-            ExitCode::SUCCESS
-        }
-        Ok(r) => {
-            eprintln!("lbd: {}", r.message);
+        Ok(Response::Error(message)) => {
+            eprintln!("lbd: {message}");
             ExitCode::FAILURE
         }
+        Ok(r) => {
+            let kind = r.kind();
+            if show(r) {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("lbd: unexpected answer from the daemon ({kind})");
+                ExitCode::FAILURE
+            }
+        }
         Err(e) => {
-            eprintln!("lbd: {e:#}");
+            eprintln!("lbd: {e}");
             ExitCode::FAILURE
         }
     }

@@ -3,16 +3,18 @@
 //! refreshed for [`IDLE_TIMEOUT`] (its VIP, peer or member was removed by a
 //! reload) is dropped by the exporter.
 
+use bgp_speaker::{BfdState, State};
 use metrics::{counter, gauge};
 
+use crate::liveness::NodeState;
 use crate::status::Status;
 
 /// Several export rounds: only a series nobody refreshes any more goes.
 pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub fn export(s: &Status) {
-    for st in ["active", "draining", "down"] {
-        gauge!("lbd_node_state", "state" => st).set(f64::from(u8::from(s.node.state == st)));
+    for st in [NodeState::Active, NodeState::Draining, NodeState::Down] {
+        gauge!("lbd_node_state", "state" => st.name()).set(f64::from(u8::from(s.node.state == st)));
     }
     gauge!("lbd_uptime_seconds").set(s.node.uptime_s as f64);
     for (name, n) in &s.node.dataplane {
@@ -43,11 +45,12 @@ pub fn export(s: &Status) {
     for p in &s.bgp {
         let peer = p.peer.clone();
         gauge!("lbd_bgp_established", "peer" => peer.clone())
-            .set(f64::from(u8::from(p.state == "Established")));
+            .set(f64::from(u8::from(p.state == State::Established)));
         gauge!("lbd_bgp_prefixes_sent", "peer" => peer.clone()).set(p.prefixes_sent as f64);
         // Only for peers with BFD configured: no series means no BFD.
-        if let Some(bfd) = &p.bfd {
-            gauge!("lbd_bfd_up", "peer" => peer.clone()).set(f64::from(u8::from(bfd == "Up")));
+        if let Some(bfd) = p.bfd {
+            gauge!("lbd_bfd_up", "peer" => peer.clone())
+                .set(f64::from(u8::from(bfd == BfdState::Up)));
         }
         gauge!("lbd_bgp_uptime_seconds", "peer" => peer.clone())
             .set(p.uptime_s.unwrap_or(0) as f64);

@@ -1,17 +1,28 @@
-//! What `lbd status` shows: the JSON the daemon sends over the control
-//! socket (`--json` prints it as is; its field names are stable) and the
-//! dense text rendering.
+//! What `lbd status` shows: the data set, assembled here from the
+//! daemon's parts ([`assemble`]), sent as JSON over the control socket
+//! (`--json` prints it as is; its field names are stable), and the dense
+//! text rendering ([`render`]). A new field is one line in its struct and
+//! one in the function that fills it (`vip_status`, `peer_line`,
+//! `member_line`, `node_status`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
+use bgp_speaker::{BfdState, PeerStatus, Speaker, State};
+use dataplane::loader::Dataplane;
 use serde::{Deserialize, Serialize};
 
-use crate::liveness::printable;
+use crate::columns::Columns;
+use crate::config::{Config, Member, Protocol};
+use crate::liveness::{self, MemberStatus, NodeState, printable};
+use crate::vips::{VipState, Vips};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub node: NodeStatus,
+    /// By address (IPv4 before IPv6).
     pub vips: Vec<VipStatus>,
     pub bgp: Vec<PeerLine>,
     pub members: Vec<MemberLine>,
@@ -25,10 +36,10 @@ pub struct Status {
     pub bgp_refused_unknown: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub id: u16,
-    pub state: String,
+    pub state: NodeState,
     pub reason: String,
     pub generation: String,
     pub config: String,
@@ -41,11 +52,11 @@ pub struct NodeStatus {
     pub dataplane: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VipStatus {
     pub address: String,
     pub ports: Vec<u16>,
-    pub protocols: Vec<String>,
+    pub protocols: Vec<Protocol>,
     pub healthy: bool,
     pub announced: bool,
     /// This node is a first hop in its own table.
@@ -61,7 +72,7 @@ pub struct VipStatus {
     pub settles_in_s: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckLine {
     pub name: String,
     pub up: bool,
@@ -70,14 +81,14 @@ pub struct CheckLine {
     pub probes: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeerLine {
     pub peer: String,
-    pub state: String,
+    pub state: State,
     pub uptime_s: Option<u64>,
     pub prefixes_sent: u64,
     pub prefixes_received: u64,
-    pub bfd: Option<String>,
+    pub bfd: Option<BfdState>,
     pub last_error: Option<String>,
     /// Malformed UPDATEs handled without a session reset (RFC 7606), per
     /// "approach/class", e.g. "treat-as-withdraw/origin".
@@ -85,18 +96,168 @@ pub struct PeerLine {
     pub update_errors: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemberLine {
     pub id: u16,
     pub address: String,
     /// This node itself.
     pub local: bool,
     pub up: bool,
-    pub state: String,
+    /// What the member reported while up; `down` when it is not.
+    pub state: NodeState,
     pub generation: Option<String>,
     pub generation_matches: bool,
     pub last_seen_unix: Option<u64>,
     pub last_error: Option<String>,
+}
+
+/// What the daemon lends [`assemble`].
+pub struct Sources<'a> {
+    pub cfg: &'a Config,
+    pub vips: &'a Vips,
+    pub state: NodeState,
+    pub reason: &'a str,
+    pub uptime: Duration,
+    pub last_reload: Option<&'a str>,
+    pub dp: &'a Dataplane,
+    pub speaker: &'a Speaker,
+    /// The other members as the liveness poller last saw them.
+    pub members: &'a BTreeMap<u16, MemberStatus>,
+    pub liveness: &'a liveness::Counters,
+}
+
+/// The whole status from the daemon's parts.
+pub fn assemble(src: &Sources) -> Status {
+    let now = Instant::now();
+    let generation = src.cfg.generation();
+    Status {
+        node: node_status(src, &generation),
+        vips: src
+            .vips
+            .iter()
+            .map(|(&addr, v)| vip_status(src, addr, v, now))
+            .collect(),
+        bgp: src.speaker.peers().into_iter().map(peer_line).collect(),
+        members: src
+            .cfg
+            .members
+            .iter()
+            .map(|m| member_line(src, m, &generation))
+            .collect(),
+        liveness: src
+            .liveness
+            .snapshot()
+            .into_iter()
+            .map(|(k, n)| (k.to_string(), n))
+            .collect(),
+        bgp_refused_unknown: src.speaker.refused_unknown(),
+    }
+}
+
+fn node_status(src: &Sources, generation: &str) -> NodeStatus {
+    NodeStatus {
+        id: src.cfg.node_id,
+        state: src.state,
+        reason: src.reason.to_string(),
+        generation: generation.to_string(),
+        config: src.cfg.file.display().to_string(),
+        uptime_s: src.uptime.as_secs(),
+        last_reload: src.last_reload.map(str::to_string),
+        dataplane: match src.dp.counters(None) {
+            Ok(c) => c.into_iter().map(|(k, n)| (k.to_string(), n)).collect(),
+            Err(_) => BTreeMap::new(),
+        },
+    }
+}
+
+fn vip_status(src: &Sources, addr: IpAddr, v: &VipState, now: Instant) -> VipStatus {
+    let mut counters: BTreeMap<String, u64> = BTreeMap::new();
+    for e in v.config.entries() {
+        if let Ok(c) = src.dp.counters(Some(&e)) {
+            for (k, n) in c {
+                *counters.entry(k.to_string()).or_default() += n;
+            }
+        }
+    }
+    let t = &v.table;
+    let (share, second_hops) = t.share();
+    VipStatus {
+        address: addr.to_string(),
+        ports: v.config.ports.clone(),
+        protocols: v.config.protocols.clone(),
+        healthy: v.healthy(),
+        // The RIB, drain included: a draining node still announces (with
+        // GRACEFUL_SHUTDOWN) until `shutdown_wait` ends.
+        announced: src.speaker.is_announced(addr.into()),
+        in_table: t.has_first_hop(src.cfg.node_id),
+        checks: v
+            .checks
+            .iter()
+            .map(|c| {
+                let s = c.status();
+                CheckLine {
+                    name: s.name,
+                    up: s.up,
+                    last_result: s.last_result,
+                    latency_ms: s.last_latency_ms,
+                    probes: s.probes,
+                }
+            })
+            .collect(),
+        counters,
+        share: share.into_iter().collect(),
+        second_hops,
+        table_size: t.live.len(),
+        settles_in_s: t
+            .settle_at
+            .map(|s| s.saturating_duration_since(now).as_secs()),
+    }
+}
+
+fn peer_line(p: PeerStatus) -> PeerLine {
+    PeerLine {
+        peer: p.peer.to_string(),
+        state: p.state,
+        uptime_s: p.uptime.map(|u| u.as_secs()),
+        prefixes_sent: p.prefixes_sent,
+        prefixes_received: p.prefixes_received,
+        bfd: p.bfd,
+        last_error: p.last_error,
+        update_errors: p.update_errors,
+    }
+}
+
+fn member_line(src: &Sources, m: &Member, generation: &str) -> MemberLine {
+    if m.id == src.cfg.node_id {
+        return MemberLine {
+            id: m.id,
+            address: m.address.to_string(),
+            local: true,
+            up: true,
+            state: src.state,
+            generation: Some(generation.to_string()),
+            generation_matches: true,
+            last_seen_unix: Some(health::unix_now()),
+            last_error: None,
+        };
+    }
+    let s = src.members.get(&m.id);
+    let report = s.and_then(|s| s.report.as_ref());
+    let up = s.is_some_and(|s| s.up);
+    MemberLine {
+        id: m.id,
+        address: m.address.to_string(),
+        local: false,
+        up,
+        state: match (up, report) {
+            (true, Some(r)) => r.state,
+            _ => NodeState::Down,
+        },
+        generation: report.map(|r| r.generation.clone()),
+        generation_matches: report.is_none_or(|r| r.generation == generation),
+        last_seen_unix: s.and_then(|s| s.last_seen_unix),
+        last_error: s.and_then(|s| s.last_error.clone()),
+    }
 }
 
 /// The first 8 characters of a generation, escaped (a member's report
@@ -128,7 +289,7 @@ pub fn render(s: &Status, now_unix: u64) -> String {
         o,
         "node {} {} ({}), generation {}, up {}, config {}",
         n.id,
-        n.state.to_uppercase(),
+        n.state.name().to_uppercase(),
         n.reason,
         short_generation(&n.generation),
         dur(Some(n.uptime_s)),
@@ -145,10 +306,23 @@ pub fn render(s: &Status, now_unix: u64) -> String {
         g("drop_decap_not_vip"),
         g("drop_malformed")
     );
-    let _ = writeln!(
-        o,
-        "\nVIP                       Ports        Health  BGP        Table  Share (node:buckets)      2nd-hop  Local      Fwd1st     Fwd2nd     Decap      Drops"
-    );
+    // Minimum widths keep the usual layout; a longer cell widens its
+    // column for every row.
+    let mut t = Columns::new(&[
+        "VIP",
+        "Ports",
+        "Health",
+        "BGP",
+        "Table",
+        "Share (node:buckets)",
+        "2nd-hop",
+        "Local",
+        "Fwd1st",
+        "Fwd2nd",
+        "Decap",
+        "Drops",
+    ])
+    .min_widths(&[24, 11, 6, 9, 5, 24, 7, 9, 9, 9, 9]);
     for v in &s.vips {
         let ports = v
             .ports
@@ -156,6 +330,12 @@ pub fn render(s: &Status, now_unix: u64) -> String {
             .map(|p| p.to_string())
             .collect::<Vec<_>>()
             .join(",");
+        let protocols = v
+            .protocols
+            .iter()
+            .map(|p| p.name())
+            .collect::<Vec<_>>()
+            .join("+");
         let share = v
             .share
             .iter()
@@ -168,66 +348,72 @@ pub fn render(s: &Status, now_unix: u64) -> String {
             Some(t) => format!("{} ({}s)", v.second_hops, t),
             None => v.second_hops.to_string(),
         };
-        let _ = writeln!(
-            o,
-            "{:<25} {:<12} {:<7} {:<10} {:<6} {:<25} {:<8} {:<10} {:<10} {:<10} {:<10} {}",
-            v.address,
-            format!("{}/{}", ports, v.protocols.join("+")),
-            if v.healthy { "up" } else { "DOWN" },
-            if v.announced {
+        t.row([
+            v.address.clone(),
+            format!("{ports}/{protocols}"),
+            (if v.healthy { "up" } else { "DOWN" }).into(),
+            (if v.announced {
                 "announced"
             } else {
                 "withdrawn"
-            },
-            if v.in_table { "in" } else { "out" },
+            })
+            .into(),
+            (if v.in_table { "in" } else { "out" }).into(),
             share,
             second,
-            c("pass_local"),
-            c("fwd_first_hop"),
-            c("fwd_second_hop"),
-            c("decap"),
-            drops
-        );
+            c("pass_local").to_string(),
+            c("fwd_first_hop").to_string(),
+            c("fwd_second_hop").to_string(),
+            c("decap").to_string(),
+            drops.to_string(),
+        ]);
         for ch in &v.checks {
             let lat = ch
                 .latency_ms
                 .map(|l| format!("{l:.1}ms"))
                 .unwrap_or_else(|| "-".into());
-            let _ = writeln!(
-                o,
-                "  check {:<40} {:<5} {:<9} {}",
+            t.note(format!(
+                "check {:<40} {:<5} {:<9} {}",
                 ch.name,
                 if ch.up { "up" } else { "DOWN" },
                 lat,
                 printable(&ch.last_result)
-            );
+            ));
         }
     }
-    let _ = writeln!(
-        o,
-        "\nBGP peer                  State        Up/Down    PfxSnt PfxRcd BFD    Last error"
-    );
+    o.push('\n');
+    t.write(&mut o);
+    let mut t = Columns::new(&[
+        "BGP peer",
+        "State",
+        "Up/Down",
+        "PfxSnt",
+        "PfxRcd",
+        "BFD",
+        "Last error",
+    ])
+    .min_widths(&[24, 11, 9, 5, 5, 5]);
     for p in &s.bgp {
-        let _ = writeln!(
-            o,
-            "{:<25} {:<12} {:<10} {:<6} {:<6} {:<6} {}",
-            p.peer,
-            p.state,
+        t.row([
+            p.peer.clone(),
+            p.state.name().into(),
             dur(p.uptime_s),
-            p.prefixes_sent,
-            p.prefixes_received,
-            p.bfd.as_deref().unwrap_or("-"),
-            printable(p.last_error.as_deref().unwrap_or(""))
-        );
+            p.prefixes_sent.to_string(),
+            p.prefixes_received.to_string(),
+            p.bfd.map_or("-", BfdState::name).into(),
+            printable(p.last_error.as_deref().unwrap_or("")),
+        ]);
         if !p.update_errors.is_empty() {
             let list: Vec<String> = p
                 .update_errors
                 .iter()
                 .map(|(k, n)| format!("{k} {n}"))
                 .collect();
-            let _ = writeln!(o, "  RFC 7606, session kept: {}", list.join(", "));
+            t.note(format!("RFC 7606, session kept: {}", list.join(", ")));
         }
     }
+    o.push('\n');
+    t.write(&mut o);
     if s.bgp_refused_unknown > 0 {
         let _ = writeln!(
             o,
@@ -235,10 +421,16 @@ pub fn render(s: &Status, now_unix: u64) -> String {
             s.bgp_refused_unknown
         );
     }
-    let _ = writeln!(
-        o,
-        "\nMember  Address                   Reach  State     Generation  Last seen  Note"
-    );
+    let mut t = Columns::new(&[
+        "Member",
+        "Address",
+        "Reach",
+        "State",
+        "Generation",
+        "Last seen",
+        "Note",
+    ])
+    .min_widths(&[6, 24, 5, 8, 10, 9]);
     for m in &s.members {
         let gen_text = m
             .generation
@@ -251,26 +443,26 @@ pub fn render(s: &Status, now_unix: u64) -> String {
         if m.generation.is_some() && !m.generation_matches {
             note = format!("GENERATION DIFFERS {note}");
         }
-        let _ = writeln!(
-            o,
-            "{:<7} {:<25} {:<6} {:<9} {:<11} {:<10} {}",
+        t.row([
             if m.local {
                 format!("{}*", m.id)
             } else {
                 m.id.to_string()
             },
             printable(&m.address),
-            if m.up { "up" } else { "DOWN" },
-            printable(&m.state),
+            (if m.up { "up" } else { "DOWN" }).into(),
+            m.state.name().into(),
             gen_text,
             if m.local {
                 "-".into()
             } else {
                 ago(now_unix, m.last_seen_unix)
             },
-            note.trim()
-        );
+            note.trim().to_string(),
+        ]);
     }
+    o.push('\n');
+    t.write(&mut o);
     if !s.liveness.is_empty() {
         let counts: Vec<String> = s.liveness.iter().map(|(k, n)| format!("{k} {n}")).collect();
         let _ = writeln!(o, "\nliveness endpoint: {}", counts.join(", "));
@@ -278,77 +470,78 @@ pub fn render(s: &Status, now_unix: u64) -> String {
     o
 }
 
+/// A status with something wrong in every part, for the tests of its
+/// views.
+#[cfg(test)]
+pub(crate) fn example() -> Status {
+    Status {
+        node: NodeStatus {
+            id: 1,
+            state: NodeState::Active,
+            reason: "1/1 VIPs pass their checks".into(),
+            generation: "6d2bab2875707e18".into(),
+            config: "/etc/lbd/lbd.toml".into(),
+            uptime_s: 3725,
+            last_reload: Some("refused at 1: lbd.toml: vips[0].ports[0]: 0 is not a port".into()),
+            dataplane: BTreeMap::from([("drop_not_member".into(), 12)]),
+        },
+        vips: vec![VipStatus {
+            address: "198.51.100.10".into(),
+            ports: vec![80, 443],
+            protocols: vec![Protocol::Tcp],
+            healthy: false,
+            announced: false,
+            in_table: false,
+            checks: vec![CheckLine {
+                name: "http://127.0.0.1/health".into(),
+                up: false,
+                last_result: "status 503, expected 200".into(),
+                latency_ms: Some(1.25),
+                probes: 9,
+            }],
+            counters: BTreeMap::from([
+                ("pass_local".into(), 7),
+                ("drop_no_route".into(), 2),
+                ("drop_encap".into(), 1),
+            ]),
+            share: BTreeMap::from([(2, 2047), (3, 2046)]),
+            second_hops: 1364,
+            table_size: 4093,
+            settles_in_s: Some(59),
+        }],
+        bgp: vec![PeerLine {
+            peer: "192.0.2.1".into(),
+            state: State::Active,
+            uptime_s: None,
+            prefixes_sent: 0,
+            prefixes_received: 0,
+            bfd: None,
+            last_error: Some("connect: Connection refused".into()),
+            update_errors: BTreeMap::from([("treat-as-withdraw/origin".into(), 2)]),
+        }],
+        members: vec![MemberLine {
+            id: 2,
+            address: "192.0.2.12".into(),
+            local: false,
+            up: true,
+            state: NodeState::Active,
+            generation: Some("0123456789abcdef".into()),
+            generation_matches: false,
+            last_seen_unix: Some(95),
+            last_error: None,
+        }],
+        liveness: BTreeMap::from([("served".into(), 12), ("refused_not_member".into(), 3)]),
+        bgp_refused_unknown: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn status() -> Status {
-        Status {
-            node: NodeStatus {
-                id: 1,
-                state: "active".into(),
-                reason: "1/1 VIPs pass their checks".into(),
-                generation: "6d2bab2875707e18".into(),
-                config: "/etc/lbd/lbd.toml".into(),
-                uptime_s: 3725,
-                last_reload: Some(
-                    "refused at 1: lbd.toml: vips[0].ports[0]: 0 is not a port".into(),
-                ),
-                dataplane: BTreeMap::from([("drop_not_member".into(), 12)]),
-            },
-            vips: vec![VipStatus {
-                address: "198.51.100.10".into(),
-                ports: vec![80, 443],
-                protocols: vec!["tcp".into()],
-                healthy: false,
-                announced: false,
-                in_table: false,
-                checks: vec![CheckLine {
-                    name: "http://127.0.0.1/health".into(),
-                    up: false,
-                    last_result: "status 503, expected 200".into(),
-                    latency_ms: Some(1.25),
-                    probes: 9,
-                }],
-                counters: BTreeMap::from([
-                    ("pass_local".into(), 7),
-                    ("drop_no_route".into(), 2),
-                    ("drop_encap".into(), 1),
-                ]),
-                share: BTreeMap::from([(2, 2047), (3, 2046)]),
-                second_hops: 1364,
-                table_size: 4093,
-                settles_in_s: Some(59),
-            }],
-            bgp: vec![PeerLine {
-                peer: "192.0.2.1".into(),
-                state: "Active".into(),
-                uptime_s: None,
-                prefixes_sent: 0,
-                prefixes_received: 0,
-                bfd: None,
-                last_error: Some("connect: Connection refused".into()),
-                update_errors: BTreeMap::from([("treat-as-withdraw/origin".into(), 2)]),
-            }],
-            members: vec![MemberLine {
-                id: 2,
-                address: "192.0.2.12".into(),
-                local: false,
-                up: true,
-                state: "active".into(),
-                generation: Some("0123456789abcdef".into()),
-                generation_matches: false,
-                last_seen_unix: Some(95),
-                last_error: None,
-            }],
-            liveness: BTreeMap::from([("served".into(), 12), ("refused_not_member".into(), 3)]),
-            bgp_refused_unknown: 0,
-        }
-    }
-
     #[test]
     fn member_text_is_escaped_and_never_panics() {
-        let mut s = status();
+        let mut s = example();
         // What an old or hostile member could have made us store: a
         // multi-byte generation (byte slicing at 8 used to panic) and
         // terminal escapes in an error.
@@ -370,7 +563,7 @@ mod tests {
 
     #[test]
     fn render_shows_what_is_wrong_at_a_glance() {
-        let text = render(&status(), 100);
+        let text = render(&example(), 100);
         for want in [
             "node 1 ACTIVE (1/1 VIPs pass their checks), generation 6d2bab28, up 01:02:05",
             "last reload: refused at 1: lbd.toml: vips[0].ports[0]: 0 is not a port",
@@ -398,7 +591,7 @@ mod tests {
 
     #[test]
     fn status_json_round_trips() {
-        let s = status();
+        let s = example();
         let json = serde_json::to_string(&s).expect("json");
         let back: Status = serde_json::from_str(&json).expect("parse");
         assert_eq!(serde_json::to_string(&back).expect("json"), json);

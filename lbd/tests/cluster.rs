@@ -184,7 +184,7 @@ fn three_nodes_with_frr_announce_drain_fail_and_reload() {
     assert!(c.status(0)["vips"][0]["second_hops"].as_u64().unwrap_or(0) > 0);
     // `lbd table`: node 3's old buckets now have node 1 or 2 first, 3 second.
     let out = Command::new(LBD)
-        .args(["table", &VIP.to_string(), "-s"])
+        .args(["table", &VIP.to_string(), "--json", "-s"])
         .arg(&c.nodes[0].socket)
         .output()
         .expect("lbd table");
@@ -198,6 +198,26 @@ fn three_nodes_with_frr_announce_drain_fail_and_reload() {
         "{table}"
     );
     assert_eq!(table["table_size"], 4093);
+    // The same data as text: the pairs are rows of their own table.
+    let out = Command::new(LBD)
+        .args(["table", &VIP.to_string(), "-s"])
+        .arg(&c.nodes[0].socket)
+        .output()
+        .expect("lbd table");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = |first: &str, second: &str| {
+        text.lines().any(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            cells.len() == 3 && cells[0] == first && cells[1] == second
+        })
+    };
+    assert!(
+        out.status.success()
+            && text.starts_with(&format!("VIP {VIP}: 4093 buckets, "))
+            && row("1", "3")
+            && row("2", "3"),
+        "{text}"
+    );
     for _ in 0..20 {
         let who = c.get("/whoami").expect("GET during drain");
         assert_ne!(who, "node3", "a new connection reached the draining node");

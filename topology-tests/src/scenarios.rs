@@ -530,7 +530,9 @@ fn rolling_restart(
             || {
                 site.status(id).is_ok_and(|s| {
                     s.vips.iter().all(|v| v.announced)
-                        && s.bgp.iter().all(|p| p.state == "Established")
+                        && s.bgp
+                            .iter()
+                            .all(|p| p.state == bgp_speaker::State::Established)
                 })
             },
         )?;
@@ -579,7 +581,11 @@ fn router_restart(
     let established = site.wait_status(
         "every node's session Established",
         Duration::from_secs(10),
-        |s| s.bgp.iter().all(|p| p.state == "Established"),
+        |s| {
+            s.bgp
+                .iter()
+                .all(|p| p.state == bgp_speaker::State::Established)
+        },
     );
     let states: Vec<String> = ids
         .iter()
@@ -588,7 +594,7 @@ fn router_restart(
                 "node {id}: {}",
                 s.bgp
                     .iter()
-                    .map(|p| p.state.clone())
+                    .map(|p| p.state.name())
                     .collect::<Vec<_>>()
                     .join(",")
             ),
@@ -645,7 +651,7 @@ fn bad_update(
         s.bgp
             .iter()
             .find(|p| p.peer.starts_with(&r))
-            .map(|p| (p.state.clone(), p.uptime_s.unwrap_or(0)))
+            .map(|p| (p.state, p.uptime_s.unwrap_or(0)))
     };
     let mut before = Vec::new();
     for &id in &ids {
@@ -747,7 +753,8 @@ fn bad_update(
         let now = router_peer(&s, id);
         let kept = match (&before[i], &now) {
             (Some((b, up_b)), Some((a, up_a))) => {
-                b == "Established" && a == "Established" && up_a >= up_b
+                use bgp_speaker::State::Established;
+                *b == Established && *a == Established && up_a >= up_b
             }
             _ => false,
         };
@@ -768,4 +775,180 @@ fn bad_update(
     out.count(&w.wait()?);
     out.check_every_job_done("zero failed transfers");
     site.check_alive()
+}
+
+/// An `lbd` package upgrade under load, node by node, the way a site rolls
+/// one out (issue 17). The nodes run `lbd_bin`, the installed package's
+/// binary; `install` puts the new package in place (`dpkg -i`: the running
+/// daemons keep the file they started from), then each node's daemon is
+/// restarted the way the package's maintainer script has systemd do it
+/// (SIGTERM, then the unit's `lbd run` of the new file). Checks: zero
+/// failed transfers; the router's ECMP route never lost a next hop
+/// (graceful restart keeps the routes); each node's pinned XDP link and
+/// maps are the same objects afterwards (forwarding never stopped: the
+/// restarted daemon only swaps the program behind the link); each
+/// restarted daemon runs the newly installed file.
+pub fn package_upgrade(
+    topo: &Topology,
+    scale: &Scale,
+    lbd_bin: &std::path::Path,
+    install: &mut dyn FnMut() -> Result<()>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Outcome> {
+    let start = Instant::now();
+    let mut out = Outcome::new("package_upgrade");
+    let mut site = Site::build_from(topo.clone(), lbd_bin.to_path_buf(), progress, &[])?;
+    let ids = all_ids(&site);
+    let pins = crate::site::pin_root(&topo.name);
+    let pinned_before = pinned_objects(&pins)?;
+    let w = long_transfers(&mut site, scale, "upgrade", scale.parallel * 2)?;
+    let t0 = Instant::now();
+
+    // The router's routes, sampled from another thread for the whole upgrade.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (ns, nodes, stop) = (site.router.ns.clone(), topo.nodes, stop.clone());
+        let vips = [topo.vips.ipv4.to_string(), topo.vips.ipv6.to_string()];
+        let want = ids.clone();
+        std::thread::spawn(move || -> Result<(usize, Vec<String>)> {
+            let (mut samples, mut lost) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for vip in &vips {
+                    let fam = if vip.contains(':') { "-6" } else { "-4" };
+                    let route = run_checked("ip", &["-n", &ns, fam, "route", "show", vip])?;
+                    let got = crate::router::nodes_of_route(&route, nodes);
+                    samples += 1;
+                    if got != want {
+                        lost.push(format!("{vip}: {got:?} at {} ms", t0.elapsed().as_millis()));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok((samples, lost))
+        })
+    };
+
+    progress("installing the new package");
+    let installed = install();
+    let mut not_new = Vec::new();
+    if installed.is_ok() {
+        let new_file = std::fs::metadata(lbd_bin)?;
+        for &id in &ids {
+            progress(&format!(
+                "restarting lbd on node {id} as the package's unit would ({} ms)",
+                t0.elapsed().as_millis()
+            ));
+            site.stop_lbd(id)?;
+            site.start_lbd(id)?;
+            site.wait_status(
+                &format!("node {id} to announce again"),
+                Duration::from_secs(30),
+                |s| {
+                    s.vips.iter().all(|v| v.announced)
+                        && s.bgp
+                            .iter()
+                            .all(|p| p.state == bgp_speaker::State::Established)
+                },
+            )?;
+            if !runs_file(site.lbd_pid(id), &new_file) {
+                not_new.push(id);
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (samples, lost) = sampler
+        .join()
+        .map_err(|_| anyhow::anyhow!("the route sampler panicked"))??;
+    let pinned_after = pinned_objects(&pins)?;
+    let xdp_after = ids
+        .iter()
+        .map(|&id| xdp_programs(&site.node(id).ns))
+        .collect::<Result<Vec<_>>>()?;
+
+    out.check(
+        "the new package installs while the daemons run",
+        installed.is_ok(),
+        installed
+            .err()
+            .map_or_else(String::new, |e| format!("{e:#}")),
+    );
+    out.check(
+        "every restarted daemon runs the newly installed binary",
+        not_new.is_empty(),
+        format!("nodes still on the old file: {not_new:?}"),
+    );
+    out.check(
+        "the router's ECMP route never lost a next hop (graceful restart)",
+        samples > 0 && lost.is_empty(),
+        format!(
+            "{samples} route samples, {} short: {:?}",
+            lost.len(),
+            &lost[..lost.len().min(8)]
+        ),
+    );
+    // A restarted daemon replaces the program behind the pinned link
+    // (bpf_link_update, a new program id); the link and the maps are the
+    // same bpffs objects, so forwarding state never went away.
+    out.check(
+        "each node's pinned XDP link and maps are the ones from before",
+        !pinned_before.is_empty() && pinned_before == pinned_after,
+        format!(
+            "{} pinned objects before, {} after, {} differ",
+            pinned_before.len(),
+            pinned_after.len(),
+            pinned_before
+                .iter()
+                .filter(|(k, v)| pinned_after.get(*k) != Some(*v))
+                .count()
+        ),
+    );
+    out.check(
+        "an XDP program is attached on every node after the upgrade",
+        xdp_after.iter().all(|p| !p.is_empty()),
+        format!("program ids after: {xdp_after:?}"),
+    );
+    out.count(&w.wait()?);
+    out.check_every_job_done("zero failed transfers");
+    site.check_alive()?;
+    out.duration_s = start.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+/// The ids of the XDP programs attached in namespace `ns` (`ip link`'s
+/// `prog/xdp id N`).
+fn xdp_programs(ns: &str) -> Result<Vec<u32>> {
+    let links = run_checked("ip", &["-n", ns, "link", "show"])?;
+    let words: Vec<&str> = links.split_whitespace().collect();
+    Ok(words
+        .windows(3)
+        .filter(|w| w[0].starts_with("prog/xdp") && w[1] == "id")
+        .filter_map(|w| w[2].parse().ok())
+        .collect())
+}
+
+/// Every file pinned under `dir` (bpffs) with its inode: a re-created
+/// map or link is pinned as a new inode.
+fn pinned_objects(dir: &std::path::Path) -> Result<std::collections::BTreeMap<String, u64>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let e = e?;
+            let meta = e.metadata()?;
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else {
+                found.insert(e.path().display().to_string(), meta.ino());
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Whether process `pid` runs the file `file` (same device and inode).
+fn runs_file(pid: Option<u32>, file: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    pid.and_then(|p| std::fs::metadata(format!("/proc/{p}/exe")).ok())
+        .is_some_and(|exe| exe.dev() == file.dev() && exe.ino() == file.ino())
 }

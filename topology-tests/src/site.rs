@@ -195,6 +195,17 @@ impl Site {
         progress: &mut dyn FnMut(&str),
         hold_back: &[u16],
     ) -> Result<Site> {
+        Self::build_from(topo, find_lbd()?, progress, hold_back)
+    }
+
+    /// Like `build_with`, the nodes running `lbd_bin` (for instance the
+    /// /usr/bin/lbd of an installed package).
+    pub fn build_from(
+        topo: Topology,
+        lbd_bin: PathBuf,
+        progress: &mut dyn FnMut(&str),
+        hold_back: &[u16],
+    ) -> Result<Site> {
         let name = topo.name.clone();
         let left = leftovers(&name)?;
         if !left.is_empty() {
@@ -203,7 +214,6 @@ impl Site {
                 left.join("\n  ")
             );
         }
-        let lbd_bin = find_lbd()?;
         match Self::build_inner(topo, lbd_bin, progress, hold_back) {
             Ok(s) => Ok(s),
             Err(e) => {
@@ -376,7 +386,11 @@ impl Site {
             site.wait_status(
                 "BFD Up on every node's session",
                 Duration::from_secs(20),
-                |st| st.bgp.iter().all(|p| p.bfd.as_deref() == Some("Up")),
+                |st| {
+                    st.bgp
+                        .iter()
+                        .all(|p| p.bfd == Some(bgp_speaker::BfdState::Up))
+                },
             )?;
         }
         Ok(site)
@@ -442,6 +456,11 @@ impl Site {
     /// keeps the route) and waits for the exit.
     pub fn stop_lbd(&mut self, id: u16) -> Result<()> {
         self.end_lbd(id, libc::SIGTERM)
+    }
+
+    /// The pid of the lbd this site started on node `id`, while it runs.
+    pub fn lbd_pid(&self, id: u16) -> Option<u32> {
+        self.node(id).lbd.as_ref().map(Child::id)
     }
 
     /// SIGKILL: a crash.
@@ -643,7 +662,11 @@ impl Site {
         self.wait_status(
             &format!("every node to see member {id} {state}"),
             limit,
-            |s| s.members.iter().any(|m| m.id == id && m.state == state),
+            |s| {
+                s.members
+                    .iter()
+                    .any(|m| m.id == id && m.state.name() == state)
+            },
         )
     }
 

@@ -1,11 +1,12 @@
 //! BFD control packets (RFC 5880 section 4.1): encoding, and the checks of
 //! section 6.8.6 that need no session state.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub(crate) const PACKET_LEN: usize = 24;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// RFC 5880 session states (serialised by these names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BfdState {
     AdminDown = 0,
     Down = 1,
@@ -14,6 +15,16 @@ pub enum BfdState {
 }
 
 impl BfdState {
+    /// The RFC's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AdminDown => "AdminDown",
+            Self::Down => "Down",
+            Self::Init => "Init",
+            Self::Up => "Up",
+        }
+    }
+
     fn from_bits(b: u8) -> Self {
         match b & 3 {
             0 => Self::AdminDown,

@@ -115,12 +115,15 @@ pub fn flow_hash_v4(
     proto: u8,
     seed: u32,
 ) -> u32 {
-    jhash_3words(
-        word(saddr),
-        word(daddr),
-        word(ports),
-        seed.wrapping_add(proto as u32),
-    )
+    flow_hash_v4_words(word(saddr), word(daddr), word(ports), proto, seed)
+}
+
+/// [`flow_hash_v4`] over the fields as loaded from the packet: each word is
+/// the four bytes in memory order, read little-endian (the XDP program
+/// loads them with one instruction each).
+#[inline(always)]
+pub fn flow_hash_v4_words(saddr: u32, daddr: u32, ports: u32, proto: u8, seed: u32) -> u32 {
+    jhash_3words(saddr, daddr, ports, seed.wrapping_add(proto as u32))
 }
 
 /// Hash of an IPv6 flow, same conventions as [`flow_hash_v4`].
@@ -132,8 +135,13 @@ pub fn flow_hash_v6(
     proto: u8,
     seed: u32,
 ) -> u32 {
-    let s = words16(saddr);
-    let d = words16(daddr);
+    flow_hash_v6_words(&words16(saddr), &words16(daddr), word(ports), proto, seed)
+}
+
+/// [`flow_hash_v6`] over the fields as loaded from the packet (see
+/// [`flow_hash_v4_words`]).
+#[inline(always)]
+pub fn flow_hash_v6_words(s: &[u32; 4], d: &[u32; 4], ports: u32, proto: u8, seed: u32) -> u32 {
     let w = [
         s[0],
         s[1],
@@ -143,7 +151,7 @@ pub fn flow_hash_v6(
         d[1],
         d[2],
         d[3],
-        word(ports),
+        ports,
         proto as u32,
         0,
         0,

@@ -10,7 +10,9 @@
 
 pub mod hash;
 
-pub use hash::{bucket_index, flow_hash_v4, flow_hash_v6, jhash_3words};
+pub use hash::{
+    bucket_index, flow_hash_v4, flow_hash_v4_words, flow_hash_v6, flow_hash_v6_words, jhash_3words,
+};
 
 /// Most VIPs (address, port, protocol) one node serves.
 pub const MAX_VIPS: u32 = 32;

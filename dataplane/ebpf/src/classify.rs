@@ -8,7 +8,7 @@ use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
 use dataplane_common::{
     Config, FAMILY_V4, FAMILY_V6, HOP_FIRST, HOP_SECOND, IPV4_ID_MARK, VipInfo, VipKey, VipKey4,
     counter::{DROP_MALFORMED, DROP_NOT_MEMBER, FRAGMENT, NOT_VIP},
-    flow_hash_v4, flow_hash_v6,
+    flow_hash_v4_words, flow_hash_v6_words,
 };
 
 use crate::{
@@ -19,56 +19,54 @@ use crate::{
 };
 
 #[inline(always)]
-fn eq4(a: &[u8; 4], b: &[u8; 4]) -> bool {
-    u32::from_ne_bytes(*a) == u32::from_ne_bytes(*b)
-}
-
-#[inline(always)]
 fn eq16(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    let mut i = 0;
-    while i < 16 {
-        if u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]])
-            != u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
-        {
-            return false;
-        }
-        i += 4;
-    }
-    true
+    (ld32(a, 0) ^ ld32(b, 0))
+        | (ld32(a, 4) ^ ld32(b, 4))
+        | (ld32(a, 8) ^ ld32(b, 8))
+        | (ld32(a, 12) ^ ld32(b, 12))
+        == 0
 }
 
 #[inline(always)]
 fn is_zero16(a: &[u8; 16]) -> bool {
-    eq16(a, &[0; 16])
+    ld32(a, 0) | ld32(a, 4) | ld32(a, 8) | ld32(a, 12) == 0
 }
 
+/// The VIP keys, built as words (one store each) in 4-aligned stack slots
+/// and handed to the maps as `VipKey4` / `VipKey` (same layouts). Built
+/// field by field they are 2-aligned, and zeroing or copying them became
+/// calls of the byte-loop `memset` / `memcpy`.
+#[repr(C, align(8))]
+struct Key4Words([u32; 2]);
+#[repr(C, align(4))]
+struct Key6Words([u32; 5]);
+
+/// The IPv4 VIP (address word as loaded, port in network order).
 #[inline(always)]
-fn copy4(dst: &mut [u8; 16], src: &[u8; 4]) {
-    dst[0] = src[0];
-    dst[1] = src[1];
-    dst[2] = src[2];
-    dst[3] = src[3];
+pub fn vip_lookup4(addr: u32, port_be: u16, proto: u8) -> Option<&'static VipInfo> {
+    let p = port_be.to_ne_bytes();
+    let key = Key4Words([addr, word([p[0], p[1], proto, 0])]);
+    // SAFETY: VipKey4 is repr(C) { [u8; 4], u16, u8, u8 }: 8 bytes, align 2,
+    // the same bytes as the two words.
+    let key4 = unsafe { &*(&key as *const Key4Words as *const VipKey4) };
+    unsafe { VIPS4.get(key4) }
 }
 
+/// The IPv6 VIP (address words as loaded, port in network order).
 #[inline(always)]
-fn vip_lookup(addr: &[u8; 16], port: [u8; 2], proto: u8, family: u8) -> Option<VipInfo> {
-    let port_be = u16::from_ne_bytes(port);
-    if family == FAMILY_V4 {
-        let key4 = VipKey4 {
-            addr: [addr[0], addr[1], addr[2], addr[3]],
-            port_be,
-            proto,
-            _pad: 0,
-        };
-        return unsafe { VIPS4.get(&key4) }.copied();
-    }
-    let key = VipKey {
-        addr: *addr,
-        port_be,
-        proto,
-        family,
-    };
-    unsafe { VIPS6.get(&key) }.copied()
+pub fn vip_lookup6(addr: [u32; 4], port_be: u16, proto: u8) -> Option<&'static VipInfo> {
+    let p = port_be.to_ne_bytes();
+    let key = Key6Words([
+        addr[0],
+        addr[1],
+        addr[2],
+        addr[3],
+        word([p[0], p[1], proto, FAMILY_V6]),
+    ]);
+    // SAFETY: VipKey is repr(C) { [u8; 16], u16, u8, u8 }: 20 bytes, align
+    // 2, the same bytes as the five words.
+    let key6 = unsafe { &*(&key as *const Key6Words as *const VipKey) };
+    unsafe { VIPS6.get(key6) }
 }
 
 /// Outer IPv4 identification -> hop; anything not ours is terminal.
@@ -140,6 +138,8 @@ fn classify_v4(ctx: &XdpContext, cfg: &Config, l3: usize, outer: bool, flow: &mu
     };
     let ihl = ((ip[0] & 0x0f) as usize) * 4;
     let tot = be16(ip, 2) as usize;
+    let saddr = ld32(ip, 12);
+    let daddr = ld32(ip, 16);
     if ip[0] >> 4 != 4 || ihl < IPV4_LEN || tot < ihl || l3 + tot > frame_len(ctx) {
         return Parsed::Drop(DROP_MALFORMED);
     }
@@ -147,16 +147,15 @@ fn classify_v4(ctx: &XdpContext, cfg: &Config, l3: usize, outer: bool, flow: &mu
         return Parsed::Pass(FRAGMENT);
     }
     let proto = ip[9];
-    let saddr: [u8; 4] = [ip[12], ip[13], ip[14], ip[15]];
-    let daddr: [u8; 4] = [ip[16], ip[17], ip[18], ip[19]];
     let l4 = l3 + ihl;
 
     // An IPv6-only underlay leaves self_v4 at 0.0.0.0: never a match.
-    if outer && u32::from_ne_bytes(cfg.self_v4) != 0 && eq4(&daddr, &cfg.self_v4) {
+    let self_v4 = ld32(&cfg.self_v4, 0);
+    if outer && self_v4 != 0 && daddr == self_v4 {
         // The node's own address: our encapsulation, or ordinary traffic
         // to the node (no VIP lookup needed: the fast not-VIP path).
         let hop = hop_from_v4_id(be16(ip, 4));
-        let from_member = || unsafe { MEMBERS4.get(&saddr) }.is_some();
+        let from_member = || unsafe { MEMBERS4.get(&saddr.to_ne_bytes()) }.is_some();
         return decap_of(ctx, cfg, proto, l4, ihl, hop, from_member)
             .unwrap_or(Parsed::Pass(NOT_VIP));
     }
@@ -175,16 +174,17 @@ fn classify_v4(ctx: &XdpContext, cfg: &Config, l3: usize, outer: bool, flow: &mu
             let Some(ports) = bytes::<4>(ctx, l4) else {
                 return Parsed::Drop(DROP_MALFORMED);
             };
-            copy4(&mut flow.daddr, &daddr);
-            let Some(vip) = vip_lookup(&flow.daddr, [ports[2], ports[3]], proto, FAMILY_V4) else {
+            let (sport, dport) = (ld16(ports, 0), ld16(ports, 2));
+            let Some(vip) = vip_lookup4(daddr, dport, proto) else {
                 return Parsed::Pass(NOT_VIP);
             };
-            copy4(&mut flow.saddr, &saddr);
-            flow.vip = vip;
+            st32(&mut flow.saddr, 0, saddr);
+            st32(&mut flow.daddr, 0, daddr);
+            copy_words(&mut flow.vip, vip);
             flow.kind = kind;
-            flow.sport = [ports[0], ports[1]];
-            flow.dport = [ports[2], ports[3]];
-            flow.hash = flow_hash_v4(&saddr, &daddr, ports, proto, cfg.hash_seed);
+            st16(&mut flow.sport, 0, sport);
+            st16(&mut flow.dport, 0, dport);
+            flow.hash = flow_hash_v4_words(saddr, daddr, ld32(ports, 0), proto, cfg.hash_seed);
             Parsed::Steer
         }
         IPPROTO_ICMP => {
@@ -205,22 +205,25 @@ fn classify_v4(ctx: &XdpContext, cfg: &Config, l3: usize, outer: bool, flow: &mu
             if eihl < IPV4_LEN || (eproto != IPPROTO_TCP && eproto != IPPROTO_UDP) {
                 return Parsed::Pass(NOT_VIP);
             }
-            let vip_addr: [u8; 4] = [e[12], e[13], e[14], e[15]];
-            let client: [u8; 4] = [e[16], e[17], e[18], e[19]];
+            let vip_addr = ld32(e, 12);
+            let client = ld32(e, 16);
             let Some(ep) = bytes::<4>(ctx, e3 + eihl) else {
                 return Parsed::Drop(DROP_MALFORMED);
             };
-            copy4(&mut flow.daddr, &vip_addr);
-            let Some(vip) = vip_lookup(&flow.daddr, [ep[0], ep[1]], eproto, FAMILY_V4) else {
+            // The embedded packet runs VIP -> client: swap the ports.
+            let (vport, cport) = (ld16(ep, 0), ld16(ep, 2));
+            let Some(vip) = vip_lookup4(vip_addr, vport, eproto) else {
                 return Parsed::Pass(NOT_VIP);
             };
-            copy4(&mut flow.saddr, &client);
-            let cports = [ep[2], ep[3], ep[0], ep[1]];
-            flow.vip = vip;
+            st32(&mut flow.saddr, 0, client);
+            st32(&mut flow.daddr, 0, vip_addr);
+            copy_words(&mut flow.vip, vip);
             flow.kind = Kind::Icmp;
-            flow.sport = [ep[2], ep[3]];
-            flow.dport = [ep[0], ep[1]];
-            flow.hash = flow_hash_v4(&client, &vip_addr, &cports, eproto, cfg.hash_seed);
+            st16(&mut flow.sport, 0, cport);
+            st16(&mut flow.dport, 0, vport);
+            let (c, v) = (cport.to_ne_bytes(), vport.to_ne_bytes());
+            let cports = word([c[0], c[1], v[0], v[1]]);
+            flow.hash = flow_hash_v4_words(client, vip_addr, cports, eproto, cfg.hash_seed);
             Parsed::Steer
         }
         _ => Parsed::Pass(NOT_VIP),
@@ -242,9 +245,9 @@ fn classify_v6(ctx: &XdpContext, cfg: &Config, l3: usize, outer: bool, flow: &mu
     }
     let mut i = 0;
     while i < 16 {
-        flow.saddr[i] = ip[8 + i];
-        flow.daddr[i] = ip[24 + i];
-        i += 1;
+        st32(&mut flow.saddr, i, ld32(ip, 8 + i));
+        st32(&mut flow.daddr, i, ld32(ip, 24 + i));
+        i += 4;
     }
     let l4 = l3 + IPV6_LEN;
 
@@ -269,14 +272,15 @@ fn classify_v6(ctx: &XdpContext, cfg: &Config, l3: usize, outer: bool, flow: &mu
             let Some(ports) = bytes::<4>(ctx, l4) else {
                 return Parsed::Drop(DROP_MALFORMED);
             };
-            let Some(vip) = vip_lookup(&flow.daddr, [ports[2], ports[3]], nh, FAMILY_V6) else {
+            let (sport, dport) = (ld16(ports, 0), ld16(ports, 2));
+            let Some(vip) = vip_lookup6(words16(&flow.daddr), dport, nh) else {
                 return Parsed::Pass(NOT_VIP);
             };
-            flow.vip = vip;
+            copy_words(&mut flow.vip, vip);
             flow.kind = kind;
-            flow.sport = [ports[0], ports[1]];
-            flow.dport = [ports[2], ports[3]];
-            flow.hash = flow_hash_v6(&flow.saddr, &flow.daddr, ports, nh, cfg.hash_seed);
+            st16(&mut flow.sport, 0, sport);
+            st16(&mut flow.dport, 0, dport);
+            flow.hash = hash6(flow, ld32(ports, 0), nh, cfg.hash_seed);
             Parsed::Steer
         }
         IPPROTO_ICMPV6 => {
@@ -297,26 +301,45 @@ fn classify_v6(ctx: &XdpContext, cfg: &Config, l3: usize, outer: bool, flow: &mu
             }
             let mut i = 0;
             while i < 16 {
-                flow.daddr[i] = e[8 + i];
-                flow.saddr[i] = e[24 + i];
-                i += 1;
+                st32(&mut flow.daddr, i, ld32(e, 8 + i));
+                st32(&mut flow.saddr, i, ld32(e, 24 + i));
+                i += 4;
             }
             let Some(ep) = bytes::<4>(ctx, e3 + IPV6_LEN) else {
                 return Parsed::Drop(DROP_MALFORMED);
             };
-            let Some(vip) = vip_lookup(&flow.daddr, [ep[0], ep[1]], enh, FAMILY_V6) else {
+            let (vport, cport) = (ld16(ep, 0), ld16(ep, 2));
+            let Some(vip) = vip_lookup6(words16(&flow.daddr), vport, enh) else {
                 return Parsed::Pass(NOT_VIP);
             };
-            let cports = [ep[2], ep[3], ep[0], ep[1]];
-            flow.vip = vip;
+            let (c, v) = (cport.to_ne_bytes(), vport.to_ne_bytes());
+            copy_words(&mut flow.vip, vip);
             flow.kind = Kind::Icmp;
-            flow.sport = [ep[2], ep[3]];
-            flow.dport = [ep[0], ep[1]];
-            flow.hash = flow_hash_v6(&flow.saddr, &flow.daddr, &cports, enh, cfg.hash_seed);
+            st16(&mut flow.sport, 0, cport);
+            st16(&mut flow.dport, 0, vport);
+            flow.hash = hash6(flow, word([c[0], c[1], v[0], v[1]]), enh, cfg.hash_seed);
             Parsed::Steer
         }
         _ => Parsed::Pass(NOT_VIP),
     }
+}
+
+/// An IPv6 address as four words, as loaded.
+#[inline(always)]
+pub fn words16<const N: usize>(b: &[u8; N]) -> [u32; 4] {
+    [ld32(b, 0), ld32(b, 4), ld32(b, 8), ld32(b, 12)]
+}
+
+/// The flow hash of an IPv6 flow whose addresses are in `flow`.
+#[inline(always)]
+fn hash6(flow: &Flow, ports: u32, proto: u8, seed: u32) -> u32 {
+    flow_hash_v6_words(
+        &words16(&flow.saddr),
+        &words16(&flow.daddr),
+        ports,
+        proto,
+        seed,
+    )
 }
 
 /// TCP/UDP header sanity and the packet kind; None if truncated/invalid.

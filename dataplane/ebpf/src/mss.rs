@@ -3,10 +3,11 @@
 //! encapsulated (20-56 bytes more), so the advertised MSS must leave room for
 //! that or full-size segments would not fit the underlay MTU.
 use aya_ebpf::programs::TcContext;
-use dataplane_common::{FAMILY_V4, FAMILY_V6, VipKey, counter::MSS_CLAMPED};
+use dataplane_common::counter::MSS_CLAMPED;
 
 use crate::{
-    maps::{VIPS4, VIPS6, count},
+    classify::{vip_lookup4, vip_lookup6},
+    maps::count,
     packet::*,
 };
 
@@ -19,27 +20,24 @@ const MAX_OPTION_STEPS: usize = 12;
 pub fn clamp(ctx: &TcContext) -> Option<()> {
     let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
     let l3 = ETH_LEN;
-    let mut key = VipKey {
-        addr: [0; 16],
-        port_be: 0,
-        proto: IPPROTO_TCP,
-        family: 0,
-    };
+    // The VIP is the packet's source: its address is kept as loaded (no
+    // key struct zeroed up front: that was a memset loop on every packet).
+    let mut v4 = true;
+    let mut addr = [0u32; 4];
     let l4 = if ethertype == ETH_P_IP {
         let ip: [u8; IPV4_LEN] = ctx.load(l3).ok()?;
         if ip[9] != IPPROTO_TCP || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
             return None;
         }
-        key.addr[..4].copy_from_slice(&ip[12..16]);
-        key.family = FAMILY_V4;
+        addr[0] = ld32(&ip, 12);
         l3 + ((ip[0] & 0x0f) as usize) * 4
     } else if ethertype == ETH_P_IPV6 {
         let ip: [u8; IPV6_LEN] = ctx.load(l3).ok()?;
         if ip[6] != IPPROTO_TCP {
             return None;
         }
-        key.addr.copy_from_slice(&ip[8..24]);
-        key.family = FAMILY_V6;
+        v4 = false;
+        addr = [ld32(&ip, 8), ld32(&ip, 12), ld32(&ip, 16), ld32(&ip, 20)];
         l3 + IPV6_LEN
     } else {
         return None;
@@ -48,10 +46,11 @@ pub fn clamp(ctx: &TcContext) -> Option<()> {
     if th[13] & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK {
         return None;
     }
-    key.port_be = u16::from_ne_bytes([th[0], th[1]]);
-    let vip = match key.v4() {
-        Some(k4) => unsafe { VIPS4.get(&k4) }.copied()?,
-        None => unsafe { VIPS6.get(&key) }.copied()?,
+    let port_be = ld16(&th, 0);
+    let vip = if v4 {
+        vip_lookup4(addr[0], port_be, IPPROTO_TCP)?
+    } else {
+        vip_lookup6(addr, port_be, IPPROTO_TCP)?
     };
     if vip.mss_clamp == 0 {
         return None;

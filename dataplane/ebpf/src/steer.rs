@@ -23,7 +23,7 @@ use dataplane_common::{
 use crate::{
     encap::forward,
     maps::{BUCKETS, FLOW, count, count_global},
-    packet::TCP_LEN,
+    packet::{TCP_LEN, ld32},
     types::{Flow, Kind},
 };
 
@@ -105,31 +105,35 @@ fn has_local_socket(ctx: &XdpContext, flow: &Flow) -> bool {
     if flow.kind == Kind::Udp {
         return true;
     }
-    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    let size = {
-        let t = &mut tuple as *mut bpf_sock_tuple as *mut u8;
-        if flow.family == FAMILY_V4 {
-            unsafe {
-                core::ptr::copy_nonoverlapping(flow.saddr.as_ptr(), t, 4);
-                core::ptr::copy_nonoverlapping(flow.daddr.as_ptr(), t.add(4), 4);
-                core::ptr::copy_nonoverlapping(flow.sport.as_ptr(), t.add(8), 2);
-                core::ptr::copy_nonoverlapping(flow.dport.as_ptr(), t.add(10), 2);
-            }
-            12
-        } else {
-            unsafe {
-                core::ptr::copy_nonoverlapping(flow.saddr.as_ptr(), t, 16);
-                core::ptr::copy_nonoverlapping(flow.daddr.as_ptr(), t.add(16), 16);
-                core::ptr::copy_nonoverlapping(flow.sport.as_ptr(), t.add(32), 2);
-                core::ptr::copy_nonoverlapping(flow.dport.as_ptr(), t.add(34), 2);
-            }
-            36
+    // Only the `size` bytes the helper reads are written, a word at a time
+    // (zeroing the whole tuple first was a 36-byte memset loop).
+    let mut tuple = core::mem::MaybeUninit::<bpf_sock_tuple>::uninit();
+    let t = tuple.as_mut_ptr() as *mut u32;
+    let (sp, dp) = (flow.sport, flow.dport);
+    let ports = u32::from_ne_bytes([sp[0], sp[1], dp[0], dp[1]]);
+    let size = if flow.family == FAMILY_V4 {
+        unsafe {
+            t.write(ld32(&flow.saddr, 0));
+            t.add(1).write(ld32(&flow.daddr, 0));
+            t.add(2).write(ports);
         }
+        12
+    } else {
+        let mut i = 0;
+        while i < 4 {
+            unsafe {
+                t.add(i).write(ld32(&flow.saddr, 4 * i));
+                t.add(4 + i).write(ld32(&flow.daddr, 4 * i));
+            }
+            i += 1;
+        }
+        unsafe { t.add(8).write(ports) };
+        36
     };
     let sk: *mut bpf_sock = unsafe {
         bpf_skc_lookup_tcp(
             ctx.ctx as *mut _,
-            &mut tuple,
+            tuple.as_mut_ptr(),
             size,
             BPF_F_CURRENT_NETNS as u64,
             0,

@@ -67,6 +67,8 @@ pub enum Parsed {
 pub struct NextHop {
     /// bpf_ktime_get_coarse_ns() after which the entry is looked up again.
     pub expires: u64,
+    /// bpf_jiffies64() when the entry was last found unexpired.
+    pub checked: u64,
     /// The interface the packet came in on when this was resolved.
     pub from_ifindex: u32,
     pub ifindex: u32,

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use dataplane::maglev;
 use dataplane_common::{ENCAP_GUE, ENCAP_IPIP, HOP_FIRST, NO_HOP};
-use lab::{bed::*, packets::*};
+use lab::{bed::*, packets::*, procfs::loadavg};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -26,6 +26,17 @@ struct Args {
     /// CPU to pin the measuring thread to.
     #[arg(long, default_value_t = 1)]
     cpu: usize,
+    /// Passes: each measures every case in `rounds` interleaved rounds, so
+    /// the spread between passes shows how stable the figures are.
+    #[arg(long, default_value_t = 2)]
+    passes: usize,
+    /// Rounds per pass.
+    #[arg(long, default_value_t = 20)]
+    rounds: usize,
+    /// Measure only the cases whose name contains one of these (the
+    /// baseline always runs); for A/B runs while optimising.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     #[arg(long, default_value = "target/bench/dataplane.json")]
     out: PathBuf,
 }
@@ -43,9 +54,10 @@ struct Case {
     packet: Vec<u8>,
     program: &'static str,
     expect: u32,
-    samples: Vec<u64>,
 }
 
+/// One case's figures in one pass; ratios are to the baseline of the same
+/// pass (its rounds interleave with the case's).
 #[derive(Serialize)]
 struct CaseOut {
     name: &'static str,
@@ -53,15 +65,110 @@ struct CaseOut {
     ns_p50: u64,
     ns_above_baseline_mean: f64,
     ns_above_baseline_p50: i64,
+    ratio_mean: f64,
+    ratio_p50: f64,
+}
+
+#[derive(Serialize)]
+struct Pass {
+    baseline_xdp_tx_ns: f64,
+    baseline_xdp_tx_ns_p50: u64,
+    cases: Vec<CaseOut>,
 }
 
 #[derive(Serialize)]
 struct Report {
-    baseline_xdp_tx_ns: f64,
-    baseline_xdp_tx_ns_p50: u64,
     runs_per_case: usize,
-    cases: Vec<CaseOut>,
+    rounds_per_pass: usize,
+    /// Load average (1 min) before and after, for a reader judging noise.
+    loadavg_before: f64,
+    loadavg_after: f64,
+    /// Each case's figures per pass.
+    passes: Vec<Pass>,
+    /// Per case: ratios to the same pass's baseline, averaged and per pass.
+    cases: Vec<CaseSummary>,
     maglev_build_ms: std::collections::BTreeMap<String, f64>,
+}
+
+/// A case over all passes: ratios averaged over the passes, and each
+/// pass's ratio (the spread).
+#[derive(Serialize)]
+struct CaseSummary {
+    name: &'static str,
+    ratio_mean: f64,
+    ratio_p50: f64,
+    ratio_mean_per_pass: Vec<f64>,
+    ratio_p50_per_pass: Vec<f64>,
+}
+
+fn average(v: &[f64]) -> f64 {
+    round2(v.iter().sum::<f64>() / v.len() as f64)
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Mean and p50 of a pass's samples.
+fn stats(s: &mut [u64]) -> (f64, u64) {
+    s.sort_unstable();
+    (
+        s.iter().sum::<u64>() as f64 / s.len() as f64,
+        s[s.len() / 2],
+    )
+}
+
+/// Runs every case in `rounds` interleaved rounds (noise hits all alike)
+/// and returns each case's samples, in case order.
+fn measure(bed: &mut Bed, cases: &[Case], runs: usize, rounds: usize) -> Result<Vec<Vec<u64>>> {
+    let per_round = runs.div_ceil(rounds);
+    let mut samples = vec![Vec::with_capacity(per_round * rounds); cases.len()];
+    for round in 0..rounds {
+        for (c, s) in cases.iter().zip(&mut samples) {
+            bed.set_encap(c.encap)?;
+            bed.tables(c.tables.0, c.tables.1)?;
+            for _ in 0..per_round {
+                let r = bed.run_program(c.program, &c.packet)?;
+                ensure!(
+                    r.action == c.expect,
+                    "{}: verdict {} (want {})",
+                    c.name,
+                    r.action,
+                    c.expect
+                );
+                s.push(r.duration.as_nanos() as u64);
+            }
+        }
+        eprint!("\rround {}/{rounds}", round + 1);
+    }
+    eprintln!();
+    Ok(samples)
+}
+
+fn summarise(cases: &[Case], mut samples: Vec<Vec<u64>>) -> Pass {
+    let (base_mean, base_p50) = stats(&mut samples[0]);
+    let mut out = Vec::new();
+    for (c, s) in cases.iter().zip(&mut samples).skip(1) {
+        let (mean, p50) = stats(s);
+        out.push(CaseOut {
+            name: c.name,
+            ns_mean: round1(mean),
+            ns_p50: p50,
+            ns_above_baseline_mean: round1(mean - base_mean),
+            ns_above_baseline_p50: p50 as i64 - base_p50 as i64,
+            ratio_mean: round2(mean / base_mean),
+            ratio_p50: round2(p50 as f64 / base_p50 as f64),
+        });
+    }
+    Pass {
+        baseline_xdp_tx_ns: round1(base_mean),
+        baseline_xdp_tx_ns_p50: base_p50,
+        cases: out,
+    }
 }
 
 fn pin_to(cpu: usize) -> Result<()> {
@@ -115,7 +222,6 @@ fn main() -> Result<()> {
         packet: packet.clone(),
         program,
         expect,
-        samples: Vec::with_capacity(args.runs),
     };
     let mut cases = vec![
         case(
@@ -204,48 +310,20 @@ fn main() -> Result<()> {
         ),
     ];
 
-    // Interleave the cases in rounds so that machine noise hits all alike.
-    let rounds = 20;
-    let per_round = args.runs.div_ceil(rounds);
-    for round in 0..rounds {
-        for c in &mut cases {
-            bed.set_encap(c.encap)?;
-            bed.tables(c.tables.0, c.tables.1)?;
-            for _ in 0..per_round {
-                let r = bed.run_program(c.program, &c.packet)?;
-                ensure!(
-                    r.action == c.expect,
-                    "{}: verdict {} (want {})",
-                    c.name,
-                    r.action,
-                    c.expect
-                );
-                c.samples.push(r.duration.as_nanos() as u64);
-            }
-        }
-        eprint!("\rround {}/{rounds}", round + 1);
+    cases.retain(|c| {
+        c.program == "lbd_tx"
+            || args.only.is_empty()
+            || args.only.iter().any(|o| c.name.contains(o.as_str()))
+    });
+    let loadavg_before = loadavg();
+    let mut passes = Vec::new();
+    for pass in 0..args.passes {
+        eprintln!("pass {}/{}", pass + 1, args.passes);
+        let samples = measure(&mut bed, &cases, args.runs, args.rounds)?;
+        passes.push(summarise(&cases, samples));
     }
-    eprintln!();
+    let loadavg_after = loadavg();
 
-    let stats = |s: &mut Vec<u64>| {
-        s.sort_unstable();
-        (
-            s.iter().sum::<u64>() as f64 / s.len() as f64,
-            s[s.len() / 2],
-        )
-    };
-    let (base_mean, base_p50) = stats(&mut cases[0].samples);
-    let mut out = Vec::new();
-    for c in cases.iter_mut().skip(1) {
-        let (mean, p50) = stats(&mut c.samples);
-        out.push(CaseOut {
-            name: c.name,
-            ns_mean: (mean * 10.0).round() / 10.0,
-            ns_p50: p50,
-            ns_above_baseline_mean: ((mean - base_mean) * 10.0).round() / 10.0,
-            ns_above_baseline_p50: p50 as i64 - base_p50 as i64,
-        });
-    }
     let mut maglev_build_ms = std::collections::BTreeMap::new();
     for n in [10usize, 100] {
         maglev_build_ms.insert(
@@ -253,27 +331,67 @@ fn main() -> Result<()> {
             maglev::bench_build_ms(n, maglev::DEFAULT_TABLE_SIZE, 21),
         );
     }
+    let summary = cases
+        .iter()
+        .skip(1)
+        .enumerate()
+        .map(|(i, c)| {
+            let means: Vec<f64> = passes.iter().map(|p| p.cases[i].ratio_mean).collect();
+            let p50s: Vec<f64> = passes.iter().map(|p| p.cases[i].ratio_p50).collect();
+            CaseSummary {
+                name: c.name,
+                ratio_mean: average(&means),
+                ratio_p50: average(&p50s),
+                ratio_mean_per_pass: means,
+                ratio_p50_per_pass: p50s,
+            }
+        })
+        .collect();
     let report = Report {
-        baseline_xdp_tx_ns: (base_mean * 10.0).round() / 10.0,
-        baseline_xdp_tx_ns_p50: base_p50,
-        runs_per_case: per_round * rounds,
-        cases: out,
+        runs_per_case: args.runs.div_ceil(args.rounds) * args.rounds,
+        rounds_per_pass: args.rounds,
+        loadavg_before,
+        loadavg_after,
+        passes,
+        cases: summary,
         maglev_build_ms,
     };
 
-    println!(
-        "{:<30} {:>9} {:>8} {:>16} {:>15}",
-        "case", "mean ns", "p50 ns", "mean above base", "p50 above base"
-    );
-    println!(
-        "{:<30} {:>9.1} {:>8} {:>16} {:>15}",
-        "baseline (return XDP_TX)", report.baseline_xdp_tx_ns, base_p50, "-", "-"
-    );
-    for c in &report.cases {
+    println!("load average {loadavg_before:.2} before, {loadavg_after:.2} after");
+    for (i, p) in report.passes.iter().enumerate() {
         println!(
-            "{:<30} {:>9.1} {:>8} {:>16.1} {:>15}",
-            c.name, c.ns_mean, c.ns_p50, c.ns_above_baseline_mean, c.ns_above_baseline_p50
+            "pass {}: {:<26} {:>9} {:>8} {:>10} {:>9} {:>10} {:>9}",
+            i + 1,
+            "case",
+            "mean ns",
+            "p50 ns",
+            "mean-base",
+            "p50-base",
+            "ratio mean",
+            "ratio p50"
         );
+        println!(
+            "        {:<26} {:>9.1} {:>8} {:>10} {:>9} {:>10} {:>9}",
+            "baseline (return XDP_TX)",
+            p.baseline_xdp_tx_ns,
+            p.baseline_xdp_tx_ns_p50,
+            "-",
+            "-",
+            "1",
+            "1"
+        );
+        for c in &p.cases {
+            println!(
+                "        {:<26} {:>9.1} {:>8} {:>10.1} {:>9} {:>10.2} {:>9.2}",
+                c.name,
+                c.ns_mean,
+                c.ns_p50,
+                c.ns_above_baseline_mean,
+                c.ns_above_baseline_p50,
+                c.ratio_mean,
+                c.ratio_p50
+            );
+        }
     }
     for (n, ms) in &report.maglev_build_ms {
         println!("maglev build, M=65537, N={n:<4} {ms:>8.2} ms");

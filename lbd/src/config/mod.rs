@@ -18,7 +18,7 @@ use std::time::Duration;
 use dataplane::loader::Vip;
 use health::CheckSpec;
 use raw::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use values::{V, format_duration};
 
 pub const DEFAULT_PATH: &str = "/etc/lbd/lbd.toml";
@@ -102,7 +102,7 @@ pub struct Liveness {
     pub secret_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -110,6 +110,14 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// As in the config file and `lbd status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+
     pub fn number(self) -> u8 {
         match self {
             Protocol::Tcp => 6,

@@ -83,7 +83,7 @@ impl V {
 
     pub fn ip(&mut self, path: &str, s: &str) -> Option<IpAddr> {
         match s.parse::<IpAddr>() {
-            Ok(a) if a.is_unspecified() || a.is_multicast() => {
+            Ok(a) if a.is_unspecified() || a.is_multicast() || is_broadcast(a) => {
                 self.err(
                     path,
                     format!("{s:?} is not a unicast address: expected a host address"),
@@ -230,6 +230,11 @@ pub fn serde_message(m: &str) -> String {
         .replace("expected struct Raw", "expected a table")
 }
 
+/// 255.255.255.255 is nobody's address (and no BGP route).
+fn is_broadcast(a: IpAddr) -> bool {
+    matches!(a, IpAddr::V4(v) if v.is_broadcast())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,5 +258,22 @@ mod tests {
         assert_eq!(community("65536:1"), None);
         assert_eq!(community("1"), None);
         assert!(is_prime(65537) && is_prime(4093) && !is_prime(65536) && !is_prime(1));
+    }
+
+    #[test]
+    fn host_addresses_are_unicast() {
+        let mut v = V::new("lbd.toml");
+        assert!(v.ip("vips[0].address", "198.51.100.10").is_some());
+        for bad in ["255.255.255.255", "224.0.0.5", "0.0.0.0", "ff02::1", "::"] {
+            assert_eq!(v.ip("vips[0].address", bad), None, "{bad}");
+        }
+        assert_eq!(v.errors.len(), 5);
+        assert!(
+            v.errors[0]
+                .to_string()
+                .ends_with("\"255.255.255.255\" is not a unicast address: expected a host address"),
+            "{}",
+            v.errors[0]
+        );
     }
 }

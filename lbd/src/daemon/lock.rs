@@ -9,17 +9,36 @@ use std::fs::{File, TryLockError};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+/// Why this daemon cannot be the node's one daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "another lbd ({holder}) is running with {}: one daemon per node (stop it first)",
+        path.display()
+    )]
+    Held { holder: String, path: PathBuf },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LockError {
+    let path = path.to_path_buf();
+    move |source| LockError::Io { what, path, source }
+}
 
 /// Held for the daemon's lifetime.
 pub struct InstanceLock {
     _held: Vec<File>,
 }
 
-pub fn acquire(pin_dir: &Path, socket: &Path) -> Result<InstanceLock> {
-    std::fs::create_dir_all(pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
+pub fn acquire(pin_dir: &Path, socket: &Path) -> Result<InstanceLock, LockError> {
+    std::fs::create_dir_all(pin_dir).map_err(io("creating", pin_dir))?;
     if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     }
     let mut sock_lock = socket.as_os_str().to_owned();
     sock_lock.push(".lock");
@@ -34,21 +53,16 @@ pub fn acquire(pin_dir: &Path, socket: &Path) -> Result<InstanceLock> {
                 .write(true)
                 .open(&path)
         }
-        .with_context(|| format!("opening {} to lock it", path.display()))?;
+        .map_err(io("opening to lock", &path))?;
         match f.try_lock() {
             Ok(()) => held.push(f),
             Err(TryLockError::WouldBlock) => {
-                let who = holder(&f)
+                let holder = holder(&f)
                     .map(|p| format!("pid {p}"))
                     .unwrap_or_else(|| "another process".into());
-                bail!(
-                    "another lbd ({who}) is running with {}: one daemon per node (stop it first)",
-                    path.display()
-                );
+                return Err(LockError::Held { holder, path });
             }
-            Err(TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("locking {}", path.display()));
-            }
+            Err(TryLockError::Error(e)) => return Err(io("locking", &path)(e)),
         }
     }
     Ok(InstanceLock { _held: held })

@@ -21,13 +21,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
 use bgp_speaker::{
     BfdConfig, GracefulRestart, IpNet, PeerConfig, RouteAttrs, Speaker, SpeakerConfig,
 };
 use dataplane::loader::{Dataplane, Vip};
 use dataplane_common::{ENCAP_GUE, ENCAP_IPIP};
-use health::Check;
 use std::sync::Arc;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -37,23 +35,33 @@ use tracing::{error, info, warn};
 use crate::config::{Config, Encap};
 use crate::control::{self, Request, Response};
 use crate::liveness::{self, Keys, Members, NodeState, Report};
-use crate::status::{CheckLine, MemberLine, NodeStatus, PeerLine, Status, VipStatus};
+use crate::status::Status;
+use crate::table_view::TableView;
 use crate::tables::{Change, MemberView, VipTable};
+use crate::vips::{VipState, Vips};
 
+mod error;
 mod lock;
 mod reload;
 
+pub use error::DaemonError;
+use error::DataplaneContext;
+pub use lock::LockError;
+
 const TICK: Duration = Duration::from_millis(100);
+
+/// Whether each VIP passes its checks, read once per tick.
+type Healthy = BTreeMap<IpAddr, bool>;
 
 pub struct Daemon {
     cfg: Config,
     dp: Dataplane,
-    checks: Vec<Vec<Check>>,
+    /// Each VIP's config, checks and table, by address. What is announced
+    /// is the speaker's RIB (see `announced`).
+    vips: Vips,
     members: Members,
     report: watch::Sender<Report>,
     speaker: Speaker,
-    tables: Vec<VipTable>,
-    announced: Vec<bool>,
     /// End-of-RIB released to the speaker (see `first_routes_decided`).
     eor_released: bool,
     drained: bool,
@@ -93,17 +101,19 @@ impl Signals {
     /// interrupt a BPF program load here (the verifier gives up with
     /// EAGAIN when a signal is pending: a SIGHUP during start used to make
     /// the XDP attach fail).
-    pub fn install() -> Result<Signals> {
-        block_on_this_thread(&[libc::SIGHUP, libc::SIGINT, libc::SIGTERM])?;
+    pub fn install() -> Result<Signals, DaemonError> {
+        block_on_this_thread(&[libc::SIGHUP, libc::SIGINT, libc::SIGTERM])
+            .map_err(DaemonError::Signals)?;
+        let handler = |kind| signal(kind).map_err(DaemonError::Signals);
         Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            hup: signal(SignalKind::hangup())?,
+            term: handler(SignalKind::terminate())?,
+            int: handler(SignalKind::interrupt())?,
+            hup: handler(SignalKind::hangup())?,
         })
     }
 }
 
-fn block_on_this_thread(signals: &[libc::c_int]) -> Result<()> {
+fn block_on_this_thread(signals: &[libc::c_int]) -> std::io::Result<()> {
     // SAFETY: sigset operations on a local set, then pthread_sigmask for
     // the calling thread only.
     let rc = unsafe {
@@ -115,7 +125,10 @@ fn block_on_this_thread(signals: &[libc::c_int]) -> Result<()> {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
     };
     if rc != 0 {
-        return Err(std::io::Error::from_raw_os_error(rc)).context("pthread_sigmask");
+        return Err(std::io::Error::other(format!(
+            "pthread_sigmask: {}",
+            std::io::Error::from_raw_os_error(rc)
+        )));
     }
     Ok(())
 }
@@ -130,8 +143,8 @@ fn load_keys(cfg: &Config) -> Result<Option<Arc<Keys>>, liveness::SecretError> {
 }
 
 /// Loads the config and runs the daemon until SIGTERM/SIGINT.
-pub async fn run(path: &Path, signals: Signals) -> Result<()> {
-    let mut cfg = Config::load(path).map_err(|e| anyhow!("{e}"))?;
+pub async fn run(path: &Path, signals: Signals) -> Result<(), DaemonError> {
+    let mut cfg = Config::load(path)?;
     cfg.file = path.to_path_buf();
     let (inbox_tx, inbox) = mpsc::channel(16);
     let mut d = Daemon::start(cfg, inbox_tx).await?;
@@ -173,17 +186,15 @@ fn mss_clamp(cfg: &Config, vip: IpAddr) -> u16 {
 
 /// A peer as bgp-speaker takes it; the MD5 password is read from its file
 /// (at start and at every reload, so SIGHUP picks up a new password).
-fn peer_config(p: &crate::config::Peer) -> Result<PeerConfig> {
+fn peer_config(p: &crate::config::Peer) -> Result<PeerConfig, DaemonError> {
     let md5_password = match &p.md5_password_file {
         None => None,
         Some(f) => Some(
             std::fs::read_to_string(f)
-                .with_context(|| {
-                    format!(
-                        "bgp peer {}: reading md5_password_file {}",
-                        p.address,
-                        f.display()
-                    )
+                .map_err(|source| DaemonError::Md5Password {
+                    peer: p.address,
+                    file: f.clone(),
+                    source,
                 })?
                 .trim()
                 .to_string(),
@@ -206,7 +217,7 @@ fn peer_config(p: &crate::config::Peer) -> Result<PeerConfig> {
     })
 }
 
-fn speaker_config(cfg: &Config, restarting: bool) -> Result<SpeakerConfig> {
+fn speaker_config(cfg: &Config, restarting: bool) -> Result<SpeakerConfig, DaemonError> {
     Ok(SpeakerConfig {
         local_as: cfg.bgp.local_as,
         router_id: cfg.bgp.router_id,
@@ -221,7 +232,7 @@ fn speaker_config(cfg: &Config, restarting: bool) -> Result<SpeakerConfig> {
             .peers
             .iter()
             .map(peer_config)
-            .collect::<Result<_>>()?,
+            .collect::<Result<_, _>>()?,
     })
 }
 
@@ -252,7 +263,7 @@ fn host_prefix(a: IpAddr) -> IpNet {
 }
 
 impl Daemon {
-    async fn start(cfg: Config, inbox: control::Inbox) -> Result<Self> {
+    async fn start(cfg: Config, inbox: control::Inbox) -> Result<Self, DaemonError> {
         let pin_dir = &cfg.dataplane.pin_dir;
         // Before any map, pin or socket is touched.
         let instance = lock::acquire(pin_dir, &cfg.api.socket)?;
@@ -267,51 +278,54 @@ impl Daemon {
             .map(|mut d| d.next().is_some())
             .unwrap_or(false);
         let mut dp = Dataplane::open(pin_dir)
-            .with_context(|| format!("opening the dataplane in {}", pin_dir.display()))?;
+            .doing(|| format!("opening the dataplane in {}", pin_dir.display()))?;
         let iface = &cfg.dataplane.interface;
         dp.attach_xdp(iface)
-            .with_context(|| format!("attaching XDP to {iface}"))?;
+            .doing(|| format!("attaching XDP to {iface}"))?;
         if cfg.dataplane.mss_clamp {
             dp.attach_mss_clamp(iface)
-                .with_context(|| format!("attaching the MSS clamp to {iface}"))?;
+                .doing(|| format!("attaching the MSS clamp to {iface}"))?;
         }
         check_forwarding(iface, cfg.me().address);
-        dp.set_config(&dataplane_config(&cfg))?;
+        dp.set_config(&dataplane_config(&cfg))
+            .doing(|| "writing the dataplane config".into())?;
         // The whole node list, so members a previous run knew but the
         // config no longer has stop being trusted as tunnel sources.
         let nodes: Vec<(u16, IpAddr)> = cfg.members.iter().map(|m| (m.id, m.address)).collect();
-        dp.set_nodes(&nodes)?;
+        dp.set_nodes(&nodes)
+            .doing(|| "writing the dataplane's node list".into())?;
         let now = Instant::now();
-        let mut tables = Vec::new();
+        let mut vips = Vips::new();
         for v in &cfg.vips {
             let entries = v.entries();
             let found = match entries.first() {
-                Some(e) => dp.vip_table(e)?,
+                Some(e) => dp
+                    .vip_table(e)
+                    .doing(|| format!("reading the table of {e}"))?,
                 None => None,
             };
-            tables.push(match found {
+            let table = match found {
                 Some(live) if live.len() == cfg.dataplane.table_size as usize => {
                     info!(vip = %v.address, "resuming the table found in the dataplane");
                     VipTable::resume(cfg.node_id, live, now, cfg.drain_period)
                 }
                 _ => VipTable::joining(cfg.node_id),
-            });
+            };
+            vips.insert(v.address, VipState::start(v.clone(), table));
         }
         // A VIP a previous run installed but the config no longer has would
         // keep being steered by the pinned program: remove it.
         let wanted: Vec<Vip> = cfg.vips.iter().flat_map(|v| v.entries()).collect();
-        for stale in dp.installed_vips()? {
+        let installed = dp
+            .installed_vips()
+            .doing(|| "listing the VIPs in the dataplane".into())?;
+        for stale in installed {
             if !wanted.contains(&stale) {
                 dp.remove_vip(&stale)
-                    .with_context(|| format!("removing stale VIP {stale}"))?;
+                    .doing(|| format!("removing stale VIP {stale}"))?;
                 info!(vip = %stale, reason = "not in the config", "removed a VIP a previous run installed");
             }
         }
-        let checks = cfg
-            .vips
-            .iter()
-            .map(|v| v.checks.iter().cloned().map(Check::spawn).collect())
-            .collect();
         let members = liveness::members(&cfg.members, cfg.node_id, &cfg.liveness);
         let (report, report_rx) = watch::channel(Report {
             node_id: cfg.node_id,
@@ -323,7 +337,10 @@ impl Daemon {
         let listen = SocketAddr::new(cfg.me().address, cfg.liveness.port);
         let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("liveness endpoint: binding {listen}"))?;
+            .map_err(|source| DaemonError::Liveness {
+                addr: listen,
+                source,
+            })?;
         let liveness_counters = Arc::new(liveness::Counters::default());
         tasks.push(tokio::spawn(liveness::serve(
             listener,
@@ -349,9 +366,7 @@ impl Daemon {
         )));
         let speaker_cfg = speaker_config(&cfg, restarting)?;
         let peers = speaker_cfg.peers.clone();
-        let speaker = Speaker::start(speaker_cfg)
-            .await
-            .context("starting the BGP speaker")?;
+        let speaker = Speaker::start(speaker_cfg).await?;
         let sock = control::bind(&cfg.api.socket)?;
         tasks.push(tokio::spawn(control::serve(sock, inbox)));
         if let Some(addr) = cfg.api.metrics {
@@ -364,7 +379,7 @@ impl Daemon {
                     Some(crate::metrics::IDLE_TIMEOUT),
                 )
                 .install()
-                .with_context(|| format!("metrics: listening on {addr}"))?;
+                .map_err(|source| DaemonError::Metrics { addr, source })?;
         }
         info!(
             node = cfg.node_id,
@@ -373,16 +388,13 @@ impl Daemon {
             "lbd started: XDP on {iface}, liveness on {listen}, socket {}",
             cfg.api.socket.display()
         );
-        let n = cfg.vips.len();
         Ok(Self {
             cfg,
             dp,
-            checks,
+            vips,
             members,
             report,
             speaker,
-            tables,
-            announced: vec![false; n],
             eor_released: false,
             drained: false,
             drain_task: None,
@@ -405,7 +417,7 @@ impl Daemon {
         &mut self,
         mut inbox: mpsc::Receiver<(Request, oneshot::Sender<Response>)>,
         signals: Signals,
-    ) -> Result<()> {
+    ) -> Result<(), DaemonError> {
         let Signals {
             mut term,
             mut int,
@@ -444,11 +456,17 @@ impl Daemon {
         );
     }
 
-    fn healthy(&self) -> Vec<bool> {
-        self.checks
-            .iter()
-            .map(|cs| cs.iter().all(|c| c.status().up))
-            .collect()
+    /// Whether each VIP passes its checks right now.
+    fn healthy(&self) -> Healthy {
+        self.vips.iter().map(|(&a, v)| (a, v.healthy())).collect()
+    }
+
+    /// Whether this node announces `vip`, read from the speaker's RIB. A
+    /// drain keeps the routes there (with GRACEFUL_SHUTDOWN) until
+    /// `shutdown_wait` ends, but they are no longer ours to withdraw or
+    /// re-announce: the drain task removes them.
+    fn announced(&self, vip: IpAddr) -> bool {
+        !self.drained && self.speaker.is_announced(host_prefix(vip))
     }
 
     /// One round of the loop, in the order that keeps connections alive.
@@ -477,11 +495,11 @@ impl Daemon {
 
     /// Node state (active / draining / down) and its reason, logged when
     /// it changes.
-    fn update_node_state(&mut self, healthy: &[bool]) {
+    fn update_node_state(&mut self, healthy: &Healthy) {
         let (state, reason) = if self.drained {
             (NodeState::Draining, "lbd drain".to_string())
-        } else if healthy.iter().any(|&h| h) {
-            let up = healthy.iter().filter(|&&h| h).count();
+        } else if healthy.values().any(|&h| h) {
+            let up = healthy.values().filter(|&&h| h).count();
             (
                 NodeState::Active,
                 format!("{up}/{} VIPs pass their checks", healthy.len()),
@@ -497,15 +515,10 @@ impl Daemon {
     }
 
     /// What the liveness endpoint serves (only changes wake pollers' reads).
-    fn publish_report(&self, healthy: &[bool]) {
+    fn publish_report(&self, healthy: &Healthy) {
         let state = self.state;
-        let vips: BTreeMap<String, bool> = self
-            .cfg
-            .vips
-            .iter()
-            .zip(healthy)
-            .map(|(v, &h)| (v.address.to_string(), h))
-            .collect();
+        let vips: BTreeMap<String, bool> =
+            healthy.iter().map(|(a, &h)| (a.to_string(), h)).collect();
         self.report.send_if_modified(|r| {
             let changed = r.state != state || r.vips != vips;
             r.state = state;
@@ -515,23 +528,26 @@ impl Daemon {
     }
 
     /// A failing check withdraws at once, before anything else moves.
-    fn withdraw_failing(&mut self, healthy: &[bool], draining_bgp: bool) {
-        for (i, v) in self.cfg.vips.iter().enumerate() {
-            if self.announced[i] && !healthy[i] && !draining_bgp {
-                self.speaker.withdraw(host_prefix(v.address));
-                self.announced[i] = false;
-                warn!(vip = %v.address, reason = "health check failed", "withdrawn");
+    fn withdraw_failing(&mut self, healthy: &Healthy, draining_bgp: bool) {
+        if draining_bgp {
+            return;
+        }
+        for (&vip, &h) in healthy {
+            if !h && self.announced(vip) {
+                self.speaker.withdraw(host_prefix(vip));
+                warn!(vip = %vip, reason = "health check failed", "withdrawn");
             }
         }
     }
 
     /// Each VIP's table from the member view; installed in the dataplane.
-    fn update_tables(&mut self, healthy: &[bool]) {
+    fn update_tables(&mut self, healthy: &Healthy) {
         let me = self.cfg.node_id;
         let others = liveness::lock(&self.members).clone();
         let now = Instant::now();
-        for (i, v) in self.cfg.vips.iter().enumerate() {
-            let key = v.address.to_string();
+        for (&addr, v) in &mut self.vips {
+            let key = addr.to_string();
+            let serving_here = !self.drained && healthy.get(&addr).copied().unwrap_or(false);
             let view: Vec<MemberView> = self
                 .cfg
                 .members
@@ -542,7 +558,7 @@ impl Daemon {
                             id: m.id,
                             weight: m.weight,
                             reachable: true,
-                            serving: !self.drained && healthy[i],
+                            serving: serving_here,
                         };
                     }
                     let (up, serving) = match others.get(&m.id) {
@@ -564,7 +580,7 @@ impl Daemon {
                     }
                 })
                 .collect();
-            let change = match self.tables[i].update(
+            let change = match v.table.update(
                 &view,
                 self.cfg.dataplane.table_size,
                 self.cfg.hash_seed,
@@ -572,7 +588,7 @@ impl Daemon {
             ) {
                 Ok(c) => c,
                 Err(e) => {
-                    error!(vip = %v.address, error = %e, "cannot build the table");
+                    error!(vip = %addr, error = %e, "cannot build the table");
                     continue;
                 }
             };
@@ -589,48 +605,48 @@ impl Daemon {
                         .filter(|m| m.reachable && m.serving)
                         .map(|m| m.id)
                         .collect();
-                    info!(vip = %v.address, first_hops = ?first, moved, with_second_hop, "table change");
+                    info!(vip = %addr, first_hops = ?first, moved, with_second_hop, "table change");
                     buckets.clone()
                 }
                 Change::Settled(b) => {
-                    info!(vip = %v.address, "drain period over: second hops dropped");
+                    info!(vip = %addr, "drain period over: second hops dropped");
                     b.clone()
                 }
             };
-            let clamp = mss_clamp(&self.cfg, v.address);
+            let clamp = mss_clamp(&self.cfg, addr);
             let mut ok = true;
-            for e in v.entries() {
+            for e in v.config.entries() {
                 if let Err(err) = self.dp.set_vip_table(&e, &buckets, clamp) {
                     error!(vip = %e, error = %format!("{err:#}"), "installing the table failed");
                     ok = false;
                 }
             }
             if ok {
-                self.tables[i].installed(change, now, self.cfg.drain_period);
+                v.table.installed(change, now, self.cfg.drain_period);
             }
         }
     }
 
     /// BGP: announce only what passes its checks and is in our own table.
-    fn announce_ready(&mut self, healthy: &[bool]) {
+    fn announce_ready(&mut self, healthy: &Healthy) {
         let me = self.cfg.node_id;
-        for (i, v) in self.cfg.vips.iter().enumerate() {
-            let want = healthy[i] && self.tables[i].has_first_hop(me);
-            if want && !self.announced[i] {
+        for (&vip, v) in &self.vips {
+            let want = healthy.get(&vip).copied().unwrap_or(false) && v.table.has_first_hop(me);
+            let announced = self.announced(vip);
+            if want && !announced {
+                // Cannot fail: the config takes only unicast VIPs.
                 match self
                     .speaker
-                    .announce(host_prefix(v.address), route_attrs(&self.cfg))
+                    .announce(host_prefix(vip), route_attrs(&self.cfg))
                 {
                     Ok(()) => {
-                        info!(vip = %v.address, reason = "checks pass and table loaded", "announced")
+                        info!(vip = %vip, reason = "checks pass and table loaded", "announced")
                     }
-                    Err(e) => error!(vip = %v.address, error = %e, "cannot announce"),
+                    Err(e) => error!(vip = %vip, error = %e, "cannot announce"),
                 }
-                self.announced[i] = true;
-            } else if !want && self.announced[i] {
-                self.speaker.withdraw(host_prefix(v.address));
-                self.announced[i] = false;
-                info!(vip = %v.address, reason = "not a first hop of its own table", "withdrawn");
+            } else if !want && announced {
+                self.speaker.withdraw(host_prefix(vip));
+                info!(vip = %vip, reason = "not a first hop of its own table", "withdrawn");
             }
         }
     }
@@ -659,20 +675,17 @@ impl Daemon {
     fn first_routes_decided(&self, decided: bool) -> bool {
         decided
             && (self.drained
-                || self.cfg.vips.iter().enumerate().all(|(i, v)| {
-                    self.announced[i]
-                        || v.checks.iter().zip(&self.checks[i]).all(|(spec, c)| {
-                            c.status().probes >= u64::from(spec.rise.max(spec.fall))
-                        })
-                }))
+                || self
+                    .vips
+                    .iter()
+                    .all(|(&a, v)| self.announced(a) || v.checks_settled()))
     }
 
     fn forget_gone_members(&mut self) {
-        let tables = &self.tables;
+        let vips = &self.vips;
         let named = |id: u16| {
-            tables
-                .iter()
-                .any(|t| t.live.iter().any(|b| b.first == id || b.second == id))
+            vips.values()
+                .any(|v| v.table.live.iter().any(|b| b.first == id || b.second == id))
         };
         let (gone, keep): (Vec<u16>, Vec<u16>) =
             self.gone_members.iter().partition(|&&id| !named(id));
@@ -689,212 +702,65 @@ impl Daemon {
 
     fn handle(&mut self, req: Request) -> Response {
         match req {
-            Request::Status => match serde_json::to_value(self.status()) {
-                Ok(v) => Response::ok("status", Some(v)),
-                Err(e) => Response::err(format!("status: {e}")),
-            },
+            Request::Status => Response::Status(Box::new(self.status())),
             Request::Drain => {
                 if self.drained {
-                    return Response::ok("already draining", None);
+                    return Response::Message("already draining".into());
                 }
                 self.drained = true;
                 let speaker = self.speaker.clone();
                 let wait = self.cfg.bgp.shutdown_wait;
-                self.drain_task = Some(tokio::spawn(async move { speaker.drain(wait).await }));
                 // The drain task withdraws everything after the wait.
-                self.announced.iter_mut().for_each(|a| *a = false);
+                self.drain_task = Some(tokio::spawn(async move { speaker.drain(wait).await }));
                 info!(
                     shutdown_wait = ?wait,
                     drain_period = ?self.cfg.drain_period,
                     "draining: GRACEFUL_SHUTDOWN now, withdraw after the wait; established connections keep their second hop"
                 );
-                Response::ok(
-                    format!(
-                        "draining: routes carry GRACEFUL_SHUTDOWN for {}s then are withdrawn; established connections are served for up to {}s",
-                        wait.as_secs(),
-                        self.cfg.drain_period.as_secs()
-                    ),
-                    None,
-                )
+                Response::Message(format!(
+                    "draining: routes carry GRACEFUL_SHUTDOWN for {}s then are withdrawn; established connections are served for up to {}s",
+                    wait.as_secs(),
+                    self.cfg.drain_period.as_secs()
+                ))
             }
             Request::Undrain => {
                 if !self.drained {
-                    return Response::ok("not draining", None);
+                    return Response::Message("not draining".into());
                 }
                 if let Some(t) = self.drain_task.take() {
                     t.abort();
                 }
                 self.speaker.undrain();
+                // Whatever an aborted drain left in the RIB is ours again,
+                // brought in line by the next tick (withdrawn if not wanted).
                 self.drained = false;
-                // Whatever an aborted drain left in the RIB is brought in
-                // line by the next tick (withdrawn if not wanted).
-                let in_rib = self.speaker.announced();
-                for (i, v) in self.cfg.vips.iter().enumerate() {
-                    self.announced[i] = in_rib.contains(&host_prefix(v.address));
-                }
                 info!("undrained: announcing again as checks and tables allow");
-                Response::ok("undrained", None)
+                Response::Message("undrained".into())
             }
             Request::Table { vip } => {
                 let Ok(addr) = vip.parse::<IpAddr>() else {
-                    return Response::err(format!("{vip:?} is not an IP address"));
+                    return Response::Error(format!("{vip:?} is not an IP address"));
                 };
-                let Some(i) = self.cfg.vips.iter().position(|v| v.address == addr) else {
-                    return Response::err(format!("{addr} is not a configured VIP"));
+                let Some(v) = self.vips.get(&addr) else {
+                    return Response::Error(format!("{addr} is not a configured VIP"));
                 };
-                let t = &self.tables[i];
-                let mut second: BTreeMap<String, usize> = BTreeMap::new();
-                for b in &t.live {
-                    if b.second != dataplane_common::NO_HOP {
-                        *second
-                            .entry(format!("{}->{}", b.first, b.second))
-                            .or_default() += 1;
-                    }
-                }
-                let (share, n_second) = t.share();
-                let data = serde_json::json!({
-                    "vip": addr.to_string(),
-                    "table_size": t.live.len(),
-                    "share": share.into_iter().map(|(n, b)| (n.to_string(), b)).collect::<BTreeMap<_, _>>(),
-                    "second_hops": n_second,
-                    "second_hop_pairs": second,
-                    "settles_in_s": t.settle_at.map(|s| s.saturating_duration_since(Instant::now()).as_secs()),
-                });
-                Response::ok("table", Some(data))
+                Response::Table(TableView::of(addr, &v.table, Instant::now()))
             }
         }
     }
 
     fn status(&self) -> Status {
-        let now = Instant::now();
-        let generation = self.cfg.generation();
-        let healthy = self.healthy();
-        let vips = self
-            .cfg
-            .vips
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                let mut counters: BTreeMap<String, u64> = BTreeMap::new();
-                for e in v.entries() {
-                    if let Ok(c) = self.dp.counters(Some(&e)) {
-                        for (k, n) in c {
-                            *counters.entry(k.to_string()).or_default() += n;
-                        }
-                    }
-                }
-                let t = &self.tables[i];
-                let (share, second_hops) = t.share();
-                VipStatus {
-                    address: v.address.to_string(),
-                    ports: v.ports.clone(),
-                    protocols: v
-                        .protocols
-                        .iter()
-                        .map(|p| format!("{p:?}").to_lowercase())
-                        .collect(),
-                    healthy: healthy[i],
-                    announced: self.speaker.announced().contains(&host_prefix(v.address)),
-                    in_table: t.has_first_hop(self.cfg.node_id),
-                    checks: self.checks[i]
-                        .iter()
-                        .map(|c| {
-                            let s = c.status();
-                            CheckLine {
-                                name: s.name,
-                                up: s.up,
-                                last_result: s.last_result,
-                                latency_ms: s.last_latency_ms,
-                                probes: s.probes,
-                            }
-                        })
-                        .collect(),
-                    counters,
-                    share: share.into_iter().collect(),
-                    second_hops,
-                    table_size: t.live.len(),
-                    settles_in_s: t
-                        .settle_at
-                        .map(|s| s.saturating_duration_since(now).as_secs()),
-                }
-            })
-            .collect();
-        let bgp = self
-            .speaker
-            .peers()
-            .into_iter()
-            .map(|p| PeerLine {
-                peer: p.peer.to_string(),
-                state: format!("{:?}", p.state),
-                uptime_s: p.uptime.map(|u| u.as_secs()),
-                prefixes_sent: p.prefixes_sent,
-                prefixes_received: p.prefixes_received,
-                bfd: p.bfd.map(|b| format!("{b:?}")),
-                last_error: p.last_error,
-                update_errors: p.update_errors,
-            })
-            .collect();
-        let others = liveness::lock(&self.members).clone();
-        let members = self
-            .cfg
-            .members
-            .iter()
-            .map(|m| {
-                if m.id == self.cfg.node_id {
-                    return MemberLine {
-                        id: m.id,
-                        address: m.address.to_string(),
-                        local: true,
-                        up: true,
-                        state: self.state.name().into(),
-                        generation: Some(generation.clone()),
-                        generation_matches: true,
-                        last_seen_unix: Some(health::unix_now()),
-                        last_error: None,
-                    };
-                }
-                let s = others.get(&m.id);
-                let report = s.and_then(|s| s.report.as_ref());
-                MemberLine {
-                    id: m.id,
-                    address: m.address.to_string(),
-                    local: false,
-                    up: s.is_some_and(|s| s.up),
-                    state: match (s.is_some_and(|s| s.up), report) {
-                        (true, Some(r)) => r.state.name().into(),
-                        _ => "down".into(),
-                    },
-                    generation: report.map(|r| r.generation.clone()),
-                    generation_matches: report.is_none_or(|r| r.generation == generation),
-                    last_seen_unix: s.and_then(|s| s.last_seen_unix),
-                    last_error: s.and_then(|s| s.last_error.clone()),
-                }
-            })
-            .collect();
-        Status {
-            node: NodeStatus {
-                id: self.cfg.node_id,
-                state: self.state.name().into(),
-                reason: self.reason.clone(),
-                generation,
-                config: self.cfg.file.display().to_string(),
-                uptime_s: self.started.elapsed().as_secs(),
-                last_reload: self.last_reload.clone(),
-                dataplane: match self.dp.counters(None) {
-                    Ok(c) => c.into_iter().map(|(k, n)| (k.to_string(), n)).collect(),
-                    Err(_) => BTreeMap::new(),
-                },
-            },
-            vips,
-            bgp,
-            members,
-            liveness: self
-                .liveness_counters
-                .snapshot()
-                .into_iter()
-                .map(|(k, n)| (k.to_string(), n))
-                .collect(),
-            bgp_refused_unknown: self.speaker.refused_unknown(),
-        }
+        crate::status::assemble(&crate::status::Sources {
+            cfg: &self.cfg,
+            vips: &self.vips,
+            state: self.state,
+            reason: &self.reason,
+            uptime: self.started.elapsed(),
+            last_reload: self.last_reload.as_deref(),
+            dp: &self.dp,
+            speaker: &self.speaker,
+            members: &liveness::lock(&self.members).clone(),
+            liveness: &self.liveness_counters,
+        })
     }
 }

@@ -8,13 +8,12 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use health::{Check, CheckSpec};
 use tracing::{error, info, warn};
 
 use super::{Daemon, dataplane_config, host_prefix, mss_clamp, peer_config, route_attrs};
 use crate::config::{Config, Member};
 use crate::liveness;
-use crate::tables::VipTable;
+use crate::vips;
 
 /// What a reload did, for the log and `lbd status`.
 #[derive(Default)]
@@ -91,22 +90,6 @@ fn live_part(cur: &Config, new: &Config) -> (Config, Vec<&'static str>) {
     (next, restart)
 }
 
-/// The checks of a VIP whose check list a reload edited: a check whose
-/// spec did not change keeps running with its state; a new or edited one
-/// starts in the state the VIP had (up if all its old checks were up), so
-/// the VIP is not withdrawn while the new check proves itself.
-fn carry_checks(old_specs: &[CheckSpec], old: Vec<Check>, new_specs: &[CheckSpec]) -> Vec<Check> {
-    let was_up = !old.is_empty() && old.iter().all(|c| c.status().up);
-    let mut old: Vec<(&CheckSpec, Check)> = old_specs.iter().zip(old).collect();
-    new_specs
-        .iter()
-        .map(|spec| match old.iter().position(|(s, _)| *s == spec) {
-            Some(j) => old.swap_remove(j).1,
-            None => Check::spawn_as(spec.clone(), was_up),
-        })
-        .collect()
-}
-
 impl Daemon {
     /// The liveness secret file is re-read at every reload (a new secret,
     /// a rotation); if it cannot be read the running secrets stay.
@@ -162,11 +145,9 @@ impl Daemon {
         }
         if route_attrs(&next) != route_attrs(&self.cfg) {
             out.applied.push("route attributes".into());
-            for (v, &announced) in next.vips.iter().zip(&self.announced) {
-                if announced {
-                    let _ = self
-                        .speaker
-                        .announce(host_prefix(v.address), route_attrs(&next));
+            for &vip in self.vips.keys() {
+                if self.announced(vip) {
+                    let _ = self.speaker.announce(host_prefix(vip), route_attrs(&next));
                 }
             }
         }
@@ -241,82 +222,56 @@ impl Daemon {
         removed
     }
 
-    /// VIPs by address: a new one gets its checks and an empty table (it is
-    /// announced once its checks pass and the table is loaded); a removed one
-    /// is withdrawn, then leaves the dataplane; changed ports or protocols
-    /// add or remove dataplane entries; changed checks are respawned.
+    /// VIPs by address (`vips::reconcile`): a new one gets its checks and
+    /// an empty table (it is announced once its checks pass and the table
+    /// is loaded); a removed one is withdrawn, then leaves the dataplane;
+    /// changed ports or protocols add or remove dataplane entries; changed
+    /// checks are respawned. The VIPs left alone keep everything.
     fn reload_vips(&mut self, next: &Config, out: &mut Outcome) {
-        let cur = &self.cfg.vips;
-        let mut checks = Vec::new();
-        let mut tables = Vec::new();
-        let mut announced = Vec::new();
-        for v in &next.vips {
-            let Some(i) = cur.iter().position(|c| c.address == v.address) else {
-                info!(vip = %v.address, "reload: VIP added");
-                out.applied.push(format!("vip {} added", v.address));
-                checks.push(v.checks.iter().cloned().map(Check::spawn).collect());
-                // Added on every node one after the other: the nodes
-                // that have it already serve it, so this node joins them
-                // like a node that starts (moved buckets keep the owner
-                // they had there as second hop).
-                tables.push(VipTable::joining(next.node_id));
-                announced.push(false);
+        let r = vips::reconcile(&mut self.vips, &next.vips, next.node_id);
+        for addr in &r.added {
+            info!(vip = %addr, "reload: VIP added");
+            out.applied.push(format!("vip {addr} added"));
+        }
+        for addr in &r.checks_changed {
+            out.applied.push(format!("checks of {addr}"));
+        }
+        for c in &r.entries_changed {
+            out.applied.push(format!("ports/protocols of {}", c.vip));
+            for e in &c.removed {
+                if let Err(err) = self.dp.remove_vip(e) {
+                    out.fail(format!("removing {e}: {err:#}"));
+                }
+            }
+            let Some(live) = self.vips.get(&c.vip).map(|v| &v.table.live) else {
                 continue;
             };
-            let old = &cur[i];
-            if v.checks != old.checks {
-                out.applied.push(format!("checks of {}", v.address));
-                checks.push(carry_checks(
-                    &old.checks,
-                    std::mem::take(&mut self.checks[i]),
-                    &v.checks,
-                ));
-            } else {
-                checks.push(std::mem::take(&mut self.checks[i]));
-            }
-            let table = std::mem::take(&mut self.tables[i]);
-            let (was, now) = (old.entries(), v.entries());
-            if was != now {
-                out.applied
-                    .push(format!("ports/protocols of {}", v.address));
-                for e in was.iter().filter(|e| !now.contains(e)) {
-                    if let Err(err) = self.dp.remove_vip(e) {
-                        out.fail(format!("removing {e}: {err:#}"));
-                    }
-                }
-                if !table.live.is_empty() {
-                    let clamp = mss_clamp(next, v.address);
-                    for e in now.iter().filter(|e| !was.contains(e)) {
-                        if let Err(err) = self.dp.set_vip_table(e, &table.live, clamp) {
-                            out.fail(format!("installing {e}: {err:#}"));
-                        }
-                    }
-                }
-            }
-            tables.push(table);
-            announced.push(self.announced[i]);
-        }
-        for (i, old) in cur.iter().enumerate() {
-            if next.vips.iter().any(|v| v.address == old.address) {
+            if live.is_empty() {
                 continue;
             }
-            // Withdraw first: routers stop sending before the dataplane
-            // stops steering (the checks stop when dropped below).
-            if self.announced[i] {
-                self.speaker.withdraw(host_prefix(old.address));
-                info!(vip = %old.address, reason = "removed from the config", "withdrawn");
+            let clamp = mss_clamp(next, c.vip);
+            for e in &c.added {
+                if let Err(err) = self.dp.set_vip_table(e, live, clamp) {
+                    out.fail(format!("installing {e}: {err:#}"));
+                }
             }
-            for e in old.entries() {
+        }
+        for gone in &r.removed {
+            let addr = gone.address();
+            // Withdraw first: routers stop sending before the dataplane
+            // stops steering (the checks stop when `r` is dropped).
+            if self.speaker.is_announced(host_prefix(addr)) {
+                self.speaker.withdraw(host_prefix(addr));
+                info!(vip = %addr, reason = "removed from the config", "withdrawn");
+            }
+            for e in gone.config.entries() {
                 if let Err(err) = self.dp.remove_vip(&e) {
                     out.fail(format!("removing {e}: {err:#}"));
                 }
             }
-            info!(vip = %old.address, "reload: VIP removed");
-            out.applied.push(format!("vip {} removed", old.address));
+            info!(vip = %addr, "reload: VIP removed");
+            out.applied.push(format!("vip {addr} removed"));
         }
-        self.checks = checks;
-        self.tables = tables;
-        self.announced = announced;
     }
 
     /// Encapsulation and GUE port go to the dataplane's config map; the MSS
@@ -340,14 +295,14 @@ impl Daemon {
             out.fail(format!("attaching the MSS clamp: {e:#}"));
             return;
         }
-        for (v, t) in next.vips.iter().zip(&self.tables) {
-            if t.live.is_empty() {
+        for (&addr, v) in &self.vips {
+            if v.table.live.is_empty() {
                 continue;
             }
-            for e in v.entries() {
+            for e in v.config.entries() {
                 if let Err(err) = self
                     .dp
-                    .set_vip_table(&e, &t.live, mss_clamp(next, v.address))
+                    .set_vip_table(&e, &v.table.live, mss_clamp(next, addr))
                 {
                     out.fail(format!("installing {e}: {err:#}"));
                 }

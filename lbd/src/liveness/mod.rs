@@ -98,6 +98,26 @@ pub struct Poller {
     pub keys: SharedKeys,
 }
 
+/// Why a poll of a member failed: what `lbd status` shows as its last
+/// error (text from the network is escaped).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PollError {
+    #[error("no randomness for a nonce")]
+    NoNonce,
+    #[error("{0}")]
+    Http(String),
+    #[error("status {0}")]
+    Status(u16),
+    #[error("bad report: {0}")]
+    BadReport(#[from] ReportError),
+    #[error("report not authenticated: no tag (is liveness.secret_file set there?)")]
+    NoTag,
+    #[error("report not authenticated: tag does not match (wrong secret, forged or replayed)")]
+    BadTag,
+    #[error("answered as node {got}, expected {expected}")]
+    WrongNode { got: u16, expected: u16 },
+}
+
 /// One poll: a fresh nonce, the answer read up to `MAX_REPORT_BYTES`,
 /// its tag checked (when a secret is configured), then parsed and
 /// validated. The client's timeout covers the whole request.
@@ -105,16 +125,13 @@ async fn poll_one(
     client: &reqwest::Client,
     addr: SocketAddr,
     keys: Option<Arc<Keys>>,
-) -> Result<Report, String> {
-    let nonce = auth::nonce().ok_or("no randomness for a nonce")?;
+) -> Result<Report, PollError> {
+    let nonce = auth::nonce().ok_or(PollError::NoNonce)?;
     let url = format!("http://{addr}/v1/state?{NONCE_PARAM}={nonce}");
-    let mut resp = client
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| printable(&health::error_chain(&e)))?;
+    let http = |e: reqwest::Error| PollError::Http(printable(&health::error_chain(&e)));
+    let mut resp = client.get(&url).send().await.map_err(http)?;
     if !resp.status().is_success() {
-        return Err(format!("status {}", resp.status().as_u16()));
+        return Err(PollError::Status(resp.status().as_u16()));
     }
     let tag = resp
         .headers()
@@ -122,30 +139,20 @@ async fn poll_one(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| printable(&health::error_chain(&e)))?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(http)? {
         if body.len() + chunk.len() > MAX_REPORT_BYTES {
-            return Err(format!("bad report: {}", ReportError::TooLarge));
+            return Err(ReportError::TooLarge.into());
         }
         body.extend_from_slice(&chunk);
     }
     if let Some(keys) = keys {
         match tag {
-            None => {
-                return Err(
-                    "report not authenticated: no tag (is liveness.secret_file set there?)".into(),
-                );
-            }
-            Some(t) if !keys.verify(&nonce, &body, &t) => {
-                return Err("report not authenticated: tag does not match (wrong secret, forged or replayed)".into());
-            }
+            None => return Err(PollError::NoTag),
+            Some(t) if !keys.verify(&nonce, &body, &t) => return Err(PollError::BadTag),
             Some(_) => {}
         }
     }
-    Report::parse(&body).map_err(|e| format!("bad report: {e}"))
+    Ok(Report::parse(&body)?)
 }
 
 /// Polls every member every interval until the task is dropped.
@@ -188,17 +195,20 @@ pub async fn poll(members: Members, p: Poller) {
 }
 
 /// One poll's outcome into the member table.
-fn record(members: &Members, id: u16, result: Result<Report, String>, generation: &str) {
+fn record(members: &Members, id: u16, result: Result<Report, PollError>, generation: &str) {
     let mut all = lock(members);
     let Some(m) = all.get_mut(&id) else { return };
     m.polls += 1;
     let result = match result {
-        Ok(r) if r.node_id != id => Err(format!("answered as node {}, expected {id}", r.node_id)),
+        Ok(r) if r.node_id != id => Err(PollError::WrongNode {
+            got: r.node_id,
+            expected: id,
+        }),
         other => other,
     };
     let ok = result.is_ok();
     match result {
-        Err(e) => m.last_error = Some(e),
+        Err(e) => m.last_error = Some(e.to_string()),
         Ok(r) => {
             if r.generation != generation
                 && m.report.as_ref().map(|p| &p.generation) != Some(&r.generation)
