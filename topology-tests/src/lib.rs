@@ -9,6 +9,7 @@ pub mod pki;
 pub mod process;
 pub mod router;
 pub mod scenarios;
+pub mod sidecars;
 pub mod site;
 pub mod topology;
 pub mod upstream;

@@ -29,12 +29,14 @@ impl Nginx {
         let tmp = storage.join(format!(".tmp-n{node}"));
         fs::create_dir_all(&tmp)?;
         fs::create_dir_all(self.dir.join("logs"))?;
-        for d in ["http.d", "conf.d", "data.d"] {
+        for d in ["main.d", "http.d", "conf.d", "data.d"] {
             fs::create_dir_all(self.dir.join(d))?;
         }
         let conf = format!(
             r#"# nginx for lab node {node}: WebDAV on the VIPs, one shared storage root.
 load_module {DAV_EXT};
+# More modules from the lab (the storage front's lua).
+include {d}/main.d/*.conf;
 user root;
 daemon on;
 worker_processes 1;
@@ -80,23 +82,32 @@ http {{
     pub fn start(&self, ns: &str) -> Result<u32> {
         let pidf = self.dir.join("nginx.pid");
         let _ = fs::remove_file(&pidf);
-        let d = self.dir.display().to_string();
-        nsenter(
-            ns,
-            &[
-                "/usr/sbin/nginx",
-                "-p",
-                &d,
-                "-e",
-                &format!("{d}/logs/error.log"),
-                "-c",
-                &format!("{d}/nginx.conf"),
-            ],
-        )?;
+        self.nginx_in(ns, &[])?;
         wait_until("nginx's pid file", Duration::from_secs(10), || {
             read_pid(&pidf).is_some()
         })?;
         read_pid(&pidf).context("nginx pid")
+    }
+
+    /// Runs /usr/sbin/nginx with `extra` and this node's prefix, error log
+    /// and config, in namespace `ns`.
+    fn nginx_in(&self, ns: &str, extra: &[&str]) -> Result<String> {
+        let d = self.dir.display().to_string();
+        let (log, conf) = (format!("{d}/logs/error.log"), format!("{d}/nginx.conf"));
+        let mut argv = vec!["/usr/sbin/nginx"];
+        argv.extend_from_slice(extra);
+        argv.extend_from_slice(&["-p", &d, "-e", &log, "-c", &conf]);
+        nsenter(ns, &argv)
+    }
+
+    /// Re-reads the config (SIGHUP to the master): new workers take the
+    /// new snippets, running requests finish on the old ones. Checks the
+    /// config first so a bad snippet is an error here, not a silent no-op.
+    pub fn reload(&self, ns: &str) -> Result<()> {
+        self.nginx_in(ns, &["-t", "-q"]).context("nginx -t")?;
+        let pid = read_pid(&self.dir.join("nginx.pid")).context("nginx pid")?;
+        crate::process::signal_pid(pid, libc::SIGHUP);
+        Ok(())
     }
 
     /// Stops nginx the way a failing backend stops answering: the master
