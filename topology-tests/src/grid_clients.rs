@@ -231,6 +231,27 @@ fn gfal_upload(
     Ok(())
 }
 
+/// The HTTP request and status lines in a pcap's payloads (tcpdump -A).
+fn http_status_lines(pcap: &Path) -> Vec<String> {
+    let Ok(o) = Command::new("tcpdump")
+        .args(["-n", "-A", "-r"])
+        .arg(pcap)
+        .output()
+    else {
+        return vec!["tcpdump -r failed".into()];
+    };
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let i = l
+                .find("HTTP/1.1 ")
+                .or_else(|| l.find("PUT /"))
+                .or_else(|| l.find("HEAD /"))?;
+            Some(l[i..].chars().take(80).collect::<String>())
+        })
+        .collect()
+}
+
 /// The adler32 the sidecar stored in the file's StoRM xattr, if any.
 fn stored_adler32(path: &Path) -> Option<String> {
     xattr::get(path, storage_front::checksum::XATTR)
@@ -659,6 +680,15 @@ fn our_copies(
     progress("TPC: our VIP pushes to the foreign site (gfal-copy --copy-mode push)");
     let before = done("push")?;
     let theirs = "/data/grid/pushed-by-lbd.bin";
+    // What xrootd answers our push is the lead to its failure: the
+    // router's link to it is captured and its HTTP status lines noted.
+    let pcap = site.dir.join("tpc-push-ours.pcap");
+    let cap = Capture::start(
+        &site.router.ns,
+        foreign_site::ROUTER_DEV,
+        "ip6 and tcp",
+        pcap.clone(),
+    )?;
     let r = c.run(&[
         "gfal-copy",
         "-f",
@@ -674,6 +704,11 @@ fn our_copies(
         &foreign.url6(theirs),
     ])?;
     let after = done("push")?;
+    cap.finish()?;
+    out.notes.push(format!(
+        "HTTP status lines on the wire during our push (both ways): {}",
+        http_status_lines(&pcap).join(" | ")
+    ));
     let (same, detail) = same_bytes(&foreign.file(theirs), &data);
     // Known to fail (docs/topology-tests.md): the sidecar's push to
     // xrootd 5.5.3 ends with "the destination answered before the whole
