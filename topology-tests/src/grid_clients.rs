@@ -231,7 +231,8 @@ fn gfal_upload(
     Ok(())
 }
 
-/// The HTTP request and status lines in a pcap's payloads (tcpdump -A).
+/// The HTTP request, status and framing header lines in a pcap's
+/// payloads (tcpdump -A).
 fn http_status_lines(pcap: &Path) -> Vec<String> {
     let Ok(o) = Command::new("tcpdump")
         .args(["-n", "-A", "-r"])
@@ -243,10 +244,19 @@ fn http_status_lines(pcap: &Path) -> Vec<String> {
     String::from_utf8_lossy(&o.stdout)
         .lines()
         .filter_map(|l| {
-            let i = l
-                .find("HTTP/1.1 ")
-                .or_else(|| l.find("PUT /"))
-                .or_else(|| l.find("HEAD /"))?;
+            // Header names in any case (hyper writes them lowercase).
+            let lower = l.to_ascii_lowercase();
+            let i = [
+                "http/1.1 ",
+                "put /",
+                "head /",
+                "content-length:",
+                "transfer-encoding:",
+                "expect:",
+                "connection:",
+            ]
+            .iter()
+            .find_map(|k| lower.find(k))?;
             Some(l[i..].chars().take(80).collect::<String>())
         })
         .collect()
