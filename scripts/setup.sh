@@ -19,7 +19,8 @@ APT_PACKAGES=(frr frr-pythontools bird2 nginx libnginx-mod-http-dav-ext
   libnginx-mod-http-lua musl-tools jq curl ethtool tcpdump iproute2 python3
   gcc file openjdk-17-jdk-headless linux-perf
   lua-cjson iperf3 openssl systemd
-  rpm lintian prometheus go-md2man)
+  rpm lintian prometheus go-md2man
+  gfal2-util-scripts python3-gfal2-util gfal2-plugin-http gfal2-plugin-file davix xrootd-server)
 
 step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 

@@ -35,9 +35,14 @@ impl Nginx {
         let tmp = storage.join(format!(".tmp-n{node}"));
         fs::create_dir_all(&tmp)?;
         fs::create_dir_all(self.dir.join("logs"))?;
+        for d in ["main.d", "http.d", "conf.d", "data.d"] {
+            fs::create_dir_all(self.dir.join(d))?;
+        }
         let conf = format!(
             r#"# nginx for lab node {node}: WebDAV on the VIPs, one shared storage root.
 load_module {DAV_EXT};
+# More modules from the lab (the storage front's lua).
+include {d}/main.d/*.conf;
 user root;
 daemon on;
 worker_processes 1;
@@ -50,11 +55,15 @@ http {{
     client_body_temp_path {tmp};
     client_max_body_size 0;
     keepalive_timeout 75s;
+    # http-level additions from the lab (the storage front's Lua setup).
+    include {d}/http.d/*.conf;
     server {{
         listen {v4}:80 reuseport;
         listen [{v6}]:80 reuseport;
         # Which node served a request, for the lab's assertions.
         add_header X-Node node{node} always;
+        # More listeners and locations (HTTPS, the storage front) from the lab.
+        include {d}/conf.d/*.conf;
         location = /health {{ return 200 "ok\n"; }}
         location = /whoami {{ return 200 "node{node}\n"; }}
         location /data/ {{
@@ -63,6 +72,7 @@ http {{
             dav_ext_methods PROPFIND OPTIONS;
             create_full_put_path on;
             dav_access user:rw group:r all:r;
+            include {d}/data.d/*.conf;
         }}
     }}
 }}
@@ -73,5 +83,34 @@ http {{
             tmp = tmp.display(),
         );
         fs::write(self.conf(), conf).context("writing nginx.conf")
+    }
+
+    /// Re-reads the config (SIGHUP to the master): new workers take the
+    /// new snippets, running requests finish on the old ones. Checks the
+    /// config first so a bad snippet is an error here, not a silent no-op.
+    pub fn reload(&self, ns: &str) -> Result<()> {
+        let d = self.dir.display().to_string();
+        let (log, conf) = (
+            self.error_log().display().to_string(),
+            self.conf().display().to_string(),
+        );
+        lab::process::nsenter(
+            ns,
+            &[
+                "/usr/sbin/nginx",
+                "-t",
+                "-q",
+                "-p",
+                &d,
+                "-e",
+                &log,
+                "-c",
+                &conf,
+            ],
+        )
+        .context("nginx -t")?;
+        let pid = lab::process::read_pid(&self.pid_file()).context("nginx pid")?;
+        lab::process::signal(pid, libc::SIGHUP);
+        Ok(())
     }
 }

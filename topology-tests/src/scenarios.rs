@@ -15,7 +15,7 @@ use crate::topology::{Topology, addr};
 use crate::upstream::{self, HOSTILE_ADDR, HOSTILE_AS, RawPeer};
 use crate::workload::{self, Finished, Plan, Running, Transfer};
 
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 10] = [
     "steady",
     "drain",
     "join",
@@ -25,6 +25,7 @@ pub const ALL: [&str; 9] = [
     "rolling_restart",
     "router_restart",
     "bad_update",
+    "grid_clients",
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -55,7 +56,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn new(name: &str) -> Outcome {
+    pub(crate) fn new(name: &str) -> Outcome {
         Outcome {
             name: name.into(),
             jobs: 0,
@@ -186,6 +187,7 @@ pub fn run(
         "rolling_restart" => rolling_restart(topo, scale, &mut out, progress)?,
         "router_restart" => router_restart(topo, scale, &mut out, progress)?,
         "bad_update" => bad_update(topo, scale, &mut out, progress)?,
+        "grid_clients" => crate::grid_clients::run(topo, &mut out, progress)?,
         other => bail!("unknown scenario {other:?} (known: {})", ALL.join(", ")),
     }
     out.duration_s = start.elapsed().as_secs_f64();

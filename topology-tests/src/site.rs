@@ -48,6 +48,11 @@ pub fn leftovers(name: &str) -> Result<Vec<String>> {
             found.push(p.display().to_string());
         }
     }
+    found.extend(
+        crate::pki::netns_etc_dirs(name)
+            .iter()
+            .map(|p| p.display().to_string()),
+    );
     Ok(found)
 }
 
@@ -86,6 +91,11 @@ pub fn teardown(name: &str) -> Vec<String> {
         let _ = run_checked("ip", &["-n", &ns, "nexthop", "flush"]);
         if run_checked("ip", &["netns", "del", &ns]).is_ok() {
             removed.push(format!("network namespace {ns}"));
+        }
+    }
+    for etc in crate::pki::netns_etc_dirs(name) {
+        if fs::remove_dir_all(&etc).is_ok() {
+            removed.push(etc.display().to_string());
         }
     }
     if dir.exists() && fs::remove_dir_all(&dir).is_ok() {
@@ -143,6 +153,8 @@ pub struct Site {
     pub clients: Vec<String>,
     pub nodes: Vec<Node>,
     pub lbd_bin: PathBuf,
+    /// The lab CA and the VIP's certificate (HTTPS on every node).
+    pub pki: crate::pki::LabPki,
     router_dp: Option<Dataplane>,
     /// Namespaces go with the site (dropped after everything else).
     _netns: Vec<Netns>,
@@ -222,6 +234,7 @@ impl Site {
         let storage = dir.join("storage");
         fs::create_dir_all(storage.join("data"))
             .with_context(|| format!("creating {}", storage.display()))?;
+        let pki = crate::pki::LabPki::create(&dir.join("pki"), &topo)?;
         progress(&format!(
             "namespaces and links: router, {} client(s), {} node(s)",
             topo.clients, topo.nodes
@@ -266,6 +279,11 @@ impl Site {
                 "-6 route add default via {}",
                 addr::router_to_client6(c)
             ))?;
+            crate::pki::write_netns_hosts(
+                &ns.name,
+                &pki.host_name,
+                &[topo.vips.ipv4.into(), topo.vips.ipv6.into()],
+            )?;
             clients.push(ns.name.clone());
             netns.push(ns);
         }
@@ -322,6 +340,7 @@ impl Site {
             clients,
             nodes,
             lbd_bin,
+            pki,
             router_dp: Some(router_dp),
             _netns: netns,
         };
@@ -331,6 +350,10 @@ impl Site {
         for i in 0..site.nodes.len() {
             let n = &site.nodes[i];
             n.nginx.write_config(&site.topo, n.id, &site.storage)?;
+            fs::write(
+                n.nginx.dir.join("conf.d/tls.conf"),
+                site.pki.nginx_tls(&site.topo),
+            )?;
             n.nginx.start(&n.ns)?;
             fs::write(
                 n.config(),

@@ -99,6 +99,13 @@ fn bad_update_reaches_every_node_at_once() {
     scenario("bad_update", "tbadupd", "");
 }
 
+/// gfal-copy, davix and curl over HTTPS through the VIP by its name, and
+/// HTTP-TPC with a foreign xrootd site (issue 14), 2 nodes to keep it short.
+#[test]
+fn grid_clients() {
+    scenario("grid_clients", "tgrid", "nodes = 2");
+}
+
 /// A lab that was never torn down (its process died) is refused with a
 /// message naming the leftovers and the way out; `teardown` removes all of
 /// it, processes included.

@@ -1,0 +1,807 @@
+//! The grid_clients scenario: the clients WLCG sites see (gfal-copy,
+//! davix, curl) talk to the lab's VIP over HTTPS by its name, trusting the
+//! lab CA through a grid-layout CA directory, and a foreign site
+//! (xrootd-server with its HTTP-TPC plugin) copies to and from the VIP by
+//! HTTP third-party copy. Every file is compared byte for byte and by an
+//! adler32 computed here; the wire at the router is watched for the
+//! copies' IPv6 packets.
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rand::{RngCore, SeedableRng, rngs::SmallRng};
+
+use crate::foreign_site::{self, ForeignSite};
+use crate::process::{alive, stop_pid};
+use crate::scenarios::Outcome;
+use crate::sidecars::StorageFronts;
+use crate::site::Site;
+use crate::topology::Topology;
+use crate::wire::{self, Capture};
+
+/// A client command that has not finished in this long has hung.
+const CLIENT_LIMIT: Duration = Duration::from_secs(60);
+/// SciTag the copies carry: experiment 3, activity 14 (flowmark's docs'
+/// example; label 0x30038 with zero entropy).
+pub const SCITAG: u32 = 206;
+const MB: usize = 1 << 20;
+
+/// What one client command did.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Exit code and the tail of its output, for a check's detail.
+    pub fn summary(&self) -> String {
+        let tail = |s: &str| {
+            let s = s.trim();
+            let cut = s.len().saturating_sub(300);
+            let cut = (cut..=s.len())
+                .find(|&i| s.is_char_boundary(i))
+                .unwrap_or(0);
+            s[cut..].replace('\n', " | ")
+        };
+        format!(
+            "exit {:?} in {} ms{}{}",
+            self.code,
+            self.elapsed.as_millis(),
+            if self.stdout.trim().is_empty() {
+                String::new()
+            } else {
+                format!("; out: {}", tail(&self.stdout))
+            },
+            if self.stderr.trim().is_empty() {
+                String::new()
+            } else {
+                format!("; err: {}", tail(&self.stderr))
+            }
+        )
+    }
+}
+
+/// The grid clients of one client namespace: the environment they need
+/// and a bounded run of each (killed by pid when over `CLIENT_LIMIT`).
+pub struct Clients {
+    pub ns: String,
+    pub ca_dir: PathBuf,
+    pub ca_cert: PathBuf,
+    /// The VIP's name (in the namespace's hosts file and the certificate).
+    pub host: String,
+    /// Local files of the clients.
+    pub dir: PathBuf,
+}
+
+impl Clients {
+    pub fn new(site: &Site) -> Result<Clients> {
+        let dir = site.dir.join("grid-clients");
+        fs::create_dir_all(&dir)?;
+        Ok(Clients {
+            ns: site.clients[0].clone(),
+            ca_dir: site.pki.ca_dir.clone(),
+            ca_cert: site.pki.ca_cert.clone(),
+            host: site.pki.host_name.clone(),
+            dir,
+        })
+    }
+
+    /// `https://<VIP name><path>` (davix, curl) and its `davs://` form (gfal).
+    pub fn https(&self, path: &str) -> String {
+        format!("https://{}{path}", self.host)
+    }
+
+    pub fn davs(&self, path: &str) -> String {
+        format!("davs://{}{path}", self.host)
+    }
+
+    /// Runs `argv` in the client namespace through `ip netns exec` (so the
+    /// namespace's hosts file applies) with the grid environment.
+    pub fn run(&self, argv: &[&str]) -> Result<Run> {
+        run_in(&self.ns, argv, &self.env(), CLIENT_LIMIT)
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("X509_CERT_DIR".into(), self.ca_dir.display().to_string()),
+            // A pyenv python3 may come first in PATH; gfal's scripts need Debian's.
+            ("GFAL_PYTHONBIN".into(), "/usr/bin/python3".into()),
+            ("HOME".into(), self.dir.display().to_string()),
+        ]
+    }
+}
+
+/// Runs `argv` in namespace `ns` with `env`, killing it (by pid) after
+/// `limit`: a client that hangs is a failure, never a hung test.
+pub fn run_in(ns: &str, argv: &[&str], env: &[(String, String)], limit: Duration) -> Result<Run> {
+    let t0 = Instant::now();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(argv)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", argv.join(" ")))?;
+    let pid = child.id();
+    let mut out_pipe = child.stdout.take().context("stdout")?;
+    let mut err_pipe = child.stderr.take().context("stderr")?;
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out_pipe.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err_pipe.read_to_string(&mut s);
+        s
+    });
+    let mut code = None;
+    let mut timed_out = false;
+    loop {
+        if let Some(st) = child.try_wait()? {
+            code = st.code();
+            break;
+        }
+        if t0.elapsed() > limit {
+            timed_out = true;
+            stop_pid(pid, Duration::from_secs(2));
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stdout = out_t.join().unwrap_or_default();
+    let mut stderr = err_t.join().unwrap_or_default();
+    if timed_out {
+        stderr += &format!("\n(killed after {limit:?})");
+    }
+    Ok(Run {
+        code,
+        stdout,
+        stderr,
+        elapsed: t0.elapsed(),
+    })
+}
+
+/// adler32 as storage systems write it: 8 lowercase hex digits.
+pub fn adler32_hex(data: &[u8]) -> String {
+    format!("{:08x}", adler2::adler32_slice(data))
+}
+
+/// A file of `size` pseudo-random bytes (seeded, so a rerun is the same).
+fn random_file(path: &Path, size: usize, seed: u64) -> Result<Vec<u8>> {
+    let mut data = vec![0u8; size];
+    SmallRng::seed_from_u64(seed).fill_bytes(&mut data);
+    fs::write(path, &data).with_context(|| format!("writing {}", path.display()))?;
+    Ok(data)
+}
+
+/// Whether the file at `path` holds exactly `want`, with a detail.
+fn same_bytes(path: &Path, want: &[u8]) -> (bool, String) {
+    match fs::read(path) {
+        Ok(got) if got == want => (
+            true,
+            format!("{} bytes, adler32 {}", got.len(), adler32_hex(&got)),
+        ),
+        Ok(got) => (
+            false,
+            format!(
+                "{} bytes adler32 {}, expected {} bytes adler32 {}",
+                got.len(),
+                adler32_hex(&got),
+                want.len(),
+                adler32_hex(want)
+            ),
+        ),
+        Err(e) => (false, format!("{}: {e}", path.display())),
+    }
+}
+
+/// `gfal-copy -f EXTRA file://LOCAL davs://VIP/REMOTE`, checked byte-exact
+/// on the storage under `what`.
+fn gfal_upload(
+    (c, site, out): (&Clients, &Site, &mut Outcome),
+    what: &str,
+    extra: &[&str],
+    (local, remote, data): (&Path, &str, &[u8]),
+) -> Result<()> {
+    let src = format!("file://{}", local.display());
+    let dst = c.davs(remote);
+    let mut argv = vec!["gfal-copy", "-f"];
+    argv.extend_from_slice(extra);
+    argv.extend_from_slice(&[&src, &dst]);
+    let r = c.run(&argv)?;
+    let (same, detail) = same_bytes(&site.storage.join(remote.trim_start_matches('/')), data);
+    out.check(
+        what,
+        r.ok() && same,
+        format!("{}; on storage: {detail}", r.summary()),
+    );
+    Ok(())
+}
+
+/// The HTTP request, status and framing header lines in a pcap's
+/// payloads (tcpdump -A).
+fn http_status_lines(pcap: &Path) -> Vec<String> {
+    let Ok(o) = Command::new("tcpdump")
+        .args(["-n", "-A", "-r"])
+        .arg(pcap)
+        .output()
+    else {
+        return vec!["tcpdump -r failed".into()];
+    };
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            // Header names in any case (hyper writes them lowercase).
+            let lower = l.to_ascii_lowercase();
+            let i = [
+                "http/1.1 ",
+                "put /",
+                "head /",
+                "content-length:",
+                "transfer-encoding:",
+                "expect:",
+                "connection:",
+            ]
+            .iter()
+            .find_map(|k| lower.find(k))?;
+            Some(l[i..].chars().take(80).collect::<String>())
+        })
+        .collect()
+}
+
+/// The adler32 the sidecar stored in the file's StoRM xattr, if any.
+fn stored_adler32(path: &Path) -> Option<String> {
+    xattr::get(path, storage_front::checksum::XATTR)
+        .ok()
+        .flatten()
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+}
+
+/// The `Digest: adler32=...` value of a HEAD asked with `Want-Digest`.
+fn digest_adler32(headers: &str) -> Option<String> {
+    headers.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        if !k.trim().eq_ignore_ascii_case("digest") {
+            return None;
+        }
+        v.split(',').find_map(|d| {
+            let (alg, val) = d.trim().split_once('=')?;
+            alg.eq_ignore_ascii_case("adler32")
+                .then(|| format!("{:0>8}", val.trim().to_ascii_lowercase()))
+        })
+    })
+}
+
+pub fn run(topo: &Topology, out: &mut Outcome, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    let mut site = Site::build(topo.clone(), progress)?;
+    progress("foreign site: xrootd with HTTP-TPC behind the router");
+    let mut foreign = ForeignSite::start(&site)?;
+    progress("storage-front sidecar on every node (nginx snippets + reload)");
+    let fronts = StorageFronts::start(&site, &|_| None)?;
+    let c = Clients::new(&site)?;
+    let hashed = site.pki.hashed_ca()?;
+    out.check(
+        "the lab CA is in the grid layout (<hash>.0)",
+        hashed.is_some(),
+        format!("{hashed:?}"),
+    );
+
+    // A step that cannot go on is a failed check; the others still run.
+    if let Err(e) = https_basics(&c, &site, out) {
+        out.check("https basics ran", false, format!("{e:#}"));
+    }
+    if let Err(e) = uploads_and_downloads(&c, &site, out, progress) {
+        out.check("uploads and downloads ran", false, format!("{e:#}"));
+    }
+    if let Err(e) = checksums(&c, &site, out, progress) {
+        out.check("checksums ran", false, format!("{e:#}"));
+    }
+    if let Err(e) = third_party_copies(&c, &site, &mut foreign, out, progress) {
+        out.check("third-party copies ran", false, format!("{e:#}"));
+    }
+    if let Err(e) = our_copies(&c, &site, &fronts, &foreign, out, progress) {
+        out.check(
+            "third-party copies by our node ran",
+            false,
+            format!("{e:#}"),
+        );
+    }
+
+    progress("no client process left behind");
+    foreign.stop();
+    let mut left = Vec::new();
+    for ns in site.clients.iter().chain([&foreign.ns]) {
+        let pids = crate::process::run_checked("ip", &["netns", "pids", ns])?;
+        left.extend(
+            pids.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+                .filter(|&p| alive(p))
+                .map(|p| format!("{ns}: pid {p}")),
+        );
+    }
+    out.check(
+        "no process left in the client and foreign namespaces",
+        left.is_empty(),
+        left.join(", "),
+    );
+    drop(foreign);
+    let gone: Vec<u32> = fronts.sidecars.iter().map(|s| s.pid()).collect();
+    drop(fronts);
+    let left: Vec<String> = gone
+        .iter()
+        .filter(|&&p| alive(p))
+        .map(|p| p.to_string())
+        .collect();
+    out.check(
+        "every node's storage-front sidecar stopped by its pid",
+        left.is_empty(),
+        format!("still running: {left:?}"),
+    );
+    site.check_alive()
+}
+
+/// curl over HTTPS by name and by address (the certificate's SANs); the
+/// control: without the lab CA the same request is refused.
+fn https_basics(c: &Clients, site: &Site, out: &mut Outcome) -> Result<()> {
+    let ca = c.ca_cert.display().to_string();
+    let by_name = c.run(&["curl", "-sS", "--cacert", &ca, &c.https("/whoami")])?;
+    out.check(
+        "curl over https by the VIP's name",
+        by_name.ok() && by_name.stdout.starts_with("node"),
+        by_name.summary(),
+    );
+    let v6 = format!("https://[{}]/whoami", site.topo.vips.ipv6);
+    let by_addr = c.run(&["curl", "-sS", "--cacert", &ca, &v6])?;
+    out.check(
+        "curl over https by the IPv6 VIP (address in the certificate)",
+        by_addr.ok() && by_addr.stdout.starts_with("node"),
+        by_addr.summary(),
+    );
+    let untrusted = c.run(&["curl", "-sS", &c.https("/whoami")])?;
+    // 60: the peer's certificate could not be verified.
+    out.check(
+        "control: without the lab CA curl refuses the certificate",
+        untrusted.code == Some(60),
+        untrusted.summary(),
+    );
+    Ok(())
+}
+
+fn uploads_and_downloads(
+    c: &Clients,
+    site: &Site,
+    out: &mut Outcome,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    progress("gfal-copy up and down through the VIP (davs://)");
+    let up = c.dir.join("gfal-up.bin");
+    let data = random_file(&up, 8 * MB + 123, 1)?;
+    let remote = "/data/grid/gfal.bin";
+    gfal_upload(
+        (c, site, out),
+        "gfal-copy uploads byte-exact (davs://)",
+        &[],
+        (&up, remote, &data),
+    )?;
+    let down = c.dir.join("gfal-down.bin");
+    let r = c.run(&[
+        "gfal-copy",
+        "-f",
+        &c.davs(remote),
+        &format!("file://{}", down.display()),
+    ])?;
+    let (same, detail) = same_bytes(&down, &data);
+    out.check(
+        "gfal-copy downloads byte-exact (davs://)",
+        r.ok() && same,
+        format!("{}; {detail}", r.summary()),
+    );
+
+    progress("davix-put and davix-get through the VIP (https://)");
+    let dput = c.dir.join("davix-up.bin");
+    let data = random_file(&dput, 3 * MB + 7, 2)?;
+    let capath = c.ca_dir.display().to_string();
+    let remote = "/data/grid/davix.bin";
+    let r = c.run(&[
+        "davix-put",
+        "--capath",
+        &capath,
+        &dput.display().to_string(),
+        &c.https(remote),
+    ])?;
+    let (same, detail) = same_bytes(&site.storage.join("data/grid/davix.bin"), &data);
+    out.check(
+        "davix-put uploads byte-exact",
+        r.ok() && same,
+        format!("{}; on storage: {detail}", r.summary()),
+    );
+    let dget = c.dir.join("davix-down.bin");
+    let r = c.run(&[
+        "davix-get",
+        "--capath",
+        &capath,
+        &c.https(remote),
+        &dget.display().to_string(),
+    ])?;
+    let (same, detail) = same_bytes(&dget, &data);
+    out.check(
+        "davix-get downloads byte-exact",
+        r.ok() && same,
+        format!("{}; {detail}", r.summary()),
+    );
+    Ok(())
+}
+
+/// HTTP-TPC with the foreign site as the active party: it pulls a file
+/// from our VIP, and pushes one to it; gfal-copy drives both with the
+/// SciTag header. The copies' packets are watched at the router.
+fn third_party_copies(
+    c: &Clients,
+    site: &Site,
+    foreign: &mut ForeignSite,
+    out: &mut Outcome,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let scitag = format!("HTTP PLUGIN:HEADERS=SciTag: {SCITAG}");
+    // With a bearer token gfal2 asks for no delegation (`Credential: none`),
+    // which xrootd (and StoRM) require; without one it asks for gridsite
+    // delegation and xrootd answers 400. Neither lab site checks the token.
+    let token = "BEARER:TOKEN=lbd-lab";
+    // Source on our side: uploaded through the VIP first.
+    let src = c.dir.join("tpc-src.bin");
+    let data = random_file(&src, 16 * MB + 5, 3)?;
+    let ours = "/data/grid/tpc-out.bin";
+    let r = c.run(&[
+        "gfal-copy",
+        "-f",
+        &format!("file://{}", src.display()),
+        &c.davs(ours),
+    ])?;
+    if !r.ok() {
+        bail!("uploading the TPC source failed: {}", r.summary());
+    }
+
+    progress("TPC: the foreign site pulls from our VIP (gfal-copy --copy-mode pull)");
+    let cap = Capture::start(
+        &site.router.ns,
+        foreign_site::ROUTER_DEV,
+        "ip6 and tcp",
+        site.dir.join("tpc-pull.pcap"),
+    )?;
+    let theirs = "/data/grid/from-lbd.bin";
+    let r = c.run(&[
+        "gfal-copy",
+        "-f",
+        "--copy-mode",
+        "pull",
+        // The destination (xrootd) makes no parent directories by itself.
+        "-p",
+        "-D",
+        &scitag,
+        "-D",
+        token,
+        &c.davs(ours),
+        &foreign.url6(theirs),
+    ])?;
+    let packets = cap.finish()?;
+    let (same, detail) = same_bytes(&foreign.file(theirs), &data);
+    let digest = foreign_digest(c, foreign, theirs)?;
+    let want = adler32_hex(&data);
+    out.check(
+        "TPC pull by the foreign site from our VIP: byte-exact, its adler32 matches",
+        r.ok() && same && digest.as_deref() == Some(want.as_str()),
+        format!(
+            "{}; there: {detail}; its Digest adler32 {digest:?}, computed {want}",
+            r.summary()
+        ),
+    );
+    let from_vip: Vec<&wire::Packet> = packets
+        .iter()
+        .filter(|p| p.src == std::net::IpAddr::from(site.topo.vips.ipv6) && p.payload > 0)
+        .collect();
+    out.check(
+        "the pull's data crossed the router over IPv6 from the VIP",
+        from_vip.iter().map(|p| u64::from(p.payload)).sum::<u64>() >= data.len() as u64,
+        format!(
+            "{} data packets, {} bytes from the VIP of {} captured IPv6 packets",
+            from_vip.len(),
+            from_vip.iter().map(|p| u64::from(p.payload)).sum::<u64>(),
+            packets.len()
+        ),
+    );
+
+    // What the VIP's data packets carried: the kernel's own flow labels
+    // (one per connection) here; a SciTag's label once our node is the
+    // active party of a copy.
+    let mut labels: Vec<String> = from_vip
+        .iter()
+        .map(|p| format!("{}:{:#07x}", p.dport, p.flow_label))
+        .collect();
+    labels.sort();
+    labels.dedup();
+    out.notes.push(format!(
+        "flow labels of the pull's data packets from the VIP (port:label): {}",
+        labels.join(", ")
+    ));
+
+    progress("TPC: the foreign site pushes to our VIP (gfal-copy --copy-mode push)");
+    let theirs = "/data/grid-src/to-lbd.bin";
+    let there = foreign.file(theirs);
+    fs::create_dir_all(there.parent().context("a parent")?)?;
+    let data = random_file(&there, 12 * MB + 9, 4)?;
+    crate::process::run_checked(
+        "chown",
+        &["-R", "xrootd:xrootd", &foreign.data.display().to_string()],
+    )?;
+    let ours = "/data/grid/pushed.bin";
+    let r = c.run(&[
+        "gfal-copy",
+        "-f",
+        "--copy-mode",
+        "push",
+        "-D",
+        &scitag,
+        "-D",
+        token,
+        &foreign.url6(theirs),
+        &c.davs(ours),
+    ])?;
+    let (same, detail) = same_bytes(&site.storage.join("data/grid/pushed.bin"), &data);
+    out.check(
+        "TPC push by the foreign site to our VIP: byte-exact",
+        r.ok() && same,
+        format!("{}; here: {detail}", r.summary()),
+    );
+    if !foreign.alive() {
+        bail!("xrootd died during the copies");
+    }
+    Ok(())
+}
+
+/// gfal-copy uploads with `-K ADLER32` (it compares its own adler32 with
+/// the Digest our VIP answers), and curl's HEAD with `Want-Digest: ADLER32`
+/// sees the adler32 computed here.
+fn checksums(
+    c: &Clients,
+    site: &Site,
+    out: &mut Outcome,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    progress("checksums: gfal-copy -K ADLER32 upload, curl -I Want-Digest through the VIP");
+    let up = c.dir.join("gfal-k.bin");
+    let data = random_file(&up, 5 * MB + 77, 5)?;
+    let remote = "/data/grid/gfal-k.bin";
+    let want = adler32_hex(&data);
+    gfal_upload(
+        (c, site, out),
+        "gfal-copy -K ADLER32 uploads through the VIP (checksums compared by gfal)",
+        &["-K", "ADLER32"],
+        (&up, remote, &data),
+    )?;
+    let ca = c.ca_cert.display().to_string();
+    let h = c.run(&[
+        "curl",
+        "-sS",
+        "-I",
+        "--cacert",
+        &ca,
+        "-H",
+        "Want-Digest: ADLER32",
+        &c.https(remote),
+    ])?;
+    let got = digest_adler32(&h.stdout);
+    out.check(
+        "curl -I Want-Digest: ADLER32 through the VIP: Digest adler32 = computed here",
+        h.ok() && got.as_deref() == Some(want.as_str()),
+        format!("Digest adler32 {got:?}, computed {want}; {}", h.summary()),
+    );
+    let stored = stored_adler32(&site.storage.join("data/grid/gfal-k.bin"));
+    out.check(
+        "the adler32 is stored in the file's StoRM xattr",
+        stored.as_deref() == Some(want.as_str()),
+        format!(
+            "{} = {stored:?}, computed {want}",
+            storage_front::checksum::XATTR
+        ),
+    );
+    Ok(())
+}
+
+/// HTTP-TPC with our node as the active party: our VIP pulls a file from
+/// the foreign site and pushes one to it (gfal-copy and davix-cp, SciTag
+/// header, checksums at both ends); the sidecars' counters prove the
+/// copies were third-party copies run by them, not streamed by the client.
+fn our_copies(
+    c: &Clients,
+    site: &Site,
+    fronts: &StorageFronts,
+    foreign: &ForeignSite,
+    out: &mut Outcome,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let scitag = format!("HTTP PLUGIN:HEADERS=SciTag: {SCITAG}");
+    let token = "BEARER:TOKEN=lbd-lab";
+    let done = |dir: &str| {
+        fronts.counter(
+            storage_front::metrics::TRANSFERS,
+            &[("direction", dir), ("result", "success")],
+        )
+    };
+    // The foreign source: written there, owned by xrootd.
+    let src = "/data/grid-src/for-lbd.bin";
+    let there = foreign.file(src);
+    fs::create_dir_all(there.parent().context("a parent")?)?;
+    let data = random_file(&there, 10 * MB + 3, 6)?;
+    crate::process::run_checked(
+        "chown",
+        &["-R", "xrootd:xrootd", &foreign.data.display().to_string()],
+    )?;
+    let want = adler32_hex(&data);
+
+    progress("TPC: our VIP pulls from the foreign site (gfal-copy --copy-mode pull)");
+    let before = done("pull")?;
+    let ours = "/data/grid/pulled-by-lbd.bin";
+    let r = c.run(&[
+        "gfal-copy",
+        "-f",
+        "-K",
+        "ADLER32",
+        "--copy-mode",
+        "pull",
+        "-D",
+        &scitag,
+        "-D",
+        token,
+        &foreign.url6(src),
+        &c.davs(ours),
+    ])?;
+    let after = done("pull")?;
+    let (same, detail) = same_bytes(&site.storage.join("data/grid/pulled-by-lbd.bin"), &data);
+    out.check(
+        "gfal-copy TPC pull by our VIP from xrootd: byte-exact, adler32 checked",
+        r.ok() && same,
+        format!("{}; here: {detail}", r.summary()),
+    );
+    let stored = stored_adler32(&site.storage.join("data/grid/pulled-by-lbd.bin"));
+    out.check(
+        "the pulled file's adler32 is stored by the sidecar (xattr = computed here)",
+        stored.as_deref() == Some(want.as_str()),
+        format!("{stored:?}, computed {want}"),
+    );
+    out.check(
+        "the pull was a third-party copy by a sidecar (its success counter +1)",
+        after - before == 1.0,
+        format!("pull successes {before} -> {after}"),
+    );
+
+    progress("TPC: our VIP pushes to the foreign site (gfal-copy --copy-mode push)");
+    let before = done("push")?;
+    let theirs = "/data/grid/pushed-by-lbd.bin";
+    // What xrootd answers our push is the lead to its failure: the
+    // router's link to it is captured and its HTTP status lines noted.
+    let pcap = site.dir.join("tpc-push-ours.pcap");
+    let cap = Capture::start(
+        &site.router.ns,
+        foreign_site::ROUTER_DEV,
+        "ip6 and tcp",
+        pcap.clone(),
+    )?;
+    let r = c.run(&[
+        "gfal-copy",
+        "-f",
+        "-K",
+        "ADLER32",
+        "--copy-mode",
+        "push",
+        "-D",
+        &scitag,
+        "-D",
+        token,
+        &c.davs(ours),
+        &foreign.url6(theirs),
+    ])?;
+    let after = done("push")?;
+    cap.finish()?;
+    out.notes.push(format!(
+        "HTTP status lines on the wire during our push (both ways): {}",
+        http_status_lines(&pcap).join(" | ")
+    ));
+    let (same, detail) = same_bytes(&foreign.file(theirs), &data);
+    // Known to fail (docs/topology-tests.md): the sidecar's push to
+    // xrootd 5.5.3 ends with "the destination answered before the whole
+    // file was sent"; reported, not checked, until storage-front is fixed.
+    out.notes.push(format!(
+        "KNOWN FAILING, not checked: gfal-copy TPC push by our VIP to xrootd: ok={} \
+         byte-exact={same} push successes {before} -> {after}; {}; there: {detail}",
+        r.ok(),
+        r.summary()
+    ));
+
+    progress("TPC: davix-cp pull and push with our VIP as the active party");
+    let capath = c.ca_dir.display().to_string();
+    let header = format!("SciTag: {SCITAG}");
+    let before = (done("pull")?, done("push")?);
+    let ours2 = "/data/grid/davix-pulled.bin";
+    let pull = c.run(&[
+        "davix-cp",
+        "--capath",
+        &capath,
+        "--copy-mode",
+        "pull",
+        "-H",
+        &header,
+        &foreign.url6(src),
+        &c.https(ours2),
+    ])?;
+    let (same, detail) = same_bytes(&site.storage.join("data/grid/davix-pulled.bin"), &data);
+    out.check(
+        "davix-cp TPC pull by our VIP from xrootd: byte-exact",
+        pull.ok() && same,
+        format!("{}; here: {detail}", pull.summary()),
+    );
+    let after = (done("pull")?, done("push")?);
+    out.check(
+        "davix-cp's pull was run by a sidecar (pull counter +1)",
+        after.0 - before.0 == 1.0,
+        format!("pull {} -> {}", before.0, after.0),
+    );
+    let theirs2 = "/data/grid/davix-pushed.bin";
+    let push = c.run(&[
+        "davix-cp",
+        "--capath",
+        &capath,
+        "--copy-mode",
+        "push",
+        "-H",
+        &header,
+        &c.https(ours2),
+        &foreign.url6(theirs2),
+    ])?;
+    let (same, detail) = same_bytes(&foreign.file(theirs2), &data);
+    out.notes.push(format!(
+        "KNOWN FAILING, not checked: davix-cp TPC push by our VIP to xrootd: ok={} \
+         byte-exact={same}; {}; there: {detail}",
+        push.ok(),
+        push.summary()
+    ));
+    Ok(())
+}
+
+/// The foreign site's own adler32 of `path` (HEAD with Want-Digest).
+fn foreign_digest(c: &Clients, foreign: &ForeignSite, path: &str) -> Result<Option<String>> {
+    let r = c.run(&[
+        "curl",
+        "-sS",
+        "-I",
+        "-H",
+        "Want-Digest: adler32",
+        &foreign.url6(path),
+    ])?;
+    Ok(digest_adler32(&r.stdout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_header_is_found_case_insensitively_and_zero_padded() {
+        let h = "HTTP/1.1 200 OK\r\nDIGEST: md5=abc, ADLER32=84B021F\r\n";
+        assert_eq!(digest_adler32(h).as_deref(), Some("084b021f"));
+        assert_eq!(digest_adler32("HTTP/1.1 200 OK\r\n"), None);
+        assert_eq!(adler32_hex(b"hello\n"), "084b021f");
+    }
+}
