@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make packages`: the lbd, flowmark and lbd-trace packages (.deb and .rpm)
+# `make packages`: the lbd, flowmark, lbd-trace and storage-front packages (.deb and .rpm)
 # in target/packages/, from the release binaries (and the static musl
 # lbd-trace, built by `make tracer-static` first). Man pages and completions
 # come from the binaries' own clap definitions (their hidden
@@ -35,6 +35,7 @@ mkdir -p "$OUT"
 "$TARGET/release/lbd" generate-docs "$ASSETS/lbd"
 "$TARGET/release/flowmark" generate-docs "$ASSETS/flowmark"
 "$TARGET/$MUSL/release/lbd-trace" generate-docs "$ASSETS/lbd-trace"
+"$TARGET/release/storage-front" generate-docs "$ASSETS/storage-front"
 
 # lbd.toml(5): the "Config reference" section of docs/lbd.md.
 {
@@ -45,7 +46,7 @@ mkdir -p "$OUT"
   printf '\n# SEE ALSO\n\n**lbd**(1), **lbd-check-config**(1), **lbd-run**(1)\n'
 } >"$ASSETS/lbd/lbd.toml.md"
 go-md2man -in "$ASSETS/lbd/lbd.toml.md" -out "$ASSETS/lbd/man/lbd.toml.5"
-for d in lbd flowmark lbd-trace; do
+for d in lbd flowmark lbd-trace storage-front; do
   gzip -9n "$ASSETS/$d"/man/*
 done
 
@@ -66,8 +67,15 @@ mv "$ASSETS/flowmark/systemd/flowmark-collect.service" \
 sed 's|/etc/flowmark/|/usr/share/flowmark/|g; s|^# Install flowmark.lua as .*|# flowmark.lua is in /usr/share/flowmark/ (the flowmark package).|' \
   configs/flowmark/nginx-http.conf >"$ASSETS/flowmark/nginx-http.conf"
 
+# storage-front's unit as shipped; its nginx snippet loads the Lua files
+# from where the packages put them.
+mkdir -p "$ASSETS/storage-front/systemd"
+cp configs/storage-front/storage-front.service "$ASSETS/storage-front/systemd/"
+sed 's|/etc/storage-front/|/usr/share/storage-front/|g; s|/etc/flowmark/|/usr/share/flowmark/|g; s|^# Install storage_front.lua as .*|# storage_front.lua is in /usr/share/storage-front/ (the storage-front package).|' \
+  configs/storage-front/nginx-http.conf >"$ASSETS/storage-front/nginx-http.conf"
+
 # Debian changelogs with the workspace's version (lintian wants one).
-for p in lbd flowmark lbd-trace; do
+for p in lbd flowmark lbd-trace storage-front; do
   cat >"$ASSETS/$p/changelog" <<CHANGELOG
 $p ($VERSION-1) unstable; urgency=medium
 
@@ -80,6 +88,7 @@ done
 DEB=("$CARGO_DEB" --no-build --strip --fast --output "$OUT/")
 "${DEB[@]}" -p lbd
 "${DEB[@]}" -p flowmark
+"${DEB[@]}" -p storage-front
 "${DEB[@]}" -p tracer --target "$MUSL"
 # cargo-deb 3.8 writes "Depends: " even when nothing is depended on (the
 # static lbd-trace); policy wants no field then: drop it and repack.
@@ -93,7 +102,8 @@ rm -rf "$repack"
 # The RPMs take stripped copies (cargo-deb strips its own).
 strip -o "$ASSETS/lbd/lbd" "$TARGET/release/lbd"
 strip -o "$ASSETS/flowmark/flowmark" "$TARGET/release/flowmark"
-for p in lbd flowmark lbd-trace; do
+strip -o "$ASSETS/storage-front/storage-front" "$TARGET/release/storage-front"
+for p in lbd flowmark lbd-trace storage-front; do
   crate="$p"
   [[ "$p" == lbd-trace ]] && crate=tracer
   target=()

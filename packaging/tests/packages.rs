@@ -338,8 +338,32 @@ fn lbd_trace_deb_is_the_static_binary_alone_without_dependencies() {
 }
 
 #[test]
+fn storage_front_deb_installs_its_unit_config_and_nginx_files_and_purges_cleanly() {
+    install_check_purge("storage-front", "/usr/bin/storage-front", |files| {
+        assert_units_verify(files, &["storage-front.service"]);
+        assert_man_and_completion("/usr/bin/storage-front");
+        let conffiles = ok("dpkg-query", &["-W", "-f=${Conffiles}", "storage-front"]);
+        assert!(
+            conffiles.contains("/etc/storage-front/storage-front.toml"),
+            "{conffiles}"
+        );
+        ok(
+            "storage-front",
+            &["check-config", "/etc/storage-front/storage-front.toml"],
+        );
+        let http = std::fs::read_to_string("/usr/share/storage-front/nginx-http.conf")
+            .expect("nginx-http.conf");
+        assert!(
+            http.contains("/usr/share/storage-front/?.lua") && !http.contains("/etc/"),
+            "{http}"
+        );
+        assert!(Path::new("/usr/share/storage-front/storage_front.lua").exists());
+    });
+}
+
+#[test]
 fn lintian_is_clean_on_the_debs() {
-    for name in ["lbd", "flowmark", "lbd-trace"] {
+    for name in ["lbd", "flowmark", "lbd-trace", "storage-front"] {
         let deb = deb(name);
         let (success, out, err) = run("lintian", &["--fail-on", "error,warning", path_str(&deb)]);
         let errors: Vec<&str> = out
@@ -444,6 +468,32 @@ fn rpms_list_their_files_config_dependencies_and_scriptlets() {
     let scripts = ok("rpm", &["-qp", "--scripts", path_str(&flowmark)]);
     assert!(
         scripts.contains("try-restart flowmark.service flowmark-collect.service"),
+        "{scripts}"
+    );
+
+    let sf = rpm("storage-front");
+    let listed = ok("rpm", &["-qlp", path_str(&sf)]);
+    for f in [
+        "/usr/bin/storage-front",
+        "/etc/storage-front/storage-front.toml",
+        "/usr/lib/systemd/system/storage-front.service",
+        "/usr/share/storage-front/storage_front.lua",
+        "/usr/share/storage-front/nginx-http.conf",
+        "/usr/share/man/man1/storage-front-run.1.gz",
+    ] {
+        assert!(
+            listed.lines().any(|l| l == f),
+            "rpm -qlp storage-front lacks {f}:\n{listed}"
+        );
+    }
+    let flags = rpm_files(&sf);
+    let config: Vec<_> = flags.iter().filter(|(_, fl)| fl.contains('c')).collect();
+    assert_eq!(config.len(), 1, "{flags:?}");
+    assert_eq!(config[0].0, "/etc/storage-front/storage-front.toml");
+    assert!(config[0].1.contains('n'), "not noreplace: {:?}", config[0]);
+    let scripts = ok("rpm", &["-qp", "--scripts", path_str(&sf)]);
+    assert!(
+        scripts.contains("try-restart storage-front.service"),
         "{scripts}"
     );
 

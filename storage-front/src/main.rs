@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use storage_front::config::{self, Config};
 
 #[derive(Parser)]
@@ -27,10 +27,14 @@ enum Cmd {
     CheckConfig { file: PathBuf },
     /// Print the adler32 of FILE (8 hex digits, as stored in the xattr).
     Adler32 { file: PathBuf },
+    /// Man pages and shell completions into DIR (`make packages`).
+    #[command(name = clidoc::SUBCOMMAND, hide = true)]
+    GenerateDocs { dir: PathBuf },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().cmd {
+        Cmd::GenerateDocs { dir } => clidoc::main(Cli::command(), &dir),
         Cmd::CheckConfig { file } => match Config::load(&file) {
             Ok(_) => {
                 println!("{}: ok", file.display());
