@@ -271,7 +271,7 @@ fn reload_applies_members_vips_peers_and_dataplane_live() {
     wait_for(
         "the new VIP's 3-node tables",
         Duration::from_secs(5),
-        || (0..3).all(|i| share_nodes(&lab.status(i), 2) == ["1", "2", "3"]),
+        || (0..3).all(|i| share_nodes_of(&lab.status(i), IpAddr::V4(VIP2)) == ["1", "2", "3"]),
     );
     assert_eq!(lab.served_by(IpAddr::V4(VIP2), 30).len(), 3);
     assert!(installed(&lab, 0).contains(&IpAddr::V4(VIP2)));

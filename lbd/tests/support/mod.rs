@@ -648,6 +648,16 @@ pub fn via_all6(ids: &[u16]) -> Vec<String> {
 }
 
 /// The nodes with buckets in VIP `i`'s table in a status.
+/// `share_nodes` of the VIP with address `vip` (status lists VIPs by
+/// address, IPv4 first, not in config order).
+pub fn share_nodes_of(status: &Value, vip: IpAddr) -> Vec<String> {
+    let i = status["vips"]
+        .as_array()
+        .and_then(|a| a.iter().position(|v| v["address"] == vip.to_string()))
+        .unwrap_or(usize::MAX);
+    share_nodes(status, i)
+}
+
 pub fn share_nodes(status: &Value, vip: usize) -> Vec<String> {
     let mut v: Vec<String> = status["vips"][vip]["share"]
         .as_object()
