@@ -139,51 +139,6 @@ impl Netns {
         Ok(out.trim().parse()?)
     }
 
-    /// A veth pair `a_dev` (in `a_ns`) <-> `b_dev` (in `b_ns`), both up with
-    /// `mtu`, checksums computed in software (see [`no_checksum_offload`]).
-    pub fn veth(a_dev: &str, a_ns: &Netns, b_dev: &str, b_ns: &Netns, mtu: u16) -> Result<()> {
-        run(
-            "ip",
-            &[
-                "link", "add", a_dev, "netns", &a_ns.name, "type", "veth", "peer", "name", b_dev,
-                "netns", &b_ns.name,
-            ],
-        )?;
-        for (ns, dev) in [(a_ns, a_dev), (b_ns, b_dev)] {
-            ns.ip(&format!("link set {dev} mtu {mtu} up"))?;
-            no_checksum_offload(ns, dev)?;
-        }
-        Ok(())
-    }
-
-    /// veth hands packets over with checksums still to be filled in
-    /// (CHECKSUM_PARTIAL); once an XDP program sees a packet that promise is
-    /// lost and the receiver finds a bad checksum. Real NICs deliver finished
-    /// checksums, so labs compute them in software.
-    pub fn no_checksum_offload(ns: &Netns, dev: &str) -> Result<()> {
-        ns.exec("ethtool", &["-K", dev, "tx", "off"]).map(|_| ())
-    }
-
-    /// The sysctls of a site router: forwarding, ECMP hashed on L4 ports, no
-    /// reverse-path filter (replies come back over another node).
-    pub const ROUTER_SYSCTLS: [(&str, &str); 5] = [
-        ("net.ipv4.ip_forward", "1"),
-        ("net.ipv6.conf.all.forwarding", "1"),
-        ("net.ipv4.fib_multipath_hash_policy", "1"),
-        ("net.ipv6.fib_multipath_hash_policy", "1"),
-        ("net.ipv4.conf.all.rp_filter", "0"),
-    ];
-
-    /// The sysctls of a node running the XDP forwarder: bpf_fib_lookup
-    /// answers only for interfaces that forward; encapsulated traffic arrives
-    /// from other nodes' addresses.
-    pub const NODE_SYSCTLS: [(&str, &str); 4] = [
-        ("net.ipv4.conf.all.forwarding", "1"),
-        ("net.ipv6.conf.all.forwarding", "1"),
-        ("net.ipv4.conf.all.rp_filter", "0"),
-        ("net.ipv4.conf.default.rp_filter", "0"),
-    ];
-
     /// Moves the calling thread (only it) into this namespace.
     pub fn enter(&self) -> Result<()> {
         enter_named(&self.name)
