@@ -28,6 +28,9 @@ const OPEN_HOLD: Duration = Duration::from_secs(240);
 /// A peer that does not read what we write for this long is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a planned stop waits for the router to close its side before
+/// BFD says AdminDown (see `stop_conn`).
+const CLOSE_SEEN_LIMIT: Duration = Duration::from_secs(2);
 /// How long a restarting speaker holds End-of-RIB for its owner's first
 /// routes at most (the router's stale timer runs meanwhile).
 pub(crate) const EOR_HOLD_LIMIT: Duration = Duration::from_secs(30);
@@ -358,7 +361,19 @@ impl PeerTask {
         if *self.stop.borrow() == Stop::Shutdown {
             let n = Notification::cease(cease::ADMINISTRATIVE_SHUTDOWN);
             self.notify(c, &n).await;
+        } else {
+            let _ = c.wr.shutdown().await;
         }
+        // The BFD session, dropped when this returns, says AdminDown next.
+        // A router that sees BFD go Down while the BGP session is still
+        // Established stops it as a failure (FRR 8.4 does, graceful
+        // restart or not) and flushes our routes; so the AdminDown waits
+        // until the router has seen the close, which it shows by closing
+        // its side (bounded, for a router that never does).
+        let _ = timeout(CLOSE_SEEN_LIMIT, async {
+            while let Some(Read::Msg(_)) = c.rd.recv().await {}
+        })
+        .await;
         End::Stopped
     }
 

@@ -361,8 +361,18 @@ impl NsSpeaker {
     }
 
     pub fn stop(&mut self) {
+        self.stop_with(false);
+    }
+
+    /// Stops as a planned restart does: no NOTIFICATION, sessions closed
+    /// for the routers' graceful-restart helpers.
+    pub fn stop_for_restart(&mut self) {
+        self.stop_with(true);
+    }
+
+    fn stop_with(&mut self, for_restart: bool) {
         if let Some(s) = self.stop.take() {
-            let _ = s.send(false);
+            let _ = s.send(for_restart);
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
