@@ -1036,9 +1036,7 @@ pub fn package_upgrade(
             let (mut samples, mut lost) = (0, Vec::new());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 for vip in &vips {
-                    let fam = if vip.contains(':') { "-6" } else { "-4" };
-                    let route = run_checked("ip", &["-n", &ns, fam, "route", "show", vip])?;
-                    let got = crate::router::nodes_of_route(&route, nodes);
+                    let got = crate::router::paths_in(&ns, vip, nodes)?;
                     samples += 1;
                     if got != want {
                         lost.push(format!("{vip}: {got:?} at {} ms", t0.elapsed().as_millis()));
