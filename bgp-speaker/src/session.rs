@@ -200,6 +200,23 @@ impl<S: Transport, D: Dialer<S>> PeerTask<S, D> {
         }
     }
 
+    /// The next event of connection `c` (see [`event::next_event`]).
+    async fn next_event(
+        &mut self,
+        c: &mut Conn<S>,
+        timers: &Timers,
+        rib: bool,
+        bfd: Option<&mut watch::Receiver<BfdState>>,
+    ) -> Event<S> {
+        let inputs = event::Inputs {
+            incoming: &mut self.incoming,
+            inbox_closed: &mut self.inbox_closed,
+            rib: &mut self.rib,
+            stop: &mut self.stop,
+        };
+        event::next_event(c, inputs, timers, rib, bfd).await
+    }
+
     fn ebgp(&self) -> bool {
         self.cfg.remote_as != self.global.local_as
     }

@@ -1,15 +1,15 @@
 //! The session's inputs, named: every I/O result, timer and signal the FSM
-//! reacts to becomes one [`Event`], and [`PeerTask::next_event`] is the one
-//! place that waits for them. The states (`session.rs`) are then a `match`
+//! reacts to becomes one [`Event`], and [`next_event`] is the one place
+//! that waits for them. The states (`session.rs`) are then a `match`
 //! over events, readable next to RFC 4271 section 8.1, and a test drives
 //! them with in-memory connections and tokio's paused clock.
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
-use super::PeerTask;
 use crate::bfd::BfdState;
 use crate::conn::{Conn, Read};
+use crate::rib::{Rib, Stop};
 use crate::state::SessionError;
 use crate::transport::Transport;
 
@@ -61,43 +61,52 @@ async fn expiry(at: Option<Instant>) {
     }
 }
 
-impl<S: Transport, D> PeerTask<S, D> {
-    /// Waits for the next event of the connection `c`. `rib`: route changes
-    /// count (Established only); `bfd`: the BFD session's state, if one runs.
-    pub(super) async fn next_event(
-        &mut self,
-        c: &mut Conn<S>,
-        timers: &Timers,
-        rib: bool,
-        mut bfd: Option<&mut watch::Receiver<BfdState>>,
-    ) -> Event<S> {
-        loop {
-            return tokio::select! {
-                m = c.rd.recv() => Event::Read(m.unwrap_or(Read::Closed(SessionError::Closed))),
-                _ = expiry(timers.hold) => Event::HoldTimerExpires,
-                _ = expiry(timers.keepalive) => Event::KeepaliveTimerExpires,
-                _ = expiry(timers.collision) => Event::CollisionCheck,
-                _ = expiry(timers.end_of_rib) => Event::EndOfRibDue,
-                s = self.incoming.recv(), if !self.inbox_closed => match s {
-                    Some(s) => Event::Connection(s),
-                    None => {
-                        // Closed only as the peer is removed; its stop follows.
-                        self.inbox_closed = true;
-                        continue;
-                    }
-                },
-                r = self.rib.changed(), if rib => match r {
-                    Ok(()) => Event::RibChanged,
-                    Err(_) => Event::RibClosed,
-                },
-                r = async { match bfd.as_deref_mut() { Some(w) => w.changed().await, None => std::future::pending().await } } => {
-                    Event::Bfd(match (r, bfd.as_deref()) {
-                        (Ok(()), Some(w)) => *w.borrow(),
-                        _ => BfdState::Down,
-                    })
-                },
-                _ = self.stop.changed() => Event::Stop,
-            };
-        }
+/// What a session waits on besides its connection and timers (the peer
+/// task's fields).
+pub(crate) struct Inputs<'a, S> {
+    /// Connections from the peer.
+    pub incoming: &'a mut mpsc::Receiver<S>,
+    /// `incoming` has closed (the peer is being removed).
+    pub inbox_closed: &'a mut bool,
+    pub rib: &'a mut watch::Receiver<Rib>,
+    pub stop: &'a mut watch::Receiver<Stop>,
+}
+
+/// Waits for the next event of the connection `c`. `rib`: route changes
+/// count (Established only); `bfd`: the BFD session's state, if one runs.
+pub(crate) async fn next_event<S: Transport>(
+    c: &mut Conn<S>,
+    inputs: Inputs<'_, S>,
+    timers: &Timers,
+    rib: bool,
+    mut bfd: Option<&mut watch::Receiver<BfdState>>,
+) -> Event<S> {
+    loop {
+        return tokio::select! {
+            m = c.rd.recv() => Event::Read(m.unwrap_or(Read::Closed(SessionError::Closed))),
+            _ = expiry(timers.hold) => Event::HoldTimerExpires,
+            _ = expiry(timers.keepalive) => Event::KeepaliveTimerExpires,
+            _ = expiry(timers.collision) => Event::CollisionCheck,
+            _ = expiry(timers.end_of_rib) => Event::EndOfRibDue,
+            s = inputs.incoming.recv(), if !*inputs.inbox_closed => match s {
+                Some(s) => Event::Connection(s),
+                None => {
+                    // Closed only as the peer is removed; its stop follows.
+                    *inputs.inbox_closed = true;
+                    continue;
+                }
+            },
+            r = inputs.rib.changed(), if rib => match r {
+                Ok(()) => Event::RibChanged,
+                Err(_) => Event::RibClosed,
+            },
+            r = async { match bfd.as_deref_mut() { Some(w) => w.changed().await, None => std::future::pending().await } } => {
+                Event::Bfd(match (r, bfd.as_deref()) {
+                    (Ok(()), Some(w)) => *w.borrow(),
+                    _ => BfdState::Down,
+                })
+            },
+            _ = inputs.stop.changed() => Event::Stop,
+        };
     }
 }
