@@ -1,17 +1,16 @@
-//! One TCP connection of a session: the write half the FSM writes to, and a
+//! One connection of a session: the write half the FSM writes to, and a
 //! reader task that frames, checks and decodes what the peer sends and
 //! hands it over a channel, so the FSM can `select!` on it without
 //! cancelling a half-read message.
 
 use std::net::IpAddr;
 
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncReadExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
 use crate::socket;
 use crate::state::SessionError;
+use crate::transport::Transport;
 use crate::wire::{self, HEADER_LEN, Incoming, Notification};
 
 /// Events from the reader task of one connection.
@@ -22,21 +21,21 @@ pub(crate) enum Read {
     Closed(SessionError),
 }
 
-pub(crate) struct Conn {
-    pub wr: OwnedWriteHalf,
+pub(crate) struct Conn<S> {
+    pub wr: WriteHalf<S>,
     pub rd: mpsc::Receiver<Read>,
     reader: tokio::task::JoinHandle<()>,
     pub outbound: bool,
     pub local: IpAddr,
 }
 
-impl Drop for Conn {
+impl<S> Drop for Conn<S> {
     fn drop(&mut self) {
         self.reader.abort();
     }
 }
 
-async fn reader(mut rd: OwnedReadHalf, tx: mpsc::Sender<Read>, ebgp: bool) {
+async fn reader<S: Transport>(mut rd: ReadHalf<S>, tx: mpsc::Sender<Read>, ebgp: bool) {
     let mut decoder = wire::Decoder::new(ebgp);
     loop {
         let mut hdr = [0u8; HEADER_LEN];
@@ -71,25 +70,22 @@ async fn reader(mut rd: OwnedReadHalf, tx: mpsc::Sender<Read>, ebgp: bool) {
     }
 }
 
-impl Conn {
+impl<S: Transport> Conn<S> {
     /// Splits the stream and starts its reader. `gtsm`: the peer whose
     /// accepted connection still needs TTL security; `ebgp`: the peer is in
     /// another AS.
     pub fn open(
-        stream: TcpStream,
+        stream: S,
         outbound: bool,
         gtsm: Option<IpAddr>,
         ebgp: bool,
-    ) -> Result<Conn, SessionError> {
-        let local = stream
-            .local_addr()
-            .map_err(SessionError::LocalAddress)?
-            .ip();
+    ) -> Result<Conn<S>, SessionError> {
+        let local = stream.local_ip().map_err(SessionError::LocalAddress)?;
         if let Some(peer) = gtsm {
-            socket::set_gtsm(&stream, peer).map_err(SessionError::Gtsm)?;
+            stream.set_gtsm(peer).map_err(SessionError::Gtsm)?;
         }
-        let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
+        stream.set_nodelay();
+        let (rd, wr) = tokio::io::split(stream);
         let (tx, rx) = mpsc::channel(64);
         let reader = tokio::spawn(reader(rd, tx, ebgp));
         Ok(Conn {

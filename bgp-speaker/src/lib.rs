@@ -37,6 +37,7 @@ mod session;
 mod socket;
 mod speaker;
 mod state;
+mod transport;
 pub mod wire;
 
 pub use bfd::BfdState;

@@ -1,15 +1,22 @@
 //! One peer's finite state machine (RFC 4271 section 8): connect and accept,
 //! OPEN exchange, collision detection, keepalives, hold timer, sending the
 //! routes, and restart with exponential backoff after every failure.
+//!
+//! Each state of a connection is a loop over [`Event`]s (`event.rs` turns
+//! reads, timers and signals into them); the connection is any
+//! [`Transport`], TCP in the speaker and in-memory pipes in the tests
+//! (`session/tests.rs`, paused clock).
+
+mod event;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::{Instant as TInstant, sleep_until, timeout};
 
@@ -17,17 +24,18 @@ use crate::bfd::{self, BfdHub, BfdState};
 use crate::config::{GRACEFUL_SHUTDOWN, PeerConfig, RouteAttrs, SpeakerConfig};
 use crate::conn::{Conn, Read};
 use crate::iana::{cease, fsm};
+use crate::jitter;
 use crate::raw_check::{Action, ErrorClass, UpdateSummary};
 use crate::rib::{Rib, Stop};
 use crate::state::{PeerShared, SessionError, SessionEvent, State};
+use crate::transport::{Dialer, Transport};
 use crate::wire::{self, Incoming, Notification, PeerOpen};
-use crate::{jitter, socket};
+use event::{Event, Timers};
 
 /// RFC 4271 suggests a large hold time while waiting for the peer's OPEN.
 const OPEN_HOLD: Duration = Duration::from_secs(240);
 /// A peer that does not read what we write for this long is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a planned stop waits for the router to close its side before
 /// BFD says AdminDown (see `stop_conn`).
 const CLOSE_SEEN_LIMIT: Duration = Duration::from_secs(2);
@@ -41,35 +49,43 @@ const LIVENESS_GRACE: Duration = Duration::from_millis(250);
 /// An UPDATE error class of a peer is logged at most once per interval.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
-pub(crate) struct PeerTask {
+pub(crate) struct PeerTask<S, D> {
     pub cfg: Arc<PeerConfig>,
     pub global: Arc<SpeakerConfig>,
     pub rib: watch::Receiver<Rib>,
     pub shared: Arc<Mutex<PeerShared>>,
     pub events: broadcast::Sender<SessionEvent>,
-    pub incoming: mpsc::Receiver<TcpStream>,
+    /// Connections from the peer (the speaker's listener accepts them).
+    pub incoming: mpsc::Receiver<S>,
     pub stop: watch::Receiver<Stop>,
     pub bfd: Option<Arc<BfdHub>>,
     /// When each UPDATE error class was last logged.
     pub error_log: LogLimiter<(Action, ErrorClass)>,
+    /// Opens our connections to the peer.
+    pub dialer: Arc<D>,
+    /// `incoming` has closed (the peer is being removed).
+    pub inbox_closed: bool,
 }
 
 /// How one connection ended.
-enum End {
+enum End<S> {
     /// Closed; `reason` goes to `last_error`. `next`: a connection from
     /// the peer that arrived while this one was ending, to run at once.
     Closed {
         reason: SessionError,
         established: bool,
-        next: Option<TcpStream>,
+        next: Option<S>,
     },
     /// The speaker is stopping.
     Stopped,
     /// Collision resolution picked the other connection.
-    Switch(TcpStream),
+    Switch(S),
 }
 
-impl PeerTask {
+/// A connection from the peer held for judgement, and when it is judged.
+type Held<S> = Option<(S, TInstant)>;
+
+impl<S: Transport, D: Dialer<S>> PeerTask<S, D> {
     fn set_state(&self, to: State, reason: Option<&SessionError>) {
         let reason = reason.map(|r| r.to_string());
         let from = {
@@ -127,13 +143,17 @@ impl PeerTask {
                 None,
             );
             let deadline = TInstant::now() + delay;
-            let cfg = self.cfg.clone();
+            let (cfg, dialer) = (self.cfg.clone(), self.dialer.clone());
+            let connect = async move {
+                sleep_until(deadline).await;
+                dialer.dial(&cfg).await
+            };
             let first = tokio::select! {
                 s = self.incoming.recv() => match s {
                     Some(s) => Some((s, false)),
                     None => return,
                 },
-                r = connect_at(cfg, deadline), if !self.cfg.passive => match r {
+                r = connect, if !self.cfg.passive => match r {
                     Ok(s) => Some((s, true)),
                     Err(e) => {
                         self.set_state(State::Active, Some(&SessionError::Connect(e)));
@@ -183,11 +203,28 @@ impl PeerTask {
         }
     }
 
+    /// The next event of connection `c` (see [`event::next_event`]).
+    async fn next_event(
+        &mut self,
+        c: &mut Conn<S>,
+        timers: &Timers,
+        rib: bool,
+        bfd: Option<&mut watch::Receiver<BfdState>>,
+    ) -> Event<S> {
+        let inputs = event::Inputs {
+            incoming: &mut self.incoming,
+            inbox_closed: &mut self.inbox_closed,
+            rib: &mut self.rib,
+            stop: &mut self.stop,
+        };
+        event::next_event(c, inputs, timers, rib, bfd).await
+    }
+
     fn ebgp(&self) -> bool {
         self.cfg.remote_as != self.global.local_as
     }
 
-    async fn send(&self, c: &mut Conn, bytes: &[u8]) -> Result<(), SessionError> {
+    async fn send(&self, c: &mut Conn<S>, bytes: &[u8]) -> Result<(), SessionError> {
         match timeout(WRITE_TIMEOUT, c.wr.write_all(bytes)).await {
             Ok(Ok(())) => {
                 self.with(|s| s.status.messages_out += 1);
@@ -199,13 +236,13 @@ impl PeerTask {
     }
 
     /// Sends a NOTIFICATION and returns why the connection ends.
-    async fn notify(&self, c: &mut Conn, n: &Notification) -> SessionError {
+    async fn notify(&self, c: &mut Conn<S>, n: &Notification) -> SessionError {
         let _ = self.send(c, &n.encode()).await;
         let _ = c.wr.shutdown().await;
         SessionError::NotificationSent(n.describe())
     }
 
-    async fn run_connection(&mut self, stream: TcpStream, outbound: bool) -> End {
+    async fn run_connection(&mut self, stream: S, outbound: bool) -> End<S> {
         let gtsm = (!outbound && self.cfg.ttl_security).then_some(self.cfg.address);
         let mut c = match Conn::open(stream, outbound, gtsm, self.ebgp()) {
             Ok(c) => c,
@@ -228,32 +265,42 @@ impl PeerTask {
         self.set_state(State::OpenSent, None);
 
         // OpenSent: wait for the peer's OPEN.
-        let mut pending: Option<TcpStream> = None;
-        let deadline = TInstant::now() + OPEN_HOLD;
+        let mut pending: Option<S> = None;
+        let timers = Timers {
+            hold: Some(TInstant::now() + OPEN_HOLD),
+            ..Timers::default()
+        };
         let peer = loop {
-            tokio::select! {
-                m = c.rd.recv() => match self.handshake_read(&mut c, m).await {
+            match self.next_event(&mut c, &timers, false, None).await {
+                Event::Read(m) => match self.handshake_read(&mut c, m).await {
                     Ok(Incoming::Open(o)) => {
-                        match wire::check_open(&o, self.cfg.remote_as, self.global.router_id, self.ebgp()) {
+                        match wire::check_open(
+                            &o,
+                            self.cfg.remote_as,
+                            self.global.router_id,
+                            self.ebgp(),
+                        ) {
                             Ok(p) => break p,
                             Err(n) => return closed(self.notify(&mut c, &n).await),
                         }
                     }
                     Ok(m) => {
-                        let n = Notification::unexpected(fsm::UNEXPECTED_IN_OPEN_SENT, m.msg_type());
+                        let n =
+                            Notification::unexpected(fsm::UNEXPECTED_IN_OPEN_SENT, m.msg_type());
                         return closed(self.notify(&mut c, &n).await);
                     }
                     // The peer gave up this connection for its other one.
                     Err(r) => return pending.map_or_else(|| closed(r), End::Switch),
                 },
-                s = self.incoming.recv() => {
-                    if let Some(s) = s { pending = Some(s); }
-                }
-                _ = sleep_until(deadline) => {
+                // Judged once this connection's OPEN names the peer.
+                Event::Connection(s) => pending = Some(s),
+                Event::HoldTimerExpires => {
                     let n = Notification::hold_timer_expired();
                     return closed(self.notify(&mut c, &n).await);
                 }
-                _ = self.stop.changed() => return self.stop_conn(&mut c).await,
+                Event::Stop => return self.stop_conn(&mut c).await,
+                // Not armed in OpenSent.
+                _ => {}
             }
         };
         if let Some(other) = pending.take()
@@ -270,36 +317,38 @@ impl PeerTask {
         // OpenConfirm: wait for KEEPALIVE. A connection from the peer is
         // held for LIVENESS_GRACE: if this one ends meanwhile it simply
         // takes over, otherwise the collision is resolved.
-        let deadline = TInstant::now() + if hold.is_zero() { OPEN_HOLD } else { hold };
-        let mut pending: Option<(TcpStream, TInstant)> = None;
+        let mut timers = Timers {
+            hold: Some(TInstant::now() + if hold.is_zero() { OPEN_HOLD } else { hold }),
+            ..Timers::default()
+        };
+        let mut pending: Held<S> = None;
         loop {
-            let judge_at = pending.as_ref().map(|(_, t)| *t);
-            tokio::select! {
-                m = c.rd.recv() => match self.handshake_read(&mut c, m).await {
+            timers.collision = pending.as_ref().map(|(_, t)| *t);
+            match self.next_event(&mut c, &timers, false, None).await {
+                Event::Read(m) => match self.handshake_read(&mut c, m).await {
                     Ok(Incoming::KeepAlive) => break,
                     Ok(m) => {
-                        let n = Notification::unexpected(fsm::UNEXPECTED_IN_OPEN_CONFIRM, m.msg_type());
+                        let n =
+                            Notification::unexpected(fsm::UNEXPECTED_IN_OPEN_CONFIRM, m.msg_type());
                         return closed_then(self.notify(&mut c, &n).await, false, pending);
                     }
                     Err(r) => return closed_then(r, false, pending),
                 },
-                s = self.incoming.recv() => {
-                    if let Some(other) = s {
-                        hold_for_judgement(&mut pending, other).await;
-                    }
-                }
-                _ = sleep_until(judge_at.unwrap_or(deadline)), if judge_at.is_some() => {
+                Event::Connection(other) => hold_for_judgement(&mut pending, other).await,
+                Event::CollisionCheck => {
                     if let Some((other, _)) = pending.take()
                         && let Some(end) = self.collide(&mut c, other, &peer).await
                     {
                         return end;
                     }
                 }
-                _ = sleep_until(deadline) => {
+                Event::HoldTimerExpires => {
                     let n = Notification::hold_timer_expired();
                     return closed_then(self.notify(&mut c, &n).await, false, pending);
                 }
-                _ = self.stop.changed() => return self.stop_conn(&mut c).await,
+                Event::Stop => return self.stop_conn(&mut c).await,
+                // Not armed in OpenConfirm.
+                _ => {}
             }
         }
         let mut pending = pending;
@@ -323,29 +372,24 @@ impl PeerTask {
 
     /// A read during the OPEN exchange: the message, or why the connection
     /// ended (NOTIFICATION received or sent, TCP closed).
-    async fn handshake_read(
-        &self,
-        c: &mut Conn,
-        m: Option<Read>,
-    ) -> Result<Incoming, SessionError> {
+    async fn handshake_read(&self, c: &mut Conn<S>, m: Read) -> Result<Incoming, SessionError> {
         match m {
-            Some(Read::Msg(Incoming::Notification(n))) => {
+            Read::Msg(Incoming::Notification(n)) => {
                 Err(SessionError::NotificationReceived(n.describe()))
             }
-            Some(Read::Msg(m)) => {
+            Read::Msg(m) => {
                 self.with(|s| s.status.messages_in += 1);
                 Ok(m)
             }
-            Some(Read::Bad(n)) => Err(self.notify(c, &n).await),
-            Some(Read::Closed(r)) => Err(r),
-            None => Err(SessionError::Closed),
+            Read::Bad(n) => Err(self.notify(c, &n).await),
+            Read::Closed(r) => Err(r),
         }
     }
 
     /// Collision detection (RFC 4271 section 6.8): the connection opened by
     /// the side with the higher BGP identifier survives. Returns how the
     /// current connection ends if it loses.
-    async fn collide(&self, c: &mut Conn, other: TcpStream, peer: &PeerOpen) -> Option<End> {
+    async fn collide(&self, c: &mut Conn<S>, other: S, peer: &PeerOpen) -> Option<End<S>> {
         let keep_ours = self.global.router_id > peer.router_id;
         if keep_ours == c.outbound {
             reject_collision(other).await;
@@ -357,7 +401,7 @@ impl PeerTask {
         }
     }
 
-    async fn stop_conn(&self, c: &mut Conn) -> End {
+    async fn stop_conn(&self, c: &mut Conn<S>) -> End<S> {
         if *self.stop.borrow() == Stop::Shutdown {
             let n = Notification::cease(cease::ADMINISTRATIVE_SHUTDOWN);
             self.notify(c, &n).await;
@@ -378,7 +422,7 @@ impl PeerTask {
     }
 
     /// End-of-RIB for every address family of the session.
-    async fn end_of_rib(&self, c: &mut Conn, peer: &PeerOpen) -> Result<(), SessionError> {
+    async fn end_of_rib(&self, c: &mut Conn<S>, peer: &PeerOpen) -> Result<(), SessionError> {
         for (afi_ok, v6) in [(peer.ipv4, false), (peer.ipv6, true)] {
             if afi_ok {
                 self.send(c, &wire::end_of_rib(v6)).await?;
@@ -392,11 +436,11 @@ impl PeerTask {
     /// next session's if this one ends first).
     async fn established(
         &mut self,
-        mut c: Conn,
+        mut c: Conn<S>,
         peer: PeerOpen,
         hold: Duration,
-        pending: &mut Option<(TcpStream, TInstant)>,
-    ) -> End {
+        pending: &mut Held<S>,
+    ) -> End<S> {
         self.set_state(State::Established, None);
         let (nh4, nh6) = wire::next_hops(c.local, self.cfg.next_hop_v4, self.cfg.next_hop_v6);
         let uctx = wire::UpdateCtx {
@@ -435,82 +479,92 @@ impl PeerTask {
         };
         let mut bfd_was_up = false;
         let keepalive_every = hold / 3;
-        let mut next_ka = TInstant::now() + keepalive_every;
-        let mut hold_deadline = TInstant::now() + hold;
+        let armed = |at: TInstant| (!hold.is_zero()).then_some(at);
+        let mut timers = Timers {
+            hold: armed(TInstant::now() + hold),
+            keepalive: armed(TInstant::now() + keepalive_every),
+            collision: None,
+            end_of_rib: eor_due.then_some(eor_limit),
+        };
         loop {
-            tokio::select! {
-                m = c.rd.recv() => match m {
-                    Some(Read::Msg(msg)) => {
-                        if !hold.is_zero() { hold_deadline = TInstant::now() + hold; }
-                        self.with(|s| s.status.messages_in += 1);
-                        match msg {
-                            Incoming::KeepAlive | Incoming::Ignored => {}
-                            // Routers send routes; we classify, count and
-                            // let them go.
-                            Incoming::Update(u) => self.count_update(&u),
-                            Incoming::RouteRefresh(req) => {
-                                if let Err(reason) = self.refresh(&mut c, &uctx, &mut sent, req.ipv6, peer.enhanced_route_refresh).await {
-                                    return closed_est(reason);
-                                }
-                            }
-                            Incoming::Notification(n) => {
-                                return closed_est(SessionError::NotificationReceived(n.describe()));
-                            }
-                            Incoming::Open(_) => {
-                                let n = Notification::unexpected(fsm::UNEXPECTED_IN_ESTABLISHED, wire::TYPE_OPEN);
-                                return closed_est(self.notify(&mut c, &n).await);
+            timers.collision = pending.as_ref().map(|(_, t)| *t);
+            match self
+                .next_event(&mut c, &timers, true, bfd_state.as_mut())
+                .await
+            {
+                Event::Read(Read::Msg(msg)) => {
+                    timers.hold = armed(TInstant::now() + hold);
+                    self.with(|s| s.status.messages_in += 1);
+                    match msg {
+                        Incoming::KeepAlive | Incoming::Ignored => {}
+                        // Routers send routes; we classify, count and
+                        // let them go.
+                        Incoming::Update(u) => self.count_update(&u),
+                        Incoming::RouteRefresh(req) => {
+                            if let Err(reason) = self
+                                .refresh(
+                                    &mut c,
+                                    &uctx,
+                                    &mut sent,
+                                    req.ipv6,
+                                    peer.enhanced_route_refresh,
+                                )
+                                .await
+                            {
+                                return closed_est(reason);
                             }
                         }
+                        Incoming::Notification(n) => {
+                            return closed_est(SessionError::NotificationReceived(n.describe()));
+                        }
+                        Incoming::Open(_) => {
+                            let n = Notification::unexpected(
+                                fsm::UNEXPECTED_IN_ESTABLISHED,
+                                wire::TYPE_OPEN,
+                            );
+                            return closed_est(self.notify(&mut c, &n).await);
+                        }
                     }
-                    Some(Read::Bad(n)) => return closed_est(self.notify(&mut c, &n).await),
-                    Some(Read::Closed(r)) => return closed_est(r),
-                    None => return closed_est(SessionError::Closed),
-                },
-                _ = sleep_until(next_ka), if !hold.is_zero() => {
-                    next_ka = TInstant::now() + keepalive_every;
+                }
+                Event::Read(Read::Bad(n)) => return closed_est(self.notify(&mut c, &n).await),
+                Event::Read(Read::Closed(r)) => return closed_est(r),
+                Event::KeepaliveTimerExpires => {
+                    timers.keepalive = armed(TInstant::now() + keepalive_every);
                     if let Err(reason) = self.send(&mut c, &wire::keepalive()).await {
                         return closed_est(reason);
                     }
                 }
-                _ = sleep_until(hold_deadline), if !hold.is_zero() => {
+                Event::HoldTimerExpires => {
                     let n = Notification::hold_timer_expired();
                     return closed_est(self.notify(&mut c, &n).await);
                 }
-                r = self.rib.changed() => {
-                    if r.is_err() { return End::Stopped; }
+                Event::RibClosed => return End::Stopped,
+                Event::RibChanged => {
                     if let Err(reason) = self.sync_routes(&mut c, &uctx, &mut sent).await {
                         return closed_est(reason);
                     }
-                    if eor_due && !self.rib.borrow().eor_held {
-                        eor_due = false;
+                    if timers.end_of_rib.is_some() && !self.rib.borrow().eor_held {
+                        timers.end_of_rib = None;
                         if let Err(reason) = self.end_of_rib(&mut c, &peer).await {
                             return closed_est(reason);
                         }
                     }
                 }
-                _ = sleep_until(eor_limit), if eor_due => {
-                    eor_due = false;
+                Event::EndOfRibDue => {
+                    timers.end_of_rib = None;
                     if let Err(reason) = self.end_of_rib(&mut c, &peer).await {
                         return closed_est(reason);
                     }
                 }
                 // RFC 4271 section 6.8: a new connection loses against an
                 // Established one, once this one is seen to be still alive.
-                s = self.incoming.recv() => {
-                    if let Some(other) = s {
-                        hold_for_judgement(pending, other).await;
-                    }
-                }
-                _ = sleep_until(pending.as_ref().map_or(hold_deadline, |(_, t)| *t)), if pending.is_some() => {
+                Event::Connection(other) => hold_for_judgement(pending, other).await,
+                Event::CollisionCheck => {
                     if let Some((other, _)) = pending.take() {
                         reject_collision(other).await;
                     }
                 }
-                r = async { match bfd_state.as_mut() { Some(w) => w.changed().await, None => std::future::pending().await } } => {
-                    let st = match (&r, bfd_state.as_ref()) {
-                        (Ok(()), Some(w)) => *w.borrow(),
-                        _ => BfdState::Down,
-                    };
+                Event::Bfd(st) => {
                     self.with(|s| s.status.bfd = Some(st));
                     if st == BfdState::Up {
                         bfd_was_up = true;
@@ -520,7 +574,7 @@ impl PeerTask {
                         return closed_est(SessionError::BfdDown(n.describe()));
                     }
                 }
-                _ = self.stop.changed() => return self.stop_conn(&mut c).await,
+                Event::Stop => return self.stop_conn(&mut c).await,
             }
         }
     }
@@ -566,7 +620,7 @@ impl PeerTask {
     /// refresh (RFC 7313) was negotiated.
     async fn refresh(
         &mut self,
-        c: &mut Conn,
+        c: &mut Conn<S>,
         uctx: &wire::UpdateCtx,
         sent: &mut BTreeMap<IpNet, RouteAttrs>,
         ipv6: bool,
@@ -586,7 +640,7 @@ impl PeerTask {
     /// Sends what changed between `sent` and the RIB.
     async fn sync_routes(
         &mut self,
-        c: &mut Conn,
+        c: &mut Conn<S>,
         uctx: &wire::UpdateCtx,
         sent: &mut BTreeMap<IpNet, RouteAttrs>,
     ) -> Result<(), SessionError> {
@@ -670,18 +724,6 @@ pub(crate) fn next_backoff(current: Duration, max: Duration) -> Duration {
     (current * 2).min(max.max(current))
 }
 
-async fn connect_at(cfg: Arc<PeerConfig>, at: TInstant) -> std::io::Result<TcpStream> {
-    sleep_until(at).await;
-    socket::connect(socket::ConnectOpts {
-        peer: SocketAddr::new(cfg.address, cfg.port),
-        local: cfg.local_address,
-        md5: cfg.md5_password.as_deref(),
-        gtsm: cfg.ttl_security,
-        timeout: CONNECT_TIMEOUT,
-    })
-    .await
-}
-
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -690,20 +732,16 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn closed(reason: SessionError) -> End {
+fn closed<S>(reason: SessionError) -> End<S> {
     closed_then(reason, false, None)
 }
 
-fn closed_est(reason: SessionError) -> End {
+fn closed_est<S>(reason: SessionError) -> End<S> {
     closed_then(reason, true, None)
 }
 
 /// Closed, with the peer's held connection (if any) to run next.
-fn closed_then(
-    reason: SessionError,
-    established: bool,
-    pending: Option<(TcpStream, TInstant)>,
-) -> End {
+fn closed_then<S>(reason: SessionError, established: bool, pending: Held<S>) -> End<S> {
     End::Closed {
         reason,
         established,
@@ -713,7 +751,7 @@ fn closed_then(
 
 /// Holds a connection from the peer for LIVENESS_GRACE before it is
 /// judged; one held already loses to it.
-async fn hold_for_judgement(pending: &mut Option<(TcpStream, TInstant)>, other: TcpStream) {
+async fn hold_for_judgement<S: Transport>(pending: &mut Held<S>, other: S) {
     if let Some((old, _)) = pending.replace((other, TInstant::now() + LIVENESS_GRACE)) {
         reject_collision(old).await;
     }
@@ -721,45 +759,8 @@ async fn hold_for_judgement(pending: &mut Option<(TcpStream, TInstant)>, other: 
 
 /// Closes the losing connection of a collision with Cease / Connection
 /// Collision Resolution.
-async fn reject_collision(mut s: TcpStream) {
+async fn reject_collision<S: Transport>(mut s: S) {
     let n = Notification::cease(cease::CONNECTION_COLLISION);
     let _ = timeout(Duration::from_secs(1), s.write_all(&n.encode())).await;
     let _ = s.shutdown().await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn update_errors_are_logged_once_per_class_and_interval() {
-        let mut log = LogLimiter::new();
-        let t0 = Instant::now();
-        assert_eq!(log.admit("origin", t0), Some(0));
-        assert_eq!(log.admit("as_path", t0), Some(0), "other classes log");
-        for i in 1..=5 {
-            assert_eq!(log.admit("origin", t0 + Duration::from_secs(i)), None);
-        }
-        // The next line says how many were held back.
-        assert_eq!(log.admit("origin", t0 + ERROR_LOG_INTERVAL), Some(5));
-        assert_eq!(log.admit("origin", t0 + ERROR_LOG_INTERVAL), None);
-    }
-
-    #[test]
-    fn backoff_doubles_to_the_cap_and_jitter_stays_in_range() {
-        let mut b = Duration::from_secs(1);
-        let mut seen = Vec::new();
-        for _ in 0..8 {
-            seen.push(b.as_secs());
-            b = next_backoff(b, Duration::from_secs(30));
-        }
-        assert_eq!(seen, vec![1, 2, 4, 8, 16, 30, 30, 30]);
-        for _ in 0..1000 {
-            let j = jitter(Duration::from_secs(4));
-            assert!(
-                j >= Duration::from_secs(3) && j <= Duration::from_secs(4),
-                "{j:?}"
-            );
-        }
-    }
 }

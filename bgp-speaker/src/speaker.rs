@@ -1,6 +1,6 @@
 //! The handle `lbd` holds: routes to announce, session events, counters.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -16,7 +16,8 @@ use crate::config::{PeerConfig, RouteAttrs, SpeakerConfig};
 use crate::rib::{Rib, Stop};
 use crate::session::{LogLimiter, PeerTask};
 use crate::socket;
-use crate::state::{PeerShared, PeerStatus, SessionEvent, State};
+use crate::state::{PeerShared, PeerStatus, SessionEvent};
+use crate::transport::TcpDialer;
 
 /// A route the speaker cannot announce.
 #[derive(Debug, thiserror::Error)]
@@ -234,27 +235,7 @@ impl Speaker {
         } else {
             Some(tx)
         };
-        let shared = Arc::new(Mutex::new(PeerShared {
-            status: PeerStatus {
-                peer: addr,
-                state: State::Idle,
-                uptime: None,
-                messages_in: 0,
-                messages_out: 0,
-                updates_in: 0,
-                updates_out: 0,
-                prefixes_received: 0,
-                prefixes_sent: 0,
-                established_count: 0,
-                last_error: None,
-                bfd: None,
-                local_address: None,
-                treat_as_withdraw: 0,
-                attribute_discard: 0,
-                update_errors: BTreeMap::new(),
-            },
-            since: None,
-        }));
+        let shared = Arc::new(Mutex::new(PeerShared::new(addr)));
         let (stop, stop_rx) = watch::channel(Stop::Running);
         let task = PeerTask {
             cfg: Arc::new(pc),
@@ -266,6 +247,8 @@ impl Speaker {
             stop: stop_rx,
             bfd: inner.bfd.clone(),
             error_log: LogLimiter::new(),
+            dialer: Arc::new(TcpDialer),
+            inbox_closed: false,
         };
         inner.peers.push(PeerHandle {
             addr,

@@ -113,3 +113,30 @@ pub(crate) struct PeerShared {
     pub status: PeerStatus,
     pub since: Option<Instant>,
 }
+
+impl PeerShared {
+    /// A peer that has not connected yet: Idle, every counter zero.
+    pub fn new(peer: IpAddr) -> Self {
+        PeerShared {
+            status: PeerStatus {
+                peer,
+                state: State::Idle,
+                uptime: None,
+                messages_in: 0,
+                messages_out: 0,
+                updates_in: 0,
+                updates_out: 0,
+                prefixes_received: 0,
+                prefixes_sent: 0,
+                established_count: 0,
+                last_error: None,
+                bfd: None,
+                local_address: None,
+                treat_as_withdraw: 0,
+                attribute_discard: 0,
+                update_errors: BTreeMap::new(),
+            },
+            since: None,
+        }
+    }
+}

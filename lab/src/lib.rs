@@ -5,7 +5,8 @@
 //! It holds the namespace helpers ([`Netns`], [`enter_named`],
 //! [`unique`]), the site's addressing plan ([`addr`]), processes by pid
 //! ([`process`]), waiting for a condition ([`wait`]), the routers labs
-//! peer with ([`router`]: FRR, BIRD), nginx as a backend ([`nginx`]), the
+//! peer with ([`router`]: FRR, BIRD), nginx as a backend ([`nginx`]),
+//! `systemd-analyze verify` of shipped units ([`systemd`]), the
 //! XDP test bed ([`Bed`]) and packet builders ([`packets`]), and the
 //! dataplane lab: a client, a Linux router with an
 //! ECMP route for the VIPs (L4 hashing), and N storage nodes, each with the
@@ -25,6 +26,7 @@ pub mod process;
 pub mod procfs;
 pub mod route_monitor;
 pub mod router;
+pub mod systemd;
 pub mod wait;
 
 use std::{

@@ -36,30 +36,47 @@ fn every_lbd_metric_of_the_dashboard_and_alert_rules_is_in_a_real_scrape() {
                 && s["vips"][0]["checks"][0]["latency_ms"].is_number()
         },
     );
-    // One refresh of the exporter (every second) after the state above.
-    std::thread::sleep(Duration::from_millis(1500));
-    let text = lab.nodes[0]
-        .ns
-        .run(|| Ok(metric_names::get_metrics(metrics)?))
-        .expect("scrape lbd's /metrics in the node's namespace");
-    let scraped = metric_names::scraped(&text);
+    // The exporter refreshes every second: check the first scrape that
+    // shows the state above (or the last one, if none does in time).
+    let scrape = || {
+        lab.nodes[0]
+            .ns
+            .run(|| Ok(metric_names::get_metrics(metrics)?))
+            .expect("scrape lbd's /metrics in the node's namespace")
+    };
     let used = metric_names::used("lbd_");
+    let mut text = String::new();
+    let _ = lab::wait::wait_until("a scrape after that state", Duration::from_secs(10), || {
+        text = scrape();
+        metric_names::missing(&used, &metric_names::scraped(&text)).is_empty()
+            && DATAPLANE_PREFIXES.iter().all(|p| has_counter(&text, p))
+            && bfd_up(&text)
+    });
+    let scraped = metric_names::scraped(&text);
     let missing = metric_names::missing(&used, &scraped);
     assert!(
         missing.is_empty(),
         "the dashboard/rules use {missing:?}, which lbd does not export; it exports {scraped:?}"
     );
-    // The rules and panels select dataplane counters by reason prefix.
-    for prefix in ["drop_", "fwd_", "decap"] {
+    for prefix in DATAPLANE_PREFIXES {
         assert!(
-            text.lines().any(|l| l.starts_with("lbd_dataplane_packets{")
-                && l.contains(&format!("counter=\"{prefix}"))),
+            has_counter(&text, prefix),
             "no lbd_dataplane_packets counter {prefix}* in:\n{text}"
         );
     }
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("lbd_bfd_up{") && l.ends_with(" 1")),
-        "lbd_bfd_up is not 1 with BFD up:\n{text}"
-    );
+    assert!(bfd_up(&text), "lbd_bfd_up is not 1 with BFD up:\n{text}");
+}
+
+/// The rules and panels select dataplane counters by reason prefix.
+const DATAPLANE_PREFIXES: [&str; 3] = ["drop_", "fwd_", "decap"];
+
+fn has_counter(text: &str, prefix: &str) -> bool {
+    text.lines().any(|l| {
+        l.starts_with("lbd_dataplane_packets{") && l.contains(&format!("counter=\"{prefix}"))
+    })
+}
+
+fn bfd_up(text: &str) -> bool {
+    text.lines()
+        .any(|l| l.starts_with("lbd_bfd_up{") && l.ends_with(" 1"))
 }

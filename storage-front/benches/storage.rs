@@ -46,12 +46,12 @@ fn main() {
     let rounds = env("SF_BENCH_ROUNDS", 5).max(1);
     let len = mb << 20;
 
-    let ns = Namespaces::veth_pair("bn", A6, B6);
+    let (ns_a, ns_b) = veth_pair("bn", A6, B6);
     let peer = Site::start(
         "bpeer",
         SiteOptions {
             host: A6,
-            netns: Some(&ns.0[0]),
+            netns: Some(&ns_a.name),
             ..Default::default()
         },
     );
@@ -59,7 +59,7 @@ fn main() {
         "bnode",
         SiteOptions {
             host: B6,
-            netns: Some(&ns.0[1]),
+            netns: Some(&ns_b.name),
             ..Default::default()
         },
     );

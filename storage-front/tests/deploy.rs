@@ -7,27 +7,10 @@ use std::process::Command;
 const CONFIGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/storage-front/");
 const BIN: &str = env!("CARGO_BIN_EXE_storage-front");
 
+/// `systemd-analyze verify` of the unit; www-data may not exist on a build
+/// machine, the rest must be clean.
 fn verify(dir: &std::path::Path, text: &str) -> Result<(), String> {
-    let path = dir.join("storage-front.service");
-    std::fs::write(&path, text).unwrap();
-    let o = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&path)
-        .output()
-        .expect("systemd-analyze");
-    let said =
-        String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
-    // www-data may not exist on a build machine; the rest must be clean.
-    let said: String = said
-        .lines()
-        .filter(|l| !l.contains("www-data"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    if o.status.success() && said.trim().is_empty() {
-        Ok(())
-    } else {
-        Err(said)
-    }
+    lab::systemd::verify(dir, "storage-front.service", text, &["www-data"])
 }
 
 #[test]

@@ -64,8 +64,8 @@ fn data_labels(packets: &[(u32, u32)]) -> Vec<u32> {
 #[test]
 fn tpc_data_carries_the_scitag_flow_label_push_and_pull() {
     let id = std::process::id();
-    let ns = Namespaces::veth_pair("st", A6, B6);
-    let (na, nb) = (ns.0[0].clone(), ns.0[1].clone());
+    let (ns_a, ns_b) = veth_pair("st", A6, B6);
+    let (na, nb) = (ns_a.name.clone(), ns_b.name.clone());
     let dir = std::env::temp_dir().join(format!("sf-scitag-{id}"));
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("flowmark.sock");

@@ -72,10 +72,16 @@ impl Router {
 
     /// Node ids the router's kernel route to `vip` points at (ECMP next hops).
     pub fn paths(&self, vip: &str, nodes: u16) -> Result<Vec<u16>> {
-        let fam = if vip.contains(':') { "-6" } else { "-4" };
-        let out = run_checked("ip", &["-n", &self.ns, fam, "route", "show", vip])?;
-        Ok(nodes_of_route(&out, nodes))
+        paths_in(&self.ns, vip, nodes)
     }
+}
+
+/// Node ids the kernel route to `vip` in the router namespace `ns` points
+/// at: [`Router::paths`] for a thread that cannot hold the router.
+pub fn paths_in(ns: &str, vip: &str, nodes: u16) -> Result<Vec<u16>> {
+    let fam = if vip.contains(':') { "-6" } else { "-4" };
+    let out = run_checked("ip", &["-n", ns, fam, "route", "show", vip])?;
+    Ok(nodes_of_route(&out, nodes))
 }
 
 /// Node ids behind the `via` addresses of an `ip route show` output.

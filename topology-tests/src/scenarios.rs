@@ -779,7 +779,16 @@ fn router_restart(
     let w = long_transfers(&mut site, scale, "rrestart", scale.parallel)?;
     progress("killing the router's BGP daemon and starting it again");
     site.router.kill_bgp()?;
-    std::thread::sleep(Duration::from_millis(500));
+    // The restart begins once every node has seen its session end.
+    site.wait_status(
+        "every node's session down after the kill",
+        Duration::from_secs(10),
+        |s| {
+            s.bgp
+                .iter()
+                .all(|p| p.state != bgp_speaker::State::Established)
+        },
+    )?;
     let t0 = Instant::now();
     site.router.start_bgp()?;
     let restored = site
@@ -1027,9 +1036,7 @@ pub fn package_upgrade(
             let (mut samples, mut lost) = (0, Vec::new());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 for vip in &vips {
-                    let fam = if vip.contains(':') { "-6" } else { "-4" };
-                    let route = run_checked("ip", &["-n", &ns, fam, "route", "show", vip])?;
-                    let got = crate::router::nodes_of_route(&route, nodes);
+                    let got = crate::router::paths_in(&ns, vip, nodes)?;
                     samples += 1;
                     if got != want {
                         let missing = want.iter().copied().filter(|n| !got.contains(n)).collect();

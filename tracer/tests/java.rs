@@ -37,11 +37,14 @@ fn java_method_names_appear_with_a_perf_map() {
         .status()
         .unwrap();
     assert!(st.success());
+    // PrintCompilation tells when the JIT has compiled the hot methods.
+    let compilations = dir.join("compilations.log");
     let w = Proc::spawn(
         Command::new("java")
-            .args(["-XX:+PreserveFramePointer", "-cp"])
+            .args(["-XX:+PreserveFramePointer", "-XX:+PrintCompilation", "-cp"])
             .arg(&dir)
-            .args(["Hot", "60"]),
+            .args(["Hot", "60"])
+            .stdout(fs::File::create(&compilations).unwrap()),
     );
     let pid = w.pid().to_string();
     let map = format!("/tmp/perf-{pid}.map");
@@ -53,8 +56,16 @@ fn java_method_names_appear_with_a_perf_map() {
     }
     let _rm = Rm(map.clone());
     let _ = fs::remove_file(&map);
-    // Let the JIT compile the hot methods.
-    std::thread::sleep(Duration::from_secs(3));
+    lab::wait::wait_for(
+        "C2 to compile Hot::spinA and Hot::spinB",
+        Duration::from_secs(60),
+        || {
+            let log = fs::read_to_string(&compilations).unwrap_or_default();
+            ["Hot::spinA", "Hot::spinB"]
+                .iter()
+                .all(|m| compiled_at_top_tier(&log, m))
+        },
+    );
 
     // Without a map: an explanation, not unknowns.
     let r = trace(
@@ -94,4 +105,23 @@ fn java_method_names_appear_with_a_perf_map() {
         r.stderr
     );
     assert!(!r.stderr.contains("has no perf map"));
+}
+
+/// The highest JIT tier (C2).
+const TOP_TIER: &str = "4";
+
+/// Whether a `-XX:+PrintCompilation` log has `method` compiled by C2 as a
+/// whole method (not only on-stack replacement, `%`), still in use. Its
+/// lines read "TIME ID [FLAGS] TIER METHOD (SIZE) [made not entrant]".
+fn compiled_at_top_tier(log: &str, method: &str) -> bool {
+    log.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let Some(at) = f.iter().position(|t| *t == method) else {
+            return false;
+        };
+        at >= 1
+            && f[at - 1] == TOP_TIER
+            && !f[..at].contains(&"%")
+            && !l.contains("made not entrant")
+    })
 }

@@ -10,7 +10,9 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use lab::Netns;
 
 static NEXT: AtomicU16 = AtomicU16::new(0);
 
@@ -29,17 +31,7 @@ pub fn configs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/storage-front")
 }
 
-/// Polls `f` until it returns Some, or panics after `timeout`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+pub use lab::wait::wait_value as wait_for;
 
 pub struct Site {
     pub name: String,
@@ -316,20 +308,13 @@ http {{
 
 impl Drop for Site {
     fn drop(&mut self) {
-        for c in self.children.iter_mut().rev() {
-            // `ip netns exec` execs, so the PID is the process itself.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        // All stop at once. `ip netns exec` execs, so the PID is the
+        // process itself.
+        for c in self.children.iter().rev() {
+            lab::process::signal(c.id(), libc::SIGTERM);
         }
         for c in self.children.iter_mut() {
-            let end = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < end {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            lab::process::stop_child(c, Duration::from_secs(5));
         }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
@@ -465,66 +450,24 @@ pub fn read_until(s: &mut TcpStream, needle: &str) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
-pub fn sh(args: &[&str]) {
-    let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-/// Network namespaces, deleted on drop.
-pub struct Namespaces(pub Vec<String>);
-
-impl Namespaces {
-    /// Two namespaces joined by veth0 (addr `a`) and veth1 (addr `b`), IPv6,
-    /// automatic flow labels off (unmarked packets carry label 0).
-    pub fn veth_pair(tag: &str, a: &str, b: &str) -> Namespaces {
-        let id = std::process::id();
-        let (na, nb) = (format!("sf-{tag}a-{id}"), format!("sf-{tag}b-{id}"));
-        let ns = Namespaces(vec![na.clone(), nb.clone()]);
-        sh(&["ip", "netns", "add", &na]);
-        sh(&["ip", "netns", "add", &nb]);
-        sh(&[
-            "ip", "-n", &na, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
-            "netns", &nb,
-        ]);
-        for (ns, dev, addr) in [(&na, "veth0", a), (&nb, "veth1", b)] {
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{addr}/64"),
-                "dev",
-                dev,
-                "nodad",
-            ]);
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.auto_flowlabels=0",
-            ]);
-        }
-        ns
+/// Two namespaces (deleted on drop) joined by veth0 (addr `a`) and veth1
+/// (addr `b`), IPv6, automatic flow labels off (unmarked packets carry
+/// label 0).
+pub fn veth_pair(tag: &str, a: &str, b: &str) -> (Netns, Netns) {
+    let na = Netns::new(&format!("sf-{tag}a")).expect("namespace");
+    let nb = Netns::new(&format!("sf-{tag}b")).expect("namespace");
+    lab::veth("veth0", &na, "veth1", &nb, VETH_MTU).expect("veth pair");
+    for (ns, dev, addr) in [(&na, "veth0", a), (&nb, "veth1", b)] {
+        ns.ip(&format!("addr add {addr}/64 dev {dev} nodad"))
+            .expect("address");
+        ns.sysctl("net.ipv6.auto_flowlabels", "0")
+            .expect("flow labels off");
     }
+    (na, nb)
 }
 
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
+/// The kernel's default for a veth.
+const VETH_MTU: u16 = 1500;
 
 /// A child process stopped (SIGTERM, bounded wait, then SIGKILL) on drop,
 /// also when a test fails.
@@ -533,15 +476,6 @@ pub struct Proc(pub Child);
 impl Drop for Proc {
     fn drop(&mut self) {
         // `ip netns exec` execs, so the PID is the process itself.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let end = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < end {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        lab::process::stop_child(&mut self.0, Duration::from_secs(5));
     }
 }
