@@ -231,37 +231,6 @@ fn gfal_upload(
     Ok(())
 }
 
-/// The HTTP request, status and framing header lines in a pcap's
-/// payloads (tcpdump -A).
-fn http_status_lines(pcap: &Path) -> Vec<String> {
-    let Ok(o) = Command::new("tcpdump")
-        .args(["-n", "-A", "-r"])
-        .arg(pcap)
-        .output()
-    else {
-        return vec!["tcpdump -r failed".into()];
-    };
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter_map(|l| {
-            // Header names in any case (hyper writes them lowercase).
-            let lower = l.to_ascii_lowercase();
-            let i = [
-                "http/1.1 ",
-                "put /",
-                "head /",
-                "content-length:",
-                "transfer-encoding:",
-                "expect:",
-                "connection:",
-            ]
-            .iter()
-            .find_map(|k| lower.find(k))?;
-            Some(l[i..].chars().take(80).collect::<String>())
-        })
-        .collect()
-}
-
 /// The adler32 the sidecar stored in the file's StoRM xattr, if any.
 fn stored_adler32(path: &Path) -> Option<String> {
     xattr::get(path, storage_front::checksum::XATTR)
@@ -690,15 +659,6 @@ fn our_copies(
     progress("TPC: our VIP pushes to the foreign site (gfal-copy --copy-mode push)");
     let before = done("push")?;
     let theirs = "/data/grid/pushed-by-lbd.bin";
-    // What xrootd answers our push is the lead to its failure: the
-    // router's link to it is captured and its HTTP status lines noted.
-    let pcap = site.dir.join("tpc-push-ours.pcap");
-    let cap = Capture::start(
-        &site.router.ns,
-        foreign_site::ROUTER_DEV,
-        "ip6 and tcp",
-        pcap.clone(),
-    )?;
     let r = c.run(&[
         "gfal-copy",
         "-f",
@@ -714,21 +674,21 @@ fn our_copies(
         &foreign.url6(theirs),
     ])?;
     let after = done("push")?;
-    cap.finish()?;
-    out.notes.push(format!(
-        "HTTP status lines on the wire during our push (both ways): {}",
-        http_status_lines(&pcap).join(" | ")
-    ));
     let (same, detail) = same_bytes(&foreign.file(theirs), &data);
-    // Known to fail (docs/topology-tests.md): the sidecar's push to
-    // xrootd 5.5.3 ends with "the destination answered before the whole
-    // file was sent"; reported, not checked, until storage-front is fixed.
-    out.notes.push(format!(
-        "KNOWN FAILING, not checked: gfal-copy TPC push by our VIP to xrootd: ok={} \
-         byte-exact={same} push successes {before} -> {after}; {}; there: {detail}",
-        r.ok(),
-        r.summary()
-    ));
+    let digest = foreign_digest(c, foreign, theirs)?;
+    out.check(
+        "gfal-copy TPC push by our VIP to xrootd: byte-exact, xrootd's adler32 matches",
+        r.ok() && same && digest.as_deref() == Some(want.as_str()),
+        format!(
+            "{}; there: {detail}; its Digest adler32 {digest:?}, computed {want}",
+            r.summary()
+        ),
+    );
+    out.check(
+        "the push was a third-party copy by a sidecar (its success counter +1)",
+        after - before == 1.0,
+        format!("push successes {before} -> {after}"),
+    );
 
     progress("TPC: davix-cp pull and push with our VIP as the active party");
     let capath = c.ca_dir.display().to_string();
@@ -771,12 +731,21 @@ fn our_copies(
         &foreign.url6(theirs2),
     ])?;
     let (same, detail) = same_bytes(&foreign.file(theirs2), &data);
-    out.notes.push(format!(
-        "KNOWN FAILING, not checked: davix-cp TPC push by our VIP to xrootd: ok={} \
-         byte-exact={same}; {}; there: {detail}",
-        push.ok(),
-        push.summary()
-    ));
+    let digest = foreign_digest(c, foreign, theirs2)?;
+    out.check(
+        "davix-cp TPC push by our VIP to xrootd: byte-exact, xrootd's adler32 matches",
+        push.ok() && same && digest.as_deref() == Some(want.as_str()),
+        format!(
+            "{}; there: {detail}; its Digest adler32 {digest:?}, computed {want}",
+            push.summary()
+        ),
+    );
+    let after2 = done("push")?;
+    out.check(
+        "davix-cp's push was run by a sidecar (push counter +1)",
+        after2 - after.1 == 1.0,
+        format!("push {} -> {after2}", after.1),
+    );
     Ok(())
 }
 
