@@ -61,7 +61,7 @@ secret_file = "{secret}"
             r#"
 [[vips]]
 address = "{vip}"
-ports = [80, 443]
+ports = [80]
 
 [[vips.checks]]
 type = "http"
