@@ -1028,8 +1028,9 @@ pub fn demo_tpc(site: &Site, say: &mut dyn FnMut(&str)) -> Result<bool> {
     let before = counters()?;
     println!(
         "  collector before: cms / Analysis Input, transfer=tpc: {} flows, {:.0} MB sent",
-        before.0,
-        before.1 / 1e6
+        // + 0.0: a sum of no samples is -0.0.
+        before.0 + 0.0,
+        before.1 / 1e6 + 0.0
     );
     let url = c.https(ours);
     println!(

@@ -302,9 +302,6 @@ fn demo(topo: Topology) -> Result<bool> {
             f.error.as_deref().unwrap_or("")
         );
     }
-    site.check_alive()?;
-    println!("\ntearing the lab down");
-    drop(site);
     println!(
         "  third-party copy with SciTag {}: {}",
         topology_tests::grid_clients::SCITAG,
@@ -314,6 +311,9 @@ fn demo(topo: Topology) -> Result<bool> {
             "FAILED"
         }
     );
+    site.check_alive()?;
+    println!("\ntearing the lab down");
+    drop(site);
     Ok(failed.is_empty() && new_on_k == 0 && tpc_ok)
 }
 
