@@ -86,10 +86,11 @@ bench-dataplane: $(STAMP)
 SITE := configs/topology/site.toml
 LBD_LAB := $(TARGET_DIR)/release/lbd-lab
 lab-bins: $(STAMP)
-	$(CARGO) build $(PROFILE) -p lbd -p topology-tests --bins
+	$(CARGO) build $(PROFILE) -p lbd -p topology-tests -p storage-front -p flowmark --bins
 
 # The live site: FRR router with ECMP, 3 lbd nodes with nginx WebDAV,
-# transfers through the VIPs, `lbd status`, a drain and undrain, a report.
+# transfers through the VIPs, `lbd status`, a drain and undrain, a TPC
+# push with a SciTag to a foreign xrootd site (collector counters), a report.
 demo: lab-bins
 	$(LBD_LAB) demo $(SITE)
 

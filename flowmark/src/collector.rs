@@ -37,6 +37,14 @@ pub const DEFAULT_MAX_SERIES: usize = 1000;
 pub const UNKNOWN: &str = "unknown";
 /// The label value of label sets past the cap.
 pub const OTHER: &str = "other";
+/// `transfer` label: a flow registered by a third-party-copy agent (its
+/// `context.application` names one of [`Limits::tpc_applications`]).
+pub const TPC: &str = "tpc";
+/// `transfer` label: any other flow (a client's GET or PUT, a pipe line).
+pub const PLAIN: &str = "plain";
+/// Applications whose flows are third-party copies by default: the
+/// storage-front sidecar registers only the data connections of its COPYs.
+pub const DEFAULT_TPC_APPLICATIONS: &[&str] = &["storage-front"];
 
 /// What the collector accepts, from the command line.
 #[derive(Clone, Debug)]
@@ -46,6 +54,10 @@ pub struct Limits {
     pub max_series: usize,
     /// Accept datagrams only from these networks; empty: from anywhere.
     pub allow_from: Vec<IpNet>,
+    /// Application names (the first word of a firefly's
+    /// `context.application`, up to a space or `/`) whose flows are counted
+    /// as `transfer="tpc"`.
+    pub tpc_applications: Vec<String>,
 }
 
 impl Default for Limits {
@@ -53,6 +65,10 @@ impl Default for Limits {
         Limits {
             max_series: DEFAULT_MAX_SERIES,
             allow_from: vec![],
+            tpc_applications: DEFAULT_TPC_APPLICATIONS
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
         }
     }
 }
@@ -64,24 +80,28 @@ struct Labels {
     activity: String,
     experiment_id: String,
     activity_id: String,
+    /// [`TPC`] or [`PLAIN`] (two values whatever the sender writes).
+    transfer: &'static str,
 }
 
 impl Labels {
-    fn same(v: &str) -> Labels {
+    fn same(v: &str, transfer: &'static str) -> Labels {
         Labels {
             experiment: v.into(),
             activity: v.into(),
             experiment_id: v.into(),
             activity_id: v.into(),
+            transfer,
         }
     }
 
-    fn pairs(&self) -> [(&'static str, String); 4] {
+    fn pairs(&self) -> [(&'static str, String); 5] {
         [
             ("experiment", self.experiment.clone()),
             ("activity", self.activity.clone()),
             ("experiment_id", self.experiment_id.clone()),
             ("activity_id", self.activity_id.clone()),
+            ("transfer", self.transfer.to_string()),
         ]
     }
 }
@@ -130,21 +150,36 @@ impl Collector {
             Some(name) => (name.to_string(), act.to_string()),
             None => (UNKNOWN.to_string(), UNKNOWN.to_string()),
         };
+        let transfer = self.transfer(v);
         let labels = Labels {
             experiment,
             activity,
             experiment_id,
             activity_id,
+            transfer,
         };
         if self.series.contains(&labels) {
             return Some(labels);
         }
         if self.series.len() >= self.limits.max_series {
             metrics::counter!("flowmark_collector_series_capped_total").increment(1);
-            return Some(Labels::same(OTHER));
+            return Some(Labels::same(OTHER, transfer));
         }
         self.series.insert(labels.clone());
         Some(labels)
+    }
+
+    /// [`TPC`] if the firefly's application is a third-party-copy agent.
+    fn transfer(&self, v: &Value) -> &'static str {
+        let name = v["context"]["application"]
+            .as_str()
+            .and_then(|a| a.split([' ', '/']).next())
+            .unwrap_or("");
+        if self.limits.tpc_applications.iter().any(|t| t == name) {
+            TPC
+        } else {
+            PLAIN
+        }
     }
 
     /// Adds one schema-valid firefly to the aggregates; `Err` names why it

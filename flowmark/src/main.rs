@@ -131,6 +131,11 @@ struct CollectArgs {
     /// from anywhere.
     #[arg(long = "allow-from", value_name = "CIDR")]
     allow_from: Vec<ipnet::IpNet>,
+    /// Application name (first word of a firefly's `context.application`)
+    /// whose flows are third-party copies, labelled `transfer="tpc"`
+    /// (repeatable; replaces the default, storage-front).
+    #[arg(long = "tpc-application", value_name = "NAME")]
+    tpc_applications: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -326,9 +331,15 @@ async fn collect(args: CollectArgs, registry: Registry) -> anyhow::Result<ExitCo
     let sock = tokio::net::UdpSocket::bind(args.listen)
         .await
         .with_context(|| format!("binding UDP {}", args.listen))?;
+    let tpc_applications = if args.tpc_applications.is_empty() {
+        collector::Limits::default().tpc_applications
+    } else {
+        args.tpc_applications
+    };
     let limits = collector::Limits {
         max_series: args.max_series,
         allow_from: args.allow_from,
+        tpc_applications,
     };
     tracing::info!(listen = %args.listen, metrics = %args.metrics, ?limits, "collecting fireflies");
     println!("flowmark: ready");

@@ -272,7 +272,7 @@ proptest! {
         let registry = Registry::builtin();
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
-        let mut c = Collector::new(registry.clone(), Limits { max_series, allow_from: vec![] });
+        let mut c = Collector::new(registry.clone(), Limits { max_series, allow_from: vec![], ..Limits::default() });
         metrics::with_local_recorder(&recorder, || {
             for ((bytes, exp, act), edits) in &fireflies {
                 let clean = edits.is_empty();
@@ -302,6 +302,10 @@ proptest! {
             for v in label_values(&text, label) {
                 prop_assert!(allowed.contains(&v), "{label}={v:?}\n{text}");
             }
+        }
+        // The fuzzed fireflies' application ("f") is no TPC agent.
+        for v in label_values(&text, "transfer") {
+            prop_assert!(v == "plain", "transfer={v:?}\n{text}");
         }
         let sets: std::collections::BTreeSet<String> = text
             .lines()

@@ -187,8 +187,10 @@ fn tpc_data_carries_the_scitag_flow_label_push_and_pull() {
     assert_eq!(a.metric("storage_front_scitag_registered_total", &[]), 1.0);
 
     // The start and end fireflies reached the collector, which counts the
-    // copy under cms / Analysis Input with at least the file's bytes.
-    let collected = |name: &str| -> f64 {
+    // copy under cms / Analysis Input with at least the file's bytes, as a
+    // third-party copy (`transfer="tpc"`: the flow's application is
+    // storage-front).
+    let collected_as = |name: &str, labels: &[&str]| -> f64 {
         let o = Command::new("ip")
             .args([
                 "netns",
@@ -202,16 +204,23 @@ fn tpc_data_carries_the_scitag_flow_label_push_and_pull() {
             .unwrap();
         String::from_utf8_lossy(&o.stdout)
             .lines()
-            .filter(|l| l.starts_with(name) && l.contains("experiment=\"cms\""))
-            .filter(|l| l.contains("activity=\"Analysis Input\""))
+            .filter(|l| l.starts_with(name) && labels.iter().all(|w| l.contains(w)))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
+    let cms = ["experiment=\"cms\"", "activity=\"Analysis Input\""];
+    let collected = |name: &str| collected_as(name, &cms);
     wait_for("end firefly", Duration::from_secs(10), || {
         (collected("flowmark_collector_flows_ended_total") == 1.0).then_some(())
     });
     assert_eq!(collected("flowmark_collector_flows_started_total"), 1.0);
     assert!(collected("flowmark_collector_bytes_sent_total") >= LEN as f64);
+    let cms_tpc = [cms[0], cms[1], "transfer=\"tpc\""];
+    assert_eq!(
+        collected_as("flowmark_collector_flows_ended_total", &cms_tpc),
+        1.0
+    );
+    assert!(collected_as("flowmark_collector_bytes_sent_total", &cms_tpc) >= LEN as f64);
 
     // Control: an invalid SciTag is counted and nothing is marked.
     let unmarked = push("SciTag: 64", "unmarked");
@@ -241,6 +250,23 @@ fn tpc_data_carries_the_scitag_flow_label_push_and_pull() {
     for l in &data_packets {
         assert_eq!(l & SEMANTIC_MASK, 0x10010, "label {l:#x}");
     }
+    // The source's flow was registered by its nginx (a GET, as for any
+    // client): the collector at its peer counts it as plain, not TPC.
+    let atlas = ["experiment=\"atlas\"", "activity=\"Data Consolidation\""];
+    wait_for("the GET's end firefly", Duration::from_secs(10), || {
+        (collected_as("flowmark_collector_flows_ended_total", &atlas) == 1.0).then_some(())
+    });
+    let plain = [atlas[0], atlas[1], "transfer=\"plain\""];
+    assert_eq!(
+        collected_as("flowmark_collector_flows_ended_total", &plain),
+        1.0
+    );
+    assert!(collected_as("flowmark_collector_bytes_sent_total", &plain) >= LEN as f64);
+    let tpc = [atlas[0], atlas[1], "transfer=\"tpc\""];
+    assert_eq!(
+        collected_as("flowmark_collector_flows_started_total", &tpc),
+        0.0
+    );
 
     drop((a, b, flowmark, collector));
     let _ = std::fs::remove_dir_all(&dir);

@@ -103,7 +103,10 @@ impl ForeignSite {
                  http.cadir {ca}\n\
                  xrd.tls {tls_cert} {tls_key}\n\
                  xrd.tlsca certdir {ca}\n\
-                 xrootd.chksum adler32\n",
+                 xrootd.chksum adler32\n\
+                 # Every request's header lines in the log (`got hdr line:`),\n\
+                 # so a test can see what a copy's active party sent.\n\
+                 http.trace debug\n",
                 tls_cert = dir.join("xrd.pem").display(),
                 tls_key = dir.join("xrd.key").display(),
                 root = root.display(),
@@ -195,6 +198,19 @@ impl ForeignSite {
         format!("http://[{ADDR6}]:{HTTP_PORT}{path}")
     }
 
+    /// xrootd's log so far (its length is a mark for [`Self::requests_since`]).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("xrootd.log")).unwrap_or_default()
+    }
+
+    /// The header blocks of the requests xrootd logged after byte `mark`
+    /// of its log (`http.trace debug`: one `got hdr line:` per line, the
+    /// request line first), each as its lines without CRLF.
+    pub fn requests_since(&self, mark: usize) -> Vec<Vec<String>> {
+        let log = self.log();
+        header_blocks(log.get(mark..).unwrap_or(""))
+    }
+
     pub fn url4(&self, path: &str) -> String {
         format!("http://{ADDR4}:{HTTP_PORT}{path}")
     }
@@ -227,5 +243,49 @@ impl Drop for ForeignSite {
     fn drop(&mut self) {
         self.stop();
         let _ = fs::remove_dir_all(crate::pki::netns_etc(&self.ns));
+    }
+}
+
+/// Groups XrdHttp's `got hdr line:` trace lines into requests: a line
+/// that looks like a request line (`METHOD /path HTTP/1.x`) starts one.
+fn header_blocks(log: &str) -> Vec<Vec<String>> {
+    const MARK: &str = "got hdr line: ";
+    let mut blocks: Vec<Vec<String>> = vec![];
+    for line in log.lines() {
+        let Some(i) = line.find(MARK) else { continue };
+        let text = line[i + MARK.len()..].trim_end().to_string();
+        if text.is_empty() {
+            continue;
+        }
+        let is_request_line = text.contains(" HTTP/1.")
+            && text
+                .split(' ')
+                .next()
+                .is_some_and(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()));
+        match blocks.last_mut() {
+            Some(b) if !is_request_line => b.push(text),
+            _ if is_request_line => blocks.push(vec![text]),
+            _ => {}
+        }
+    }
+    blocks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_blocks_split_at_request_lines() {
+        let log = "x XrdHttp: rc:40 got hdr line: GET /data/f HTTP/1.1\r\n\
+                   x XrdHttp: rc:14 got hdr line: Scitag: 206\r\n\
+                   x XrdHttp: rc:2 got hdr line: \r\n\
+                   x other line\n\
+                   x XrdHttp: rc:9 got hdr line: HEAD /data/g HTTP/1.1\r\n\
+                   x XrdHttp: rc:9 got hdr line: Host: a\r\n";
+        let b = header_blocks(log);
+        assert_eq!(b.len(), 2, "{b:?}");
+        assert_eq!(b[0], ["GET /data/f HTTP/1.1", "Scitag: 206"]);
+        assert_eq!(b[1], ["HEAD /data/g HTTP/1.1", "Host: a"]);
     }
 }

@@ -17,7 +17,7 @@ use rand::{RngCore, SeedableRng, rngs::SmallRng};
 use crate::foreign_site::{self, ForeignSite};
 use crate::process::{alive, stop_pid};
 use crate::scenarios::Outcome;
-use crate::sidecars::StorageFronts;
+use crate::sidecars::{Flowmarks, StorageFronts, sum_metric};
 use crate::site::Site;
 use crate::topology::Topology;
 use crate::wire::{self, Capture};
@@ -27,6 +27,11 @@ const CLIENT_LIMIT: Duration = Duration::from_secs(60);
 /// SciTag the copies carry: experiment 3, activity 14 (flowmark's docs'
 /// example; label 0x30038 with zero entropy).
 pub const SCITAG: u32 = 206;
+/// flowmark's label layout (docs/flowmark.md): the bits that carry the
+/// tag (the rest is per-flow entropy).
+const LABEL_SEMANTIC_MASK: u32 = 0x3FEFC;
+/// [`SCITAG`] in those bits: experiment 3 / activity 14.
+const SCITAG_LABEL: u32 = 0x30038;
 const MB: usize = 1 << 20;
 
 /// What one client command did.
@@ -231,37 +236,6 @@ fn gfal_upload(
     Ok(())
 }
 
-/// The HTTP request, status and framing header lines in a pcap's
-/// payloads (tcpdump -A).
-fn http_status_lines(pcap: &Path) -> Vec<String> {
-    let Ok(o) = Command::new("tcpdump")
-        .args(["-n", "-A", "-r"])
-        .arg(pcap)
-        .output()
-    else {
-        return vec!["tcpdump -r failed".into()];
-    };
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter_map(|l| {
-            // Header names in any case (hyper writes them lowercase).
-            let lower = l.to_ascii_lowercase();
-            let i = [
-                "http/1.1 ",
-                "put /",
-                "head /",
-                "content-length:",
-                "transfer-encoding:",
-                "expect:",
-                "connection:",
-            ]
-            .iter()
-            .find_map(|k| lower.find(k))?;
-            Some(l[i..].chars().take(80).collect::<String>())
-        })
-        .collect()
-}
-
 /// The adler32 the sidecar stored in the file's StoRM xattr, if any.
 fn stored_adler32(path: &Path) -> Option<String> {
     xattr::get(path, storage_front::checksum::XATTR)
@@ -289,8 +263,10 @@ pub fn run(topo: &Topology, out: &mut Outcome, progress: &mut dyn FnMut(&str)) -
     let mut site = Site::build(topo.clone(), progress)?;
     progress("foreign site: xrootd with HTTP-TPC behind the router");
     let mut foreign = ForeignSite::start(&site)?;
+    progress("flowmark on every node, a firefly collector at the foreign site");
+    let flowmarks = Flowmarks::start(&site, &foreign.ns)?;
     progress("storage-front sidecar on every node (nginx snippets + reload)");
-    let fronts = StorageFronts::start(&site, &|_| None)?;
+    let fronts = StorageFronts::start(&site, &|id| flowmarks.socket(id))?;
     let c = Clients::new(&site)?;
     let hashed = site.pki.hashed_ca()?;
     out.check(
@@ -312,7 +288,7 @@ pub fn run(topo: &Topology, out: &mut Outcome, progress: &mut dyn FnMut(&str)) -
     if let Err(e) = third_party_copies(&c, &site, &mut foreign, out, progress) {
         out.check("third-party copies ran", false, format!("{e:#}"));
     }
-    if let Err(e) = our_copies(&c, &site, &fronts, &foreign, out, progress) {
+    if let Err(e) = our_copies(&c, &site, &fronts, &flowmarks, &foreign, out, progress) {
         out.check(
             "third-party copies by our node ran",
             false,
@@ -320,8 +296,19 @@ pub fn run(topo: &Topology, out: &mut Outcome, progress: &mut dyn FnMut(&str)) -
         );
     }
 
+    if let Err(e) = drain_during_a_pull(&c, &mut site, &fronts, &foreign, out, progress) {
+        out.check(
+            "a pull with its node drained mid-copy ran",
+            false,
+            format!("{e:#}"),
+        );
+    }
+
     progress("no client process left behind");
     foreign.stop();
+    // The collector runs in the foreign namespace.
+    let flowmark_pids = flowmarks.pids();
+    drop(flowmarks);
     let mut left = Vec::new();
     for ns in site.clients.iter().chain([&foreign.ns]) {
         let pids = crate::process::run_checked("ip", &["netns", "pids", ns])?;
@@ -338,7 +325,8 @@ pub fn run(topo: &Topology, out: &mut Outcome, progress: &mut dyn FnMut(&str)) -
         left.join(", "),
     );
     drop(foreign);
-    let gone: Vec<u32> = fronts.sidecars.iter().map(|s| s.pid()).collect();
+    let mut gone: Vec<u32> = fronts.sidecars.iter().map(|s| s.pid()).collect();
+    gone.extend(flowmark_pids);
     drop(fronts);
     let left: Vec<String> = gone
         .iter()
@@ -346,7 +334,7 @@ pub fn run(topo: &Topology, out: &mut Outcome, progress: &mut dyn FnMut(&str)) -
         .map(|p| p.to_string())
         .collect();
     out.check(
-        "every node's storage-front sidecar stopped by its pid",
+        "every node's storage-front sidecar and flowmark stopped by their pid",
         left.is_empty(),
         format!("still running: {left:?}"),
     );
@@ -628,6 +616,7 @@ fn our_copies(
     c: &Clients,
     site: &Site,
     fronts: &StorageFronts,
+    flowmarks: &Flowmarks,
     foreign: &ForeignSite,
     out: &mut Outcome,
     progress: &mut dyn FnMut(&str),
@@ -653,6 +642,7 @@ fn our_copies(
 
     progress("TPC: our VIP pulls from the foreign site (gfal-copy --copy-mode pull)");
     let before = done("pull")?;
+    let mark = foreign.log().len();
     let ours = "/data/grid/pulled-by-lbd.bin";
     let r = c.run(&[
         "gfal-copy",
@@ -686,18 +676,48 @@ fn our_copies(
         after - before == 1.0,
         format!("pull successes {before} -> {after}"),
     );
+    // The source must mark a pull's data, so the sidecar forwards the tag:
+    // xrootd logged the sidecar's GET (its User-Agent) with `SciTag: 206`.
+    let requests = foreign.requests_since(mark);
+    let header = |block: &[String], name: &str| {
+        block.iter().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    let gets: Vec<&Vec<String>> = requests
+        .iter()
+        .filter(|b| b[0].starts_with("GET ") && b[0].contains(src))
+        .filter(|b| header(b, "user-agent").is_some_and(|u| u.starts_with("storage-front/")))
+        .collect();
+    out.check(
+        "the sidecar's GET to the source carried the COPY's SciTag (xrootd's log)",
+        gets.len() == 1 && header(gets[0], "scitag") == Some(SCITAG.to_string()),
+        format!(
+            "{} GET(s) by storage-front logged by xrootd: {gets:?} (of {} requests)",
+            gets.len(),
+            requests.len()
+        ),
+    );
 
     progress("TPC: our VIP pushes to the foreign site (gfal-copy --copy-mode push)");
     let before = done("push")?;
     let theirs = "/data/grid/pushed-by-lbd.bin";
-    // What xrootd answers our push is the lead to its failure: the
-    // router's link to it is captured and its HTTP status lines noted.
-    let pcap = site.dir.join("tpc-push-ours.pcap");
+    let tpc_cms = [
+        ("experiment", "cms"),
+        ("activity", "Analysis Input"),
+        ("transfer", "tpc"),
+    ];
+    let collected = |name: &str| -> Result<f64> {
+        Ok(sum_metric(&flowmarks.collector_metrics()?, name, &tpc_cms))
+    };
+    let ended_before = collected("flowmark_collector_flows_ended_total")?;
+    let sent_before = collected("flowmark_collector_bytes_sent_total")?;
     let cap = Capture::start(
         &site.router.ns,
         foreign_site::ROUTER_DEV,
-        "ip6 and tcp",
-        pcap.clone(),
+        &format!("ip6 and tcp and dst port {}", foreign_site::HTTP_PORT),
+        site.dir.join("tpc-push-ours.pcap"),
     )?;
     let r = c.run(&[
         "gfal-copy",
@@ -714,21 +734,68 @@ fn our_copies(
         &foreign.url6(theirs),
     ])?;
     let after = done("push")?;
-    cap.finish()?;
-    out.notes.push(format!(
-        "HTTP status lines on the wire during our push (both ways): {}",
-        http_status_lines(&pcap).join(" | ")
-    ));
+    let packets = cap.finish()?;
     let (same, detail) = same_bytes(&foreign.file(theirs), &data);
-    // Known to fail (docs/topology-tests.md): the sidecar's push to
-    // xrootd 5.5.3 ends with "the destination answered before the whole
-    // file was sent"; reported, not checked, until storage-front is fixed.
-    out.notes.push(format!(
-        "KNOWN FAILING, not checked: gfal-copy TPC push by our VIP to xrootd: ok={} \
-         byte-exact={same} push successes {before} -> {after}; {}; there: {detail}",
-        r.ok(),
-        r.summary()
-    ));
+    let digest = foreign_digest(c, foreign, theirs)?;
+    out.check(
+        "gfal-copy TPC push by our VIP to xrootd: byte-exact, xrootd's adler32 matches",
+        r.ok() && same && digest.as_deref() == Some(want.as_str()),
+        format!(
+            "{}; there: {detail}; its Digest adler32 {digest:?}, computed {want}",
+            r.summary()
+        ),
+    );
+    out.check(
+        "the push was a third-party copy by a sidecar (its success counter +1)",
+        after - before == 1.0,
+        format!("push successes {before} -> {after}"),
+    );
+    // Our node's data connection carries the SciTag's flow label on the
+    // wire at the router: every packet with data to xrootd that is not
+    // the client's own (gfal's HEADs for the checksum).
+    let clients: Vec<std::net::IpAddr> = (1..=site.clients.len())
+        .map(|c| crate::topology::addr::client6(c as u16).into())
+        .collect();
+    let data_packets: Vec<&wire::Packet> = packets
+        .iter()
+        .filter(|p| !clients.contains(&p.src) && p.payload > 0)
+        .collect();
+    let sources: std::collections::BTreeSet<String> = packets
+        .iter()
+        .filter(|p| p.payload > 0)
+        .map(|p| format!("{}.{}", p.src, p.sport))
+        .collect();
+    let labels: std::collections::BTreeSet<u32> =
+        data_packets.iter().map(|p| p.flow_label).collect();
+    let bytes: u64 = data_packets.iter().map(|p| u64::from(p.payload)).sum();
+    out.check(
+        "every data packet of our push carries the SciTag's flow label at the router (one entropy)",
+        bytes >= data.len() as u64
+            && labels.len() == 1
+            && labels
+                .iter()
+                .all(|l| l & LABEL_SEMANTIC_MASK == SCITAG_LABEL),
+        format!(
+            "{} data packets, {bytes} bytes from {sources:?} of {} captured; labels {labels:x?} (want {SCITAG_LABEL:#x} in {LABEL_SEMANTIC_MASK:#x})",
+            data_packets.len(),
+            packets.len()
+        ),
+    );
+    // Its fireflies (start, end with the bytes) reached the collector at
+    // the flow's peer, counted as a third-party copy of cms / Analysis Input.
+    let mut ended = ended_before;
+    let _ = crate::process::wait_until("the push's end firefly", Duration::from_secs(10), || {
+        ended = collected("flowmark_collector_flows_ended_total").unwrap_or(ended_before);
+        ended > ended_before
+    });
+    let sent = collected("flowmark_collector_bytes_sent_total")?;
+    out.check(
+        "the collector counts the push as a TPC flow (cms / Analysis Input, transfer=tpc) with its bytes",
+        ended - ended_before == 1.0 && sent - sent_before >= data.len() as f64,
+        format!(
+            "flows ended {ended_before} -> {ended}, bytes sent {sent_before} -> {sent}"
+        ),
+    );
 
     progress("TPC: davix-cp pull and push with our VIP as the active party");
     let capath = c.ca_dir.display().to_string();
@@ -771,13 +838,273 @@ fn our_copies(
         &foreign.url6(theirs2),
     ])?;
     let (same, detail) = same_bytes(&foreign.file(theirs2), &data);
-    out.notes.push(format!(
-        "KNOWN FAILING, not checked: davix-cp TPC push by our VIP to xrootd: ok={} \
-         byte-exact={same}; {}; there: {detail}",
-        push.ok(),
-        push.summary()
-    ));
+    let digest = foreign_digest(c, foreign, theirs2)?;
+    out.check(
+        "davix-cp TPC push by our VIP to xrootd: byte-exact, xrootd's adler32 matches",
+        push.ok() && same && digest.as_deref() == Some(want.as_str()),
+        format!(
+            "{}; there: {detail}; its Digest adler32 {digest:?}, computed {want}",
+            push.summary()
+        ),
+    );
+    let after2 = done("push")?;
+    out.check(
+        "davix-cp's push was run by a sidecar (push counter +1)",
+        after2 - after.1 == 1.0,
+        format!("push {} -> {after2}", after.1),
+    );
     Ok(())
+}
+
+/// A pull (COPY with `Source:` through the VIP) whose node is drained
+/// while the copy runs: the established COPY connection stays on the
+/// draining node, its markers keep coming, and it ends `success: Created`
+/// with the file whole. The foreign site's link is slowed (tbf) so the
+/// copy lasts a few marker intervals.
+fn drain_during_a_pull(
+    c: &Clients,
+    site: &mut Site,
+    fronts: &StorageFronts,
+    foreign: &ForeignSite,
+    out: &mut Outcome,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    progress("TPC: a pull through the VIP whose node is drained mid-copy");
+    let src = "/data/grid-src/slow.bin";
+    let there = foreign.file(src);
+    let data = random_file(&there, 16 * MB + 5, 7)?;
+    crate::process::run_checked(
+        "chown",
+        &["-R", "xrootd:xrootd", &foreign.data.display().to_string()],
+    )?;
+    // 16 MB at 40 Mbit/s: ~3.4 s, several 1 s marker intervals.
+    let tc = |args: &str| {
+        crate::process::run_checked(
+            "ip",
+            &[
+                &["netns", "exec", &foreign.ns, "tc", "qdisc"][..],
+                &args.split(' ').collect::<Vec<_>>(),
+            ]
+            .concat(),
+        )
+    };
+    tc("add dev eth0 root tbf rate 40mbit burst 32kb latency 500ms")?;
+    let ca = c.ca_cert.display().to_string();
+    let source = format!("Source: {}", foreign.url6(src));
+    let scitag = format!("SciTag: {SCITAG}");
+    // Plain http on the VIP: the lab's VIPs steer port 80 only (listing
+    // 443 too made the drain scenario's uploads on the drained node reset:
+    // docs/topology-tests.md), so a drained node's HTTPS connection is
+    // reset by the node that takes its traffic.
+    let target = format!("http://{}/data/grid/drained-pull.bin", c.host);
+    let active = |s: &crate::sidecars::Sidecar| -> f64 {
+        s.metrics().map_or(0.0, |m| {
+            sum_metric(&m, storage_front::metrics::TRANSFERS_ACTIVE, &[])
+        })
+    };
+    // Who resets what during the copy (the router sees every node's link).
+    let rst_pcap = site.dir.join("drain-pull-rst.pcap");
+    let rst = Capture::start(
+        &site.router.ns,
+        "any",
+        // IPv6: next header TCP, no extension header, RST in the flags.
+        "(tcp[tcpflags] & tcp-rst != 0) or (ip6 and ip6[6] == 6 and ip6[53] & 4 != 0)",
+        rst_pcap.clone(),
+    )?;
+    let mut drained = None;
+    let mut drained_at = 0u64;
+    let copy = std::thread::scope(|scope| -> Result<Run> {
+        let copy = scope.spawn(|| {
+            c.run(&[
+                "curl", "-sS", "-N", "--cacert", &ca, "-X", "COPY", "-H", &source, "-H", &scitag,
+                "-D", "-", &target,
+            ])
+        });
+        // The node whose sidecar runs the copy, drained while it runs.
+        let found = wait_until_some(Duration::from_secs(10), || {
+            fronts
+                .sidecars
+                .iter()
+                .find(|s| active(s) >= 1.0)
+                .map(|s| s.node)
+        });
+        if let Some(k) = found {
+            drained_at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            site.lbd_cli(k, &["drain"])?;
+            site.wait_member_state(k, "draining", Duration::from_secs(10))?;
+            drained = Some(k);
+        }
+        copy.join()
+            .map_err(|_| anyhow::anyhow!("the COPY thread panicked"))?
+    });
+    let _ = tc("del dev eth0 root");
+    let _ = rst.finish();
+    let resets = Command::new("tcpdump")
+        .args(["-n", "-r"])
+        .arg(&rst_pcap)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .replace('\n', " | ")
+        })
+        .unwrap_or_default();
+    let copy = copy?;
+    let k = drained.context("no sidecar ran the copy within 10 s")?;
+    // Marker timestamps after the drain: the copy kept reporting.
+    let stamps: Vec<u64> = copy
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("Timestamp: ")?.trim().parse().ok())
+        .collect();
+    let after_drain = stamps.iter().filter(|&&t| t > drained_at).count();
+    let (same, detail) = same_bytes(&site.storage.join("data/grid/drained-pull.bin"), &data);
+    let served_by = copy
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("X-Node: "))
+        .map(str::trim)
+        .unwrap_or("?")
+        .to_string();
+    let completed = copy.ok()
+        && copy.stdout.contains("HTTP/1.1 202")
+        && copy.stdout.trim_end().ends_with("success: Created")
+        && after_drain >= 1
+        && served_by == format!("node{k}")
+        && same;
+    out.check(
+        "a pull whose node is drained mid-copy completes there (markers after the drain, success: Created, byte-exact)",
+        completed,
+        format!(
+            "node {k} drained at {drained_at}; answered by {served_by}; {} markers, \
+             {after_drain} after the drain; {}; here: {detail}; resets seen at the router: {resets}",
+            stamps.len(),
+            copy.summary()
+        ),
+    );
+    site.lbd_cli(k, &["undrain"])?;
+    let all: Vec<u16> = site.nodes.iter().map(|n| n.id).collect();
+    site.wait_paths(&all, Duration::from_secs(15))
+        .context("undrain")?;
+    Ok(())
+}
+
+/// The demo's third-party copy: the foreign xrootd site, flowmark on every
+/// node with a collector at the foreign site, the sidecars; then a push
+/// `COPY` with `SciTag: 206` through the VIP (its marker stream shown),
+/// checked at the destination by xrootd's own adler32, and the
+/// collector's TPC counters before and after. Prints as it goes; true if
+/// the copy succeeded and the counters went up.
+pub fn demo_tpc(site: &Site, say: &mut dyn FnMut(&str)) -> Result<bool> {
+    say("foreign site (xrootd + HTTP-TPC), flowmark on every node, collector, sidecars");
+    let mut foreign = ForeignSite::start(site)?;
+    let flowmarks = Flowmarks::start(site, &foreign.ns)?;
+    let fronts = StorageFronts::start(site, &|id| flowmarks.socket(id))?;
+    let c = Clients::new(site)?;
+    let ours = "/data/demo/tpc.bin";
+    let theirs = "/data/demo/tpc-from-lbd.bin";
+    let here = site.storage.join(ours.trim_start_matches('/'));
+    fs::create_dir_all(here.parent().context("a parent")?)?;
+    let data = random_file(&here, 32 * MB, 8)?;
+    fs::create_dir_all(foreign.file("/data/demo"))?;
+    crate::process::run_checked(
+        "chown",
+        &["-R", "xrootd:xrootd", &foreign.data.display().to_string()],
+    )?;
+    let tpc_cms = [
+        ("experiment", "cms"),
+        ("activity", "Analysis Input"),
+        ("transfer", "tpc"),
+    ];
+    let counters = || -> Result<(f64, f64)> {
+        let m = flowmarks.collector_metrics()?;
+        Ok((
+            sum_metric(&m, "flowmark_collector_flows_ended_total", &tpc_cms),
+            sum_metric(&m, "flowmark_collector_bytes_sent_total", &tpc_cms),
+        ))
+    };
+    let before = counters()?;
+    println!(
+        "  collector before: cms / Analysis Input, transfer=tpc: {} flows, {:.0} MB sent",
+        // + 0.0: a sum of no samples is -0.0.
+        before.0 + 0.0,
+        before.1 / 1e6 + 0.0
+    );
+    let url = c.https(ours);
+    println!(
+        "  curl -X COPY -H 'Destination: {}' -H 'SciTag: {SCITAG}' {url}",
+        foreign.url6(theirs)
+    );
+    let ca = c.ca_cert.display().to_string();
+    let destination = format!("Destination: {}", foreign.url6(theirs));
+    let scitag = format!("SciTag: {SCITAG}");
+    let r = c.run(&[
+        "curl",
+        "-sS",
+        "-N",
+        "--cacert",
+        &ca,
+        "-X",
+        "COPY",
+        "-H",
+        &destination,
+        "-H",
+        &scitag,
+        "-D",
+        "-",
+        &url,
+    ])?;
+    for l in r.stdout.lines().filter(|l| {
+        l.starts_with("HTTP/")
+            || l.starts_with("X-Node")
+            || l.starts_with("Stripe Bytes")
+            || l.starts_with("success")
+            || l.starts_with("failure")
+    }) {
+        println!("    {}", l.trim_end());
+    }
+    let digest = foreign_digest(&c, &foreign, theirs)?;
+    let want = adler32_hex(&data);
+    let (same, detail) = same_bytes(&foreign.file(theirs), &data);
+    println!(
+        "  at xrootd: {detail}; its Digest adler32 {}, ours {want}",
+        digest.as_deref().unwrap_or("none")
+    );
+    let mut after = before;
+    let _ = crate::process::wait_until("the end firefly", Duration::from_secs(10), || {
+        after = counters().unwrap_or(before);
+        after.0 > before.0
+    });
+    println!(
+        "  collector after:  cms / Analysis Input, transfer=tpc: {} flows, {:.0} MB sent",
+        after.0,
+        after.1 / 1e6
+    );
+    let ok = r.ok()
+        && r.stdout.trim_end().ends_with("success: Created")
+        && same
+        && digest.as_deref() == Some(want.as_str())
+        && after.0 > before.0
+        && after.1 - before.1 >= data.len() as f64;
+    foreign.stop();
+    drop((fronts, flowmarks, foreign));
+    Ok(ok)
+}
+
+/// Polls `f` every 50 ms until it gives a value or `limit` passes.
+fn wait_until_some<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if t0.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The foreign site's own adler32 of `path` (HEAD with Want-Digest).

@@ -8,7 +8,7 @@
 //! own flowmark socket, or at nothing).
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -197,6 +197,144 @@ pub fn sum_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             l.rsplit(' ').next()?.parse::<f64>().ok()
         })
         .sum()
+}
+
+/// flowmark on every node (marking the node's uplink, `eth0`, with its
+/// API socket for the node's sidecar and nginx Lua) and a collector in a
+/// peer's namespace (where the nodes' fireflies to their flow's peer
+/// arrive, on UDP 10514), started the way docs/flowmark.md deploys them.
+pub struct Flowmarks {
+    daemons: Vec<(u16, Child, PathBuf)>,
+    collector: Child,
+    collector_ns: String,
+}
+
+/// The collector's metrics listener inside its namespace.
+pub const COLLECTOR_METRICS: &str = "127.0.0.1:9814";
+
+impl Flowmarks {
+    /// Starts flowmark in each node's namespace and a collector in
+    /// `collector_ns`; returns once every API socket exists and the
+    /// collector serves metrics.
+    pub fn start(site: &Site, collector_ns: &str) -> Result<Flowmarks> {
+        let bin = find_lbd()?.with_file_name("flowmark");
+        if !bin.exists() {
+            bail!(
+                "{} not found: cargo build --release -p flowmark",
+                bin.display()
+            );
+        }
+        let bin = bin.display().to_string();
+        // `ip netns exec` (it execs: the child is flowmark): flowmark
+        // finds the interface in the namespace's own /sys.
+        let spawn = |ns: &str, args: &[&str], log: &Path| -> Result<Child> {
+            let out = fs::File::create(log)?;
+            Command::new("ip")
+                .args(["netns", "exec", ns, &bin])
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(out.try_clone()?)
+                .stderr(out)
+                .spawn()
+                .with_context(|| format!("starting flowmark in {ns}"))
+        };
+        let collector = spawn(
+            collector_ns,
+            &[
+                "collect",
+                "--listen",
+                "[::]:10514",
+                "--metrics",
+                COLLECTOR_METRICS,
+            ],
+            &site.dir.join("flowmark-collector.log"),
+        )?;
+        let mut me = Flowmarks {
+            daemons: vec![],
+            collector,
+            collector_ns: collector_ns.to_string(),
+        };
+        for n in &site.nodes {
+            let dir = n.dir.join("flowmark");
+            fs::create_dir_all(&dir)?;
+            let sock = dir.join("flowmark.sock");
+            let child = spawn(
+                &n.ns,
+                &[
+                    "run",
+                    "--iface",
+                    "eth0",
+                    "--pipe",
+                    "none",
+                    "--ongoing-interval",
+                    "0",
+                    "--api",
+                    &sock.display().to_string(),
+                    // nginx's workers (the Lua) run as www-data.
+                    "--api-mode",
+                    "666",
+                ],
+                &dir.join("flowmark.log"),
+            )?;
+            me.daemons.push((n.id, child, sock));
+        }
+        for (id, _, sock) in &me.daemons {
+            wait_until(
+                &format!("node {id}'s flowmark socket"),
+                Duration::from_secs(20),
+                || sock.exists(),
+            )?;
+        }
+        wait_until("the collector's metrics", Duration::from_secs(20), || {
+            me.collector_metrics().is_ok()
+        })?;
+        Ok(me)
+    }
+
+    /// The API socket of node `id`'s flowmark.
+    pub fn socket(&self, id: u16) -> Option<PathBuf> {
+        self.daemons
+            .iter()
+            .find(|(n, _, _)| *n == id)
+            .map(|(_, _, s)| s.clone())
+    }
+
+    /// The collector's metrics text.
+    pub fn collector_metrics(&self) -> Result<String> {
+        crate::process::nsenter(
+            &self.collector_ns,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                &format!("http://{COLLECTOR_METRICS}/metrics"),
+            ],
+        )
+    }
+
+    /// Every flowmark process's pid (daemons and collector).
+    pub fn pids(&self) -> Vec<u32> {
+        self.daemons
+            .iter()
+            .map(|(_, c, _)| c.id())
+            .chain([self.collector.id()])
+            .collect()
+    }
+}
+
+impl Drop for Flowmarks {
+    fn drop(&mut self) {
+        for c in self
+            .daemons
+            .iter_mut()
+            .map(|(_, c, _)| c)
+            .chain([&mut self.collector])
+        {
+            stop_pid(c.id(), Duration::from_secs(3));
+            let _ = c.wait();
+        }
+    }
 }
 
 impl Drop for StorageFronts {

@@ -142,9 +142,17 @@ fn parse_line(line: &str) -> Option<Packet> {
     };
     let (src, sport) = split(src)?;
     let (dst, dport) = split(dst)?;
+    // tcpdump names what it decodes after the length (`length 1208: HTTP`
+    // on port 8080): only the digits count.
     let payload = rest
         .rsplit_once("length ")
-        .and_then(|(_, n)| n.trim().parse().ok())
+        .and_then(|(_, n)| {
+            let digits = n.trim_start();
+            let end = digits
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(digits.len());
+            digits[..end].parse().ok()
+        })
         .unwrap_or(0);
     Some(Packet {
         flow_label: label,
@@ -166,12 +174,14 @@ mod tests {
 17:01:02.000001 IP6 (flowlabel 0x30038, hlim 63, next-header TCP (6) payload length: 1240) 2001:db8:1::2.41000 > 2001:db8:f0f::2.8080: Flags [.], cksum 0x1 (correct), seq 1:1209, ack 1, win 502, length 1208
 17:01:02.000002 IP6 (hlim 64, next-header TCP (6) payload length: 32) 2001:db8:f0f::2.8080 > 2001:db8:1::2.41000: Flags [.], cksum 0x2 (correct), ack 1209, win 501, length 0
 17:01:02.000003 IP6 (flowlabel 0x1, hlim 64, next-header UDP (17) payload length: 20) 2001:db8:1::2.5 > 2001:db8:f0f::2.6: UDP, length 12
-17:01:02.000004 IP 192.0.2.18.1 > 192.0.2.226.2: Flags [S], length 0";
+17:01:02.000004 IP 192.0.2.18.1 > 192.0.2.226.2: Flags [S], length 0
+17:01:02.000005 IP6 (flowlabel 0x30039, hlim 63, next-header TCP (6) payload length: 232) 2001:db8:1::2.41000 > 2001:db8:f0f::2.8080: Flags [P.], cksum 0x3 (correct), seq 1209:1409, ack 1, win 502, length 200: HTTP";
         let p = parse(text);
-        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(p.len(), 3, "{p:?}");
         assert_eq!(p[0].flow_label, 0x30038);
         assert_eq!(p[0].src, "2001:db8:1::2".parse::<IpAddr>().unwrap());
         assert_eq!((p[0].sport, p[0].dport, p[0].payload), (41000, 8080, 1208));
         assert_eq!((p[1].flow_label, p[1].payload), (0, 0));
+        assert_eq!((p[2].flow_label, p[2].payload), (0x30039, 200));
     }
 }

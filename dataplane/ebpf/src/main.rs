@@ -112,7 +112,10 @@ pub fn lbd_xdp(ctx: XdpContext) -> u32 {
 pub fn lbd_mss_clamp(ctx: TcContext) -> i32 {
     mss::clamp(&ctx);
     // Never drops: clamping is best effort, the packet always leaves.
-    0 // TC_ACT_OK
+    // TCX_NEXT, not TC_ACT_OK: under TCX an OK verdict ends egress
+    // processing, so the node's other tc programs (flowmark's SciTag
+    // marker on clsact) would never see the packet.
+    aya_ebpf::bindings::tcx_action_base::TCX_NEXT
 }
 
 #[xdp]

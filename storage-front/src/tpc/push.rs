@@ -66,24 +66,26 @@ async fn send(
     let feed = async {
         let mut sum = Adler32::default();
         let mut sent = 0u64;
-        loop {
-            let mut buf = vec![0u8; READ_CHUNK];
+        // Stops at `len` without reading on to the end of the file: once
+        // the last byte is queued the feed is done, so a destination that
+        // answers as soon as it has everything is never taken for one
+        // answering early.
+        while sent < len {
+            let want = usize::try_from(len - sent).map_or(READ_CHUNK, |left| left.min(READ_CHUNK));
+            let mut buf = vec![0u8; want];
             let n = file
                 .read(&mut buf)
                 .await
                 .map_err(|e| TransferError(format!("reading {}: {e}", copy.path)))?;
             if n == 0 {
-                break;
+                return Err(TransferError(format!(
+                    "{} shrank while it was sent",
+                    copy.path
+                )));
             }
             buf.truncate(n);
             sum.update(&buf);
             sent += n as u64;
-            if sent > len {
-                return Err(TransferError(format!(
-                    "{} grew while it was sent",
-                    copy.path
-                )));
-            }
             // Fails if the connection is gone: the response says why.
             if within(
                 cfg.idle_timeout,
@@ -97,12 +99,6 @@ async fn send(
             }
             progress.bytes.store(sent, Ordering::Relaxed);
         }
-        if sent != len {
-            return Err(TransferError(format!(
-                "{} shrank while it was sent",
-                copy.path
-            )));
-        }
         Ok(Some(sum.hex()))
     };
     // While the body goes out, the feed's own idle timeouts bound the wait;
@@ -110,6 +106,9 @@ async fn send(
     // is sent, the answer must come within the idle timeout.
     tokio::pin!(response);
     let (fed, early) = tokio::select! {
+        // The feed first: when the last chunk is queued in the same poll
+        // as the answer arrives, the copy is whole.
+        biased;
         fed = feed => (fed, None),
         resp = &mut response => (Ok(None), Some(resp)),
     };

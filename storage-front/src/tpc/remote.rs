@@ -99,11 +99,17 @@ where
             .await
             .map_err(|_| RemoteError::ConnectTimeout(authority.to_string(), timeout))?
             .map_err(|e| RemoteError::Tls(authority.to_string(), e))?;
-        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(http)?;
+        let (sender, conn) = client_builder()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(http)?;
         tokio::spawn(conn);
         sender
     } else {
-        let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await.map_err(http)?;
+        let (sender, conn) = client_builder()
+            .handshake(TokioIo::new(tcp))
+            .await
+            .map_err(http)?;
         tokio::spawn(conn);
         sender
     };
@@ -112,6 +118,17 @@ where
         local,
         peer,
     })
+}
+
+/// HTTP/1.1 with header names in title case (`Content-Length`, `Host`,
+/// `Want-Digest`): xrootd's XrdHttp up to 5.5 matches the headers it acts
+/// on case-sensitively, so hyper's lowercase `content-length` made it take
+/// a push's PUT as empty (200 at once, a 0-byte file, the body read as
+/// further requests).
+fn client_builder() -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder.title_case_headers(true);
+    builder
 }
 
 /// A CA file in the /etc/grid-security/certificates layout: the subject

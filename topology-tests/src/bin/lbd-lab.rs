@@ -180,7 +180,7 @@ fn watch(w: &Running, label: &str, mut done: impl FnMut() -> bool) {
 }
 
 fn demo(topo: Topology) -> Result<bool> {
-    const STEPS: usize = 7;
+    const STEPS: usize = 8;
     let t0 = Instant::now();
     step(
         1,
@@ -260,7 +260,14 @@ fn demo(topo: Topology) -> Result<bool> {
     watch(&w, "transfers", || false);
     let transfers = w.wait()?.transfers;
 
-    step(7, STEPS, "report");
+    step(
+        7,
+        STEPS,
+        "HTTP third-party copy: our VIP pushes to a foreign xrootd site with a SciTag",
+    );
+    let tpc_ok = topology_tests::grid_clients::demo_tpc(&site, &mut say)?;
+
+    step(8, STEPS, "report");
     let mut per_node = std::collections::BTreeMap::<String, (usize, usize, u64)>::new();
     for t in &transfers {
         let e = per_node
@@ -295,10 +302,19 @@ fn demo(topo: Topology) -> Result<bool> {
             f.error.as_deref().unwrap_or("")
         );
     }
+    println!(
+        "  third-party copy with SciTag {}: {}",
+        topology_tests::grid_clients::SCITAG,
+        if tpc_ok {
+            "done, checked at the destination, counted by the collector"
+        } else {
+            "FAILED"
+        }
+    );
     site.check_alive()?;
     println!("\ntearing the lab down");
     drop(site);
-    Ok(failed.is_empty() && new_on_k == 0)
+    Ok(failed.is_empty() && new_on_k == 0 && tpc_ok)
 }
 
 fn indent(s: &str) -> String {
