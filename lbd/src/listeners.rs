@@ -10,7 +10,10 @@
 //! The listener quiesce (`lbd listener quiesce`) needs more than /proc's
 //! text: each listening socket's inode (a new nginx has new sockets) and
 //! accept queue, and the handshakes in progress. Those come from sock_diag
-//! netlink ([`sockets`]), binary and filtered by state in the kernel.
+//! netlink ([`sockets`]), binary and filtered by state in the kernel. The
+//! request/receive loop has the shape of flowmark's (`tcpinfo.rs`): the
+//! netlink crates leave it to the caller, and lbd and flowmark share no
+//! crate to put it in (duplicates tool: noted, not merged).
 use std::net::IpAddr;
 
 use netlink_packet_core::{
