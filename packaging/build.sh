@@ -54,6 +54,9 @@ done
 mkdir -p "$ASSETS/lbd/systemd" "$ASSETS/flowmark/systemd"
 sed 's|/usr/local/bin/|/usr/bin/|g; s|^# systemd unit for lbd (install as .*)\.|# systemd unit for lbd (from the lbd package).|' \
   configs/lbd/lbd.service >"$ASSETS/lbd/systemd/lbd.service"
+# The drop-in for nginx.service (listener quiesce before nginx stops).
+sed 's|/usr/local/bin/|/usr/bin/|g; s|^# systemd drop-in for nginx.service (install as|# systemd drop-in for nginx.service (from the lbd package; a site copy in|; s|^# /etc/systemd/system/nginx.service.d/lbd-listener.conf, then|# /etc/systemd/system/nginx.service.d/lbd-listener.conf overrides it, then|' \
+  configs/lbd/nginx-lbd-listener.conf >"$ASSETS/lbd/nginx-lbd-listener.conf"
 for u in flowmark flowmark-collect; do
   sed 's|/usr/local/bin/|/usr/bin/|g; s|/usr/share/doc/lbd/flowmark.md|/usr/share/doc/flowmark/flowmark.md|' \
     "configs/flowmark/$u.service" >"$ASSETS/flowmark/systemd/$u.service"

@@ -615,11 +615,41 @@ impl Dataplane {
             Array::try_from(self.map("LBD_LISTENER")?)?;
         let state = map.get(&info.index, 0)?;
         let since = coarse_now_ns().saturating_sub(state.last_missing_ns);
-        if state.steering == 0 || state.missing != 0 || since < drain.as_nanos() as u64 {
+        if state.steering == 0
+            || state.missing != 0
+            || state.quiesced != 0
+            || since < drain.as_nanos() as u64
+        {
             return Ok(false);
         }
         map.set(info.index, &ListenerState::default(), 0)
             .with_context(|| format!("{vip}: clearing its listener state"))?;
+        Ok(true)
+    }
+
+    /// Quiesces `vip`'s listener (`on`) or resumes it. Quiesced, the XDP
+    /// program sends the VIP's new connections to their fallback as if no
+    /// listener were there, and keeps the local ones (established, or
+    /// finishing their handshake): the listener's accept queue drains
+    /// before it closes. Both ways steering is on and its drain period
+    /// starts now, so flows sent away keep going there after a resume
+    /// (resuming a VIP that is not quiesced changes nothing). Returns false
+    /// when `vip` is not installed.
+    pub fn set_quiesced(&mut self, vip: &Vip, on: bool) -> Result<bool> {
+        let Some(info) = self.vip_info(vip)? else {
+            return Ok(false);
+        };
+        let mut map: Array<&mut MapData, ListenerState> =
+            Array::try_from(self.map("LBD_LISTENER")?)?;
+        let mut state = map.get(&info.index, 0)?;
+        if !on && state.quiesced == 0 {
+            return Ok(true);
+        }
+        state.quiesced = u32::from(on);
+        state.steering = 1;
+        state.last_missing_ns = coarse_now_ns();
+        map.set(info.index, &state, 0)
+            .with_context(|| format!("{vip}: writing its listener state"))?;
         Ok(true)
     }
 

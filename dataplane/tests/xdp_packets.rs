@@ -977,6 +977,198 @@ fn syn_without_listener_goes_to_the_fallback() -> Result<()> {
     Ok(())
 }
 
+/// A quiesced listener (`lbd listener quiesce`, before nginx stops): it
+/// still listens, yet new connections go to the fallback as if it were
+/// missing, and so do the later packets of those flows (the lookup finds
+/// the listener, which is not their socket); an established connection
+/// and one waiting in the accept queue stay, so the queue drains before
+/// the socket closes. Resumed, SYNs stay again while steering lasts the
+/// drain period. Real listener and sockets.
+#[test]
+fn quiesced_listener_sends_new_connections_to_the_fallback() -> Result<()> {
+    use dataplane_common::Bucket;
+    let mut bed = Bed::new(ENCAP_GUE)?;
+    let vip = |addr: IpAddr| dataplane::loader::Vip {
+        addr,
+        port: 80,
+        proto: 6,
+    };
+    let (vip4, vip6) = (vip(IpAddr::from(VIP4)), vip(IpAddr::from(VIP6)));
+    let with = |first, second, fallback| Bucket {
+        first,
+        second,
+        fallback,
+        _pad: 0,
+    };
+    let syn = tcp4(CLIENT4, 40080, VIP4, 80, Tcp::Syn, b"");
+    let h_syn = flow4(CLIENT4, 40080, VIP4, 80, 6);
+    let ack = tcp4(CLIENT4, 40080, VIP4, 80, Tcp::Ack, b"data");
+    let syn6 = tcp6(CLIENT6, 40081, VIP6, 80, Tcp::Syn, b"");
+    let h_syn6 = flow6(CLIENT6, 40081, VIP6, 80, 6);
+    let to_n2 = |frame: &[u8], hash| {
+        encapsulated(
+            frame,
+            Underlay::V4(SELF4, N2_4),
+            true,
+            HOP_SECOND,
+            hash,
+            MAC_N2,
+        )
+    };
+    let state = |bed: &Bed, v| bed.dp.listener_state(v).ok().flatten().unwrap_or_default();
+    let mut failures: Vec<String> = Vec::new();
+
+    // The listener with one accepted connection and one still in its
+    // accept queue (handshake done, not accepted).
+    let listener = std::net::TcpListener::bind(SocketAddr::new(IpAddr::from(VIP4), 80))?;
+    let accepted = std::net::TcpStream::connect(SocketAddr::new(IpAddr::from(VIP4), 80))?;
+    let (_server, _) = listener.accept()?;
+    let queued = std::net::TcpStream::connect(SocketAddr::new(IpAddr::from(VIP4), 80))?;
+    let est = tcp4(
+        VIP4,
+        accepted.local_addr()?.port(),
+        VIP4,
+        80,
+        Tcp::Ack,
+        b"x",
+    );
+    let in_queue = tcp4(VIP4, queued.local_addr()?.port(), VIP4, 80, Tcp::Ack, b"y");
+    failures.extend(step(
+        &mut bed,
+        "listening, not quiesced: SYN stays",
+        with(SELF, NO_HOP, N2),
+        &syn,
+        (XDP_PASS, syn.clone()),
+        "pass_local",
+    )?);
+
+    anyhow::ensure!(bed.dp.set_quiesced(&vip4, true)?, "{vip4} not installed");
+    anyhow::ensure!(bed.dp.set_quiesced(&vip6, true)?, "{vip6} not installed");
+    let s = state(&bed, &vip4);
+    if s.quiesced == 0 || s.steering == 0 || s.last_missing_ns == 0 {
+        failures.push(format!("quiescing must set quiesced and steering: {s:?}"));
+    }
+    failures.extend(step(
+        &mut bed,
+        "quiesced: SYN to the fallback though the listener is there",
+        with(SELF, NO_HOP, N2),
+        &syn,
+        (XDP_TX, to_n2(&syn, h_syn)),
+        "syn_to_fallback",
+    )?);
+    failures.extend(step(
+        &mut bed,
+        "quiesced: that flow's next packet follows it (the lookup finds only the listener)",
+        with(SELF, NO_HOP, N2),
+        &ack,
+        (XDP_TX, to_n2(&ack, h_syn)),
+        "fwd_second_hop",
+    )?);
+    failures.extend(step(
+        &mut bed,
+        "quiesced with a second hop: SYN to the fallback",
+        with(SELF, N3, N2),
+        &syn,
+        (XDP_TX, to_n2(&syn, h_syn)),
+        "syn_to_fallback",
+    )?);
+    failures.extend(step(
+        &mut bed,
+        "quiesced over IPv6: SYN to the fallback over its IPv6 underlay",
+        with(SELF, NO_HOP, N3),
+        &syn6,
+        (
+            XDP_TX,
+            encapsulated(
+                &syn6,
+                Underlay::V6(SELF6, N3_6),
+                true,
+                HOP_SECOND,
+                h_syn6,
+                MAC_N3,
+            ),
+        ),
+        "syn_to_fallback",
+    )?);
+    failures.extend(step(
+        &mut bed,
+        "quiesced: an established connection's packet stays",
+        with(SELF, NO_HOP, N2),
+        &est,
+        (XDP_PASS, est.clone()),
+        "pass_local",
+    )?);
+    failures.extend(step(
+        &mut bed,
+        "quiesced: a connection in the accept queue stays",
+        with(SELF, N3, N2),
+        &in_queue,
+        (XDP_PASS, in_queue.clone()),
+        "pass_local",
+    )?);
+    failures.extend(step(
+        &mut bed,
+        "quiesced, no fallback: SYN kept (nowhere else to go)",
+        with(SELF, NO_HOP, NO_HOP),
+        &syn,
+        (XDP_PASS, syn.clone()),
+        "pass_local",
+    )?);
+    let s = state(&bed, &vip4);
+    if s.missing != 0 {
+        failures.push(format!(
+            "quiesced SYNs look nothing up, `missing` stays 0: {s:?}"
+        ));
+    }
+    if bed
+        .dp
+        .end_steering_after(&vip4, std::time::Duration::ZERO)?
+    {
+        failures.push("steering ended while quiesced".into());
+    }
+
+    // Resumed (a new nginx listens): SYNs stay; the flows sent away keep
+    // going to the fallback until lbd ends steering.
+    anyhow::ensure!(bed.dp.set_quiesced(&vip4, false)?, "{vip4} not installed");
+    let s = state(&bed, &vip4);
+    if s.quiesced != 0 || s.steering == 0 {
+        failures.push(format!("resuming keeps steering, clears quiesced: {s:?}"));
+    }
+    failures.extend(step(
+        &mut bed,
+        "resumed: SYN stays",
+        with(SELF, NO_HOP, N2),
+        &syn,
+        (XDP_PASS, syn.clone()),
+        "pass_local",
+    )?);
+    failures.extend(step(
+        &mut bed,
+        "resumed, steering: a flow sent away still goes to the fallback",
+        with(SELF, NO_HOP, N2),
+        &ack,
+        (XDP_TX, to_n2(&ack, h_syn)),
+        "fwd_second_hop",
+    )?);
+    if !bed
+        .dp
+        .end_steering_after(&vip4, std::time::Duration::ZERO)?
+    {
+        failures.push("end_steering_after refused after the resume".into());
+    }
+    ensure_clean(state(&bed, &vip4))?;
+    // Resuming what is not quiesced changes nothing (no steering started).
+    bed.dp.set_quiesced(&vip4, false)?;
+    ensure_clean(state(&bed, &vip4))?;
+    drop((listener, accepted, queued));
+    assert!(
+        failures.is_empty(),
+        "failing steps:\n{}",
+        failures.join("\n")
+    );
+    Ok(())
+}
+
 /// One packet through the forwarder with every bucket set to `b`: the
 /// verdict and bytes `want`, and `counter` grown by one; else what differs.
 fn step(
@@ -1007,7 +1199,7 @@ fn step(
 
 fn ensure_clean(s: dataplane_common::ListenerState) -> Result<()> {
     anyhow::ensure!(
-        s.steering == 0 && s.missing == 0,
+        s.steering == 0 && s.missing == 0 && s.quiesced == 0,
         "listener state should be clear: {s:?}"
     );
     Ok(())

@@ -12,6 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::listeners::ListenerQueue;
 use crate::status::Status;
 use crate::table_view::TableView;
 
@@ -21,7 +22,26 @@ pub enum Request {
     Status,
     Drain,
     Undrain,
-    Table { vip: String },
+    Table {
+        vip: String,
+    },
+    /// New connections to the selected TCP VIP ports go to their fallback
+    /// (`lbd listener quiesce`); the answer is their listeners' queues.
+    Quiesce(ListenerSelection),
+    /// Undo a quiesce (`lbd listener resume`).
+    Resume(ListenerSelection),
+    /// The selected VIP ports' listeners and queues.
+    Listeners(ListenerSelection),
+}
+
+/// Which TCP VIP ports a listener command applies to: those of `vip` (an
+/// address), on `port`; unset means all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerSelection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 /// The daemon's answer: `{"kind": "...", "data": ...}`. The data of
@@ -32,6 +52,8 @@ pub enum Request {
 pub enum Response {
     Status(Box<Status>),
     Table(TableView),
+    /// Listener queues (`quiesce`, `resume`, `listeners`).
+    Listeners(Vec<ListenerQueue>),
     /// What a command did (`drain`, `undrain`).
     Message(String),
     /// Why a request was refused.
@@ -48,6 +70,7 @@ impl Response {
         match self {
             Response::Status(_) => "status",
             Response::Table(_) => "table",
+            Response::Listeners(_) => "listeners",
             Response::Message(_) => "message",
             Response::Error(_) => "error",
         }
@@ -222,6 +245,14 @@ mod tests {
         for r in [
             Response::Status(Box::new(status.clone())),
             Response::Table(table.clone()),
+            Response::Listeners(vec![ListenerQueue {
+                vip: IpAddr::from([198, 51, 100, 10]),
+                port: 80,
+                quiesced: true,
+                listeners: 2,
+                accept_queue: 3,
+                handshakes: 1,
+            }]),
             Response::Message("draining".into()),
             Response::Error("198.51.100.99 is not a configured VIP".into()),
         ] {
@@ -250,6 +281,19 @@ mod tests {
                 vip: "198.51.100.10".into()
             }
         );
+        assert_eq!(
+            parse_request(r#"{"cmd":"quiesce","port":443}"#).expect("quiesce"),
+            Request::Quiesce(ListenerSelection {
+                vip: None,
+                port: Some(443)
+            })
+        );
+        assert_eq!(
+            parse_request(r#"{"cmd":"resume"}"#).expect("resume"),
+            Request::Resume(ListenerSelection::default())
+        );
+        let e = parse_request(r#"{"cmd":"quiesce","port":70000}"#).expect_err("refused");
+        assert!(e.to_string().contains("70000"), "{e}");
         // A JSON-escaped ESC reaches the error text: it is printed escaped.
         let e = parse_request(r#"{"cmd":"\u001b[2J"}"#).expect_err("refused");
         assert!(

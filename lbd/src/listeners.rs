@@ -6,7 +6,26 @@
 //! that port's new connections to their fallback node (docs/dataplane.md,
 //! listener-aware steering). Hand-parsed: two fields of a fixed kernel
 //! format, not worth a dependency.
+//!
+//! The listener quiesce (`lbd listener quiesce`) needs more than /proc's
+//! text: each listening socket's inode (a new nginx has new sockets) and
+//! accept queue, and the handshakes in progress. Those come from sock_diag
+//! netlink ([`sockets`]), binary and filtered by state in the kernel. The
+//! request/receive loop has the shape of flowmark's (`tcpinfo.rs`): the
+//! netlink crates leave it to the caller, and lbd and flowmark share no
+//! crate to put it in (duplicates tool: noted, not merged).
 use std::net::IpAddr;
+
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_sock_diag::{
+    SockDiagMessage,
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP, TCP_LISTEN, TCP_SYN_RECV},
+    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
+use serde::{Deserialize, Serialize};
 
 /// TCP_LISTEN as /proc/net/tcp prints it (`st` column, hex).
 const TCP_LISTEN_HEX: &str = "0A";
@@ -97,6 +116,186 @@ pub fn missing(listeners: &[Listener], vip: IpAddr, ports: &[u16]) -> Vec<u16> {
         .collect()
 }
 
+/// TCP_NEW_SYN_RECV: the state of request sockets (a handshake the
+/// listener answered, waiting for the client's ACK). sock_diag reports
+/// them as SYN_RECV; the crate has no flag for the kernel's state 12.
+const TCP_NEW_SYN_RECV: u32 = 12;
+
+/// A listening socket as sock_diag reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenSocket {
+    pub at: Listener,
+    /// The socket's inode: a restarted server has new ones.
+    pub inode: u32,
+    /// Connections with a finished handshake, not yet accepted.
+    pub accept_queue: u32,
+}
+
+/// The listening sockets and the handshakes in progress (request sockets,
+/// by local address and port) of this namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sockets {
+    pub listening: Vec<ListenSocket>,
+    pub handshakes: Vec<Listener>,
+}
+
+impl Sockets {
+    /// Inodes of the listeners that serve `vip`:`port`.
+    pub fn inodes(&self, vip: IpAddr, port: u16) -> Vec<u32> {
+        self.listening
+            .iter()
+            .filter(|l| l.at.serves(vip, port))
+            .map(|l| l.inode)
+            .collect()
+    }
+
+    /// What `vip`:`port`'s listeners hold that closing them would reset.
+    pub fn queue(&self, vip: IpAddr, port: u16, quiesced: bool) -> ListenerQueue {
+        let serving = || self.listening.iter().filter(|l| l.at.serves(vip, port));
+        ListenerQueue {
+            vip,
+            port,
+            quiesced,
+            listeners: serving().count(),
+            accept_queue: serving().map(|l| l.accept_queue).sum(),
+            handshakes: self
+                .handshakes
+                .iter()
+                .filter(|h| h.serves(vip, port))
+                .count(),
+        }
+    }
+}
+
+/// One VIP port's listeners as `lbd listener` shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerQueue {
+    pub vip: IpAddr,
+    pub port: u16,
+    /// New connections go to the fallback (`lbd listener quiesce`).
+    pub quiesced: bool,
+    /// Listening sockets serving it (several with SO_REUSEPORT).
+    pub listeners: usize,
+    /// Connections accepted by the kernel, not yet by the server.
+    pub accept_queue: u32,
+    /// Handshakes in progress (SYN answered, waiting for the ACK).
+    pub handshakes: usize,
+}
+
+impl ListenerQueue {
+    /// Nothing a closing listener would reset.
+    pub fn is_empty(&self) -> bool {
+        self.accept_queue == 0 && self.handshakes == 0
+    }
+}
+
+/// sock_diag could not be asked or answered nonsense.
+#[derive(Debug, thiserror::Error)]
+pub enum DiagError {
+    #[error("sock_diag netlink socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("sock_diag answer: {0}")]
+    Decode(String),
+    #[error("sock_diag refused the request: {0}")]
+    Refused(String),
+}
+
+/// The listening sockets (and, with `handshakes`, the request sockets) of
+/// both families in this network namespace.
+pub fn sockets(handshakes: bool) -> Result<Sockets, DiagError> {
+    let mut out = Sockets::default();
+    let mut states = StateFlags::LISTEN;
+    if handshakes {
+        states |= StateFlags::SYN_RECV | StateFlags::from_bits_retain(1 << TCP_NEW_SYN_RECV);
+    }
+    for family in [AF_INET, AF_INET6] {
+        dump(family, states.clone(), |state, at, inode, queue| {
+            if state == TCP_LISTEN {
+                out.listening.push(ListenSocket {
+                    at,
+                    inode,
+                    accept_queue: queue,
+                });
+            } else if state == TCP_SYN_RECV {
+                out.handshakes.push(at);
+            }
+        })?;
+    }
+    Ok(out)
+}
+
+/// One sock_diag dump of TCP sockets of `family` in `states`; `each` gets
+/// (state, local address and port, inode, receive queue).
+fn dump(
+    family: u8,
+    states: StateFlags,
+    mut each: impl FnMut(u8, Listener, u32, u32),
+) -> Result<(), DiagError> {
+    let any = if family == AF_INET {
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    };
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut hdr = NetlinkHeader::default();
+    hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut packet = NetlinkMessage::new(
+        hdr,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states,
+            socket_id: SocketId {
+                source_port: 0,
+                destination_port: 0,
+                source_address: any,
+                destination_address: any,
+                interface_id: 0,
+                // INET_DIAG_NOCOOKIE
+                cookie: [0xff; 8],
+            },
+        })
+        .into(),
+    );
+    packet.finalize();
+    let mut buf = vec![0; packet.buffer_len()];
+    packet.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+    let mut rx = vec![0u8; 65536];
+    loop {
+        let n = socket.recv(&mut &mut rx[..], 0)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut offset = 0;
+        while offset < n {
+            let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&rx[offset..n])
+                .map_err(|e| DiagError::Decode(e.to_string()))?;
+            let len = msg.header.length as usize;
+            match msg.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                    let h = &r.header;
+                    let at = Listener {
+                        addr: h.socket_id.source_address,
+                        port: h.socket_id.source_port,
+                    };
+                    each(h.state, at, h.inode, h.recv_queue);
+                }
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Error(e) => return Err(DiagError::Refused(format!("{e:?}"))),
+                _ => {}
+            }
+            if len == 0 {
+                return Ok(());
+            }
+            offset += len;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +358,49 @@ mod tests {
         assert!(missing(&listening(), lo, &[port]).is_empty());
         drop(l);
         assert_eq!(missing(&listening(), lo, &[port]), [port]);
+    }
+
+    /// sock_diag sees a real listener's inode, its accept queue filling
+    /// with connections nobody accepted and draining as they are accepted,
+    /// and a new socket on the port gets another inode.
+    #[test]
+    fn sock_diag_reads_accept_queue_and_inode() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let lo: IpAddr = "127.0.0.1".parse().expect("addr");
+        let s = sockets(true).expect("sock_diag");
+        let q = s.queue(lo, port, false);
+        assert_eq!((q.listeners, q.accept_queue), (1, 0), "{q:?}");
+        assert!(q.is_empty());
+        let first = s.inodes(lo, port);
+        assert_eq!(first.len(), 1);
+        let clients: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+            .collect();
+        let q = sockets(true).expect("sock_diag").queue(lo, port, true);
+        assert_eq!(q.accept_queue, 3, "{q:?}");
+        assert!(!q.is_empty() && q.quiesced);
+        for _ in 0..3 {
+            l.accept().expect("accept");
+        }
+        assert!(
+            sockets(true)
+                .expect("sock_diag")
+                .queue(lo, port, true)
+                .is_empty()
+        );
+        drop((l, clients));
+        assert_eq!(
+            sockets(false)
+                .expect("sock_diag")
+                .queue(lo, port, false)
+                .listeners,
+            0
+        );
+        let again = std::net::TcpListener::bind(("127.0.0.1", port)).expect("rebind");
+        let second = sockets(false).expect("sock_diag").inodes(lo, port);
+        assert_eq!(second.len(), 1);
+        assert_ne!(first, second, "a new socket has a new inode");
+        drop(again);
     }
 }

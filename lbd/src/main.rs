@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use lbd::config::{self, Config};
-use lbd::control::{Request, Response};
+use lbd::control::{ListenerSelection, Request, Response};
+use lbd::listeners::ListenerQueue;
 
 #[derive(Parser)]
 #[command(
@@ -61,6 +62,11 @@ enum Cmd {
         #[arg(short, long, default_value = config::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Quiesce or resume a VIP port's listener (before and after a server restart: docs/dataplane.md).
+    Listener {
+        #[command(subcommand)]
+        cmd: ListenerCmd,
+    },
     /// Detach the XDP program and remove every pin (on purpose: forwarding stops).
     Cleanup {
         #[arg(short, long, default_value = config::DEFAULT_PATH)]
@@ -71,6 +77,61 @@ enum Cmd {
     /// Write man pages and completions into DIR (for `make packages`).
     #[command(name = clidoc::SUBCOMMAND, hide = true)]
     GenerateDocs { dir: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum ListenerCmd {
+    /// New connections to the VIP ports go to their fallback node; returns once the listeners' accept queues and handshakes are empty, so that the server can close its listening sockets without resetting anything (exit 1 on timeout).
+    Quiesce {
+        #[command(flatten)]
+        sel: Selection,
+        /// Give up after this long ("500ms", "10s"), leaving the ports quiesced.
+        #[arg(long, default_value = "10s", value_parser = duration)]
+        timeout: std::time::Duration,
+        #[arg(short, long, default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Take new connections locally again (also automatic when a new listening socket serves the port).
+    Resume {
+        #[command(flatten)]
+        sel: Selection,
+        #[arg(short, long, default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// The VIP ports' listeners: quiesced or not, sockets, accept queue, handshakes.
+    Show {
+        #[command(flatten)]
+        sel: Selection,
+        /// The same as stable JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(short, long, default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+}
+
+/// Which TCP VIP ports (default: every one of this node).
+#[derive(clap::Args)]
+struct Selection {
+    /// Only this VIP address.
+    #[arg(long)]
+    vip: Option<String>,
+    /// Only this port.
+    #[arg(long)]
+    port: Option<u16>,
+}
+
+impl From<Selection> for ListenerSelection {
+    fn from(s: Selection) -> Self {
+        ListenerSelection {
+            vip: s.vip,
+            port: s.port,
+        }
+    }
+}
+
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    config::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration like 500ms or 10s"))
 }
 
 fn main() -> ExitCode {
@@ -96,6 +157,7 @@ fn main() -> ExitCode {
             }
             _ => false,
         }),
+        Cmd::Listener { cmd } => listener(cmd),
         Cmd::Cleanup { config } => match Config::load(&config) {
             Ok(c) => match dataplane::loader::Dataplane::cleanup(&c.dataplane.pin_dir) {
                 Ok(()) => {
@@ -168,6 +230,102 @@ fn run(config: &std::path::Path) -> ExitCode {
     }
 }
 
+fn listener(cmd: ListenerCmd) -> ExitCode {
+    match cmd {
+        ListenerCmd::Quiesce {
+            sel,
+            timeout,
+            socket,
+        } => quiesce(&socket, sel.into(), timeout),
+        ListenerCmd::Resume { sel, socket } => {
+            client(&socket, Request::Resume(sel.into()), |r| match r {
+                Response::Listeners(q) => {
+                    print_queues(&q);
+                    true
+                }
+                _ => false,
+            })
+        }
+        ListenerCmd::Show { sel, json, socket } => {
+            client(&socket, Request::Listeners(sel.into()), |r| match r {
+                Response::Listeners(q) if json => print_json(&q),
+                Response::Listeners(q) => {
+                    print_queues(&q);
+                    true
+                }
+                _ => false,
+            })
+        }
+    }
+}
+
+fn print_queues(queues: &[ListenerQueue]) {
+    for q in queues {
+        println!(
+            "{}: {}, {} listening socket(s), accept queue {}, handshakes {}",
+            std::net::SocketAddr::new(q.vip, q.port),
+            if q.quiesced {
+                "quiesced"
+            } else {
+                "taking new connections"
+            },
+            q.listeners,
+            q.accept_queue,
+            q.handshakes
+        );
+    }
+}
+
+/// How often `lbd listener quiesce` asks for the queues while it waits.
+const QUIESCE_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Quiesces, then asks for the queues until they are empty or `timeout`.
+fn quiesce(
+    socket: &std::path::Path,
+    sel: ListenerSelection,
+    timeout: std::time::Duration,
+) -> ExitCode {
+    let Some(rt) = client_runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let start = std::time::Instant::now();
+    let mut req = Request::Quiesce(sel.clone());
+    loop {
+        let queues = match rt.block_on(lbd::control::call(socket, &req)) {
+            Ok(Response::Listeners(q)) => q,
+            Ok(Response::Error(m)) => {
+                eprintln!("lbd: {m}");
+                return ExitCode::FAILURE;
+            }
+            Ok(r) => {
+                eprintln!("lbd: unexpected answer from the daemon ({})", r.kind());
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("lbd: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if queues.iter().all(ListenerQueue::is_empty) {
+            print_queues(&queues);
+            println!(
+                "quiesced after {} ms: the listening sockets can close",
+                start.elapsed().as_millis()
+            );
+            return ExitCode::SUCCESS;
+        }
+        if start.elapsed() >= timeout {
+            print_queues(&queues);
+            eprintln!(
+                "lbd: timeout after {timeout:?}: connections still wait in an accept queue or a handshake (above); the ports stay quiesced (`lbd listener resume` undoes it)"
+            );
+            return ExitCode::FAILURE;
+        }
+        std::thread::sleep(QUIESCE_POLL);
+        req = Request::Listeners(sel.clone());
+    }
+}
+
 fn print_json(data: &impl serde::Serialize) -> bool {
     match serde_json::to_string_pretty(data) {
         Ok(text) => {
@@ -191,18 +349,20 @@ fn print_message(r: Response) -> bool {
     }
 }
 
+/// The CLI's runtime (an error is printed).
+fn client_runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .inspect_err(|e| eprintln!("lbd: {e}"))
+        .ok()
+}
+
 /// Sends `req`; `show` prints the answer it expects and returns false for
 /// any other (an error answer is printed here).
 fn client(socket: &std::path::Path, req: Request, show: impl FnOnce(Response) -> bool) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("lbd: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = client_runtime() else {
+        return ExitCode::FAILURE;
     };
     match rt.block_on(lbd::control::call(socket, &req)) {
         Ok(Response::Error(message)) => {

@@ -78,6 +78,10 @@ pub struct VipStatus {
     /// found no listener within the drain period).
     #[serde(default)]
     pub steering_to_fallback: bool,
+    /// TCP ports quiesced by `lbd listener quiesce` (new connections go to
+    /// the fallback while the listener drains its accept queue).
+    #[serde(default)]
+    pub listener_quiesced: Vec<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -196,11 +200,19 @@ fn vip_status(
     }
     let t = &v.table;
     let (share, second_hops) = t.share();
-    let steering_to_fallback = v.config.entries().iter().any(|e| {
-        src.dp
-            .listener_state(e)
-            .is_ok_and(|s| s.is_some_and(|s| s.steering != 0))
-    });
+    let states: Vec<_> = v
+        .config
+        .entries()
+        .into_iter()
+        .filter_map(|e| Some((e.port, src.dp.listener_state(&e).ok().flatten()?)))
+        .collect();
+    let steering_to_fallback = states.iter().any(|(_, s)| s.steering != 0);
+    let mut listener_quiesced: Vec<u16> = states
+        .iter()
+        .filter(|(_, s)| s.quiesced != 0)
+        .map(|&(p, _)| p)
+        .collect();
+    listener_quiesced.dedup();
     VipStatus {
         address: addr.to_string(),
         ports: v.config.ports.clone(),
@@ -237,6 +249,7 @@ fn vip_status(
             Vec::new()
         },
         steering_to_fallback,
+        listener_quiesced,
     }
 }
 
@@ -393,6 +406,13 @@ pub fn render(s: &Status, now_unix: u64) -> String {
             c("decap").to_string(),
             drops.to_string(),
         ]);
+        if !v.listener_quiesced.is_empty() {
+            let ports: Vec<String> = v.listener_quiesced.iter().map(u16::to_string).collect();
+            t.note(format!(
+                "listener quiesced on port(s) [{}] (lbd listener resume)",
+                ports.join(",")
+            ));
+        }
         if !v.listener_missing.is_empty() || v.steering_to_fallback {
             let ports: Vec<String> = v.listener_missing.iter().map(u16::to_string).collect();
             t.note(format!(
@@ -545,6 +565,7 @@ pub(crate) fn example() -> Status {
             settles_in_s: Some(59),
             listener_missing: vec![443],
             steering_to_fallback: true,
+            listener_quiesced: vec![443],
         }],
         bgp: vec![PeerLine {
             peer: "192.0.2.1".into(),

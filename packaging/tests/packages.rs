@@ -267,6 +267,27 @@ fn lbd_deb_installs_checks_its_config_keeps_an_edited_conffile_and_purges_cleanl
             unit.contains("ExecStart=/usr/bin/lbd run --config /etc/lbd/lbd.toml"),
             "{unit}"
         );
+        // The drop-in for nginx.service: quiesce before nginx stops, with
+        // the packaged binary's path; nginx's unit still verifies with it.
+        let dropin = "/usr/lib/systemd/system/nginx.service.d/lbd-listener.conf";
+        assert!(files.iter().any(|f| f == dropin), "{dropin} not in the package");
+        let text = std::fs::read_to_string(dropin).expect("drop-in");
+        for line in [
+            "ExecStop=\n",
+            "ExecStop=-/usr/bin/lbd listener quiesce --timeout 4s\n",
+            "KillSignal=SIGQUIT\n",
+            "ExecStartPost=-/usr/bin/lbd listener resume\n",
+        ] {
+            assert!(text.contains(line), "{dropin} lacks {line:?}:\n{text}");
+        }
+        let nginx_unit = "/usr/lib/systemd/system/nginx.service";
+        if Path::new(nginx_unit).exists() {
+            let (success, out, err) = run("systemd-analyze", &["verify", nginx_unit]);
+            assert!(
+                success && err.trim().is_empty(),
+                "systemd-analyze verify {nginx_unit} with {dropin}:\n{out}{err}"
+            );
+        }
         assert_man_and_completion("/usr/bin/lbd");
         // lbd.toml(5) is the config reference: every key of the example.
         let config_page = ok("man", &["--nh", "--nj", "-P", "cat", "5", "lbd.toml"]);
@@ -411,6 +432,7 @@ fn rpms_list_their_files_config_dependencies_and_scriptlets() {
         "/usr/bin/lbd",
         "/etc/lbd/lbd.toml",
         "/usr/lib/systemd/system/lbd.service",
+        "/usr/lib/systemd/system/nginx.service.d/lbd-listener.conf",
         "/usr/share/man/man1/lbd.1.gz",
         "/usr/share/man/man1/lbd-run.1.gz",
         "/usr/share/man/man1/lbd-status.1.gz",

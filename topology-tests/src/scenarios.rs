@@ -544,13 +544,28 @@ fn new_transfers(f: &Finished, since: Instant) -> Vec<&Transfer> {
     f.transfers.iter().filter(|t| t.started >= since).collect()
 }
 
-/// Restarts nginx on node `id` the way its service manager does: a
-/// graceful quit (listeners close at once, requests in flight finish),
-/// then a new master once the old one has exited.
-fn restart_nginx(site: &Site, id: u16) -> Result<Restart> {
+/// Restarts nginx on node `id` the way systemd does with the lbd
+/// package's drop-in for nginx.service (configs/systemd/lbd-listener.conf):
+/// `lbd listener quiesce` first (ExecStop: new connections go to the
+/// fallback, the command returns once the accept queues are empty), a
+/// graceful quit (KillSignal=SIGQUIT: listeners close, requests in flight
+/// finish), a new master once the old one has exited, then `lbd listener
+/// resume` (ExecStartPost). With `auto_resume` the resume is left to lbd,
+/// which resumes by itself when it sees the new listening sockets.
+fn restart_nginx(site: &Site, id: u16, auto_resume: bool) -> Result<Restart> {
     let node = site.node(id);
     let pid = read_pid(&node.nginx.dir.join("nginx.pid"))
         .with_context(|| format!("node {id}: nginx's pid"))?;
+    let t0 = Instant::now();
+    site.lbd_cli(id, &["listener", "quiesce", "--timeout", "10s"])?;
+    let quiesce_took = t0.elapsed();
+    let quiesced_shown = site
+        .status(id)?
+        .vips
+        .iter()
+        .all(|v| v.listener_quiesced.contains(&80));
+    // Quiesced, still listening: new connections go elsewhere.
+    let (while_quiesced, refused_quiesced) = spread(site, PROBES / 2)?;
     signal_pid(pid, libc::SIGQUIT);
     let closed = Instant::now();
     // lbd status names the port as soon as the listener is gone (and
@@ -571,30 +586,53 @@ fn restart_nginx(site: &Site, id: u16) -> Result<Restart> {
         || !alive(pid),
     )?;
     node.nginx.start(&node.ns.clone())?;
+    let without_listener = closed.elapsed();
+    if !auto_resume {
+        site.lbd_cli(id, &["listener", "resume"])?;
+    }
+    wait_until(
+        &format!("node {id}: the listener resumed"),
+        Duration::from_secs(5),
+        || {
+            site.status(id)
+                .is_ok_and(|s| s.vips.iter().all(|v| v.listener_quiesced.is_empty()))
+        },
+    )?;
     Ok(Restart {
-        without_listener: closed.elapsed(),
+        quiesce_took,
+        quiesced_shown,
+        without_listener,
         status_saw_it: seen,
         healthy_then: healthy,
         per_node: probes.0,
-        refused: probes.1,
+        refused: probes.1 + refused_quiesced,
+        while_quiesced,
     })
 }
 
 /// What one nginx restart looked like from outside.
 struct Restart {
+    /// `lbd listener quiesce` until the accept queues were empty.
+    quiesce_took: Duration,
+    /// `lbd status` listed port 80 as quiesced.
+    quiesced_shown: bool,
     without_listener: Duration,
     /// Until `lbd status` listed the port as without listener.
     status_saw_it: Duration,
     /// The VIP still passed its health check at that moment.
     healthy_then: bool,
-    /// New connections made while there was no listener: per node, refused.
+    /// New connections made while there was no listener: per node, refused
+    /// (refused also counts those made while quiesced).
     per_node: Vec<usize>,
     refused: usize,
+    /// New connections made while quiesced (the old listener open), per node.
+    while_quiesced: Vec<usize>,
 }
 
-/// nginx restarts on every node in turn under a stream of new transfers:
-/// while a node has no listener its new connections go to their fallback
-/// (and stay there after nginx is back), so nothing fails.
+/// nginx restarts on every node in turn under a stream of new transfers,
+/// quiesced first as the systemd drop-in does: its new connections go to
+/// the fallback (and stay there after nginx is back) while the old
+/// listener drains its accept queue, so nothing fails.
 fn nginx_restart(
     topo: &Topology,
     scale: &Scale,
@@ -618,10 +656,14 @@ fn nginx_restart(
     let mut gaps = Vec::new();
     let mut steered = Vec::new();
     let mut status_late = Vec::new();
-    for id in all_ids(&site) {
+    let mut quiesce = Vec::new();
+    let ids = all_ids(&site);
+    for &id in &ids {
+        // The last node leaves the resume to lbd (a new listener).
+        let auto_resume = id == *ids.last().unwrap_or(&id);
         progress(&format!("restarting nginx on node {id}"));
         let before = syns_to_fallback(&site, id)?;
-        let r = restart_nginx(&site, id)?;
+        let r = restart_nginx(&site, id, auto_resume)?;
         refused_all += r.refused;
         gaps.push(format!(
             "node {id}: {} ms without listener, in status after {} ms",
@@ -631,6 +673,12 @@ fn nginx_restart(
         if !r.healthy_then {
             status_late.push(id);
         }
+        quiesce.push((
+            id,
+            r.quiesce_took.as_millis(),
+            r.quiesced_shown,
+            r.while_quiesced[usize::from(id)],
+        ));
         site.wait_paths(&all_ids(&site), Duration::from_secs(15))
             .with_context(|| format!("route over every node after node {id}'s restart"))?;
         steered.push((
@@ -644,11 +692,22 @@ fn nginx_restart(
     out.count(&w.wait()?);
     out.check_every_job_done("zero failed transfers");
     out.check(
-        "no probe refused while a node had no listener",
+        "quiesced: the node's new connections go elsewhere while its listener drains",
+        quiesce
+            .iter()
+            .all(|&(_, ms, shown, on_self)| ms < 10_000 && shown && on_self == 0),
+        format!(
+            "(node, ms until the accept queues were empty, shown in status, probes \
+             it served itself while quiesced): {quiesce:?}; node {} resumed by itself",
+            ids.last().copied().unwrap_or_default()
+        ),
+    );
+    out.check(
+        "no probe refused while a node was quiesced or had no listener",
         refused_all == 0 && steered.iter().all(|&(_, s, on_self)| s > 0 && on_self == 0),
         format!(
-            "{} probes per restart, {refused_all} refused; (node, SYNs it sent to the \
-             fallback, probes it served itself): {steered:?}",
+            "{} probes per phase and restart, {refused_all} refused; (node, SYNs it sent \
+             to the fallback, probes it served itself without listener): {steered:?}",
             PROBES / 2,
         ),
     );

@@ -74,15 +74,10 @@ fn backend_fail() {
     scenario("backend_fail", "tbfail", "");
 }
 
-/// Not in `make test` yet: new connections while nginx restarts are steered
-/// to the fallback (0 of 90 probes refused in the run that found this), but
-/// a connection the old nginx's listener had already accepted into its
-/// backlog when its socket closed is reset (2 of 148 transfers in one full
-/// `make test`, "connection was not ready"); the dataplane cannot see it
-/// coming. Run it with `cargo test --release -p topology-tests --test
-/// scenarios nginx_restart -- --ignored`; `make bench-topology` runs it.
+/// nginx restarted on every node in turn, quiesced first as the systemd
+/// drop-in does (`lbd listener quiesce`: the accept queue drains before the
+/// listener closes): zero failed transfers.
 #[test]
-#[ignore = "a connection already in the old nginx's accept queue is reset (issue 15, docs/dataplane.md)"]
 fn nginx_restart() {
     scenario("nginx_restart", "tnginx", "");
 }

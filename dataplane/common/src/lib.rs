@@ -135,7 +135,8 @@ impl Bucket {
 /// `lbd cleanup` once), instead of reading them with the wrong types.
 /// 2: member maps (decapsulation only from members), counter 13 drops.
 /// 3: `Bucket::fallback`, `LBD_LISTENER`, counter 15 (`syn_to_fallback`).
-pub const LAYOUT_VERSION: u32 = 3;
+/// 4: `ListenerState::quiesced` (24 bytes).
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Per-VIP listener state (`LBD_LISTENER`, indexed by the VIP's index):
 /// written by the XDP program when a SYN at the first hop finds no local
@@ -149,8 +150,15 @@ pub struct ListenerState {
     pub steering: u32,
     /// 1 when the last SYN looked up found no listener, 0 when it found one.
     pub missing: u32,
-    /// bpf_ktime_get_coarse_ns() of the last SYN that found no listener.
+    /// bpf_ktime_get_coarse_ns() of the last SYN that found no listener
+    /// (or was steered away while quiesced).
     pub last_missing_ns: u64,
+    /// Non-zero while the operator has quiesced this VIP port's listener
+    /// (`lbd listener quiesce`, before nginx stops): new connections go to
+    /// the fallback as if the listener were missing, without a lookup;
+    /// established ones stay. Set and cleared by lbd only.
+    pub quiesced: u32,
+    pub _pad: u32,
 }
 
 /// Value of the member maps (`LBD_MEMBERS4`, keyed by the 4 address bytes,

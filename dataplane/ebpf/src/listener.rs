@@ -14,6 +14,12 @@
 //!   to a connection sent there. lbd clears
 //!   the entry once the listener is back and the drain period has passed,
 //!   so the steady state reads one array entry and looks nothing up.
+//! - Quiesced by the operator (`lbd listener quiesce`, before nginx stops):
+//!   SYNs are steered as if the listener were missing, with no lookup,
+//!   while the old listener still holds its accept queue; packets of local
+//!   connections (established, or a request socket finishing its
+//!   handshake) find their socket and stay. lbd clears the flag on
+//!   `lbd listener resume` or when a new listening socket appears.
 //! - No fallback, or one without an underlay address: nothing changes (the
 //!   kernel refuses, as without this module).
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
@@ -43,13 +49,17 @@ pub fn divert(
     let state = unsafe { &mut *state };
     let target = match flow.kind {
         Kind::Syn => {
-            if listening() {
-                if state.missing != 0 {
-                    state.missing = 0;
+            // Quiesced (the listener is about to close): steered as if it
+            // were missing, without the lookup.
+            if state.quiesced == 0 {
+                if listening() {
+                    if state.missing != 0 {
+                        state.missing = 0;
+                    }
+                    return NO_HOP;
                 }
-                return NO_HOP;
+                state.missing = 1;
             }
-            state.missing = 1;
             state.steering = 1;
             state.last_missing_ns = unsafe { bpf_ktime_get_coarse_ns() };
             if !mine {

@@ -9,6 +9,7 @@ mod bgp;
 mod checks;
 mod raw;
 mod values;
+pub use values::parse_duration;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

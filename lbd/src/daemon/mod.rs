@@ -42,6 +42,7 @@ use crate::vips::{VipState, Vips};
 
 mod error;
 mod lock;
+mod quiesce;
 mod reload;
 
 pub use error::DaemonError;
@@ -79,6 +80,12 @@ pub struct Daemon {
     /// Members a reload removed, still in the dataplane's node list until
     /// no table names them.
     gone_members: Vec<u16>,
+    /// Quiesced VIP ports and the inodes of their listeners at that time
+    /// (quiesce.rs): a listener not among them resumes the port.
+    quiesced: BTreeMap<(IpAddr, u16), Vec<u32>>,
+    /// The dataplane's quiesce flags have been read once (a restarted
+    /// daemon adopts them).
+    quiesce_adopted: bool,
     /// The liveness secrets (re-read at every reload).
     keys: watch::Sender<Option<Arc<Keys>>>,
     liveness_counters: Arc<liveness::Counters>,
@@ -407,6 +414,8 @@ impl Daemon {
             generation,
             peers,
             gone_members: Vec::new(),
+            quiesced: BTreeMap::new(),
+            quiesce_adopted: false,
             keys,
             liveness_counters,
             _lock: instance,
@@ -486,6 +495,7 @@ impl Daemon {
             self.update_tables(&healthy);
         }
         self.forget_gone_members();
+        self.resume_on_new_listener();
         self.end_listener_steering();
         if !draining_bgp && !self.drained {
             self.announce_ready(&healthy);
@@ -766,6 +776,9 @@ impl Daemon {
                 };
                 Response::Table(TableView::of(addr, &v.table, Instant::now()))
             }
+            Request::Quiesce(sel) => self.quiesce(&sel),
+            Request::Resume(sel) => self.resume(&sel),
+            Request::Listeners(sel) => self.listener_queues(&sel),
         }
     }
 
