@@ -42,7 +42,14 @@ fn peers_added_and_removed_live_leave_the_other_session_alone() {
         frr.neighbor_state(&speaker_v4(1)) == "Established"
     });
     let v4_count = established_count(&frr, &speaker_v4(1));
-    assert_eq!(v4_count, 1);
+    // Seen once in ~17 runs (make test, 2026-12-07): 2 at this point, a
+    // startup flap not yet explained; the router's view says why.
+    assert_eq!(
+        v4_count,
+        1,
+        "{}",
+        frr.vtysh(&format!("show bgp neighbors {} json", speaker_v4(1)))
+    );
 
     // Add the IPv6 session: it comes up and carries the route too.
     let v6: IpAddr = router_v6(1).parse().unwrap();

@@ -270,7 +270,10 @@ fn lbd_deb_installs_checks_its_config_keeps_an_edited_conffile_and_purges_cleanl
         // The drop-in for nginx.service: quiesce before nginx stops, with
         // the packaged binary's path; nginx's unit still verifies with it.
         let dropin = "/usr/lib/systemd/system/nginx.service.d/lbd-listener.conf";
-        assert!(files.iter().any(|f| f == dropin), "{dropin} not in the package");
+        assert!(
+            files.iter().any(|f| f == dropin),
+            "{dropin} not in the package"
+        );
         let text = std::fs::read_to_string(dropin).expect("drop-in");
         for line in [
             "ExecStop=\n",
