@@ -11,6 +11,8 @@ mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dataplane::loader::Dataplane;
@@ -66,29 +68,47 @@ fn peer_b(extra: &str) -> String {
 }
 
 /// Downloads of `ms` on the VIP from the client; each thread returns the
-/// lines it got.
+/// lines it got. Returns once every download has its first line (or has
+/// ended), so the change that follows happens while they run.
 fn downloads(
     lab: &Lab,
     n: usize,
     ms: u64,
 ) -> Vec<std::thread::JoinHandle<anyhow::Result<Vec<String>>>> {
-    (0..n)
+    let started = Arc::new(AtomicUsize::new(0));
+    let streams: Vec<_> = (0..n)
         .map(|_| {
+            let started = started.clone();
             lab.client.spawn(move || {
-                let mut s = TcpStream::connect_timeout(
-                    &SocketAddr::new(IpAddr::V4(VIP), 80),
-                    Duration::from_secs(3),
-                )?;
-                s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                s.write_all(format!("GET /stream?ms={ms} HTTP/1.0\r\n\r\n").as_bytes())?;
                 let mut lines = Vec::new();
-                for l in BufReader::new(s).lines() {
-                    lines.push(l?.trim().to_string());
+                let r = (|| -> anyhow::Result<()> {
+                    let mut s = TcpStream::connect_timeout(
+                        &SocketAddr::new(IpAddr::V4(VIP), 80),
+                        Duration::from_secs(3),
+                    )?;
+                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    s.write_all(format!("GET /stream?ms={ms} HTTP/1.0\r\n\r\n").as_bytes())?;
+                    for l in BufReader::new(s).lines() {
+                        lines.push(l?.trim().to_string());
+                        if lines.len() == 1 {
+                            started.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(())
+                })();
+                // One that ended before its first line counts too: its
+                // error is for assert_complete to report.
+                if lines.is_empty() {
+                    started.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(lines)
+                r.map(|()| lines)
             })
         })
-        .collect()
+        .collect();
+    wait_for("every download under way", Duration::from_secs(10), || {
+        started.load(Ordering::Relaxed) == n
+    });
+    streams
 }
 
 fn assert_complete(what: &str, streams: Vec<std::thread::JoinHandle<anyhow::Result<Vec<String>>>>) {
@@ -139,7 +159,6 @@ fn reload_applies_members_vips_peers_and_dataplane_live() {
     // 1. Node 3 joins: it starts with members 1-3, then 1 and 2 reload.
     //    Downloads running across the change all complete on their node.
     let streams = downloads(&lab, 24, 3000);
-    std::thread::sleep(Duration::from_millis(300));
     for i in 0..3 {
         lab.write_config(i, &lab.node_config(i as u16 + 1, &[1, 2, 3]));
     }
@@ -211,6 +230,8 @@ fn reload_applies_members_vips_peers_and_dataplane_live() {
     let a_count = established(&lab, a);
     assert_eq!(lab.frr_neighbor(a)["bgpState"], "Established");
     let a_up = up_ms(&lab, a);
+    let a_seen = Instant::now();
+    assert!(a_up > 0, "FRR reports session A's uptime");
     let one = lab.config(0);
     lab.write_config(0, &one.replace("[api]\n", &peer_b("")));
     let t = Instant::now();
@@ -253,7 +274,15 @@ fn reload_applies_members_vips_peers_and_dataplane_live() {
         lab.vip_via() == via_all(&[1, 2, 3])
     });
     assert_eq!(established(&lab, a), a_count, "session A flapped");
-    assert!(up_ms(&lab, a) > a_up, "session A's uptime was reset");
+    // FRR counts uptime in whole seconds: a session that kept running has
+    // what it had plus the time since, less at most one second.
+    let kept = a_up + a_seen.elapsed().as_millis() as u64;
+    let now = up_ms(&lab, a);
+    assert!(
+        now + 1000 >= kept,
+        "session A's uptime was reset: {now} ms now, {a_up} ms {:?} ago",
+        a_seen.elapsed()
+    );
     assert_eq!(lab.frr_neighbor(a)["bgpState"], "Established");
 
     // 4. A VIP is added everywhere: announced when its checks pass.
