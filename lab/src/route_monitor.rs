@@ -9,6 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+/// Routes added and removed once by `start` to prove the monitor listens
+/// (documentation ranges, used by nothing else).
+const PROBE_V4: &str = "198.51.100.99/32";
+const PROBE_V6: &str = "2001:db8:ffff:ffff::99/128";
+
 pub struct RouteMonitor {
     rx: mpsc::Receiver<(Instant, String)>,
     child: Child,
@@ -16,7 +21,7 @@ pub struct RouteMonitor {
 
 impl RouteMonitor {
     /// `ip -n NS [FAMILY] monitor route`; `family`: "-4", "-6" or None
-    /// (both).
+    /// (both). Returns once the monitor is seen to listen.
     pub fn start(ns: &str, family: Option<&str>) -> Result<RouteMonitor> {
         let mut cmd = Command::new("ip");
         cmd.args(["-n", ns]);
@@ -35,7 +40,26 @@ impl RouteMonitor {
                 }
             }
         });
-        Ok(RouteMonitor { rx, child })
+        let monitor = RouteMonitor { rx, child };
+        monitor.prove_listening(ns, family)?;
+        Ok(monitor)
+    }
+
+    /// `ip monitor` subscribes before it prints: a route change right after
+    /// it starts could be missed. A probe route added and removed, both
+    /// seen, proves it listens.
+    fn prove_listening(&self, ns: &str, family: Option<&str>) -> Result<()> {
+        let probe = if family == Some("-6") {
+            PROBE_V6
+        } else {
+            PROBE_V4
+        };
+        for (op, deleted) in [("add", false), ("del", true)] {
+            crate::process::run("ip", &["-n", ns, "route", op, "blackhole", probe])?;
+            self.wait(probe, deleted, Duration::from_secs(5))
+                .context("ip monitor listening")?;
+        }
+        Ok(())
     }
 
     /// Forgets the lines seen so far.
