@@ -1,7 +1,9 @@
 //! `make bench-storage`: node to node over a veth pair between two network
 //! namespaces, each node a real nginx + the shipped Lua glue + the
 //! storage-front sidecar. In every round, interleaved, on the same file:
-//! plain PUT and GET with curl (the baseline), PUT with checksum (the PUT
+//! plain PUT and GET with curl (the baseline; the GET stores the file, as
+//! a client's download and a TPC pull do, and a GET to /dev/null is
+//! reported beside it), PUT with checksum (the PUT
 //! plus the `HEAD` with `Want-Digest: adler32` that `gfal-copy -K ADLER32`
 //! sends after an upload: it waits for the sidecar's checksum), TPC pull and
 //! TPC push. Median of the rounds; ratios to the baseline of the same run.
@@ -110,6 +112,7 @@ fn main() {
         "put_mbps",
         "put_checksum_mbps",
         "get_mbps",
+        "get_discard_mbps",
         "tpc_pull_mbps",
         "tpc_push_mbps",
     ];
@@ -130,18 +133,28 @@ fn main() {
             );
         }));
         let _ = std::fs::remove_file(node.file("putsum"));
+        let got = peer.dir.join("tmp/got");
+        let got = got.to_str().unwrap();
         samples[2].push(timed(&|| {
+            ok_code(
+                peer.curl(&["-o", got, "-w", "%{http_code}", &node.url("/src")]),
+                &["200"],
+            )
+        }));
+        assert_eq!(std::fs::metadata(got).unwrap().len(), len as u64);
+        let _ = std::fs::remove_file(got);
+        samples[3].push(timed(&|| {
             ok_code(
                 peer.curl(&["-o", "/dev/null", "-w", "%{http_code}", &node.url("/src")]),
                 &["200"],
             )
         }));
-        samples[3].push(timed(&|| {
+        samples[4].push(timed(&|| {
             copy_ok(node.copy("/pulled", &[&format!("Source: {}", peer.url("/src"))]))
         }));
         assert_eq!(xattr(&node.file("pulled")).as_deref(), Some(sum.as_str()));
         let _ = std::fs::remove_file(node.file("pulled"));
-        samples[4].push(timed(&|| {
+        samples[5].push(timed(&|| {
             copy_ok(node.copy("/src", &[&format!("Destination: {}", peer.url("/pushed"))]))
         }));
         let _ = std::fs::remove_file(peer.file("pushed"));
@@ -149,8 +162,8 @@ fn main() {
     let med: Vec<f64> = samples.iter().map(|s| median(s)).collect();
     let ratios = [
         ("put_checksum_over_put", med[1] / med[0]),
-        ("tpc_pull_over_get", med[3] / med[2]),
-        ("tpc_push_over_put", med[4] / med[0]),
+        ("tpc_pull_over_get", med[4] / med[2]),
+        ("tpc_push_over_put", med[5] / med[0]),
     ];
     println!(
         "\nstorage-front, {mb} MiB files, {rounds} rounds, node to node over veth (median Mb/s)"
@@ -167,6 +180,7 @@ fn main() {
         "file_mib": mb,
         "rounds": rounds,
         "setup": "two network namespaces joined by a veth pair (IPv6); nginx + storage-front in each; curl as the client",
+        "get_definition": "get_mbps: curl stores the file on the peer's storage (like a client's download and a TPC pull, the baseline of tpc_pull_over_get); get_discard_mbps: the same GET to /dev/null",
         "put_checksum_definition": "PUT plus the HEAD with Want-Digest: adler32 that gfal-copy -K sends; the HEAD waits for the sidecar's adler32 of the new file",
     });
     for (i, n) in names.iter().enumerate() {
