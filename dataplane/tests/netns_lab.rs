@@ -8,7 +8,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail, ensure};
@@ -348,18 +348,19 @@ fn inject(ns: &lab::Netns, packet: Vec<u8>, dst: Ipv4Addr) -> Result<()> {
     })
 }
 
-/// Polls `f` until it holds, for at most `limit`.
+/// Whether `f` comes to hold within `limit` (the lab's poll; an error of
+/// `f` ends the wait and is returned).
 fn eventually(limit: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<bool> {
-    let start = Instant::now();
-    loop {
-        if f()? {
-            return Ok(true);
+    let mut failed = None;
+    let held = lab::wait::poll("a packet's effect", limit, || match f() {
+        Ok(held) => held.then_some(()),
+        Err(e) => {
+            failed = Some(e);
+            Some(())
         }
-        if start.elapsed() > limit {
-            return Ok(false);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    })
+    .is_ok();
+    failed.map_or(Ok(held), Err)
 }
 
 /// No open tunnel relay. Node 1 is addressed with tunnel packets carrying

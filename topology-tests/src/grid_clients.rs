@@ -899,13 +899,19 @@ fn drain_during_a_pull(
             ])
         });
         // The node whose sidecar runs the copy, drained while it runs.
-        let found = wait_until_some(Duration::from_secs(10), || {
-            fronts
-                .sidecars
-                .iter()
-                .find(|s| active(s) >= 1.0)
-                .map(|s| s.node)
-        });
+        let found = lab::wait::poll_every(
+            "a sidecar running the copy",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || {
+                fronts
+                    .sidecars
+                    .iter()
+                    .find(|s| active(s) >= 1.0)
+                    .map(|s| s.node)
+            },
+        )
+        .ok();
         if let Some(k) = found {
             drained_at = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)?
@@ -1066,20 +1072,6 @@ pub fn demo_tpc(site: &Site, say: &mut dyn FnMut(&str)) -> Result<bool> {
     foreign.stop();
     drop((fronts, flowmarks, foreign));
     Ok(ok)
-}
-
-/// Polls `f` every 50 ms until it gives a value or `limit` passes.
-fn wait_until_some<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if t0.elapsed() > limit {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The foreign site's own adler32 of `path` (HEAD with Want-Digest).
