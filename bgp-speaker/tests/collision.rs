@@ -37,7 +37,13 @@ fn collide(lab: &Lab, listener: &TcpListener, peer_id: [u8; 4]) -> (Outcome, Out
     let caps = caps_param(&[cap(1, &[0, 1, 0, 1]), cap(65, &65000u32.to_be_bytes())]);
     let open = open_with_id(4, 65000, 9, peer_id, &caps);
     ours.write_all(&open).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    // The collision: the speaker holds ours while its own connection waits
+    // for our OPEN (had that OPEN come first, ours would meet Established).
+    wait_for(
+        "the speaker to accept our connection",
+        Duration::from_secs(5),
+        || accept_queue(&lab.speakers[0], 179) == Some(0),
+    );
     theirs.write_all(&open).unwrap();
     let mut outcome = [None, None];
     for (i, s) in [&mut theirs, &mut ours].into_iter().enumerate() {
@@ -79,6 +85,18 @@ fn collide(lab: &Lab, listener: &TcpListener, peer_id: [u8; 4]) -> (Outcome, Out
     let p = &sp.speaker.peers()[0];
     assert_eq!((p.state, p.established_count), (State::Established, 1));
     (outcome[0], outcome[1])
+}
+
+/// Connections waiting in the accept queue of the TCP listener on `port`
+/// in namespace `ns` (a listener's Recv-Q in `ss`); None if none listens.
+fn accept_queue(ns: &str, port: u16) -> Option<u64> {
+    let filter = format!("sport = :{port}");
+    let out = lab::process::run("ip", &["netns", "exec", ns, "ss", "-Hltn", &filter]).ok()?;
+    let queues: Vec<u64> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .collect();
+    (!queues.is_empty()).then(|| queues.iter().sum())
 }
 
 #[test]

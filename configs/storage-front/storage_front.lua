@@ -93,6 +93,9 @@ local function ask(uri)
     return nil
 end
 
+-- flowmark.lua has the same helper: the two files ship in different
+-- packages and each must load without the other, so neither requires a
+-- module of the other's.
 local function first(v)
     if type(v) == "table" then
         return v[1]

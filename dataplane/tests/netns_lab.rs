@@ -4,7 +4,11 @@
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     os::fd::AsRawFd,
-    time::{Duration, Instant},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail, ensure};
@@ -14,6 +18,10 @@ use etherparse::{IpNumber, Ipv4Header};
 use lab::{self, Lab, LabOptions, VIP4, VIP6};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// Lines (one per 100 ms) each stream must receive after a membership
+/// change before the next: its ACKs crossed the new tables (a misrouted
+/// ACK would have reset it within that time).
+const LINES_PER_STEP: usize = 3;
 
 /// Hundreds of concurrent connections all succeed, and each is served by
 /// the node the Rust predictor names (whichever node the router chose).
@@ -94,23 +102,38 @@ fn established_connections_survive_join_and_drain() -> Result<()> {
         let local = s.local_addr()?;
         let mut r = lab::get(s, &format!("/stream?ms={stream_ms}"))?;
         let first = lab::next_line(&mut r)?.context("no first line")?;
+        let received = Arc::new(AtomicUsize::new(1));
+        let count = received.clone();
         streams.push((
             local,
             first.clone(),
+            received,
             std::thread::spawn(move || -> Result<usize> {
-                let mut lines = 1;
                 loop {
+                    let lines = count.load(Ordering::Relaxed);
                     match lab::next_line(&mut r)? {
                         Some(l) if l == "done" => return Ok(lines),
-                        Some(l) if l == first => lines += 1,
+                        Some(l) if l == first => count.fetch_add(1, Ordering::Relaxed),
                         Some(l) => bail!("server changed from {first} to {l}"),
                         None => bail!("stream from {first} cut after {lines} lines"),
-                    }
+                    };
                 }
             }),
         ));
     }
-    std::thread::sleep(Duration::from_millis(1000));
+    // Every stream carries data before the join...
+    let streams_flow = |what: &str| {
+        let base: Vec<usize> = streams
+            .iter()
+            .map(|(_, _, n, _)| n.load(Ordering::Relaxed))
+            .collect();
+        lab::wait_for(what, TIMEOUT, || {
+            streams.iter().zip(&base).all(|((_, _, n, t), b)| {
+                t.is_finished() || n.load(Ordering::Relaxed) >= b + LINES_PER_STEP
+            })
+        });
+    };
+    streams_flow("every stream to carry data before the join");
     let mut history = vec![lab.live.clone()];
     lab.set_members(&[1, 2, 3, 4], &[])?;
     history.push(lab.live.clone());
@@ -124,7 +147,8 @@ fn established_connections_survive_join_and_drain() -> Result<()> {
         }
     }
     ensure!(new_on_4 > 0, "node 4 got no new connection after joining");
-    std::thread::sleep(Duration::from_millis(1500));
+    // ... and through the join's tables (second hops) before the drain.
+    streams_flow("every stream to carry data through the join's tables");
     lab.set_members(&[1, 2, 4], &[3])?;
     history.push(lab.live.clone());
     let chain = |local: std::net::SocketAddr| -> String {
@@ -151,7 +175,7 @@ fn established_connections_survive_join_and_drain() -> Result<()> {
             .join(" -> ")
     };
     let mut broken = Vec::new();
-    for (local, first, t) in streams {
+    for (local, first, _, t) in streams {
         match t.join().map_err(|_| anyhow::anyhow!("reader panicked"))? {
             // "done" arrived: the stream was never cut. The line count only
             // guards against an empty stream (timing varies under load).
@@ -324,18 +348,19 @@ fn inject(ns: &lab::Netns, packet: Vec<u8>, dst: Ipv4Addr) -> Result<()> {
     })
 }
 
-/// Polls `f` until it holds, for at most `limit`.
+/// Whether `f` comes to hold within `limit` (the lab's poll; an error of
+/// `f` ends the wait and is returned).
 fn eventually(limit: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<bool> {
-    let start = Instant::now();
-    loop {
-        if f()? {
-            return Ok(true);
+    let mut failed = None;
+    let held = lab::wait::poll("a packet's effect", limit, || match f() {
+        Ok(held) => held.then_some(()),
+        Err(e) => {
+            failed = Some(e);
+            Some(())
         }
-        if start.elapsed() > limit {
-            return Ok(false);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    })
+    .is_ok();
+    failed.map_or(Ok(held), Err)
 }
 
 /// No open tunnel relay. Node 1 is addressed with tunnel packets carrying

@@ -2,17 +2,9 @@
 //! kernel's tcp_info (a lookup of the exact socket), and the dump of
 //! established sockets that discovery matches against rules.
 
-use std::net::IpAddr;
-
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla as _,
-};
-use netlink_packet_sock_diag::{
-    SockDiagMessage,
-    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, nlas::Nla},
-};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
+use netlink_packet_core::Nla as _;
+use netlink_packet_sock_diag::inet::nlas::Nla;
+use sockdiag::{DiagError, ExtensionFlags, InetResponse, Query, StateFlags};
 
 use crate::{
     firefly::Usage,
@@ -37,39 +29,37 @@ pub fn usage(flow: &FlowId) -> Option<Usage> {
 }
 
 fn lookup(flow: &FlowId) -> anyhow::Result<Option<Usage>> {
-    let socket_id = SocketId {
-        source_port: flow.src.port(),
-        destination_port: flow.dst.port(),
-        source_address: flow.src.ip(),
-        destination_address: flow.dst.ip(),
-        interface_id: 0,
-        // INET_DIAG_NOCOOKIE: match on the 4-tuple alone.
-        cookie: [0xff; 8],
-    };
     let mut found = None;
-    query(
-        family(flow.src.ip()),
-        socket_id,
-        StateFlags::all(),
-        false,
-        |r| {
-            let id = &r.header.socket_id;
-            // The kernel's lookup falls back to the listening socket once the
-            // connection is gone: only the exact 4-tuple counts.
-            if id.destination_port == flow.dst.port()
-                && id.destination_address.to_canonical() == flow.dst.ip()
-            {
-                found = response_usage(r);
-            }
-        },
-    )?;
+    let query = Query {
+        family: sockdiag::family(flow.src.ip()),
+        states: StateFlags::all(),
+        extensions: ExtensionFlags::INFO,
+        socket: sockdiag::tcp_socket(
+            flow.src.ip(),
+            flow.src.port(),
+            flow.dst.ip(),
+            flow.dst.port(),
+        ),
+        dump: false,
+    };
+    answered(query.run(|r| {
+        let id = &r.header.socket_id;
+        // The kernel's lookup falls back to the listening socket once the
+        // connection is gone: only the exact 4-tuple counts.
+        if id.destination_port == flow.dst.port()
+            && id.destination_address.to_canonical() == flow.dst.ip()
+        {
+            found = response_usage(r);
+        }
+    }))?;
     Ok(found)
 }
 
-fn family(ip: IpAddr) -> u8 {
-    match ip {
-        IpAddr::V4(_) => AF_INET,
-        IpAddr::V6(_) => AF_INET6,
+/// ENOENT (no such socket) answers as an empty result.
+fn answered(r: Result<(), DiagError>) -> Result<(), DiagError> {
+    match r {
+        Err(DiagError::Refused(_)) => Ok(()),
+        r => r,
     }
 }
 
@@ -101,85 +91,14 @@ pub fn response_cgroup(r: &InetResponse) -> Option<u64> {
 }
 
 /// Established TCP sockets of one family, with tcp_info.
-pub fn dump_established(v6: bool, mut each: impl FnMut(&InetResponse)) -> anyhow::Result<()> {
-    let any = if v6 {
-        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+pub fn dump_established(v6: bool, each: impl FnMut(&InetResponse)) -> anyhow::Result<()> {
+    let family = if v6 {
+        sockdiag::AF_INET6
     } else {
-        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+        sockdiag::AF_INET
     };
-    let socket_id = SocketId {
-        source_port: 0,
-        destination_port: 0,
-        source_address: any,
-        destination_address: any,
-        interface_id: 0,
-        cookie: [0xff; 8],
-    };
-    query(
-        family(any),
-        socket_id,
-        StateFlags::ESTABLISHED,
-        true,
-        &mut each,
-    )
-}
-
-/// One sock_diag request; calls `each` for every socket in the answer.
-fn query(
-    family: u8,
-    socket_id: SocketId,
-    states: StateFlags,
-    dump: bool,
-    mut each: impl FnMut(&InetResponse),
-) -> anyhow::Result<()> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    socket.set_non_blocking(false)?;
-    let mut hdr = NetlinkHeader::default();
-    hdr.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
-    let mut packet = NetlinkMessage::new(
-        hdr,
-        SockDiagMessage::InetRequest(InetRequest {
-            family,
-            protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::INFO,
-            states,
-            socket_id,
-        })
-        .into(),
-    );
-    packet.finalize();
-    let mut buf = vec![0; packet.buffer_len()];
-    packet.serialize(&mut buf);
-    socket.send(&buf, 0)?;
-    let mut rx = vec![0u8; 65536];
-    loop {
-        let n = socket.recv(&mut &mut rx[..], 0)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let mut offset = 0;
-        while offset < n {
-            let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&rx[offset..n])?;
-            let len = msg.header.length as usize;
-            match msg.payload {
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                    each(&r);
-                    if !dump {
-                        return Ok(());
-                    }
-                }
-                // ENOENT (no such socket) or the end of a dump.
-                NetlinkPayload::Error(_) | NetlinkPayload::Done(_) => return Ok(()),
-                _ => {}
-            }
-            if len == 0 {
-                return Ok(());
-            }
-            offset += len;
-        }
-    }
+    answered(Query::dump(family, StateFlags::ESTABLISHED, ExtensionFlags::INFO).run(each))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -45,21 +45,33 @@ impl RouteMonitor {
         Ok(monitor)
     }
 
-    /// `ip monitor` subscribes before it prints: a route change right after
-    /// it starts could be missed. A probe route added and removed, both
-    /// seen, proves it listens.
+    /// `ip monitor` subscribes some time after it starts (longer on a
+    /// loaded machine): a route change before that is missed. A probe
+    /// route added and removed until the monitor reports both proves it
+    /// listens.
     fn prove_listening(&self, ns: &str, family: Option<&str>) -> Result<()> {
         let probe = if family == Some("-6") {
             PROBE_V6
         } else {
             PROBE_V4
         };
-        for (op, deleted) in [("add", false), ("del", true)] {
-            crate::process::run("ip", &["-n", ns, "route", op, "blackhole", probe])?;
-            self.wait(probe, deleted, Duration::from_secs(5))
-                .context("ip monitor listening")?;
+        let probe_route =
+            |op| crate::process::run("ip", &["-n", ns, "route", op, "blackhole", probe]);
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            probe_route("add")?;
+            let seen = self.wait(probe, false, Duration::from_millis(200)).is_ok();
+            probe_route("del")?;
+            if seen {
+                return self
+                    .wait(probe, true, Duration::from_secs(5))
+                    .map(|_| ())
+                    .context("ip monitor listening");
+            }
+            if Instant::now() > end {
+                bail!("ip monitor in {ns} never reported a probe route within 10 s");
+            }
         }
-        Ok(())
     }
 
     /// Forgets the lines seen so far.

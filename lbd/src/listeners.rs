@@ -10,21 +10,10 @@
 //! The listener quiesce (`lbd listener quiesce`) needs more than /proc's
 //! text: each listening socket's inode (a new nginx has new sockets) and
 //! accept queue, and the handshakes in progress. Those come from sock_diag
-//! netlink ([`sockets`]), binary and filtered by state in the kernel. The
-//! request/receive loop has the shape of flowmark's (`tcpinfo.rs`): the
-//! netlink crates leave it to the caller, and lbd and flowmark share no
-//! crate to put it in (duplicates tool: noted, not merged).
+//! netlink ([`sockets`], through the `sockdiag` crate flowmark uses too),
+//! binary and filtered by state in the kernel.
 use std::net::IpAddr;
 
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
-use netlink_packet_sock_diag::{
-    SockDiagMessage,
-    constants::{AF_INET, AF_INET6, IPPROTO_TCP, TCP_LISTEN, TCP_SYN_RECV},
-    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
-};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 use serde::{Deserialize, Serialize};
 
 /// TCP_LISTEN as /proc/net/tcp prints it (`st` column, hex).
@@ -189,16 +178,8 @@ impl ListenerQueue {
     }
 }
 
-/// sock_diag could not be asked or answered nonsense.
-#[derive(Debug, thiserror::Error)]
-pub enum DiagError {
-    #[error("sock_diag netlink socket: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("sock_diag answer: {0}")]
-    Decode(String),
-    #[error("sock_diag refused the request: {0}")]
-    Refused(String),
-}
+pub use sockdiag::DiagError;
+use sockdiag::{AF_INET, AF_INET6, ExtensionFlags, Query, StateFlags, TCP_LISTEN, TCP_SYN_RECV};
 
 /// The listening sockets (and, with `handshakes`, the request sockets) of
 /// both families in this network namespace.
@@ -231,69 +212,14 @@ fn dump(
     states: StateFlags,
     mut each: impl FnMut(u8, Listener, u32, u32),
 ) -> Result<(), DiagError> {
-    let any = if family == AF_INET {
-        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
-    } else {
-        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-    };
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    let mut hdr = NetlinkHeader::default();
-    hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    let mut packet = NetlinkMessage::new(
-        hdr,
-        SockDiagMessage::InetRequest(InetRequest {
-            family,
-            protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::empty(),
-            states,
-            socket_id: SocketId {
-                source_port: 0,
-                destination_port: 0,
-                source_address: any,
-                destination_address: any,
-                interface_id: 0,
-                // INET_DIAG_NOCOOKIE
-                cookie: [0xff; 8],
-            },
-        })
-        .into(),
-    );
-    packet.finalize();
-    let mut buf = vec![0; packet.buffer_len()];
-    packet.serialize(&mut buf);
-    socket.send(&buf, 0)?;
-    let mut rx = vec![0u8; 65536];
-    loop {
-        let n = socket.recv(&mut &mut rx[..], 0)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let mut offset = 0;
-        while offset < n {
-            let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&rx[offset..n])
-                .map_err(|e| DiagError::Decode(e.to_string()))?;
-            let len = msg.header.length as usize;
-            match msg.payload {
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                    let h = &r.header;
-                    let at = Listener {
-                        addr: h.socket_id.source_address,
-                        port: h.socket_id.source_port,
-                    };
-                    each(h.state, at, h.inode, h.recv_queue);
-                }
-                NetlinkPayload::Done(_) => return Ok(()),
-                NetlinkPayload::Error(e) => return Err(DiagError::Refused(format!("{e:?}"))),
-                _ => {}
-            }
-            if len == 0 {
-                return Ok(());
-            }
-            offset += len;
-        }
-    }
+    Query::dump(family, states, ExtensionFlags::empty()).run(|r| {
+        let h = &r.header;
+        let at = Listener {
+            addr: h.socket_id.source_address,
+            port: h.socket_id.source_port,
+        };
+        each(h.state, at, h.inode, h.recv_queue);
+    })
 }
 
 #[cfg(test)]

@@ -375,8 +375,16 @@ fn liveness_and_daemon_hold_against_strangers_forgeries_and_operator_mistakes() 
         "node 1 verifies node 2's old tags"
     );
     // Node 2's last reload (step 5) may be of this second, and the reload
-    // outcome `c.reload` waits for is stamped to the second.
-    thread::sleep(Duration::from_millis(1100));
+    // outcome `c.reload` waits for is stamped to the second: wait for the
+    // clock to leave that second.
+    let last = c.status(1)["node"]["last_reload"].clone();
+    if let Some(stamp) = last.as_str().and_then(reload_stamp) {
+        wait_for(
+            "a second after node 2's last reload",
+            Duration::from_secs(3),
+            || health::unix_now() > stamp,
+        );
+    }
     c.reload(1);
     wait_for(
         "both nodes converged with the new secret",
@@ -415,4 +423,14 @@ fn liveness_and_daemon_hold_against_strangers_forgeries_and_operator_mistakes() 
             && m.contains(&format!("lbd_vip_announced{{vip=\"{VIP}\"}} 1"))
     });
     c.assert_running();
+}
+
+/// The Unix second a reload outcome is stamped with ("at 1765150000: applied
+/// ...", "no change at ...", "refused at ...: ...").
+fn reload_stamp(outcome: &str) -> Option<u64> {
+    let (_, rest) = outcome.split_once("at ")?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }

@@ -192,6 +192,16 @@ impl ForeignSite {
         Ok(me)
     }
 
+    /// Hands its data directory to the xrootd user (which serves and
+    /// receives as itself), after files were written there as root.
+    pub fn give_to_xrootd(&self) -> Result<()> {
+        crate::process::run_checked(
+            "chown",
+            &["-R", "xrootd:xrootd", &self.data.display().to_string()],
+        )?;
+        Ok(())
+    }
+
     /// An http URL of `path` (starting with /data/) at the foreign site,
     /// by its IPv6 address (so the copy's packets carry a flow label).
     pub fn url6(&self, path: &str) -> String {

@@ -236,6 +236,45 @@ fn gfal_upload(
     Ok(())
 }
 
+/// The SciTag header every TPC gfal-copy sends, as a gfal2 option.
+fn scitag_option() -> String {
+    format!("HTTP PLUGIN:HEADERS=SciTag: {SCITAG}")
+}
+
+/// With a bearer token gfal2 asks for no delegation (`Credential: none`),
+/// which xrootd (and StoRM) require; without one it asks for gridsite
+/// delegation and xrootd answers 400. Neither lab site checks the token.
+const BEARER_TOKEN: &str = "BEARER:TOKEN=lbd-lab";
+
+/// `gfal-copy -f EXTRA --copy-mode MODE` with the SciTag and the token:
+/// a third-party copy from `src` to `dst`.
+fn gfal_tpc(c: &Clients, mode: &str, extra: &[&str], src: &str, dst: &str) -> Result<Run> {
+    let scitag = scitag_option();
+    let mut argv = vec!["gfal-copy", "-f"];
+    argv.extend_from_slice(extra);
+    argv.extend_from_slice(&[
+        "--copy-mode",
+        mode,
+        "-D",
+        &scitag,
+        "-D",
+        BEARER_TOKEN,
+        src,
+        dst,
+    ]);
+    c.run(&argv)
+}
+
+/// A file of `size` random bytes at `path` on the foreign site, owned by
+/// xrootd (which serves and receives as its own user).
+fn foreign_source(foreign: &ForeignSite, path: &str, size: usize, seed: u64) -> Result<Vec<u8>> {
+    let there = foreign.file(path);
+    fs::create_dir_all(there.parent().context("a parent")?)?;
+    let data = random_file(&there, size, seed)?;
+    foreign.give_to_xrootd()?;
+    Ok(data)
+}
+
 /// The adler32 the sidecar stored in the file's StoRM xattr, if any.
 fn stored_adler32(path: &Path) -> Option<String> {
     xattr::get(path, storage_front::checksum::XATTR)
@@ -443,11 +482,6 @@ fn third_party_copies(
     out: &mut Outcome,
     progress: &mut dyn FnMut(&str),
 ) -> Result<()> {
-    let scitag = format!("HTTP PLUGIN:HEADERS=SciTag: {SCITAG}");
-    // With a bearer token gfal2 asks for no delegation (`Credential: none`),
-    // which xrootd (and StoRM) require; without one it asks for gridsite
-    // delegation and xrootd answers 400. Neither lab site checks the token.
-    let token = "BEARER:TOKEN=lbd-lab";
     // Source on our side: uploaded through the VIP first.
     let src = c.dir.join("tpc-src.bin");
     let data = random_file(&src, 16 * MB + 5, 3)?;
@@ -470,20 +504,8 @@ fn third_party_copies(
         site.dir.join("tpc-pull.pcap"),
     )?;
     let theirs = "/data/grid/from-lbd.bin";
-    let r = c.run(&[
-        "gfal-copy",
-        "-f",
-        "--copy-mode",
-        "pull",
-        // The destination (xrootd) makes no parent directories by itself.
-        "-p",
-        "-D",
-        &scitag,
-        "-D",
-        token,
-        &c.davs(ours),
-        &foreign.url6(theirs),
-    ])?;
+    // The destination (xrootd) makes no parent directories by itself: -p.
+    let r = gfal_tpc(c, "pull", &["-p"], &c.davs(ours), &foreign.url6(theirs))?;
     let packets = cap.finish()?;
     let (same, detail) = same_bytes(&foreign.file(theirs), &data);
     let digest = foreign_digest(c, foreign, theirs)?;
@@ -527,26 +549,9 @@ fn third_party_copies(
 
     progress("TPC: the foreign site pushes to our VIP (gfal-copy --copy-mode push)");
     let theirs = "/data/grid-src/to-lbd.bin";
-    let there = foreign.file(theirs);
-    fs::create_dir_all(there.parent().context("a parent")?)?;
-    let data = random_file(&there, 12 * MB + 9, 4)?;
-    crate::process::run_checked(
-        "chown",
-        &["-R", "xrootd:xrootd", &foreign.data.display().to_string()],
-    )?;
+    let data = foreign_source(foreign, theirs, 12 * MB + 9, 4)?;
     let ours = "/data/grid/pushed.bin";
-    let r = c.run(&[
-        "gfal-copy",
-        "-f",
-        "--copy-mode",
-        "push",
-        "-D",
-        &scitag,
-        "-D",
-        token,
-        &foreign.url6(theirs),
-        &c.davs(ours),
-    ])?;
+    let r = gfal_tpc(c, "push", &[], &foreign.url6(theirs), &c.davs(ours))?;
     let (same, detail) = same_bytes(&site.storage.join("data/grid/pushed.bin"), &data);
     out.check(
         "TPC push by the foreign site to our VIP: byte-exact",
@@ -621,8 +626,6 @@ fn our_copies(
     out: &mut Outcome,
     progress: &mut dyn FnMut(&str),
 ) -> Result<()> {
-    let scitag = format!("HTTP PLUGIN:HEADERS=SciTag: {SCITAG}");
-    let token = "BEARER:TOKEN=lbd-lab";
     let done = |dir: &str| {
         fronts.counter(
             storage_front::metrics::TRANSFERS,
@@ -631,33 +634,20 @@ fn our_copies(
     };
     // The foreign source: written there, owned by xrootd.
     let src = "/data/grid-src/for-lbd.bin";
-    let there = foreign.file(src);
-    fs::create_dir_all(there.parent().context("a parent")?)?;
-    let data = random_file(&there, 10 * MB + 3, 6)?;
-    crate::process::run_checked(
-        "chown",
-        &["-R", "xrootd:xrootd", &foreign.data.display().to_string()],
-    )?;
+    let data = foreign_source(foreign, src, 10 * MB + 3, 6)?;
     let want = adler32_hex(&data);
 
     progress("TPC: our VIP pulls from the foreign site (gfal-copy --copy-mode pull)");
     let before = done("pull")?;
     let mark = foreign.log().len();
     let ours = "/data/grid/pulled-by-lbd.bin";
-    let r = c.run(&[
-        "gfal-copy",
-        "-f",
-        "-K",
-        "ADLER32",
-        "--copy-mode",
+    let r = gfal_tpc(
+        c,
         "pull",
-        "-D",
-        &scitag,
-        "-D",
-        token,
+        &["-K", "ADLER32"],
         &foreign.url6(src),
         &c.davs(ours),
-    ])?;
+    )?;
     let after = done("pull")?;
     let (same, detail) = same_bytes(&site.storage.join("data/grid/pulled-by-lbd.bin"), &data);
     out.check(
@@ -719,20 +709,13 @@ fn our_copies(
         &format!("ip6 and tcp and dst port {}", foreign_site::HTTP_PORT),
         site.dir.join("tpc-push-ours.pcap"),
     )?;
-    let r = c.run(&[
-        "gfal-copy",
-        "-f",
-        "-K",
-        "ADLER32",
-        "--copy-mode",
+    let r = gfal_tpc(
+        c,
         "push",
-        "-D",
-        &scitag,
-        "-D",
-        token,
+        &["-K", "ADLER32"],
         &c.davs(ours),
         &foreign.url6(theirs),
-    ])?;
+    )?;
     let after = done("push")?;
     let packets = cap.finish()?;
     let (same, detail) = same_bytes(&foreign.file(theirs), &data);
@@ -871,12 +854,7 @@ fn drain_during_a_pull(
 ) -> Result<()> {
     progress("TPC: a pull through the VIP whose node is drained mid-copy");
     let src = "/data/grid-src/slow.bin";
-    let there = foreign.file(src);
-    let data = random_file(&there, 16 * MB + 5, 7)?;
-    crate::process::run_checked(
-        "chown",
-        &["-R", "xrootd:xrootd", &foreign.data.display().to_string()],
-    )?;
+    let data = foreign_source(foreign, src, 16 * MB + 5, 7)?;
     // 16 MB at 40 Mbit/s: ~3.4 s, several 1 s marker intervals.
     let tc = |args: &str| {
         crate::process::run_checked(
@@ -921,13 +899,19 @@ fn drain_during_a_pull(
             ])
         });
         // The node whose sidecar runs the copy, drained while it runs.
-        let found = wait_until_some(Duration::from_secs(10), || {
-            fronts
-                .sidecars
-                .iter()
-                .find(|s| active(s) >= 1.0)
-                .map(|s| s.node)
-        });
+        let found = lab::wait::poll_every(
+            "a sidecar running the copy",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || {
+                fronts
+                    .sidecars
+                    .iter()
+                    .find(|s| active(s) >= 1.0)
+                    .map(|s| s.node)
+            },
+        )
+        .ok();
         if let Some(k) = found {
             drained_at = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)?
@@ -1009,10 +993,7 @@ pub fn demo_tpc(site: &Site, say: &mut dyn FnMut(&str)) -> Result<bool> {
     fs::create_dir_all(here.parent().context("a parent")?)?;
     let data = random_file(&here, 32 * MB, 8)?;
     fs::create_dir_all(foreign.file("/data/demo"))?;
-    crate::process::run_checked(
-        "chown",
-        &["-R", "xrootd:xrootd", &foreign.data.display().to_string()],
-    )?;
+    foreign.give_to_xrootd()?;
     let tpc_cms = [
         ("experiment", "cms"),
         ("activity", "Analysis Input"),
@@ -1091,20 +1072,6 @@ pub fn demo_tpc(site: &Site, say: &mut dyn FnMut(&str)) -> Result<bool> {
     foreign.stop();
     drop((fronts, flowmarks, foreign));
     Ok(ok)
-}
-
-/// Polls `f` every 50 ms until it gives a value or `limit` passes.
-fn wait_until_some<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if t0.elapsed() > limit {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The foreign site's own adler32 of `path` (HEAD with Want-Digest).

@@ -56,27 +56,21 @@ impl LabPki {
             host_name,
         };
         let ca_subject = format!("/O=lbd lab/CN=lbd lab CA {}", topo.name);
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
+        req_with_new_key(
             &p("ca.key"),
-            "-out",
             &p("ca.pem"),
-            "-days",
-            VALID_DAYS,
-            "-subj",
-            &ca_subject,
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ])?;
+            &[
+                "-x509",
+                "-days",
+                VALID_DAYS,
+                "-subj",
+                &ca_subject,
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        )?;
         pki.issue(
             "host",
             &pki.host_name.clone(),
@@ -112,20 +106,7 @@ impl LabPki {
             p(format!("{file}.ext")),
             p(format!("{file}.pem")),
         );
-        openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &format!("/O=lbd lab/CN={cn}"),
-        ])?;
+        req_with_new_key(&key, &csr, &["-subj", &format!("/O=lbd lab/CN={cn}")])?;
         let san: Vec<String> = names
             .iter()
             .map(|n| format!("DNS:{n}"))
@@ -191,6 +172,25 @@ impl LabPki {
 }
 
 pub const HTTPS_PORT: u16 = 443;
+
+/// `openssl req` with a new P-256 key, unencrypted, written to `key`; the
+/// request (or with `-x509` the certificate) to `out`; `args` added.
+fn req_with_new_key(key: &str, out: &str, args: &[&str]) -> Result<()> {
+    let mut all = vec![
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        out,
+    ];
+    all.extend_from_slice(args);
+    openssl(&all)
+}
 
 fn openssl(args: &[&str]) -> Result<()> {
     run_checked("openssl", args)

@@ -249,6 +249,21 @@ fn wait_in_flight(site: &mut Site, w: &Running, n: u64) -> Result<()> {
     Ok(())
 }
 
+/// Waits until the nodes hold `n` client connections: the running
+/// transfers have reached their nodes, so what the scenario does next
+/// meets transfers in progress.
+fn wait_on_nodes(site: &Site, n: usize) -> Result<()> {
+    let on_nodes =
+        || -> Result<usize> { site.nodes.iter().map(|nd| site.connections(nd.id)).sum() };
+    // `ss` per node and poll: not every 20 ms.
+    lab::wait::poll_every(
+        &format!("{n} client connections on the nodes"),
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || on_nodes().is_ok_and(|c| c >= n).then_some(()),
+    )
+}
+
 /// The node with the most established connections to the VIPs.
 fn busiest(site: &Site) -> Result<(u16, usize)> {
     let mut best = (1, 0);
@@ -328,7 +343,7 @@ fn drain(
 ) -> Result<()> {
     let mut site = Site::build(topo.clone(), progress)?;
     let w = long_transfers(&mut site, scale, "drain", scale.parallel)?;
-    std::thread::sleep(Duration::from_secs(1));
+    wait_on_nodes(&site, scale.parallel)?;
     let (k, before) = busiest(&site)?;
     progress(&format!("draining node {k} with {before} transfers on it"));
     site.lbd_cli(k, &["drain"])?;
@@ -381,7 +396,7 @@ fn join(
     }
     let mut site = Site::build_with(topo.clone(), progress, &[k])?;
     let w = long_transfers(&mut site, scale, "join", scale.parallel)?;
-    std::thread::sleep(Duration::from_secs(1));
+    wait_on_nodes(&site, scale.parallel)?;
     progress(&format!("node {k} joins while transfers run"));
     site.start_lbd(k)?;
     let t = site.wait_paths(&all_ids(&site), Duration::from_secs(20))?;
@@ -407,7 +422,7 @@ fn backend_fail(
     let k = 2.min(topo.nodes);
     let w = mixed_transfers(&site, scale, "bfail", 40);
     wait_in_flight(&mut site, &w, 2)?;
-    std::thread::sleep(Duration::from_secs(1));
+    wait_on_nodes(&site, 2)?;
     progress(&format!("stopping nginx on node {k}"));
     let steered_before = syns_to_fallback(&site, k)?;
     let t0 = Instant::now();
@@ -730,7 +745,7 @@ fn node_crash(
 ) -> Result<()> {
     let mut site = Site::build(topo.clone(), progress)?;
     let w = long_transfers(&mut site, scale, "crash", scale.parallel * 2)?;
-    std::thread::sleep(Duration::from_secs(1));
+    wait_on_nodes(&site, scale.parallel)?;
     let (k, on_k) = busiest(&site)?;
     progress(&format!(
         "crashing node {k} (lbd killed, links cut) with {on_k} transfers on it"

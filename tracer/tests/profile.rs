@@ -429,7 +429,15 @@ fn ctrl_c_ends_the_capture_and_keeps_what_was_sampled() {
     // No --duration: runs until SIGINT.
     let mut t = Tracer::spawn(&["profile", "--comm", "hot", "-F", "499", "-f", "folded"]);
     t.wait_ready();
-    std::thread::sleep(Duration::from_secs(1));
+    // Samples come while the workload runs: wait for its CPU time (~250
+    // samples at 499 Hz), not wall time (it runs less on a loaded machine).
+    let ran = |since| lab::procfs::cpu_time(pid.parse().unwrap()).unwrap() - since;
+    let start = ran(Duration::ZERO);
+    lab::wait_for(
+        "the workload to run 500 ms under the profiler",
+        LIMIT,
+        || ran(start) >= Duration::from_millis(500),
+    );
     t.interrupt();
     let r = t.finish(LIMIT);
     assert!(r.ok, "{}", r.stderr);

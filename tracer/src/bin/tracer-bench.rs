@@ -156,17 +156,81 @@ fn start(mode: Mode, tracer: &Path, dir: &Path, stats: &Path) -> Result<Running>
             } else {
                 cmd.arg("-g");
             }
+            // perf prints nothing when ready: it starts with its events
+            // disabled and is told to enable them through a control FIFO;
+            // its "ack" says they are.
+            let (ctl, ack) = (dir.join("perf.ctl"), dir.join("perf.ack"));
+            for f in [&ctl, &ack] {
+                mkfifo(f)?;
+            }
             let c = cmd
+                .args(["--delay", "-1", "--control"])
+                .arg(format!("fifo:{},{}", ctl.display(), ack.display()))
                 .arg("-o")
                 .arg(dir.join("perf.data"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .context("starting perf (linux-perf)")?;
-            // perf prints nothing when ready: give it time to open its events.
-            std::thread::sleep(Duration::from_millis(700));
-            Ok(Running(c))
+            let mut r = Running(c);
+            enable_perf(&mut r, &ctl, &ack).context("enabling perf's events")?;
+            Ok(r)
         }
+    }
+}
+
+fn mkfifo(path: &Path) -> Result<()> {
+    let _ = fs::remove_file(path);
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(std::io::Error::last_os_error()).context(format!("mkfifo {}", path.display()));
+    }
+    Ok(())
+}
+
+/// Sends `enable` on perf's control FIFO and waits for its `ack`: from then
+/// on perf records. Non-blocking opens and reads, so a perf that fails
+/// never hangs the bench.
+fn enable_perf(r: &mut Running, ctl: &Path, ack: &Path) -> Result<()> {
+    use std::io::{ErrorKind, Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let nonblocking = |read: bool, path: &Path| {
+        fs::OpenOptions::new()
+            .read(read)
+            .write(!read)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+    };
+    // A reader first: perf's open of the ack FIFO waits for one.
+    let mut ack_r = nonblocking(true, ack)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut ctl_w = None;
+    let mut got = Vec::new();
+    loop {
+        if let Some(st) = r.0.try_wait()? {
+            bail!("perf exited ({st}) before recording");
+        }
+        if Instant::now() > deadline {
+            bail!("perf did not acknowledge 'enable' within 10 s");
+        }
+        if ctl_w.is_none() {
+            // ENXIO until perf has opened its end.
+            if let Ok(mut w) = nonblocking(false, ctl) {
+                w.write_all(b"enable\n")?;
+                ctl_w = Some(w);
+            }
+        }
+        let mut buf = [0u8; 16];
+        match ack_r.read(&mut buf) {
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e.into()),
+        }
+        if got.starts_with(b"ack") {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
