@@ -856,7 +856,7 @@ fn our_copies(
     Ok(())
 }
 
-/// A pull (COPY with `Source:` through the VIP) whose node is drained
+/// A pull (COPY with `Source:` over HTTPS through the VIP) whose node is drained
 /// while the copy runs: the established COPY connection stays on the
 /// draining node, its markers keep coming, and it ends `success: Created`
 /// with the file whole. The foreign site's link is slowed (tbf) so the
@@ -892,11 +892,10 @@ fn drain_during_a_pull(
     let ca = c.ca_cert.display().to_string();
     let source = format!("Source: {}", foreign.url6(src));
     let scitag = format!("SciTag: {SCITAG}");
-    // Plain http on the VIP: the lab's VIPs steer port 80 only (listing
-    // 443 too made the drain scenario's uploads on the drained node reset:
-    // docs/topology-tests.md), so a drained node's HTTPS connection is
-    // reset by the node that takes its traffic.
-    let target = format!("http://{}/data/grid/drained-pull.bin", c.host);
+    // HTTPS through the VIP by its name, as grid clients talk to a site:
+    // the VIPs steer 443 as well as 80, so the drained node keeps its
+    // established TLS connection as second hop.
+    let target = c.https("/data/grid/drained-pull.bin");
     let active = |s: &crate::sidecars::Sidecar| -> f64 {
         s.metrics().map_or(0.0, |m| {
             sum_metric(&m, storage_front::metrics::TRANSFERS_ACTIVE, &[])
