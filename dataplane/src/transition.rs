@@ -44,7 +44,9 @@ pub fn with_second_hops(
 /// Like [`with_second_hops`], but from the live buckets, so a change that
 /// arrives while an earlier one is still draining does not cut that one
 /// short: a bucket whose owner stays keeps its second hop (if still usable);
-/// a bucket that moves takes its latest owner as second hop. Only
+/// a bucket that moves takes its latest owner as second hop, or, when that
+/// owner is down, keeps its older second hop (a drained node's connections
+/// outlive a failure of the node that took its buckets). Otherwise
 /// connections in a bucket that moved twice, still held by the owner before
 /// last, are beyond two hops (docs/dataplane.md measures how few).
 pub fn follow(previous: &[Bucket], next: &[u16], usable: impl Fn(u16) -> bool) -> Vec<Bucket> {
@@ -60,8 +62,17 @@ pub fn follow(previous: &[Bucket], next: &[u16], usable: impl Fn(u16) -> bool) -
             } else {
                 prev.first
             };
-            let keep = candidate != first && candidate != NO_HOP && usable(candidate);
-            Bucket::new(first, if keep { candidate } else { NO_HOP })
+            let hop = |n: u16| n != first && n != NO_HOP && usable(n);
+            let second = if hop(candidate) {
+                candidate
+            } else if prev.first != first && hop(prev.second) {
+                // The latest owner is down (its connections are gone with
+                // it): the owner before it, still draining, keeps its own.
+                prev.second
+            } else {
+                NO_HOP
+            };
+            Bucket::new(first, second)
         })
         .collect()
 }
@@ -280,5 +291,28 @@ mod tests {
         assert_eq!(b[3], Bucket::new(1, NO_HOP));
         let down = follow(&live, &[4, 2, 4, 1], |n| n != 1);
         assert_eq!(down[0].second, NO_HOP, "a down node is never a hop");
+    }
+
+    /// Node 1 drained (its buckets went to 4, 1 second hop), then 4 fails:
+    /// those buckets move on to 2 and keep 1 as second hop, since 4's own
+    /// connections died with it; a bucket whose old second hop is down
+    /// too, or is the new owner, gets none.
+    #[test]
+    fn follow_keeps_the_drained_second_hop_when_the_latest_owner_fails() {
+        let live = [
+            Bucket::new(4, 1),
+            Bucket::new(4, 2),
+            Bucket::new(4, 3),
+            Bucket::new(4, NO_HOP),
+        ];
+        let b = follow(&live, &[2, 2, 2, 2], |n| n != 4 && n != 3);
+        assert_eq!(
+            b[0],
+            Bucket::new(2, 1),
+            "the drained node keeps its connections"
+        );
+        assert_eq!(b[1], Bucket::new(2, NO_HOP), "never the new owner itself");
+        assert_eq!(b[2], Bucket::new(2, NO_HOP), "never a down node");
+        assert_eq!(b[3], Bucket::new(2, NO_HOP));
     }
 }

@@ -977,6 +977,104 @@ fn syn_without_listener_goes_to_the_fallback() -> Result<()> {
     Ok(())
 }
 
+/// A VIP with two ports (80 and 443, as a storage site lists them), each
+/// its own dataplane entry: a SYN to the port with no listener steers that
+/// port only. A packet of the other port's connection held by its second
+/// hop (a drained node's) still goes to the second hop, not to the
+/// fallback, and that port's listener state stays clear. Real listener.
+#[test]
+fn listener_steering_is_per_vip_port() -> Result<()> {
+    use dataplane_common::Bucket;
+    let mut bed = Bed::new(ENCAP_GUE)?;
+    let entry = |port| dataplane::loader::Vip {
+        addr: IpAddr::from(VIP4),
+        port,
+        proto: 6,
+    };
+    let (http, https) = (entry(80), entry(443));
+    let b = Bucket {
+        first: SELF,
+        second: N2,
+        fallback: N3,
+        _pad: 0,
+    };
+    bed.buckets(b)?;
+    bed.dp.set_vip_table(&https, &[b; TABLE], 0)?;
+    let state = |bed: &Bed, v| bed.dp.listener_state(v).ok().flatten().unwrap_or_default();
+    ensure_clean(state(&bed, &http))?;
+    ensure_clean(state(&bed, &https))?;
+    // nginx listens on 80 here, nothing on 443.
+    let _listener = std::net::TcpListener::bind(SocketAddr::new(IpAddr::from(VIP4), 80))?;
+    let mut failures: Vec<String> = Vec::new();
+
+    let syn443 = tcp4(CLIENT4, 40090, VIP4, 443, Tcp::Syn, b"");
+    let h443 = flow4(CLIENT4, 40090, VIP4, 443, 6);
+    let before = bed.dp.counters(Some(&https))?["syn_to_fallback"];
+    let run = bed.run(&syn443)?;
+    let want = encapsulated(
+        &syn443,
+        Underlay::V6(SELF6, N3_6),
+        true,
+        HOP_SECOND,
+        h443,
+        MAC_N3,
+    );
+    let grew = bed.dp.counters(Some(&https))?["syn_to_fallback"] - before;
+    if run.action != XDP_TX || run.out != want || grew != 1 {
+        failures.push(format!(
+            "443 without listener: SYN must go to the fallback (action {}, output {}, syn_to_fallback +{grew})",
+            run.action,
+            if run.out == want { "as expected" } else { "differs" }
+        ));
+    }
+    let s = state(&bed, &https);
+    if s.steering == 0 || s.missing == 0 {
+        failures.push(format!("443 must be steering: {s:?}"));
+    }
+    let s = state(&bed, &http);
+    if s.steering != 0 || s.missing != 0 {
+        failures.push(format!("80 must not be steering: {s:?}"));
+    }
+
+    // Port 80: a connection no local socket holds (the drained second
+    // hop's) goes on to the second hop.
+    let ack80 = tcp4(CLIENT4, 40091, VIP4, 80, Tcp::Ack, b"data");
+    let h80 = flow4(CLIENT4, 40091, VIP4, 80, 6);
+    failures.extend(step(
+        &mut bed,
+        "80 while 443 steers: a second hop's connection goes to the second hop",
+        b,
+        &ack80,
+        (
+            XDP_TX,
+            encapsulated(
+                &ack80,
+                Underlay::V4(SELF4, N2_4),
+                true,
+                HOP_SECOND,
+                h80,
+                MAC_N2,
+            ),
+        ),
+        "fwd_second_hop",
+    )?);
+    let syn80 = tcp4(CLIENT4, 40092, VIP4, 80, Tcp::Syn, b"");
+    failures.extend(step(
+        &mut bed,
+        "80 while 443 steers: a SYN finds its listener and stays",
+        b,
+        &syn80,
+        (XDP_PASS, syn80.clone()),
+        "pass_local",
+    )?);
+    assert!(
+        failures.is_empty(),
+        "failing steps:\n{}",
+        failures.join("\n")
+    );
+    Ok(())
+}
+
 /// A quiesced listener (`lbd listener quiesce`, before nginx stops): it
 /// still listens, yet new connections go to the fallback as if it were
 /// missing, and so do the later packets of those flows (the lookup finds

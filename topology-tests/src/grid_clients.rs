@@ -17,7 +17,7 @@ use rand::{RngCore, SeedableRng, rngs::SmallRng};
 use crate::foreign_site::{self, ForeignSite};
 use crate::process::{alive, stop_pid};
 use crate::scenarios::Outcome;
-use crate::sidecars::{Flowmarks, StorageFronts, sum_metric};
+use crate::sidecars::{Flowmarks, Sidecar, StorageFronts, sum_metric};
 use crate::site::Site;
 use crate::topology::Topology;
 use crate::wire::{self, Capture};
@@ -342,6 +342,20 @@ pub fn run(topo: &Topology, out: &mut Outcome, progress: &mut dyn FnMut(&str)) -
             format!("{e:#}"),
         );
     }
+    if let Err(e) = backend_fail_during_a_pull(&c, &mut site, &fronts, &foreign, out, progress) {
+        out.check(
+            "a pull with its node's nginx stopped mid-copy ran",
+            false,
+            format!("{e:#}"),
+        );
+    }
+    if let Err(e) = pull_from_our_vip(&site, &flowmarks, &foreign, out, progress) {
+        out.check(
+            "a second site's pull from our VIP ran",
+            false,
+            format!("{e:#}"),
+        );
+    }
 
     progress("no client process left behind");
     foreign.stop();
@@ -355,7 +369,12 @@ pub fn run(topo: &Topology, out: &mut Outcome, progress: &mut dyn FnMut(&str)) -
             pids.split_whitespace()
                 .filter_map(|p| p.parse::<u32>().ok())
                 .filter(|&p| alive(p))
-                .map(|p| format!("{ns}: pid {p}")),
+                .map(|p| {
+                    let cmd = fs::read(format!("/proc/{p}/cmdline"))
+                        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                        .unwrap_or_default();
+                    format!("{ns}: pid {p} ({})", cmd.trim())
+                }),
         );
     }
     out.check(
@@ -753,11 +772,7 @@ fn our_copies(
     let bytes: u64 = data_packets.iter().map(|p| u64::from(p.payload)).sum();
     out.check(
         "every data packet of our push carries the SciTag's flow label at the router (one entropy)",
-        bytes >= data.len() as u64
-            && labels.len() == 1
-            && labels
-                .iter()
-                .all(|l| l & LABEL_SEMANTIC_MASK == SCITAG_LABEL),
+        bytes >= data.len() as u64 && one_scitag_label(&labels),
         format!(
             "{} data packets, {bytes} bytes from {sources:?} of {} captured; labels {labels:x?} (want {SCITAG_LABEL:#x} in {LABEL_SEMANTIC_MASK:#x})",
             data_packets.len(),
@@ -766,12 +781,7 @@ fn our_copies(
     );
     // Its fireflies (start, end with the bytes) reached the collector at
     // the flow's peer, counted as a third-party copy of cms / Analysis Input.
-    let mut ended = ended_before;
-    let _ = crate::process::wait_until("the push's end firefly", Duration::from_secs(10), || {
-        ended = collected("flowmark_collector_flows_ended_total").unwrap_or(ended_before);
-        ended > ended_before
-    });
-    let sent = collected("flowmark_collector_bytes_sent_total")?;
+    let (ended, sent) = collector_after("the push's end firefly", &collected, ended_before)?;
     out.check(
         "the collector counts the push as a TPC flow (cms / Analysis Input, transfer=tpc) with its bytes",
         ended - ended_before == 1.0 && sent - sent_before >= data.len() as f64,
@@ -839,7 +849,7 @@ fn our_copies(
     Ok(())
 }
 
-/// A pull (COPY with `Source:` through the VIP) whose node is drained
+/// A pull (COPY with `Source:` over HTTPS through the VIP) whose node is drained
 /// while the copy runs: the established COPY connection stays on the
 /// draining node, its markers keep coming, and it ends `success: Created`
 /// with the file whole. The foreign site's link is slowed (tbf) so the
@@ -853,33 +863,6 @@ fn drain_during_a_pull(
     progress: &mut dyn FnMut(&str),
 ) -> Result<()> {
     progress("TPC: a pull through the VIP whose node is drained mid-copy");
-    let src = "/data/grid-src/slow.bin";
-    let data = foreign_source(foreign, src, 16 * MB + 5, 7)?;
-    // 16 MB at 40 Mbit/s: ~3.4 s, several 1 s marker intervals.
-    let tc = |args: &str| {
-        crate::process::run_checked(
-            "ip",
-            &[
-                &["netns", "exec", &foreign.ns, "tc", "qdisc"][..],
-                &args.split(' ').collect::<Vec<_>>(),
-            ]
-            .concat(),
-        )
-    };
-    tc("add dev eth0 root tbf rate 40mbit burst 32kb latency 500ms")?;
-    let ca = c.ca_cert.display().to_string();
-    let source = format!("Source: {}", foreign.url6(src));
-    let scitag = format!("SciTag: {SCITAG}");
-    // Plain http on the VIP: the lab's VIPs steer port 80 only (listing
-    // 443 too made the drain scenario's uploads on the drained node reset:
-    // docs/topology-tests.md), so a drained node's HTTPS connection is
-    // reset by the node that takes its traffic.
-    let target = format!("http://{}/data/grid/drained-pull.bin", c.host);
-    let active = |s: &crate::sidecars::Sidecar| -> f64 {
-        s.metrics().map_or(0.0, |m| {
-            sum_metric(&m, storage_front::metrics::TRANSFERS_ACTIVE, &[])
-        })
-    };
     // Who resets what during the copy (the router sees every node's link).
     let rst_pcap = site.dir.join("drain-pull-rst.pcap");
     let rst = Capture::start(
@@ -889,41 +872,21 @@ fn drain_during_a_pull(
         "(tcp[tcpflags] & tcp-rst != 0) or (ip6 and ip6[6] == 6 and ip6[53] & 4 != 0)",
         rst_pcap.clone(),
     )?;
-    let mut drained = None;
-    let mut drained_at = 0u64;
-    let copy = std::thread::scope(|scope| -> Result<Run> {
-        let copy = scope.spawn(|| {
-            c.run(&[
-                "curl", "-sS", "-N", "--cacert", &ca, "-X", "COPY", "-H", &source, "-H", &scitag,
-                "-D", "-", &target,
-            ])
-        });
-        // The node whose sidecar runs the copy, drained while it runs.
-        let found = lab::wait::poll_every(
-            "a sidecar running the copy",
-            Duration::from_secs(10),
-            Duration::from_millis(50),
-            || {
-                fronts
-                    .sidecars
-                    .iter()
-                    .find(|s| active(s) >= 1.0)
-                    .map(|s| s.node)
-            },
-        )
-        .ok();
-        if let Some(k) = found {
-            drained_at = std::time::SystemTime::now()
+    // HTTPS: the VIPs steer 443 as well as 80, so the drained node keeps
+    // its established TLS connection as second hop.
+    // 40 Mbit/s: ~3.4 s, a few marker intervals.
+    let pull = slow_pull(
+        (c, fronts, foreign),
+        ("/data/grid/drained-pull.bin", "40mbit"),
+        |k| {
+            let drained_at = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)?
                 .as_secs();
             site.lbd_cli(k, &["drain"])?;
             site.wait_member_state(k, "draining", Duration::from_secs(10))?;
-            drained = Some(k);
-        }
-        copy.join()
-            .map_err(|_| anyhow::anyhow!("the COPY thread panicked"))?
-    });
-    let _ = tc("del dev eth0 root");
+            Ok(drained_at)
+        },
+    );
     let _ = rst.finish();
     let resets = Command::new("tcpdump")
         .args(["-n", "-r"])
@@ -935,8 +898,12 @@ fn drain_during_a_pull(
                 .replace('\n', " | ")
         })
         .unwrap_or_default();
-    let copy = copy?;
-    let k = drained.context("no sidecar ran the copy within 10 s")?;
+    let pull = pull?;
+    let (k, drained_at) = pull
+        .node
+        .zip(pull.acted)
+        .context("no sidecar ran the copy within 10 s")?;
+    let copy = &pull.run;
     // Marker timestamps after the drain: the copy kept reporting.
     let stamps: Vec<u64> = copy
         .stdout
@@ -944,14 +911,8 @@ fn drain_during_a_pull(
         .filter_map(|l| l.strip_prefix("Timestamp: ")?.trim().parse().ok())
         .collect();
     let after_drain = stamps.iter().filter(|&&t| t > drained_at).count();
-    let (same, detail) = same_bytes(&site.storage.join("data/grid/drained-pull.bin"), &data);
-    let served_by = copy
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("X-Node: "))
-        .map(str::trim)
-        .unwrap_or("?")
-        .to_string();
+    let (same, detail) = same_bytes(&site.storage.join("data/grid/drained-pull.bin"), &pull.data);
+    let served_by = pull.served_by();
     let completed = copy.ok()
         && copy.stdout.contains("HTTP/1.1 202")
         && copy.stdout.trim_end().ends_with("success: Created")
@@ -968,10 +929,389 @@ fn drain_during_a_pull(
             copy.summary()
         ),
     );
+    drop(pull);
     site.lbd_cli(k, &["undrain"])?;
     let all: Vec<u16> = site.nodes.iter().map(|n| n.id).collect();
     site.wait_paths(&all, Duration::from_secs(15))
         .context("undrain")?;
+    Ok(())
+}
+
+/// One flow label (one entropy) whose SciTag bits are [`SCITAG`]'s.
+fn one_scitag_label(labels: &std::collections::BTreeSet<u32>) -> bool {
+    labels.len() == 1
+        && labels
+            .iter()
+            .all(|l| l & LABEL_SEMANTIC_MASK == SCITAG_LABEL)
+}
+
+/// Waits (up to 10 s) for the collector's ended flows to go up from
+/// `ended_before`, then reads (flows ended, bytes sent) through `collected`.
+fn collector_after(
+    what: &str,
+    collected: &dyn Fn(&str) -> Result<f64>,
+    ended_before: f64,
+) -> Result<(f64, f64)> {
+    let mut ended = ended_before;
+    let _ = crate::process::wait_until(what, Duration::from_secs(10), || {
+        ended = collected("flowmark_collector_flows_ended_total").unwrap_or(ended_before);
+        ended > ended_before
+    });
+    Ok((ended, collected("flowmark_collector_bytes_sent_total")?))
+}
+
+/// The foreign site's file the slowed pulls copy: 16 MB.
+fn slow_source(foreign: &ForeignSite) -> Result<(String, Vec<u8>)> {
+    let src = "/data/grid-src/slow.bin";
+    let there = foreign.file(src);
+    fs::create_dir_all(there.parent().context("a parent")?)?;
+    let data = if fs::metadata(&there).is_ok_and(|m| m.len() == (16 * MB + 5) as u64) {
+        fs::read(&there)?
+    } else {
+        random_file(&there, 16 * MB + 5, 7)?
+    };
+    foreign.give_to_xrootd()?;
+    Ok((src.to_string(), data))
+}
+
+/// The foreign site's uplink slowed by tbf while this lives.
+struct SlowLink {
+    ns: String,
+}
+
+impl SlowLink {
+    fn start(foreign: &ForeignSite, rate: &str) -> Result<SlowLink> {
+        let link = SlowLink {
+            ns: foreign.ns.clone(),
+        };
+        link.tc(&[
+            "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", rate, "burst", "32kb", "latency",
+            "500ms",
+        ])?;
+        Ok(link)
+    }
+
+    fn tc(&self, args: &[&str]) -> Result<String> {
+        crate::process::run_checked(
+            "ip",
+            &[&["netns", "exec", &self.ns, "tc"][..], args].concat(),
+        )
+    }
+}
+
+impl Drop for SlowLink {
+    fn drop(&mut self) {
+        let _ = self.tc(&["qdisc", "del", "dev", "eth0", "root"]);
+    }
+}
+
+/// What a slowed pull saw: the client's run, the node whose sidecar ran
+/// it (None: no sidecar within 10 s), what was done to that node, the
+/// source's bytes, and when the client started.
+struct SlowPull<T> {
+    run: Run,
+    node: Option<u16>,
+    acted: Option<T>,
+    data: Vec<u8>,
+    started: Instant,
+    /// `tc -s qdisc` of the slowed link when the client ended.
+    shaped: String,
+    /// The link stays slow until this is dropped (the sidecar may still
+    /// be copying after its client ended).
+    _slow: SlowLink,
+}
+
+impl<T> SlowPull<T> {
+    /// The node that answered the COPY (its `X-Node` header), or "?".
+    fn served_by(&self) -> &str {
+        self.run
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("X-Node: "))
+            .map_or("?", str::trim)
+    }
+}
+
+/// A pull of the foreign site's 16 MB file over its link slowed to
+/// `rate` (tbf), a COPY over HTTPS through the VIP by its name (as grid
+/// clients talk to a site) to `path`; `act` runs on the node whose
+/// sidecar runs the copy while it runs.
+fn slow_pull<T>(
+    (c, fronts, foreign): (&Clients, &StorageFronts, &ForeignSite),
+    (path, rate): (&str, &str),
+    act: impl FnOnce(u16) -> Result<T>,
+) -> Result<SlowPull<T>> {
+    let (src, data) = slow_source(foreign)?;
+    let slow = SlowLink::start(foreign, rate)?;
+    let ca = c.ca_cert.display().to_string();
+    let source = format!("Source: {}", foreign.url6(&src));
+    let scitag = format!("SciTag: {SCITAG}");
+    let target = c.https(path);
+    let started = Instant::now();
+    let (run, node, acted) = std::thread::scope(|scope| -> Result<_> {
+        let copy = scope.spawn(|| {
+            c.run(&[
+                "curl", "-sS", "-N", "--cacert", &ca, "-X", "COPY", "-H", &source, "-H", &scitag,
+                "-D", "-", &target,
+            ])
+        });
+        let node = copying_node(fronts);
+        let acted = node.map(act).transpose();
+        let run = copy
+            .join()
+            .map_err(|_| anyhow::anyhow!("the COPY thread panicked"))??;
+        Ok((run, node, acted?))
+    })?;
+    let shaped = slow
+        .tc(&["-s", "qdisc", "show", "dev", "eth0"])
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    Ok(SlowPull {
+        run,
+        node,
+        acted,
+        data,
+        started,
+        shaped,
+        _slow: slow,
+    })
+}
+
+/// The node whose sidecar runs a copy (waited for up to 10 s).
+fn copying_node(fronts: &StorageFronts) -> Option<u16> {
+    lab::wait::poll_every(
+        "a sidecar running the copy",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            fronts
+                .sidecars
+                .iter()
+                .find(|s| {
+                    s.metrics().is_ok_and(|m| {
+                        sum_metric(&m, storage_front::metrics::TRANSFERS_ACTIVE, &[]) >= 1.0
+                    })
+                })
+                .map(|s| s.node)
+        },
+    )
+    .ok()
+}
+
+/// A pull (COPY with `Source:` over HTTPS through the VIP) whose node's
+/// nginx is stopped mid-copy, the way the backend_fail scenario stops it.
+/// The COPY is proxied by that nginx to the node's sidecar, so the client
+/// loses its marker stream: it must see the COPY end at once (connection
+/// closed, never `success`, never a hang), and the sidecar must notice at
+/// its next marker write, abort, and remove the partial file. nginx is
+/// then started again and the node takes its place back.
+fn backend_fail_during_a_pull(
+    c: &Clients,
+    site: &mut Site,
+    fronts: &StorageFronts,
+    foreign: &ForeignSite,
+    out: &mut Outcome,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    progress("TPC: a pull through the VIP whose node's nginx is stopped mid-copy");
+    let name = "failed-pull.bin";
+    let dir = site.storage.join("data/grid");
+    let partials = || -> Vec<String> {
+        let prefix = format!(".{name}.storage-front.");
+        fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n.starts_with(&prefix))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let aborted = || {
+        fronts.counter(
+            storage_front::metrics::TRANSFERS,
+            &[("direction", "pull"), ("result", "aborted")],
+        )
+    };
+    let aborted_before = aborted()?;
+    // 8 Mbit/s: the copy would last ~17 s, far longer than the sidecar
+    // takes to notice (nginx closes with a FIN, so the first marker write
+    // after it still succeeds and the second fails: ~2 marker intervals).
+    let path = format!("/data/grid/{name}");
+    let pull = slow_pull((c, fronts, foreign), (&path, "8mbit"), |k| {
+        // The control: the partial file is there before the stop.
+        let seen = lab::wait::poll_every(
+            "the partial file",
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+            || {
+                let p = partials();
+                (!p.is_empty()).then_some(p)
+            },
+        )
+        .unwrap_or_default();
+        site.node(k).nginx.stop();
+        Ok((Instant::now(), seen))
+    })?;
+    let (k, (at, seen)) = pull
+        .node
+        .zip(pull.acted.clone())
+        .context("no sidecar ran the copy within 10 s")?;
+    let copy = &pull.run;
+    let ended_after = (pull.started + copy.elapsed).saturating_duration_since(at);
+    let served_by = pull.served_by();
+    let markers = copy.stdout.matches("Perf Marker").count();
+    out.check(
+        "a COPY whose node's nginx stops mid-pull ends for the client within 5 s (connection closed, no success)",
+        copy.stdout.contains("HTTP/1.1 202")
+            && served_by == format!("node{k}")
+            && !copy.ok()
+            && !copy.stdout.contains("success:")
+            && ended_after < Duration::from_secs(5),
+        format!(
+            "nginx of node {k} stopped; answered by {served_by}; {markers} markers; \
+             the client ended {} ms after the stop: {}; the slowed link: {}",
+            ended_after.as_millis(),
+            copy.summary(),
+            pull.shaped
+        ),
+    );
+    // The sidecar notices at its next marker write (1 s apart here).
+    let mut left = partials();
+    let mut count = aborted_before;
+    let cleaned =
+        crate::process::wait_until("the sidecar's abort", Duration::from_secs(10), || {
+            left = partials();
+            count = aborted().unwrap_or(count);
+            left.is_empty() && count - aborted_before == 1.0
+        })
+        .is_ok();
+    out.check(
+        "its sidecar aborts the copy: the partial file removed, counted aborted, no file left",
+        !seen.is_empty() && cleaned && !dir.join(name).exists(),
+        format!(
+            "partial file before the stop: {seen:?}; {} ms after the stop: left {left:?}, \
+             aborted pulls {aborted_before} -> {count}, target exists: {}",
+            at.elapsed().as_millis(),
+            dir.join(name).exists()
+        ),
+    );
+    drop(pull);
+    let n = site.node(k);
+    n.nginx.start(&n.ns)?;
+    let all: Vec<u16> = site.nodes.iter().map(|n| n.id).collect();
+    site.wait_paths(&all, Duration::from_secs(15))
+        .context("nginx back after the stop")?;
+    Ok(())
+}
+
+/// A pull whose source is our VIP, by a second site's storage front (the
+/// same sidecar the nodes run, in the foreign namespace, so the data
+/// crosses the router): the COPY's SciTag goes to the source as `SciTag`,
+/// the node serving the GET (nginx with flowmark's Lua) registers that
+/// connection with its flowmark, and every data packet leaving the VIP
+/// carries the tag's flow label at the router. The collector counts the
+/// GET as a plain (not third-party) cms / Analysis Input flow. Control:
+/// the same pull without a SciTag leaves the labels to the kernel.
+fn pull_from_our_vip(
+    site: &Site,
+    flowmarks: &Flowmarks,
+    foreign: &ForeignSite,
+    out: &mut Outcome,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    progress("TPC: a second site's storage front pulls from our VIP with a SciTag");
+    let name = "data/grid/lbd-source.bin";
+    let data = random_file(&site.storage.join(name), 8 * MB + 11, 8)?;
+    let front_dir = site.dir.join("foreign-front");
+    let root = front_dir.join("root");
+    fs::create_dir_all(&root)?;
+    let front = Sidecar::start(0, &foreign.ns, &front_dir, &root, &site.pki.ca_dir, None)?;
+    crate::process::wait_until(
+        "the second site's storage front",
+        Duration::from_secs(20),
+        || front.metrics().is_ok(),
+    )?;
+    let vip6 = std::net::IpAddr::from(site.topo.vips.ipv6);
+    let source = format!("Source: http://[{vip6}]/{name}");
+    let pull = |dest: &str, headers: &[&str]| -> Result<(Run, Vec<wire::Packet>)> {
+        let cap = Capture::start(
+            &site.router.ns,
+            foreign_site::ROUTER_DEV,
+            "ip6 and tcp and src port 80",
+            site.dir.join(format!("{dest}.pcap")),
+        )?;
+        let url = format!("http://127.0.0.1:{}/{dest}", crate::sidecars::LISTEN_PORT);
+        let mut argv = vec!["curl", "-sS", "-N", "-X", "COPY", "-H", &source];
+        for h in headers {
+            argv.extend(["-H", h]);
+        }
+        argv.push(&url);
+        let r = run_in(&foreign.ns, &argv, &[], CLIENT_LIMIT)?;
+        Ok((r, cap.finish()?))
+    };
+    let from_vip = |packets: &[wire::Packet]| -> (usize, u64, std::collections::BTreeSet<u32>) {
+        let data: Vec<&wire::Packet> = packets
+            .iter()
+            .filter(|p| p.src == vip6 && p.payload > 0)
+            .collect();
+        (
+            data.len(),
+            data.iter().map(|p| u64::from(p.payload)).sum(),
+            data.iter().map(|p| p.flow_label).collect(),
+        )
+    };
+    let plain_cms = [
+        ("experiment", "cms"),
+        ("activity", "Analysis Input"),
+        ("transfer", "plain"),
+    ];
+    let collected = |name: &str| -> Result<f64> {
+        Ok(sum_metric(
+            &flowmarks.collector_metrics()?,
+            name,
+            &plain_cms,
+        ))
+    };
+    let ended_before = collected("flowmark_collector_flows_ended_total")?;
+    let sent_before = collected("flowmark_collector_bytes_sent_total")?;
+    let scitag = format!("SciTag: {SCITAG}");
+    let (r, packets) = pull("from-lbd.bin", &[&scitag])?;
+    let (same, detail) = same_bytes(&root.join("from-lbd.bin"), &data);
+    let (n, bytes, labels) = from_vip(&packets);
+    out.check(
+        "a second site's pull from our VIP: byte-exact, and every data packet from the VIP carries the SciTag's flow label at the router",
+        r.ok()
+            && r.stdout.trim_end().ends_with("success: Created")
+            && same
+            && bytes >= data.len() as u64
+            && one_scitag_label(&labels),
+        format!(
+            "{}; there: {detail}; {n} data packets, {bytes} bytes from {vip6}; labels \
+             {labels:x?} (want {SCITAG_LABEL:#x} in {LABEL_SEMANTIC_MASK:#x})",
+            r.summary()
+        ),
+    );
+    let (ended, sent) = collector_after("the GET's end firefly", &collected, ended_before)?;
+    out.check(
+        "the collector counts the source's GET as a plain cms / Analysis Input flow with its bytes",
+        ended - ended_before == 1.0 && sent - sent_before >= data.len() as f64,
+        format!("flows ended {ended_before} -> {ended}, bytes sent {sent_before} -> {sent}"),
+    );
+    let (r, packets) = pull("from-lbd-untagged.bin", &[])?;
+    let (n, _, labels) = from_vip(&packets);
+    out.check(
+        "control: the same pull without a SciTag is not marked (kernel labels)",
+        r.ok()
+            && n > 0
+            && !labels
+                .iter()
+                .any(|l| l & LABEL_SEMANTIC_MASK == SCITAG_LABEL),
+        format!("{}; {n} data packets, labels {labels:x?}", r.summary()),
+    );
+    drop(front);
     Ok(())
 }
 

@@ -61,7 +61,7 @@ secret_file = "{secret}"
             r#"
 [[vips]]
 address = "{vip}"
-ports = [80]
+ports = [80, 443]
 
 [[vips.checks]]
 type = "http"

@@ -105,11 +105,12 @@ impl Outcome {
                 self.transfers_failed += 1;
                 if self.failures.len() < 8 {
                     self.failures.push(format!(
-                        "{:?} job {} via {} on node {}: {e}",
+                        "{:?} job {} via {} on node {}, failed at {} UTC: {e}",
                         t.kind,
                         t.job,
                         t.vip,
-                        t.node.map_or("?".into(), |n| n.to_string())
+                        t.node.map_or("?".into(), |n| n.to_string()),
+                        utc_time_of(t.started + t.elapsed)
                     ));
                 }
             } else {
@@ -265,6 +266,18 @@ fn wait_on_nodes(site: &Site, n: usize) -> Result<()> {
 }
 
 /// The node with the most established connections to the VIPs.
+/// `HH:MM:SS.mmm` (UTC) of a past instant, to line a failure up with the
+/// nodes' logs.
+fn utc_time_of(at: Instant) -> String {
+    let ago = at.elapsed();
+    let t = std::time::SystemTime::now()
+        .checked_sub(ago)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .unwrap_or_default();
+    let (s, ms) = (t.as_secs() % 86_400, t.subsec_millis());
+    format!("{:02}:{:02}:{:02}.{ms:03}", s / 3600, s / 60 % 60, s % 60)
+}
+
 fn busiest(site: &Site) -> Result<(u16, usize)> {
     let mut best = (1, 0);
     for n in &site.nodes {

@@ -45,7 +45,7 @@ pub fn find_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// One node's sidecar.
+/// One sidecar: a node's, or a second site's (node 0).
 pub struct Sidecar {
     pub node: u16,
     pub ns: String,
@@ -62,7 +62,6 @@ impl StorageFronts {
     /// node's nginx; returns once each node answers a HEAD with a Digest.
     /// `flowmark(node)` names the node's flowmark socket, if it runs one.
     pub fn start(site: &Site, flowmark: &dyn Fn(u16) -> Option<PathBuf>) -> Result<StorageFronts> {
-        let bin = find_bin()?.display().to_string();
         let shipped = shipped_dir();
         let mut fronts = StorageFronts { sidecars: vec![] };
         let probe = site.storage.join(PROBE);
@@ -70,35 +69,15 @@ impl StorageFronts {
         fs::write(&probe, b"storage-front probe\n")?;
         for n in &site.nodes {
             let dir = n.dir.join("storage-front");
-            fs::create_dir_all(&dir)?;
             let sock = flowmark(n.id);
-            let toml = dir.join("storage-front.toml");
-            fs::write(
-                &toml,
-                format!(
-                    "# lab node {id}\nlisten = \"127.0.0.1:{LISTEN_PORT}\"\nroot = \"{root}\"\n\
-                     metrics = \"127.0.0.1:{METRICS_PORT}\"\nca_dir = \"{ca}\"\n\
-                     flowmark_socket = \"{fm}\"\nmarker_interval_ms = 1000\n\
-                     connect_timeout_ms = 5000\nidle_timeout_ms = 20000\n",
-                    id = n.id,
-                    root = site.storage.display(),
-                    ca = site.pki.ca_dir.display(),
-                    fm = sock
-                        .as_ref()
-                        .map_or("none".to_string(), |p| p.display().to_string()),
-                ),
-            )?;
-            let child = spawn_in(
+            fronts.sidecars.push(Sidecar::start(
+                n.id,
                 &n.ns,
-                &[&bin, "run", "--config", &toml.display().to_string()],
-                &dir.join("storage-front.log"),
-            )?;
-            fs::write(dir.join("storage-front.pid"), child.id().to_string())?;
-            fronts.sidecars.push(Sidecar {
-                node: n.id,
-                ns: n.ns.clone(),
-                child,
-            });
+                &dir,
+                &site.storage,
+                &site.pki.ca_dir,
+                sock.as_deref(),
+            )?);
             let ngx = &n.nginx.dir;
             fs::write(
                 ngx.join("main.d/storage-front.conf"),
@@ -160,6 +139,51 @@ impl StorageFronts {
 }
 
 impl Sidecar {
+    /// `storage-front run` in namespace `ns` on the shipped loopback ports,
+    /// serving `root`, its config, log and pid file in `dir` (the pid file
+    /// lets the lab's teardown stop it after a crash); `node` 0 for a
+    /// sidecar outside the site.
+    pub fn start(
+        node: u16,
+        ns: &str,
+        dir: &Path,
+        root: &Path,
+        ca_dir: &Path,
+        flowmark: Option<&Path>,
+    ) -> Result<Sidecar> {
+        let bin = find_bin()?.display().to_string();
+        fs::create_dir_all(dir)?;
+        let toml = dir.join("storage-front.toml");
+        fs::write(
+            &toml,
+            format!(
+                "# lab {where}\nlisten = \"127.0.0.1:{LISTEN_PORT}\"\nroot = \"{root}\"\n\
+                 metrics = \"127.0.0.1:{METRICS_PORT}\"\nca_dir = \"{ca}\"\n\
+                 flowmark_socket = \"{fm}\"\nmarker_interval_ms = 1000\n\
+                 connect_timeout_ms = 5000\nidle_timeout_ms = 20000\n",
+                where = if node == 0 {
+                    format!("namespace {ns}")
+                } else {
+                    format!("node {node}")
+                },
+                root = root.display(),
+                ca = ca_dir.display(),
+                fm = flowmark.map_or("none".to_string(), |p| p.display().to_string()),
+            ),
+        )?;
+        let child = spawn_in(
+            ns,
+            &[&bin, "run", "--config", &toml.display().to_string()],
+            &dir.join("storage-front.log"),
+        )?;
+        fs::write(dir.join("storage-front.pid"), child.id().to_string())?;
+        Ok(Sidecar {
+            node,
+            ns: ns.to_string(),
+            child,
+        })
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -196,7 +220,9 @@ pub fn sum_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             }
             l.rsplit(' ').next()?.parse::<f64>().ok()
         })
-        .sum()
+        .sum::<f64>()
+        // An empty sum is -0.0, which prints as "-0".
+        + 0.0
 }
 
 /// flowmark on every node (marking the node's uplink, `eth0`, with its
@@ -337,12 +363,11 @@ impl Drop for Flowmarks {
     }
 }
 
-impl Drop for StorageFronts {
+/// A sidecar is stopped by pid on drop (the nodes' with their `StorageFronts`).
+impl Drop for Sidecar {
     fn drop(&mut self) {
-        for s in &mut self.sidecars {
-            stop_pid(s.child.id(), Duration::from_secs(3));
-            let _ = s.child.wait();
-        }
+        stop_pid(self.child.id(), Duration::from_secs(3));
+        let _ = self.child.wait();
     }
 }
 
