@@ -1,15 +1,17 @@
-//! The listener watch's tracepoint (`sock/inet_sock_set_state`): where its
-//! program (`lbd_listen_close`) finds `oldstate` and `protocol` in the
-//! record. Read from this kernel's format file at load time rather than
-//! compiled in: the record's layout is the kernel's to change.
+//! The listener watch's tracepoint (`sock/inet_sock_set_state`): does this
+//! kernel's record keep `oldstate` and `protocol` where the program
+//! (`lbd_listen_close`) reads them? The program reads at constant offsets
+//! (a helper call per event to read at offsets given at load time would
+//! cost more than the rest of it), so the loader checks them against this
+//! kernel's format file and attaches nothing if they differ: the record's
+//! layout is the kernel's to change.
 use std::path::{Path, PathBuf};
+
+use dataplane_common::{LISTEN_RECORD_OLDSTATE, LISTEN_RECORD_PROTOCOL};
 
 pub const CATEGORY: &str = "sock";
 pub const EVENT: &str = "inet_sock_set_state";
-/// The program, and the globals it reads the offsets from.
 pub const PROGRAM: &str = "lbd_listen_close";
-pub const OLDSTATE_GLOBAL: &str = "LISTEN_OLDSTATE_OFF";
-pub const PROTOCOL_GLOBAL: &str = "LISTEN_PROTOCOL_OFF";
 
 /// Where tracefs is mounted, newest convention first.
 const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
@@ -38,6 +40,26 @@ pub enum FormatError {
         field: &'static str,
         size: u32,
     },
+    #[error(
+        "this kernel's record has oldstate at {}, protocol at {}; lbd_listen_close reads them at \
+         {LISTEN_RECORD_OLDSTATE} and {LISTEN_RECORD_PROTOCOL}",
+        found.oldstate,
+        found.protocol
+    )]
+    Moved { found: RecordOffsets },
+}
+
+/// Ok if this kernel's record holds the fields where the program reads them.
+pub fn check_record() -> Result<(), FormatError> {
+    let found = record_offsets()?;
+    let compiled = RecordOffsets {
+        oldstate: LISTEN_RECORD_OLDSTATE as u32,
+        protocol: LISTEN_RECORD_PROTOCOL as u32,
+    };
+    if found != compiled {
+        return Err(FormatError::Moved { found });
+    }
+    Ok(())
 }
 
 /// The offsets in this kernel's format file.
@@ -109,8 +131,7 @@ mod tests {
     }
 
     #[test]
-    fn this_kernel_has_the_fields() {
-        let off = record_offsets().expect("format file of sock/inet_sock_set_state");
-        assert!(off.oldstate >= 8 && off.protocol >= 8, "{off:?}");
+    fn this_kernel_keeps_the_fields_where_the_program_reads() {
+        check_record().expect("format file of sock/inet_sock_set_state");
     }
 }

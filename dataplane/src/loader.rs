@@ -144,24 +144,14 @@ impl Dataplane {
         let map_dir = layout_dir(&pin_dir);
         fs::create_dir_all(&map_dir)
             .with_context(|| format!("creating pin directory {}", map_dir.display()))?;
-        // The tracepoint program reads its record at the offsets this
-        // kernel's format file gives; if it cannot be read the program
-        // keeps its defaults and is never attached (no listener cache).
-        let offsets = listen_watch::record_offsets();
-        let mut loader = EbpfLoader::new();
-        loader.default_map_pin_directory(&map_dir);
-        let listen_watch_unusable = match &offsets {
-            Ok(off) => {
-                loader
-                    .override_global(listen_watch::OLDSTATE_GLOBAL, &off.oldstate, true)
-                    .override_global(listen_watch::PROTOCOL_GLOBAL, &off.protocol, true);
-                None
-            }
-            Err(e) => Some(format!("{e:#}")),
-        };
-        let ebpf = loader
+        let ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&map_dir)
             .load(EBPF_OBJECT)
             .context("loading the XDP/tc programs into the kernel")?;
+        // The listener watch reads its tracepoint's record at fixed
+        // offsets: where this kernel puts the fields elsewhere it is never
+        // attached (no listener cache).
+        let listen_watch_unusable = listen_watch::check_record().err().map(|e| e.to_string());
         Ok(Self {
             ebpf,
             pin_dir,
@@ -230,7 +220,7 @@ impl Dataplane {
 
     fn attach_listen_watch(&mut self, link_pin: &Path) -> Result<()> {
         if let Some(why) = &self.listen_watch_unusable {
-            bail!("reading the tracepoint's record layout: {why}");
+            bail!("the tracepoint's record: {why}");
         }
         let (generation, armed) = self.listen_generation()?;
         if !armed {
@@ -275,6 +265,35 @@ impl Dataplane {
         self.set_listen_gen(LISTEN_GEN_ARMED, 1)?;
         info!("listener watch attached: SYNs skip the listener lookup while no listener closes");
         Ok(())
+    }
+
+    /// Disarms the listener cache, then detaches the listener watch (every
+    /// SYN at the first hop looks its listener up again). For measuring
+    /// what the watch costs; `attach_xdp` or `watch_listeners` restore it.
+    pub fn unwatch_listeners(&mut self) -> Result<()> {
+        self.set_listen_gen(LISTEN_GEN_ARMED, 0)?;
+        let link_pin = self.pin_dir.join(LISTEN_WATCH_LINK);
+        match fs::remove_file(&link_pin) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("unpinning {}", link_pin.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs of the listener watch's program and their total time, counted
+    /// by the kernel while BPF run-time statistics are enabled
+    /// (`aya::sys::enable_stats`); zeros before it is loaded.
+    pub fn listen_watch_runs(&self) -> Result<(u64, std::time::Duration)> {
+        let Some(prog) = self.ebpf.program(listen_watch::PROGRAM) else {
+            bail!("program {} missing", listen_watch::PROGRAM);
+        };
+        let prog: &TracePoint = prog.try_into()?;
+        if prog.fd().is_err() {
+            return Ok((0, std::time::Duration::ZERO));
+        }
+        let info = prog.info()?;
+        Ok((info.run_count(), info.run_time()))
     }
 
     /// The listening-socket generation (closes seen by the watch) and

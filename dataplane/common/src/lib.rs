@@ -148,6 +148,12 @@ pub const LISTEN_GEN: u32 = 0;
 pub const LISTEN_GEN_ARMED: u32 = 1;
 /// Entries of `LBD_LISTEN_GEN`.
 pub const LISTEN_GEN_LEN: u32 = 2;
+/// Where the `sock/inet_sock_set_state` tracepoint's record holds `int
+/// oldstate` and `__u16 protocol` (Linux 4.16 to 6.18 alike). The program
+/// reads them at these constant offsets; lbd attaches it only if this
+/// kernel's format file says the same.
+pub const LISTEN_RECORD_OLDSTATE: usize = 16;
+pub const LISTEN_RECORD_PROTOCOL: usize = 30;
 
 /// Per-VIP listener state (`LBD_LISTENER`, indexed by the VIP's index):
 /// written by the XDP program when a SYN at the first hop finds no local
