@@ -428,6 +428,37 @@ fn membership_cases() -> Vec<Case> {
             });
         }
     }
+    // GUE's sender id (flags field): checked against LBD_NODES with an
+    // array read; no id, a wrong one or one out of range falls back to the
+    // member maps, and no id makes a stranger a member.
+    let gue_from = |src: [u8; 4], id: u16| {
+        let mut f = arriving(&ack, Underlay::V4(src, SELF4), true, HOP_SECOND, h);
+        f[14 + 20 + 10..14 + 20 + 12].copy_from_slice(&id.to_be_bytes());
+        f
+    };
+    for (what, input) in [
+        ("its own id", gue_from(N2_4, N2)),
+        ("no id (a sender without ids)", gue_from(N2_4, 0)),
+        ("another member's id", gue_from(N2_4, N3)),
+        ("an id beyond the node list", gue_from(N2_4, u16::MAX)),
+    ] {
+        cases.push(Case {
+            name: format!("GUE from a member with {what}: decapsulated").leak(),
+            tables: (SELF, NO_HOP),
+            expect: Expect::Out(XDP_PASS, decapsulated(&input, &ack)),
+            input,
+            counter: "decap",
+        });
+    }
+    for id in [N2, SELF, N3] {
+        cases.push(Case {
+            name: format!("GUE from a non-member claiming node {id}: dropped").leak(),
+            tables: (SELF, NO_HOP),
+            input: gue_from(STRANGER4, id),
+            expect: Expect::Drop,
+            counter: NOT_MEMBER,
+        });
+    }
     // Not GUE at all (variant 1) from a stranger: the source decides first.
     let mut bad_gue = arriving(&ack, Underlay::V4(STRANGER4, SELF4), true, HOP_FIRST, h);
     bad_gue[14 + 20 + 8] = 0x40;
