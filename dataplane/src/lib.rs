@@ -7,12 +7,15 @@
 //! - [`predict`]: the owner of a flow, computed with the kernel's own hash.
 //! - [`loader`]: loads, attaches and pins the XDP program and its maps, swaps
 //!   tables atomically and reads counters.
+//! - [`listen_watch`]: where the listener watch's tracepoint record keeps
+//!   the fields it reads (from this kernel's format file).
 //! - [`mtu`]: the MSS clamp that keeps forwarded segments within the
 //!   underlay's MTU.
 //! - [`pinned_link`]: which interface a pinned link drives (0: detached).
 //!
 //! The namespace lab, test bed, packet builders, benchmark and demo live in
 //! the dev-only `lab` crate, apart from this library.
+pub mod listen_watch;
 pub mod loader;
 pub mod maglev;
 pub mod mtu;

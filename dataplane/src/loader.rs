@@ -28,19 +28,19 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        SchedClassifier, TcAttachType, TracePoint, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
         xdp::XdpLink,
     },
 };
 use dataplane_common::{
-    BUCKETS_LEN, Bucket, Config, FAMILY_V4, FAMILY_V6, LAYOUT_VERSION, ListenerState, MAX_NODES,
-    MAX_TABLE_SIZE, MAX_VIPS, MemberInfo, NodeInfo, SLOTS_PER_VIP, VipInfo, VipKey, VipKey4,
-    counter,
+    BUCKETS_LEN, Bucket, Config, FAMILY_V4, FAMILY_V6, LAYOUT_VERSION, LISTEN_GEN,
+    LISTEN_GEN_ARMED, ListenerState, MAX_NODES, MAX_TABLE_SIZE, MAX_VIPS, MemberInfo, NodeInfo,
+    SLOTS_PER_VIP, VipInfo, VipKey, VipKey4, counter,
 };
 
-use crate::pinned_link;
+use crate::{listen_watch, pinned_link};
 use tracing::{info, warn};
 
 /// The compiled kernel programs (built by build.rs with aya-build).
@@ -54,6 +54,9 @@ const ARRAY_SLOT: usize = 8;
 
 /// Prefix of every pinned map's name.
 const MAP_PREFIX: &str = "LBD_";
+/// Pin of the listener watch's tracepoint link (`link_` like the others,
+/// so `cleanup` removes it with them).
+const LISTEN_WATCH_LINK: &str = "link_tp_listen_close";
 /// Prefix of the per-layout map directory under the pin directory.
 const LAYOUT_DIR_PREFIX: &str = "layout-";
 
@@ -124,6 +127,9 @@ pub type Counters = BTreeMap<&'static str, u64>;
 pub struct Dataplane {
     ebpf: Ebpf,
     pin_dir: PathBuf,
+    /// Why the listener cache cannot be armed (the tracepoint's record
+    /// layout could not be read at load time), if so.
+    listen_watch_unusable: Option<String>,
 }
 
 impl Dataplane {
@@ -142,7 +148,15 @@ impl Dataplane {
             .default_map_pin_directory(&map_dir)
             .load(EBPF_OBJECT)
             .context("loading the XDP/tc programs into the kernel")?;
-        Ok(Self { ebpf, pin_dir })
+        // The listener watch reads its tracepoint's record at fixed
+        // offsets: where this kernel puts the fields elsewhere it is never
+        // attached (no listener cache).
+        let listen_watch_unusable = listen_watch::check_record().err().map(|e| e.to_string());
+        Ok(Self {
+            ebpf,
+            pin_dir,
+            listen_watch_unusable,
+        })
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -175,8 +189,130 @@ impl Dataplane {
     /// Attaches the forwarder to `iface` in native mode and pins the link.
     /// If a pinned link exists (restart), the program behind it is replaced
     /// atomically instead. Falls back to generic mode with a loud warning.
+    /// The listener watch goes first ([`Dataplane::watch_listeners`]);
+    /// without it the forwarder works as well, looking up a listener on
+    /// every SYN.
     pub fn attach_xdp(&mut self, iface: &str) -> Result<()> {
+        if let Err(e) = self.watch_listeners() {
+            warn!(
+                error = %format!("{e:#}"),
+                "listener watch not attached: every SYN at the first hop looks its listener up (slower, still correct)"
+            );
+        }
         self.attach_xdp_program("lbd_xdp", iface)
+    }
+
+    /// Attaches `lbd_listen_close` to the `sock/inet_sock_set_state`
+    /// tracepoint, pins its link, then arms the listener cache: from then
+    /// on the forwarder keeps a SYN without a lookup while no listening
+    /// socket of the host has closed since a lookup found its listener.
+    /// A pinned link of a previous run is replaced (the new one is attached
+    /// before the old one goes, so no close is missed). On failure the
+    /// cache is disarmed unless a previous run's link is still pinned.
+    pub fn watch_listeners(&mut self) -> Result<()> {
+        let link_pin = self.pin_dir.join(LISTEN_WATCH_LINK);
+        let attached = self.attach_listen_watch(&link_pin);
+        if attached.is_err() && !link_pin.exists() {
+            self.set_listen_gen(LISTEN_GEN_ARMED, 0)?;
+        }
+        attached
+    }
+
+    fn attach_listen_watch(&mut self, link_pin: &Path) -> Result<()> {
+        if let Some(why) = &self.listen_watch_unusable {
+            bail!("the tracepoint's record: {why}");
+        }
+        let (generation, armed) = self.listen_generation()?;
+        if !armed {
+            // Not watched until now: whatever a previous run cached may
+            // have outlived its listener. Nothing else writes the
+            // generation while no watch is attached.
+            self.set_listen_gen(LISTEN_GEN, generation.wrapping_add(1))?;
+        }
+        let prog: &mut TracePoint = self
+            .ebpf
+            .program_mut(listen_watch::PROGRAM)
+            .ok_or_else(|| anyhow!("program {} missing", listen_watch::PROGRAM))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()
+                .with_context(|| format!("verifying {}", listen_watch::PROGRAM))?;
+        }
+        let id = prog
+            .attach(listen_watch::CATEGORY, listen_watch::EVENT)
+            .with_context(|| {
+                format!(
+                    "attaching to the {}/{} tracepoint",
+                    listen_watch::CATEGORY,
+                    listen_watch::EVENT
+                )
+            })?;
+        let link: FdLink = prog
+            .take_link(id)?
+            .try_into()
+            .context("tracepoint link is not a bpf_link")?;
+        // Pinned beside the old link, then renamed over it: the old link
+        // is released only once the new one runs.
+        // (bpffs refuses names with a dot.)
+        let fresh = link_pin.with_file_name(format!("{LISTEN_WATCH_LINK}_new"));
+        let _ = fs::remove_file(&fresh);
+        drop(
+            link.pin(&fresh)
+                .with_context(|| format!("pinning {}", fresh.display()))?,
+        );
+        fs::rename(&fresh, link_pin)
+            .with_context(|| format!("renaming {} to {}", fresh.display(), link_pin.display()))?;
+        self.set_listen_gen(LISTEN_GEN_ARMED, 1)?;
+        info!("listener watch attached: SYNs skip the listener lookup while no listener closes");
+        Ok(())
+    }
+
+    /// Disarms the listener cache, then detaches the listener watch (every
+    /// SYN at the first hop looks its listener up again). For measuring
+    /// what the watch costs; `attach_xdp` or `watch_listeners` restore it.
+    pub fn unwatch_listeners(&mut self) -> Result<()> {
+        self.set_listen_gen(LISTEN_GEN_ARMED, 0)?;
+        let link_pin = self.pin_dir.join(LISTEN_WATCH_LINK);
+        match fs::remove_file(&link_pin) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("unpinning {}", link_pin.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs of the listener watch's program and their total time, counted
+    /// by the kernel while BPF run-time statistics are enabled
+    /// (`aya::sys::enable_stats`); zeros before it is loaded.
+    pub fn listen_watch_runs(&self) -> Result<(u64, std::time::Duration)> {
+        let Some(prog) = self.ebpf.program(listen_watch::PROGRAM) else {
+            bail!("program {} missing", listen_watch::PROGRAM);
+        };
+        let prog: &TracePoint = prog.try_into()?;
+        if prog.fd().is_err() {
+            return Ok((0, std::time::Duration::ZERO));
+        }
+        let info = prog.info()?;
+        Ok((info.run_count(), info.run_time()))
+    }
+
+    /// The listening-socket generation (closes seen by the watch) and
+    /// whether the forwarder trusts its listener cache.
+    pub fn listen_generation(&self) -> Result<(u64, bool)> {
+        let map: Array<&MapData, u64> = Array::try_from(self.map_ref("LBD_LISTEN_GEN")?)?;
+        Ok((
+            map.get(&LISTEN_GEN, 0).context("reading LBD_LISTEN_GEN")?,
+            map.get(&LISTEN_GEN_ARMED, 0)
+                .context("reading LBD_LISTEN_GEN")?
+                != 0,
+        ))
+    }
+
+    fn set_listen_gen(&mut self, index: u32, value: u64) -> Result<()> {
+        let mut map: Array<&mut MapData, u64> = Array::try_from(self.map("LBD_LISTEN_GEN")?)?;
+        map.set(index, &value, 0)
+            .context("writing LBD_LISTEN_GEN")?;
+        Ok(())
     }
 
     /// Attaches one of the object's XDP programs (e.g. `lbd_pass` on the peer
@@ -484,6 +620,13 @@ impl Dataplane {
                 let index = (0..MAX_VIPS)
                     .find(|i| !used.contains(i))
                     .ok_or_else(|| anyhow!("{vip}: no free VIP slot (at most {MAX_VIPS} VIPs)"))?;
+                // The index's listener state (steering, cached listener)
+                // was another VIP's.
+                let mut listener: Array<&mut MapData, ListenerState> =
+                    Array::try_from(self.map("LBD_LISTENER")?)?;
+                listener
+                    .set(index, &ListenerState::default(), 0)
+                    .with_context(|| format!("{vip}: clearing its listener state"))?;
                 (index, 0)
             }
         };

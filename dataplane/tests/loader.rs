@@ -59,6 +59,10 @@ fn tables_round_trip_flip_and_survive_a_restart() -> Result<()> {
                 dp.vip_table(&vip())?.as_deref() == Some(&t2[..]),
                 "second slot reads back"
             );
+            ensure!(
+                dp.listen_generation()?.1 && pins.join("link_tp_listen_close").exists(),
+                "attach_xdp attaches the listener watch, pins it and arms the cache"
+            );
             // The daemon exits here: nothing is detached.
         }
         let attached = ns.ip("link show up0")?;
@@ -81,13 +85,40 @@ fn tables_round_trip_flip_and_survive_a_restart() -> Result<()> {
             ns.ip("link show up0")?.contains("prog/xdp"),
             "XDP missing after re-attach"
         );
+        ensure!(
+            dp.listen_generation()?.1 && !pins.join("link_tp_listen_close_new").exists(),
+            "the listener watch is armed again, its new link pinned in place"
+        );
+        // One watch attached, not two: the restart released the old link.
+        // A close counts once, so one of a few tries sees the generation
+        // grow by exactly one (closes elsewhere on the host add to it; two
+        // programs would only ever add twos).
+        let once = (0..20).any(|_| {
+            let before = dp.listen_generation().map(|g| g.0).unwrap_or(0);
+            drop(std::net::TcpListener::bind("127.0.0.1:0"));
+            dp.listen_generation().map(|g| g.0).unwrap_or(0) == before + 1
+        });
+        ensure!(once, "a listener close is counted once after the restart");
         dp.set_vip_table(&vip(), &t1, 1400)?;
         ensure!(
             dp.vip_table(&vip())?.as_deref() == Some(&t1[..]),
             "table after restart"
         );
+        // A VIP taking over a removed VIP's index starts with a clean
+        // listener state (no inherited quiesce, steering or cached listener).
+        dp.set_quiesced(&vip(), true)?;
         dp.remove_vip(&vip())?;
         ensure!(dp.vip_table(&vip())?.is_none(), "VIP removed");
+        let other = Vip {
+            port: 8443,
+            ..vip()
+        };
+        dp.set_vip_table(&other, &t1, 1400)?;
+        let state = dp.listener_state(&other)?.unwrap_or_default();
+        ensure!(
+            state == Default::default(),
+            "listener state inherited from the removed VIP: {state:?}"
+        );
         Ok(())
     })();
     Dataplane::cleanup(&pins)?;

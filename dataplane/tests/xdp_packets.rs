@@ -428,6 +428,37 @@ fn membership_cases() -> Vec<Case> {
             });
         }
     }
+    // GUE's sender id (flags field): checked against LBD_NODES with an
+    // array read; no id, a wrong one or one out of range falls back to the
+    // member maps, and no id makes a stranger a member.
+    let gue_from = |src: [u8; 4], id: u16| {
+        let mut f = arriving(&ack, Underlay::V4(src, SELF4), true, HOP_SECOND, h);
+        f[14 + 20 + 10..14 + 20 + 12].copy_from_slice(&id.to_be_bytes());
+        f
+    };
+    for (what, input) in [
+        ("its own id", gue_from(N2_4, N2)),
+        ("no id (a sender without ids)", gue_from(N2_4, 0)),
+        ("another member's id", gue_from(N2_4, N3)),
+        ("an id beyond the node list", gue_from(N2_4, u16::MAX)),
+    ] {
+        cases.push(Case {
+            name: format!("GUE from a member with {what}: decapsulated").leak(),
+            tables: (SELF, NO_HOP),
+            expect: Expect::Out(XDP_PASS, decapsulated(&input, &ack)),
+            input,
+            counter: "decap",
+        });
+    }
+    for id in [N2, SELF, N3] {
+        cases.push(Case {
+            name: format!("GUE from a non-member claiming node {id}: dropped").leak(),
+            tables: (SELF, NO_HOP),
+            input: gue_from(STRANGER4, id),
+            expect: Expect::Drop,
+            counter: NOT_MEMBER,
+        });
+    }
     // Not GUE at all (variant 1) from a stranger: the source decides first.
     let mut bad_gue = arriving(&ack, Underlay::V4(STRANGER4, SELF4), true, HOP_FIRST, h);
     bad_gue[14 + 20 + 8] = 0x40;
@@ -750,11 +781,7 @@ fn local_connection_wins_over_second_hop() -> Result<()> {
 fn syn_without_listener_goes_to_the_fallback() -> Result<()> {
     use dataplane_common::Bucket;
     let mut bed = Bed::new(ENCAP_GUE)?;
-    let vip4 = dataplane::loader::Vip {
-        addr: IpAddr::from(VIP4),
-        port: 80,
-        proto: 6,
-    };
+    let vip4 = vip4_http();
     let with = |first, second, fallback| Bucket {
         first,
         second,
@@ -1075,6 +1102,142 @@ fn listener_steering_is_per_vip_port() -> Result<()> {
     Ok(())
 }
 
+/// The listener cache: a SYN whose lookup finds the listener records the
+/// listening-socket generation; later SYNs of the VIP port are kept without
+/// a lookup (counter `syn_listener_lookup` does not grow) until a listening
+/// socket of the host closes (the tracepoint program bumps the generation):
+/// closing the listener sends the very next SYN to the fallback, a listener
+/// back is found again. Real listeners, real tracepoint.
+#[test]
+fn listener_cache_ends_when_a_listener_closes() -> Result<()> {
+    use dataplane_common::Bucket;
+    let mut bed = Bed::new(ENCAP_GUE)?;
+    let vip4 = vip4_http();
+    let b = Bucket {
+        first: SELF,
+        second: NO_HOP,
+        fallback: N2,
+        _pad: 0,
+    };
+    let syn = tcp4(CLIENT4, 40080, VIP4, 80, Tcp::Syn, b"");
+    let other_syn = tcp4(CLIENT4, 40081, VIP4, 80, Tcp::Syn, b"");
+    let h_syn = flow4(CLIENT4, 40080, VIP4, 80, 6);
+    let to_fallback = encapsulated(
+        &syn,
+        Underlay::V4(SELF4, N2_4),
+        true,
+        HOP_SECOND,
+        h_syn,
+        MAC_N2,
+    );
+    let vip_addr = SocketAddr::new(IpAddr::from(VIP4), 80);
+    let (_, armed) = bed.dp.listen_generation()?;
+    anyhow::ensure!(armed, "the bed arms the listener cache");
+    let mut failures: Vec<String> = Vec::new();
+    let kept = |f: &[u8]| (XDP_PASS, f.to_vec());
+    let fallback = (XDP_TX, to_fallback);
+    let mut syns = |bed: &mut Bed, rows: Vec<SynRow>| {
+        for (name, input, want, counter, lookups) in rows {
+            failures.extend(syn_step(bed, b, name, input, want, counter, lookups)?);
+        }
+        anyhow::Ok(())
+    };
+
+    let listener = std::net::TcpListener::bind(vip_addr)?;
+    let first = "listener: first SYN looks it up, stays";
+    syns(&mut bed, vec![(first, &syn, kept(&syn), "pass_local", 1)])?;
+    let (generation, _) = bed.dp.listen_generation()?;
+    let state = bed.dp.listener_state(&vip4)?.unwrap_or_default();
+    let cached_ok = state.listener_gen == generation + 1;
+    syns(
+        &mut bed,
+        vec![
+            (
+                "listener: second SYN stays from the cache",
+                &syn,
+                kept(&syn),
+                "pass_local",
+                0,
+            ),
+            (
+                "listener: another flow's SYN too (one entry per VIP port)",
+                &other_syn,
+                kept(&other_syn),
+                "pass_local",
+                0,
+            ),
+        ],
+    )?;
+    drop(listener);
+    let (after_close, _) = bed.dp.listen_generation()?;
+    syns(
+        &mut bed,
+        vec![
+            (
+                "closed: the next SYN looks up, to the fallback",
+                &syn,
+                fallback.clone(),
+                "syn_to_fallback",
+                1,
+            ),
+            (
+                "closed: absence is not cached",
+                &syn,
+                fallback,
+                "syn_to_fallback",
+                1,
+            ),
+        ],
+    )?;
+    let listener = std::net::TcpListener::bind(vip_addr)?;
+    syns(
+        &mut bed,
+        vec![
+            (
+                "back: SYN finds the new listener",
+                &syn,
+                kept(&syn),
+                "pass_local",
+                1,
+            ),
+            ("back: cached again", &syn, kept(&syn), "pass_local", 0),
+        ],
+    )?;
+    // Any listening socket of the host that closes ends every entry (one
+    // lookup more; no per-port bookkeeping).
+    drop(std::net::TcpListener::bind("127.0.0.1:0")?);
+    syns(
+        &mut bed,
+        vec![
+            (
+                "another listener closed: one lookup, stays",
+                &syn,
+                kept(&syn),
+                "pass_local",
+                1,
+            ),
+            ("and cached again", &syn, kept(&syn), "pass_local", 0),
+        ],
+    )?;
+    if !cached_ok {
+        failures.push(format!(
+            "cache holds {state:?}, want generation {generation} + 1"
+        ));
+    }
+    if after_close <= generation {
+        failures.push(format!(
+            "closing the listener left the generation at {after_close}"
+        ));
+    }
+    drop(listener);
+    assert!(
+        failures.is_empty(),
+        "failing steps:\n{}",
+        failures.join("\n")
+    );
+    Ok(())
+}
+
 /// A quiesced listener (`lbd listener quiesce`, before nginx stops): it
 /// still listens, yet new connections go to the fallback as if it were
 /// missing, and so do the later packets of those flows (the lookup finds
@@ -1293,6 +1456,54 @@ fn step(
             want.1.len()
         )
     }))
+}
+
+/// A row of the listener cache test: name, SYN, verdict and bytes,
+/// counter, listener lookups.
+type SynRow<'a> = (&'a str, &'a [u8], (u32, Vec<u8>), &'a str, u64);
+
+/// One SYN through [`step`], and whether it looked its listener up
+/// (`lookups`: how much `syn_listener_lookup` must grow). The generation
+/// counts listening sockets closing anywhere on the host (other tests
+/// too): a "no lookup" step is judged on a run during which it did not
+/// move, retried until there is one.
+fn syn_step(
+    bed: &mut Bed,
+    b: dataplane_common::Bucket,
+    name: &str,
+    input: &[u8],
+    want: (u32, Vec<u8>),
+    counter: &str,
+    lookups: u64,
+) -> Result<Vec<String>> {
+    bed.buckets(b)?;
+    for _ in 0..50 {
+        let (generation, _) = bed.dp.listen_generation()?;
+        let before = bed.all_counters()?["syn_listener_lookup"];
+        let mut failures: Vec<String> = step(bed, name, b, input, want.clone(), counter)?
+            .into_iter()
+            .collect();
+        let looked = bed.all_counters()?["syn_listener_lookup"] - before;
+        if lookups == 0 && looked != 0 && bed.dp.listen_generation()?.0 != generation {
+            continue;
+        }
+        if looked != lookups {
+            failures.push(format!("{name}: {looked} listener lookups, want {lookups}"));
+        }
+        return Ok(failures);
+    }
+    Ok(vec![format!(
+        "{name}: the generation moved during each of 50 runs"
+    )])
+}
+
+/// The bed's IPv4 VIP on port 80, TCP (the listener tests' VIP port).
+fn vip4_http() -> dataplane::loader::Vip {
+    dataplane::loader::Vip {
+        addr: IpAddr::from(VIP4),
+        port: 80,
+        proto: 6,
+    }
 }
 
 fn ensure_clean(s: dataplane_common::ListenerState) -> Result<()> {

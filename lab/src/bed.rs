@@ -110,6 +110,8 @@ impl Bed {
         bed.dp.set_node(SELF, Some(IpAddr::from(SELF4)))?;
         bed.dp.set_node(N2, Some(IpAddr::from(N2_4)))?;
         bed.dp.set_node(N3, Some(IpAddr::from(N3_6)))?;
+        // As on a node: the listener cache armed, its watch attached.
+        bed.dp.watch_listeners()?;
         bed.dp.forwarder()?;
         Ok(bed)
     }

@@ -6,7 +6,7 @@ use etherparse::{
     UdpHeader,
 };
 
-use super::bed::{MAC_ROUTER, MAC_SELF, SEED};
+use super::bed::{MAC_ROUTER, MAC_SELF, N2, N2_4, N3, N3_6, SEED, SELF, SELF4, SELF6};
 use dataplane::predict::Flow;
 use std::net::IpAddr;
 
@@ -96,6 +96,18 @@ pub enum Underlay {
     V6([u8; 16], [u8; 16]),
 }
 
+/// The node id a GUE packet from this underlay source carries (the bed's
+/// node list); 0, as from a sender without ids, for any other source.
+fn sender_id(under: &Underlay) -> u16 {
+    match under {
+        Underlay::V4(src, _) if *src == SELF4 => SELF,
+        Underlay::V4(src, _) if *src == N2_4 => N2,
+        Underlay::V6(src, _) if *src == SELF6 => SELF,
+        Underlay::V6(src, _) if *src == N3_6 => N3,
+        _ => 0,
+    }
+}
+
 /// The frame the forwarder must emit: `frame` (Ethernet + IP) wrapped for
 /// the hop, MACs from the neighbour table.
 pub fn encapsulated(
@@ -130,7 +142,8 @@ pub fn encapsulated(
             checksum: 0,
         };
         extra.extend_from_slice(&udp.to_bytes());
-        extra.extend_from_slice(&[0, inner_proto.0, 0, 0]);
+        let sender = sender_id(&under).to_be_bytes();
+        extra.extend_from_slice(&[0, inner_proto.0, sender[0], sender[1]]);
     }
     let proto = if gue { IpNumber::UDP } else { inner_proto };
     let payload_len = (extra.len() + inner.len()) as u16;

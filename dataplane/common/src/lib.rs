@@ -136,7 +136,24 @@ impl Bucket {
 /// 2: member maps (decapsulation only from members), counter 13 drops.
 /// 3: `Bucket::fallback`, `LBD_LISTENER`, counter 15 (`syn_to_fallback`).
 /// 4: `ListenerState::quiesced` (24 bytes).
-pub const LAYOUT_VERSION: u32 = 4;
+/// 5: `ListenerState::listener_gen` (32 bytes), `LBD_LISTEN_GEN`, counter
+///    16 (`syn_listener_lookup`).
+pub const LAYOUT_VERSION: u32 = 5;
+
+/// `LBD_LISTEN_GEN` (array of u64) entry bumped by the tracepoint program
+/// each time a listening socket of the host closes.
+pub const LISTEN_GEN: u32 = 0;
+/// `LBD_LISTEN_GEN` entry set non-zero by lbd once that program is
+/// attached: the XDP program trusts a cached "listener present" only then.
+pub const LISTEN_GEN_ARMED: u32 = 1;
+/// Entries of `LBD_LISTEN_GEN`.
+pub const LISTEN_GEN_LEN: u32 = 2;
+/// Where the `sock/inet_sock_set_state` tracepoint's record holds `int
+/// oldstate` and `__u16 protocol` (Linux 4.16 to 6.18 alike). The program
+/// reads them at these constant offsets; lbd attaches it only if this
+/// kernel's format file says the same.
+pub const LISTEN_RECORD_OLDSTATE: usize = 16;
+pub const LISTEN_RECORD_PROTOCOL: usize = 30;
 
 /// Per-VIP listener state (`LBD_LISTENER`, indexed by the VIP's index):
 /// written by the XDP program when a SYN at the first hop finds no local
@@ -159,6 +176,12 @@ pub struct ListenerState {
     /// established ones stay. Set and cleared by lbd only.
     pub quiesced: u32,
     pub _pad: u32,
+    /// 1 + the `LBD_LISTEN_GEN` generation read before the last lookup
+    /// that found a listener for this VIP port (0: none). While it equals
+    /// 1 + the current generation (no listening socket closed since), a
+    /// SYN is kept without a lookup. Written by the XDP program; lbd
+    /// clears it with the rest of the entry.
+    pub listener_gen: u64,
 }
 
 /// Value of the member maps (`LBD_MEMBERS4`, keyed by the 4 address bytes,
@@ -241,10 +264,14 @@ pub mod counter {
     /// sent to the bucket's fallback (or second hop) instead of being
     /// refused here.
     pub const SYN_TO_FALLBACK: u32 = 15;
-    pub const NUM_COUNTERS: u32 = 16;
+    /// SYNs at the first hop that looked their listener up
+    /// (`bpf_skc_lookup_tcp`): the listener cache had nothing valid (first
+    /// SYN, a listening socket of the host closed since, or no listener).
+    pub const SYN_LISTENER_LOOKUP: u32 = 16;
+    pub const NUM_COUNTERS: u32 = 17;
 
     /// Names in index order, for status output and metrics.
-    pub const NAMES: [&str; 16] = [
+    pub const NAMES: [&str; 17] = [
         "pass_local",
         "fwd_first_hop",
         "fwd_second_hop",
@@ -261,6 +288,7 @@ pub mod counter {
         "drop_decap_not_vip",
         "drop_not_member",
         "syn_to_fallback",
+        "syn_listener_lookup",
     ];
 }
 

@@ -12,7 +12,7 @@ use dataplane_common::{
 };
 
 use crate::{
-    maps::{FLOW, MEMBERS4, MEMBERS6, VIPS4, VIPS6},
+    maps::{FLOW, MEMBERS4, MEMBERS6, NODES, VIPS4, VIPS6},
     packet::*,
     types::{Flow, Kind, Parsed},
     verdict::{PASS, encode},
@@ -156,7 +156,12 @@ fn classify_v4(ctx: &XdpContext, cfg: &Config, l3: usize, outer: bool, flow: &mu
         // to the node (no VIP lookup needed: the fast not-VIP path).
         let hop = hop_from_v4_id(be16(ip, 4));
         let from_member = || unsafe { MEMBERS4.get(&saddr.to_ne_bytes()) }.is_some();
-        return decap_of(ctx, cfg, proto, l4, ihl, hop, from_member)
+        let is_node = |id: u16| {
+            NODES
+                .get(id as u32)
+                .is_some_and(|n| n.family == FAMILY_V4 && ld32(&n.addr, 0) == saddr)
+        };
+        return decap_of(ctx, cfg, proto, l4, ihl, hop, (from_member, is_node))
             .unwrap_or(Parsed::Pass(NOT_VIP));
     }
 
@@ -255,7 +260,12 @@ fn classify_v6(ctx: &XdpContext, cfg: &Config, l3: usize, outer: bool, flow: &mu
     if outer && !is_zero16(&cfg.self_v6) && eq16(&flow.daddr, &cfg.self_v6) {
         let hop = hop_from_flow_label(ip[3]);
         let from_member = || unsafe { MEMBERS6.get(&flow.saddr) }.is_some();
-        return decap_of(ctx, cfg, nh, l4, IPV6_LEN, hop, from_member)
+        let is_node = |id: u16| {
+            NODES
+                .get(id as u32)
+                .is_some_and(|n| n.family == FAMILY_V6 && eq16(&n.addr, &flow.saddr))
+        };
+        return decap_of(ctx, cfg, nh, l4, IPV6_LEN, hop, (from_member, is_node))
             .unwrap_or(Parsed::Pass(NOT_VIP));
     }
 
@@ -368,8 +378,14 @@ fn l4_kind(ctx: &XdpContext, proto: u8, l4: usize) -> Option<Kind> {
 ///
 /// Only members encapsulate: a tunnel packet whose outer source is not a
 /// member's underlay address is dropped (`drop_not_member`), whatever it
-/// carries, so the node is no open relay into the site. `from_member` (one
+/// carries, so the node is no open relay into the site. `member.0` (one
 /// hash lookup) runs only for tunnel packets: other traffic never pays it.
+/// GUE from lbd carries its sender's node id (the GUE flags field, ours to
+/// use on the cluster's port): `member.1` checks the outer source against
+/// that node's underlay address with an array read, and only a packet
+/// without an id (0) or whose id does not match pays the hash lookup. The
+/// guarantee is the same: the outer source is a member's address
+/// (`LBD_NODES` never names an address the member maps do not hold).
 #[inline(always)]
 fn decap_of(
     ctx: &XdpContext,
@@ -378,8 +394,9 @@ fn decap_of(
     l4: usize,
     ip_hdr: usize,
     hop: u8,
-    from_member: impl Fn() -> bool,
+    member: (impl Fn() -> bool, impl Fn(u16) -> bool),
 ) -> Option<Parsed> {
+    let (from_member, is_node) = member;
     match proto {
         IPPROTO_IPIP | IPPROTO_IPV6 if !from_member() => Some(Parsed::Drop(DROP_NOT_MEMBER)),
         IPPROTO_IPIP => Some(Parsed::Decap {
@@ -397,10 +414,12 @@ fn decap_of(
             if u16::from_ne_bytes([ports[2], ports[3]]) != cfg.gue_port_be {
                 return None;
             }
-            if !from_member() {
+            let header = bytes::<{ UDP_LEN + GUE_LEN }>(ctx, l4);
+            let sender = header.as_ref().map_or(0, |h| be16(h, UDP_LEN + 2));
+            if !is_node(sender) && !from_member() {
                 return Some(Parsed::Drop(DROP_NOT_MEMBER));
             }
-            let Some(udp) = bytes::<{ UDP_LEN + GUE_LEN }>(ctx, l4) else {
+            let Some(udp) = header else {
                 return Some(Parsed::Drop(DROP_MALFORMED));
             };
             // GUE variant 0, no control bit, no extension fields.

@@ -164,10 +164,13 @@ fn encapsulate(
         let sport = (0xc000 | ((flow.hash ^ (flow.hash >> 16)) & 0x3fff) as u16).to_be_bytes();
         let gport = cfg.gue_port_be.to_ne_bytes();
         let ulen = ((total - ip_hdr) as u16).to_be_bytes();
-        // UDP: ports, length, checksum 0; GUE variant 0: 00 proto 00 00.
+        // UDP: ports, length, checksum 0; GUE variant 0: 00 proto, then
+        // the flags field carries our node id (the receiver's member
+        // check reads it, classify.rs).
+        let id = cfg.self_id.to_be_bytes();
         st32(udp, 0, word([sport[0], sport[1], gport[0], gport[1]]));
         st32(udp, 4, word([ulen[0], ulen[1], 0, 0]));
-        st32(udp, 8, word([0, inner_proto, 0, 0]));
+        st32(udp, 8, word([0, inner_proto, id[0], id[1]]));
     }
 
     if hop_l2.ifindex == ingress {

@@ -4,6 +4,8 @@
 //!   encapsulate/decapsulate).
 //! - `lbd_mss_clamp`: tc egress, clamps the MSS option of SYN-ACKs leaving
 //!   from a VIP so clients' full-size segments still fit once encapsulated.
+//! - `lbd_listen_close`: on the `sock/inet_sock_set_state` tracepoint,
+//!   counts closed listening sockets for the XDP program's listener cache.
 //! - `lbd_pass`, `lbd_tx`: trivial programs. veth delivers XDP_TX/redirected
 //!   frames only if the peer end has an XDP program too (labs attach
 //!   `lbd_pass` there); `lbd_tx` is the benchmark's baseline.
@@ -27,9 +29,13 @@
 //! `verdict::decode` turns the u32 back into a `Parsed` for the caller.
 #![no_std]
 #![no_main]
+// atomic_xadd for the listener watch's counter (listen_watch.rs).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod classify;
 mod encap;
+mod listen_watch;
 mod listener;
 mod maps;
 mod mss;

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use dataplane_common::{
-    BUCKETS_LEN, Bucket, Config, ListenerState, MAX_NODES, MAX_VIPS, MemberInfo, NodeInfo,
-    STATS_LEN, VipInfo, VipKey, VipKey4, counter::NUM_COUNTERS,
+    BUCKETS_LEN, Bucket, Config, LISTEN_GEN_LEN, ListenerState, MAX_NODES, MAX_VIPS, MemberInfo,
+    NodeInfo, STATS_LEN, VipInfo, VipKey, VipKey4, counter::NUM_COUNTERS,
 };
 
 /// BPF_F_NO_PREALLOC: updates replace the element under RCU, so a reader
@@ -48,6 +48,12 @@ pub static MEMBERS6: HashMap<[u8; 16], MemberInfo> = HashMap::pinned(MAX_NODES, 
 /// a listener? Written by `listener.rs` on SYNs, cleared by lbd.
 #[map(name = "LBD_LISTENER")]
 pub static LISTENER: Array<ListenerState> = Array::pinned(MAX_VIPS, 0);
+
+/// The listening-socket generation (`LISTEN_GEN`, bumped by
+/// `lbd_listen_close` whenever a listening socket of the host closes) and
+/// whether that program is attached (`LISTEN_GEN_ARMED`, set by lbd).
+#[map(name = "LBD_LISTEN_GEN")]
+pub static LISTEN_GEN: Array<u64> = Array::pinned(LISTEN_GEN_LEN, 0);
 
 #[map(name = "LBD_STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STATS_LEN, 0);

@@ -25,7 +25,7 @@ use dataplane_common::{
 
 use crate::{
     encap::forward,
-    listener,
+    listener::{self, Found},
     maps::{BUCKETS, FLOW, count, count_global},
     packet::{TCP_LEN, ld32},
     types::{Flow, Kind},
@@ -147,13 +147,18 @@ fn has_local_socket(ctx: &XdpContext, flow: &Flow) -> bool {
 
 /// Is anything listening (or connected) for this SYN's tuple?
 #[inline(always)]
-fn listening(ctx: &XdpContext, flow: &Flow) -> bool {
+fn listening(ctx: &XdpContext, flow: &Flow) -> Found {
     let sk = lookup_tcp(ctx, flow);
     if sk.is_null() {
-        return false;
+        return Found::Nothing;
     }
+    let found = if unsafe { (*sk).state } == TCP_LISTEN {
+        Found::Listener
+    } else {
+        Found::Socket
+    };
     unsafe { bpf_sk_release(sk as *mut _) };
-    true
+    found
 }
 
 /// The kernel's receive-side lookup for the flow's tuple (client -> VIP):

@@ -4,7 +4,11 @@
 //! input every run), the kernel-reported duration of each, mean and p50,
 //! pinned to one CPU, with a trivial `return XDP_TX` program measured in
 //! the same run, interleaved with the cases, as the baseline.
-//! Also the Maglev build time. Writes target/bench/dataplane.json.
+//! Also the Maglev build time, and what the listener watch (a BPF program
+//! on every TCP state change of the host) costs: its run time per event
+//! from the kernel's BPF statistics, and loopback connections per second
+//! with and without it, in alternated rounds. Writes
+//! target/bench/dataplane.json.
 use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
@@ -88,6 +92,25 @@ struct Report {
     /// Per case: ratios to the same pass's baseline, averaged and per pass.
     cases: Vec<CaseSummary>,
     maglev_build_ms: std::collections::BTreeMap<String, f64>,
+    listen_watch: ListenWatchOut,
+}
+
+/// The listener watch's cost.
+#[derive(Serialize)]
+struct ListenWatchOut {
+    /// Kernel-counted run time of `lbd_listen_close` per tracepoint event
+    /// (BPF statistics: the program only, not the tracepoint's own work).
+    ns_per_event: f64,
+    /// Events it ran on while `connections` loopback connections were
+    /// opened and closed (other TCP activity of the host included).
+    events: u64,
+    connections: usize,
+    /// Loopback connections (connect, accept, close both ends) per second,
+    /// one figure per round, watch attached and detached alternately.
+    conns_per_s_with: Vec<f64>,
+    conns_per_s_without: Vec<f64>,
+    /// Median with / median without.
+    ratio: f64,
 }
 
 /// A case over all passes: ratios averaged over the passes, and each
@@ -176,6 +199,59 @@ fn summarise(cases: &[Case], mut samples: Vec<Vec<u64>>) -> Pass {
         baseline_xdp_tx_ns_p50: base_p50,
         cases: out,
     }
+}
+
+/// Loopback connections per second over `n` connections to `listener`.
+fn connection_rate(listener: &std::net::TcpListener, n: usize) -> Result<f64> {
+    let addr = listener.local_addr()?;
+    let start = std::time::Instant::now();
+    for _ in 0..n {
+        let client = std::net::TcpStream::connect(addr)?;
+        let (server, _) = listener.accept()?;
+        drop((client, server));
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// What the listener watch costs (see `ListenWatchOut`).
+fn measure_listen_watch(bed: &mut Bed) -> Result<ListenWatchOut> {
+    const ROUNDS: usize = 6;
+    const CONNS: usize = 2000;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    // Run time per event: statistics on only while counting (they cost
+    // every BPF program of the host two clock reads per run).
+    let (events, run_time) = {
+        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
+        let (n0, t0) = bed.dp.listen_watch_runs()?;
+        connection_rate(&listener, CONNS)?;
+        let (n1, t1) = bed.dp.listen_watch_runs()?;
+        (n1 - n0, t1 - t0)
+    };
+    ensure!(events > 0, "the listener watch never ran");
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    eprint!("listener watch:");
+    for round in 0..ROUNDS {
+        bed.dp.unwatch_listeners()?;
+        without.push(connection_rate(&listener, CONNS)?);
+        bed.dp.watch_listeners()?;
+        with.push(connection_rate(&listener, CONNS)?);
+        eprint!(" {}/{ROUNDS}", round + 1);
+    }
+    eprintln!();
+    Ok(ListenWatchOut {
+        ns_per_event: round1(run_time.as_nanos() as f64 / events as f64),
+        events,
+        connections: CONNS,
+        ratio: round2(median(&with) / median(&without)),
+        conns_per_s_with: with.iter().map(|&r| r.round()).collect(),
+        conns_per_s_without: without.iter().map(|&r| r.round()).collect(),
+    })
 }
 
 fn pin_to(cpu: usize) -> Result<()> {
@@ -349,6 +425,7 @@ fn main() -> Result<()> {
             maglev::bench_build_ms(n, maglev::DEFAULT_TABLE_SIZE, 21),
         );
     }
+    let listen_watch = measure_listen_watch(&mut bed)?;
     let summary = cases
         .iter()
         .skip(1)
@@ -373,6 +450,7 @@ fn main() -> Result<()> {
         passes,
         cases: summary,
         maglev_build_ms,
+        listen_watch,
     };
 
     println!("load average {loadavg_before:.2} before, {loadavg_after:.2} after");
@@ -414,6 +492,16 @@ fn main() -> Result<()> {
     for (n, ms) in &report.maglev_build_ms {
         println!("maglev build, M=65537, N={n:<4} {ms:>8.2} ms");
     }
+    let w = &report.listen_watch;
+    println!(
+        "listener watch: {:.1} ns per TCP state change ({} events, {} connections); \
+         loopback connections/s with / without: {:.3} (median of {} rounds each)",
+        w.ns_per_event,
+        w.events,
+        w.connections,
+        w.ratio,
+        w.conns_per_s_with.len()
+    );
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
