@@ -56,7 +56,7 @@ const ARRAY_SLOT: usize = 8;
 const MAP_PREFIX: &str = "LBD_";
 /// Pin of the listener watch's tracepoint link (`link_` like the others,
 /// so `cleanup` removes it with them).
-const LISTEN_WATCH_LINK: &str = "link_tp_listen_close";
+pub const LISTEN_WATCH_LINK: &str = "link_tp_listen_close";
 /// Prefix of the per-layout map directory under the pin directory.
 const LAYOUT_DIR_PREFIX: &str = "layout-";
 

@@ -117,12 +117,17 @@ fn main() {
         "tpc_push_mbps",
     ];
     let mut samples: Vec<Vec<f64>> = vec![vec![]; names.len()];
+    // How long the HEAD after the checksummed PUT waited (the checksum's
+    // share of put_checksum_mbps).
+    let mut checksum_head_ms = Vec::new();
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
         samples[0].push(timed(&|| put("/put")));
         let _ = std::fs::remove_file(node.file("put"));
+        let head_ms = std::cell::Cell::new(0.0);
         samples[1].push(timed(&|| {
             put("/putsum");
+            let t = Instant::now();
             let (head, err, ok) =
                 peer.curl(&["-I", "-H", "Want-Digest: ADLER32", &node.url("/putsum")]);
             assert!(ok, "{err}");
@@ -131,7 +136,9 @@ fn main() {
                     .contains(&format!("digest: adler32={sum}")),
                 "{head}"
             );
+            head_ms.set(t.elapsed().as_secs_f64() * 1e3);
         }));
+        checksum_head_ms.push(head_ms.get());
         let _ = std::fs::remove_file(node.file("putsum"));
         let got = peer.dir.join("tmp/got");
         let got = got.to_str().unwrap();
@@ -176,6 +183,12 @@ fn main() {
     for (n, r) in ratios {
         println!("{n:<24} {r:.3}  (goal >= 0.9)");
     }
+    let head_s: Vec<String> = checksum_head_ms.iter().map(|v| format!("{v:.0}")).collect();
+    println!(
+        "HEAD after the checksummed PUT: median {:.0} ms ({})",
+        median(&checksum_head_ms),
+        head_s.join(" ")
+    );
     let mut json = serde_json::json!({
         "file_mib": mb,
         "rounds": rounds,
@@ -190,6 +203,8 @@ fn main() {
     for (n, r) in ratios {
         json[n] = serde_json::json!(r);
     }
+    json["checksum_head_ms"] = serde_json::json!(median(&checksum_head_ms));
+    json["checksum_head_ms_samples"] = serde_json::json!(checksum_head_ms);
     if let Some(dir) = std::path::Path::new(&out).parent() {
         std::fs::create_dir_all(dir).unwrap();
     }

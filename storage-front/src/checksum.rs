@@ -4,8 +4,7 @@
 //! off nginx's workers, once per path at a time.
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt as _, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -17,6 +16,13 @@ pub const XATTR: &str = "user.storm.checksum.adler32";
 /// cache between the kernel's copy and the checksum (1 MiB reads measured
 /// 3x slower per byte in `read` on the bench VM, 0.56 ms vs 0.18 ms per MiB).
 const READ_CHUNK: usize = 128 << 10;
+/// Files from this size on are read in ranges, one thread each, and the
+/// ranges' checksums joined (adler32_combine): the read is the kernel's
+/// copy from the page cache, bound by one CPU, and a client's `HEAD` after
+/// its PUT waits for it.
+const PARALLEL_FROM: u64 = 64 << 20;
+/// At most this many ranges (threads) per file.
+const MAX_RANGES: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChecksumError {
@@ -75,16 +81,40 @@ pub fn store(file: &std::fs::File, value: &str) -> std::io::Result<()> {
 /// than a wrong one).
 pub fn compute(file: &mut std::fs::File) -> Result<String, ChecksumError> {
     let before = file.metadata()?;
-    let mut sum = Adler32::default();
-    let mut storage = vec![0u8; READ_CHUNK + PAGE];
-    let buf = page_aligned(&mut storage, READ_CHUNK);
-    loop {
-        let n = file.read(buf)?;
-        if n == 0 {
-            break;
-        }
-        sum.update(&buf[..n]);
-    }
+    let len = before.size();
+    let ranges = if len >= PARALLEL_FROM {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_RANGES)
+    } else {
+        1
+    };
+    // Ranges of whole read chunks, so every read stays page-aligned.
+    let step = len
+        .div_ceil(ranges as u64)
+        .next_multiple_of(READ_CHUNK as u64)
+        .max(READ_CHUNK as u64);
+    let file = &*file;
+    let sums = std::thread::scope(|scope| {
+        let parts: Vec<_> = (0..ranges as u64)
+            .map(|i| (i * step, ((i + 1) * step).min(len)))
+            .filter(|(start, end)| start < end)
+            .map(|(start, end)| scope.spawn(move || range_adler32(file, start, end)))
+            .collect();
+        parts
+            .into_iter()
+            .map(|p| p.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    let sum = sums
+        .into_iter()
+        .fold(None, |acc, (sum, n)| {
+            Some(match acc {
+                None => sum,
+                Some(acc) => zlib_rs::adler32::adler32_combine(acc, sum, n),
+            })
+        })
+        .unwrap_or(Adler32::default().0.finish());
     let after = file.metadata()?;
     if before.size() != after.size()
         || before.mtime() != after.mtime()
@@ -92,7 +122,26 @@ pub fn compute(file: &mut std::fs::File) -> Result<String, ChecksumError> {
     {
         return Err(ChecksumError::Changed);
     }
-    Ok(sum.hex())
+    Ok(hex(sum))
+}
+
+/// The adler32 of bytes `start..end` of `file` and their count; a file
+/// that ends early has changed.
+fn range_adler32(file: &std::fs::File, start: u64, end: u64) -> Result<(u32, u64), ChecksumError> {
+    let mut sum = Adler32::default();
+    let mut storage = vec![0u8; READ_CHUNK + PAGE];
+    let buf = page_aligned(&mut storage, READ_CHUNK);
+    let mut at = start;
+    while at < end {
+        let want = ((end - at) as usize).min(READ_CHUNK);
+        let n = file.read_at(&mut buf[..want], at)?;
+        if n == 0 {
+            return Err(ChecksumError::Changed);
+        }
+        sum.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok((sum.0.finish(), end - start))
 }
 
 fn open_regular(path: &Path) -> Result<std::fs::File, ChecksumError> {
@@ -176,5 +225,26 @@ mod tests {
         assert_eq!(a.hex(), "11e60398");
         assert_eq!(Adler32::default().hex(), "00000001");
         assert_eq!(hex(0xab), "000000ab");
+    }
+
+    /// A file read in parallel ranges has the checksum of one pass over
+    /// it (sizes around the range and chunk boundaries, and the empty file).
+    #[test]
+    fn ranges_read_in_parallel_join_to_the_whole_files_adler32() {
+        let dir = std::env::temp_dir().join(format!("sf-ranges-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = PARALLEL_FROM as usize + 3 * READ_CHUNK + 17;
+        let data: Vec<u8> = (0..big as u64)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        for len in [0, 1, READ_CHUNK + 1, PARALLEL_FROM as usize, big] {
+            let path = dir.join(format!("f{len}"));
+            std::fs::write(&path, &data[..len]).unwrap();
+            let mut one = Adler32::default();
+            one.update(&data[..len]);
+            let mut file = std::fs::File::open(&path).unwrap();
+            assert_eq!(compute(&mut file).unwrap(), one.hex(), "{len} bytes");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

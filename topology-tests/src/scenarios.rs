@@ -1176,6 +1176,11 @@ pub fn package_upgrade(
         .join()
         .map_err(|_| anyhow::anyhow!("the route sampler panicked"))??;
     let pinned_after = pinned_objects(&pins)?;
+    // The listener watch's tracepoint link is the one pin a restart
+    // replaces by design (a perf-event link has no in-place update: the
+    // new daemon pins its link beside the old and renames it over it).
+    let (watch_before, pinned_before) = split_watch_links(pinned_before);
+    let (watch_after, pinned_after) = split_watch_links(pinned_after);
     let xdp_after = ids
         .iter()
         .map(|&id| xdp_programs(&site.node(id).ns))
@@ -1245,6 +1250,15 @@ pub fn package_upgrade(
         ),
     );
     out.check(
+        "each node's listener-watch link was replaced by its new daemon",
+        watch_before.len() == ids.len()
+            && watch_after.len() == ids.len()
+            && watch_after
+                .iter()
+                .all(|(k, v)| watch_before.get(k).is_some_and(|old| old != v)),
+        format!("before {watch_before:?}, after {watch_after:?}"),
+    );
+    out.check(
         "an XDP program is attached on every node after the upgrade",
         xdp_after.iter().all(|p| !p.is_empty()),
         format!("program ids after: {xdp_after:?}"),
@@ -1289,7 +1303,7 @@ fn xdp_programs(ns: &str) -> Result<Vec<u32>> {
 
 /// Every file pinned under `dir` (bpffs) with its inode: a re-created
 /// map or link is pinned as a new inode.
-fn pinned_objects(dir: &std::path::Path) -> Result<std::collections::BTreeMap<String, u64>> {
+fn pinned_objects(dir: &std::path::Path) -> Result<Pins> {
     use std::os::unix::fs::MetadataExt;
     let mut found = std::collections::BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -1305,6 +1319,14 @@ fn pinned_objects(dir: &std::path::Path) -> Result<std::collections::BTreeMap<St
         }
     }
     Ok(found)
+}
+
+/// The pinned objects split into the listener-watch links and the rest.
+type Pins = std::collections::BTreeMap<String, u64>;
+fn split_watch_links(pins: Pins) -> (Pins, Pins) {
+    pins.into_iter().partition(|(path, _)| {
+        path.ends_with(&format!("/{}", dataplane::loader::LISTEN_WATCH_LINK))
+    })
 }
 
 /// Whether process `pid` runs the file `file` (same device and inode).
