@@ -275,15 +275,33 @@ mod tests {
         assert_eq!(parse_addr("zz"), None);
     }
 
-    /// The real kernel's file, with a real listener of this process.
+    /// The real kernel's file, with a real listener of this process. A
+    /// second socket, bound to the port but not listening (SO_REUSEPORT),
+    /// keeps the port reserved after the listener closes: a parallel
+    /// test's listener on port 0 got the freed port once and was found.
     #[test]
     fn finds_a_real_listener() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = l.local_addr().expect("addr").port();
+        use socket2::{Domain, Socket, Type};
+        let bound = |addr: std::net::SocketAddr| {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+            s.set_reuse_port(true).expect("SO_REUSEPORT");
+            s.bind(&addr.into()).expect("bind");
+            s
+        };
         let lo: IpAddr = "127.0.0.1".parse().expect("addr");
+        let keeper = bound((lo, 0).into());
+        let port = keeper
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("bound address")
+            .port();
+        let l = bound((lo, port).into());
+        l.listen(8).expect("listen");
         assert!(missing(&listening(), lo, &[port]).is_empty());
         drop(l);
         assert_eq!(missing(&listening(), lo, &[port]), [port]);
+        drop(keeper);
     }
 
     /// sock_diag sees a real listener's inode, its accept queue filling

@@ -763,6 +763,14 @@ fn node_crash(
     progress(&format!(
         "crashing node {k} (lbd killed, links cut) with {on_k} transfers on it"
     ));
+    // The failover is timed by the router kernel's route notifications
+    // (a poller's own start-up would be in a sub-second figure).
+    let monitor = lab::route_monitor::RouteMonitor::start(&site.router.ns, None)?;
+    let vips = [
+        format!("{}/32", topo.vips.ipv4),
+        format!("{}/128", topo.vips.ipv6),
+    ];
+    monitor.drain();
     let t0 = Instant::now();
     // Silence first: a dying machine sends no FIN for its BGP session.
     site.cut_links(k)?;
@@ -770,7 +778,15 @@ fn node_crash(
     let others: Vec<u16> = all_ids(&site).into_iter().filter(|&i| i != k).collect();
     site.wait_paths(&others, Duration::from_secs(15))
         .context("route after crash")?;
-    let failover = t0.elapsed();
+    // The first change of each VIP's route since the cut: node k left it.
+    let changed = monitor
+        .wait_all(
+            &[(vips[0].as_str(), false), (vips[1].as_str(), false)],
+            Duration::from_secs(5),
+        )
+        .context("the VIP routes' change seen by ip monitor")?;
+    let failover = changed.iter().max().map_or(t0.elapsed(), |t| *t - t0);
+    drop(monitor);
     out.failover_ms = Some(failover.as_millis() as u64);
     if topo.timings.bfd_interval_ms > 0 {
         out.check(
