@@ -15,8 +15,8 @@ use anyhow::{Context, Result, bail};
 use rand::{RngCore, SeedableRng, rngs::SmallRng};
 
 use crate::foreign_site::{self, ForeignSite};
+use crate::outcome::Outcome;
 use crate::process::{alive, stop_pid};
-use crate::scenarios::Outcome;
 use crate::sidecars::{Flowmarks, Sidecar, StorageFronts, sum_metric};
 use crate::site::Site;
 use crate::topology::Topology;

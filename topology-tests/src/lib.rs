@@ -5,6 +5,7 @@ pub mod foreign_site;
 pub mod grid_clients;
 pub mod lbd_config;
 pub mod nginx;
+pub mod outcome;
 pub mod pki;
 pub mod process;
 pub mod router;
