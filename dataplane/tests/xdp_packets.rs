@@ -996,11 +996,7 @@ fn syn_without_listener_goes_to_the_fallback() -> Result<()> {
     {
         failures.push("steering ended while the listener is missing".into());
     }
-    assert!(
-        failures.is_empty(),
-        "failing steps:\n{}",
-        failures.join("\n")
-    );
+    assert_no_failed_steps(&failures);
     Ok(())
 }
 
@@ -1013,12 +1009,7 @@ fn syn_without_listener_goes_to_the_fallback() -> Result<()> {
 fn listener_steering_is_per_vip_port() -> Result<()> {
     use dataplane_common::Bucket;
     let mut bed = Bed::new(ENCAP_GUE)?;
-    let entry = |port| dataplane::loader::Vip {
-        addr: IpAddr::from(VIP4),
-        port,
-        proto: 6,
-    };
-    let (http, https) = (entry(80), entry(443));
+    let (http, https) = (vip4_tcp(80), vip4_tcp(443));
     let b = Bucket {
         first: SELF,
         second: N2,
@@ -1094,11 +1085,7 @@ fn listener_steering_is_per_vip_port() -> Result<()> {
         (XDP_PASS, syn80.clone()),
         "pass_local",
     )?);
-    assert!(
-        failures.is_empty(),
-        "failing steps:\n{}",
-        failures.join("\n")
-    );
+    assert_no_failed_steps(&failures);
     Ok(())
 }
 
@@ -1230,11 +1217,7 @@ fn listener_cache_ends_when_a_listener_closes() -> Result<()> {
         ));
     }
     drop(listener);
-    assert!(
-        failures.is_empty(),
-        "failing steps:\n{}",
-        failures.join("\n")
-    );
+    assert_no_failed_steps(&failures);
     Ok(())
 }
 
@@ -1422,11 +1405,7 @@ fn quiesced_listener_sends_new_connections_to_the_fallback() -> Result<()> {
     bed.dp.set_quiesced(&vip4, false)?;
     ensure_clean(state(&bed, &vip4))?;
     drop((listener, accepted, queued));
-    assert!(
-        failures.is_empty(),
-        "failing steps:\n{}",
-        failures.join("\n")
-    );
+    assert_no_failed_steps(&failures);
     Ok(())
 }
 
@@ -1499,11 +1478,24 @@ fn syn_step(
 
 /// The bed's IPv4 VIP on port 80, TCP (the listener tests' VIP port).
 fn vip4_http() -> dataplane::loader::Vip {
+    vip4_tcp(80)
+}
+
+fn vip4_tcp(port: u16) -> dataplane::loader::Vip {
     dataplane::loader::Vip {
         addr: IpAddr::from(VIP4),
-        port: 80,
+        port,
         proto: 6,
     }
+}
+
+/// Every step of a multi-step test ran as expected (each failure named).
+fn assert_no_failed_steps(failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "failing steps:\n{}",
+        failures.join("\n")
+    );
 }
 
 fn ensure_clean(s: dataplane_common::ListenerState) -> Result<()> {
