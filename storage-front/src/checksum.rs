@@ -79,7 +79,7 @@ pub fn store(file: &std::fs::File, value: &str) -> std::io::Result<()> {
 /// Reads the whole file and returns its adler32; fails if the file's size
 /// or mtime changed meanwhile (a writer was at work: no value is better
 /// than a wrong one).
-pub fn compute(file: &mut std::fs::File) -> Result<String, ChecksumError> {
+pub fn compute(file: &std::fs::File) -> Result<String, ChecksumError> {
     let before = file.metadata()?;
     let len = before.size();
     let ranges = if len >= PARALLEL_FROM {
@@ -94,7 +94,6 @@ pub fn compute(file: &mut std::fs::File) -> Result<String, ChecksumError> {
         .div_ceil(ranges as u64)
         .next_multiple_of(READ_CHUNK as u64)
         .max(READ_CHUNK as u64);
-    let file = &*file;
     let sums = std::thread::scope(|scope| {
         let parts: Vec<_> = (0..ranges as u64)
             .map(|i| (i * step, ((i + 1) * step).min(len)))
@@ -186,12 +185,12 @@ impl Checksums {
             let _guard = lock.lock().await;
             let p = path.to_path_buf();
             blocking(move || {
-                let mut file = open_regular(&p)?;
+                let file = open_regular(&p)?;
                 // The computation before ours may have stored it.
                 if let Some(v) = stored(&file) {
                     return Ok((v, Origin::Stored));
                 }
-                let v = compute(&mut file)?;
+                let v = compute(&file)?;
                 store(&file, &v)?;
                 Ok((v, Origin::Computed))
             })
@@ -242,8 +241,8 @@ mod tests {
             std::fs::write(&path, &data[..len]).unwrap();
             let mut one = Adler32::default();
             one.update(&data[..len]);
-            let mut file = std::fs::File::open(&path).unwrap();
-            assert_eq!(compute(&mut file).unwrap(), one.hex(), "{len} bytes");
+            let file = std::fs::File::open(&path).unwrap();
+            assert_eq!(compute(&file).unwrap(), one.hex(), "{len} bytes");
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -48,7 +48,7 @@ fn main() -> ExitCode {
         Cmd::Adler32 { file } => {
             match std::fs::File::open(&file)
                 .map_err(storage_front::checksum::ChecksumError::from)
-                .and_then(|mut f| storage_front::checksum::compute(&mut f))
+                .and_then(|f| storage_front::checksum::compute(&f))
             {
                 Ok(v) => {
                     println!("{v}");
